@@ -1,0 +1,125 @@
+"""Creating models by name and loading local checkpoints into them (published or our own layout)."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import timm
+import torch
+from timm.models import adapt_input_conv
+from torch import nn
+
+__all__ = ["create_model", "list_models", "load_checkpoint_file", "load_weights"]
+
+_logger = logging.getLogger(__name__)
+
+_FEATURE_KWARGS = ("features_only", "out_indices", "feature_cls", "feature_cfg", "output_stride")
+
+# Model modules of this package; their timm registrations are what `list_models` reports.
+_MODEL_MODULES = ("lemevit.models.lemevit",)
+
+
+def list_models() -> list[str]:
+    """Names of the models this package registers with timm."""
+    names = []
+    for module in _MODEL_MODULES:
+        names += sorted(timm.list_models(module=module.rsplit(".", 1)[-1]))
+    return names
+
+
+def load_checkpoint_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or a torch file (``.pth``, ``.pt``, ``.bin``, ``.ckpt``),
+    unwrapping the usual ``state_dict`` / ``model`` containers."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any reader failure means the same thing to the user
+        raise ValueError(f"cannot read checkpoint {path}: {e}") from e
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"checkpoint {path} holds no state dict of tensors")
+    return state
+
+
+def _filter_fn(model: nn.Module):
+    return getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint",
+                 full_keys: set[str] | None = None) -> None:
+    """Load ``state_dict`` into ``model`` (or into the backbone of a ``features_only`` wrapper).
+
+    The published layout is converted; a stem conv trained on another number of bands is adapted
+    (timm's ``adapt_input_conv``); a classifier of another size is left at its initialisation with a
+    warning. Any other missing or unexpected key is an error, except that keys in ``full_keys`` (the
+    state dict keys of the unpruned model, when ``model`` is a ``features_only`` one) may be present
+    in the checkpoint without being used.
+    """
+    target = getattr(model, "model", model) if isinstance(model, nn.ModuleDict) else model
+    filter_fn = _filter_fn(target)
+    if filter_fn is not None:
+        state_dict = filter_fn(state_dict, target)
+    own = target.state_dict()
+    cfg = getattr(target, "pretrained_cfg", {}) or {}
+
+    first_conv = cfg.get("first_conv")
+    key = f"{first_conv}.weight" if first_conv else None
+    if key in state_dict and key in own and state_dict[key].shape[1] != own[key].shape[1]:
+        _logger.info("adapting %s from %d to %d input channels", key, state_dict[key].shape[1], own[key].shape[1])
+        state_dict[key] = adapt_input_conv(own[key].shape[1], state_dict[key])
+
+    skipped = []
+    classifier = cfg.get("classifier")
+    for name in ([classifier] if isinstance(classifier, str) else classifier or []):
+        for suffix in (".weight", ".bias"):
+            k = name + suffix
+            if k in state_dict and (k not in own or own[k].shape != state_dict[k].shape):
+                if k in own:
+                    skipped.append(k)
+                    _logger.warning("%s: %s has shape %s, model has %s; left at initialisation",
+                                    source, k, tuple(state_dict[k].shape), tuple(own[k].shape))
+                del state_dict[k]
+
+    unexpected = [k for k in state_dict if k not in own and k not in (full_keys or ())]
+    missing = [k for k in own if k not in state_dict and k not in skipped]
+    if missing or unexpected:
+        raise RuntimeError(
+            f"{source} does not fit {type(target).__name__}: missing keys {missing[:10]}"
+            f"{' ...' if len(missing) > 10 else ''}, unexpected keys {unexpected[:10]}"
+            f"{' ...' if len(unexpected) > 10 else ''}")
+    mismatched = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+                  for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    if mismatched:
+        raise RuntimeError(f"{source} does not fit {type(target).__name__}: shape mismatch {mismatched[:10]}")
+    target.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
+
+
+def create_model(name: str, checkpoint: str | Path | None = None, **kwargs) -> nn.Module:
+    """``timm.create_model`` that also loads a local checkpoint file.
+
+    Args:
+        name: any model name timm knows (ours are registered on ``import lemevit``).
+        checkpoint: a ``.safetensors`` / torch file in our layout or in the published one.
+        **kwargs: passed to ``timm.create_model`` (``num_classes``, ``in_chans``, ``features_only``,
+            ``drop_path_rate``, ...).
+    """
+    model = timm.create_model(name, **kwargs)
+    if checkpoint is not None:
+        full_keys = None
+        if kwargs.get("features_only"):
+            # The features model has dropped its head; keys of the full model are still legitimate.
+            full_kwargs = {k: v for k, v in kwargs.items() if k not in _FEATURE_KWARGS}
+            with torch.device("meta"):
+                full_keys = set(timm.create_model(name, **full_kwargs).state_dict())
+        load_weights(model, load_checkpoint_file(checkpoint), source=str(checkpoint), full_keys=full_keys)
+    return model
