@@ -19,14 +19,14 @@ import re
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lemevit.layers.meta_attention import DualCrossAttention, MetaCrossAttention, TokenSelfAttention
+from lemevit.layers.mlp import Mlp
 
 __all__ = ["LeMeViT", "checkpoint_filter_fn"]
 
@@ -102,7 +102,7 @@ class LeMeViTBlock(nn.Module):
         attn_cls = {"C": MetaCrossAttention, "D": DualCrossAttention, "S": TokenSelfAttention}[attn_type]
         self.attn = attn_cls(dim, dim // head_dim, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,16 +185,18 @@ class LeMeViT(nn.Module):
 
         self.stem = Stem(in_chans, dims[0])
         self.meta_tokens = nn.Parameter(torch.randn(num_meta_tokens, dims[0]))
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))
+        # Stochastic depth grows linearly over all blocks (Python floats: the model can be built on "meta").
+        rates = [drop_path_rate * i / max(sum(depths) - 1, 1) for i in range(sum(depths))]
+        dpr = [rates[sum(depths[:i]):sum(depths[:i + 1])] for i in range(len(depths))]
         self.stages = nn.ModuleList()
         self.feature_info = []
         stride = 4
-        for i, (depth, dim, attn_type) in enumerate(zip(depths, dims, attn_types)):
+        for i, (depth, dim, attn_type) in enumerate(zip(depths, dims, attn_types, strict=True)):
             downsample = i > 0 and attn_types[i - 1] != "C"
             stride *= 2 if downsample else 1
             self.stages.append(LeMeViTStage(
                 in_dim=dims[max(i - 1, 0)], dim=dim, meta_in_dim=dims[max(i - 1, 0)], depth=depth,
-                attn_type=attn_type, downsample=downsample, drop_path=dpr[i].tolist(), head_dim=head_dim,
+                attn_type=attn_type, downsample=downsample, drop_path=dpr[i], head_dim=head_dim,
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate))
             if attn_type != "C":
                 self.feature_info.append(dict(num_chs=dim, reduction=stride, module=f"stages.{i}"))
