@@ -251,9 +251,9 @@ class LeMeViT(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"LeMeViT expects input of shape (B, {self.in_chans}, H, W) with {self.in_chans} channels, "
-                f"got shape {tuple(x.shape)} with {x.shape[1] if x.ndim > 1 else '?'} channels")
+            got = f"{x.shape[1]} channels" if x.ndim == 4 else f"a {x.ndim}-d tensor"
+            raise ValueError(f"LeMeViT expects {self.in_chans} input channels, an image batch "
+                             f"(B, {self.in_chans}, H, W); got {got} (input shape {tuple(x.shape)})")
 
     def _meta_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self.meta_tokens.unsqueeze(0).expand(x.shape[0], -1, -1)
