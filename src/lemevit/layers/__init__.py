@@ -1,4 +1,16 @@
 """Building blocks shared by the models."""
+from lemevit.layers.lvt_attention import (
+    AtrousDepthwiseConv,
+    ClassAttention,
+    ConvolutionalSelfAttention,
+    RecursiveAtrousSelfAttention,
+)
 from lemevit.layers.meta_attention import DualCrossAttention, MetaCrossAttention, TokenSelfAttention, attend
+from lemevit.layers.mlp import Mlp
+from lemevit.layers.vicinity_attention import FeaturePreservingGate, VicinityAttention, abs_clamp
 
-__all__ = ["DualCrossAttention", "MetaCrossAttention", "TokenSelfAttention", "attend"]
+__all__ = [
+    "AtrousDepthwiseConv", "ClassAttention", "ConvolutionalSelfAttention", "DualCrossAttention",
+    "FeaturePreservingGate", "MetaCrossAttention", "Mlp", "RecursiveAtrousSelfAttention", "TokenSelfAttention",
+    "VicinityAttention", "abs_clamp", "attend",
+]

@@ -1,6 +1,8 @@
-"""Models: LeMeViT (and the other seed architectures), registered with timm on import."""
-from lemevit.models import lemevit  # noqa: F401  (registers lemevit_tiny/small/base)
+"""Models: LeMeViT, LVT and VVT, registered with timm on import."""
+from lemevit.models import lemevit, lvt, vvt  # noqa: F401  (registers the models with timm)
 from lemevit.models.factory import create_model, list_models, load_checkpoint_file, load_weights
 from lemevit.models.lemevit import LeMeViT
+from lemevit.models.lvt import LVT
+from lemevit.models.vvt import VVT
 
-__all__ = ["LeMeViT", "create_model", "list_models", "load_checkpoint_file", "load_weights"]
+__all__ = ["LVT", "VVT", "LeMeViT", "create_model", "list_models", "load_checkpoint_file", "load_weights"]

@@ -17,7 +17,7 @@ _logger = logging.getLogger(__name__)
 _FEATURE_KWARGS = ("features_only", "out_indices", "feature_cls", "feature_cfg", "output_stride")
 
 # Model modules of this package; their timm registrations are what `list_models` reports.
-_MODEL_MODULES = ("lemevit.models.lemevit",)
+_MODEL_MODULES = ("lemevit.models.lemevit", "lemevit.models.lvt", "lemevit.models.vvt")
 
 
 def list_models() -> list[str]:

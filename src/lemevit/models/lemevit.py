@@ -25,21 +25,13 @@ from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from lemevit.layers.format import nchw, nhwc
 from lemevit.layers.meta_attention import DualCrossAttention, MetaCrossAttention, TokenSelfAttention
 from lemevit.layers.mlp import Mlp
 
 __all__ = ["LeMeViT", "checkpoint_filter_fn"]
 
 ATTENTION_TYPES = ("C", "D", "S")
-
-
-def _nchw(x: torch.Tensor) -> torch.Tensor:
-    """(B, H, W, C) -> NCHW view (channels-last memory format)."""
-    return x.permute(0, 3, 1, 2)
-
-
-def _nhwc(x: torch.Tensor) -> torch.Tensor:
-    return x.permute(0, 2, 3, 1)
 
 
 class Stem(nn.Module):
@@ -56,7 +48,7 @@ class Stem(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
         x = self.act(self.norm1(self.conv1(x)))
-        return _nhwc(self.norm2(self.conv2(x)))
+        return nhwc(self.norm2(self.conv2(x)))
 
 
 class Downsample(nn.Module):
@@ -68,7 +60,7 @@ class Downsample(nn.Module):
         self.norm = nn.BatchNorm2d(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _nhwc(self.norm(self.conv(_nchw(x))))
+        return nhwc(self.norm(self.conv(nchw(x))))
 
 
 class MetaTokenProjection(nn.Module):
@@ -107,7 +99,7 @@ class LeMeViTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, H, W, C = x.shape
-        t = (x + _nhwc(self.pos_embed(_nchw(x)))).reshape(B, H * W, C)
+        t = (x + nhwc(self.pos_embed(nchw(x)))).reshape(B, H * W, C)
         if self.attn_type == "C":
             # Only the meta tokens are updated; the image map (before position encoding) passes through.
             c = c + self.drop_path(self.attn(self.norm1(t), self.norm1(c)))
@@ -259,7 +251,7 @@ class LeMeViT(nn.Module):
         return self.meta_tokens.unsqueeze(0).expand(x.shape[0], -1, -1)
 
     def _normed_tokens(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        x = _nhwc(self.norm(_nchw(x))).flatten(1, 2)
+        x = nhwc(self.norm(nchw(x))).flatten(1, 2)
         return torch.cat([x, self.meta_norm(c)], dim=1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -314,7 +306,7 @@ class LeMeViT(nn.Module):
         for i, stage in enumerate(stages):
             x, c = stage(x, c)
             if i in take_stages:
-                intermediates.append(self.norm(_nchw(x)) if norm and i == last_stage else _nchw(x))
+                intermediates.append(self.norm(nchw(x)) if norm and i == last_stage else nchw(x))
         if intermediates_only:
             return intermediates
         return self._normed_tokens(x, c), intermediates
