@@ -19,12 +19,14 @@ import re
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from lemevit.layers.conv_bn import conv_bn
 from lemevit.layers.format import nchw, nhwc
 from lemevit.layers.meta_attention import DualCrossAttention, MetaCrossAttention, TokenSelfAttention
 from lemevit.layers.mlp import Mlp
@@ -47,8 +49,8 @@ class Stem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
-        x = self.act(self.norm1(self.conv1(x)))
-        return nhwc(self.norm2(self.conv2(x)))
+        x = self.act(conv_bn(self.conv1, self.norm1, x))
+        return nhwc(conv_bn(self.conv2, self.norm2, x))
 
 
 class Downsample(nn.Module):
@@ -60,7 +62,7 @@ class Downsample(nn.Module):
         self.norm = nn.BatchNorm2d(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nhwc(self.norm(self.conv(nchw(x))))
+        return nhwc(conv_bn(self.conv, self.norm, nchw(x)))
 
 
 class MetaTokenProjection(nn.Module):
@@ -90,6 +92,8 @@ class LeMeViTBlock(nn.Module):
             raise ValueError(f"attn_type must be one of {ATTENTION_TYPES}, got {attn_type!r}")
         self.attn_type = attn_type
         self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        # x + dwconv(x) is one depthwise conv whose centre tap is raised by one: a pass over the map saved.
+        self.register_buffer("identity_tap", F.pad(torch.ones(1, 1, 1, 1), (1, 1, 1, 1)), persistent=False)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         attn_cls = {"C": MetaCrossAttention, "D": DualCrossAttention, "S": TokenSelfAttention}[attn_type]
         self.attn = attn_cls(dim, dim // head_dim, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
@@ -99,7 +103,9 @@ class LeMeViTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, H, W, C = x.shape
-        t = (x + nhwc(self.pos_embed(nchw(x)))).reshape(B, H * W, C)
+        pe = self.pos_embed
+        t = F.conv2d(nchw(x), pe.weight + self.identity_tap, pe.bias, padding=1, groups=C)
+        t = nhwc(t).reshape(B, H * W, C)
         if self.attn_type == "C":
             # Only the meta tokens are updated; the image map (before position encoding) passes through.
             c = c + self.drop_path(self.attn(self.norm1(t), self.norm1(c)))
