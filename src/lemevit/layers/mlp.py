@@ -35,16 +35,29 @@ class Mlp(nn.Module):
     def _plain(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.fc1.out_features
-        rows = x.numel() // x.shape[-1]
-        if (x.device.type != "cpu" or self.training or torch.is_grad_enabled() or torch.compiler.is_compiling()
-                or torch.is_autocast_enabled("cpu") or rows * hidden * x.element_size() <= self.chunk_above_bytes):
-            return self._plain(x)
+    def _use_chunks(self, x: torch.Tensor) -> bool:
+        return not (x.device.type != "cpu" or self.training or torch.is_grad_enabled()
+                    or torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu")
+                    or x.numel() // x.shape[-1] * self.fc1.out_features * x.element_size() <= self.chunk_above_bytes)
+
+    def _chunked(self, x: torch.Tensor, norm: nn.Module | None, residual: bool) -> torch.Tensor:
+        """``[x +] fc2(act(fc1([norm](x))))`` chunk by chunk; norm and residual never touch the whole map."""
+        rows, hidden = x.numel() // x.shape[-1], self.fc1.out_features
         flat = x.reshape(rows, x.shape[-1])
         out = flat.new_empty(rows, self.fc2.out_features)
         step = max(1, self.chunk_bytes // (hidden * x.element_size()))
         for start in range(0, rows, step):
-            h = self.act(F.linear(flat[start:start + step], self.fc1.weight, self.fc1.bias))
-            torch.addmm(self.fc2.bias, h, self.fc2.weight.t(), out=out[start:start + step])
+            rows_in = flat[start:start + step]
+            h = self.act(F.linear(norm(rows_in) if norm is not None else rows_in, self.fc1.weight, self.fc1.bias))
+            base = rows_in + self.fc2.bias if residual else self.fc2.bias
+            torch.addmm(base, h, self.fc2.weight.t(), out=out[start:start + step])
         return out.view(*x.shape[:-1], self.fc2.out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._chunked(x, None, False) if self._use_chunks(x) else self._plain(x)
+
+    def residual(self, x: torch.Tensor, norm: nn.Module, drop_path: nn.Module) -> torch.Tensor:
+        """The pre-norm MLP sub-block ``x + drop_path(mlp(norm(x)))``."""
+        if self._use_chunks(x):
+            return self._chunked(x, norm, True)
+        return x + drop_path(self._plain(norm(x)))

@@ -109,16 +109,14 @@ class LeMeViTBlock(nn.Module):
         if self.attn_type == "C":
             # Only the meta tokens are updated; the image map (before position encoding) passes through.
             c = c + self.drop_path(self.attn(self.norm1(t), self.norm1(c)))
-            c = c + self.drop_path(self.mlp(self.norm2(c)))
+            c = self.mlp.residual(c, self.norm2, self.drop_path)
             return x, c
         if self.attn_type == "D":
             dt, dc = self.attn(self.norm1(t), self.norm1(c))
         else:
             dt, dc = self.attn(self.norm1(t)), self.attn(self.norm1(c))
-        t = t + self.drop_path(dt)
-        t = t + self.drop_path(self.mlp(self.norm2(t)))
-        c = c + self.drop_path(dc)
-        c = c + self.drop_path(self.mlp(self.norm2(c)))
+        t = self.mlp.residual(t + self.drop_path(dt), self.norm2, self.drop_path)
+        c = self.mlp.residual(c + self.drop_path(dc), self.norm2, self.drop_path)
         return t.reshape(B, H, W, C), c
 
 
