@@ -15,7 +15,6 @@ MINI_PARITY = TESTS / "fixtures" / "parity" / "mini"
 # The full-size parity fixtures live next to the repository in ../shared (CI has it, a clone may not).
 SHARED_PARITY = TESTS.parent.parent / "shared" / "fixtures" / "parity"
 
-torch.set_num_threads(max(1, torch.get_num_threads()))
 
 
 @pytest.fixture(scope="session")
