@@ -30,6 +30,7 @@ from lemevit.layers.conv_bn import conv_bn
 from lemevit.layers.format import nchw, nhwc
 from lemevit.layers.meta_attention import DualCrossAttention, MetaCrossAttention, TokenSelfAttention
 from lemevit.layers.mlp import Mlp
+from lemevit.models._convert import prepare_state_dict
 
 __all__ = ["LeMeViT", "checkpoint_filter_fn"]
 
@@ -376,16 +377,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module |
     Accepts the published classification layout and its dense-prediction copies (``backbone.`` or
     ``module.`` prefixes, wrapped in ``state_dict`` / ``model``); float16 tensors become float32.
     """
-    for wrapper in ("state_dict", "model"):
-        if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
-            state_dict = state_dict[wrapper]
-    out = {}
-    for key, value in state_dict.items():
-        key = re.sub(r"^(module\.|backbone\.)+", "", key)
-        if torch.is_tensor(value) and value.is_floating_point():
-            value = value.float()
-        out[convert_official_key(key)] = value
-    return out
+    return {convert_official_key(key): value for key, value in prepare_state_dict(state_dict).items()}
 
 
 def _create_lemevit(variant: str, pretrained: bool = False, **kwargs) -> LeMeViT:

@@ -35,6 +35,7 @@ from torch.utils.checkpoint import checkpoint
 from lemevit.layers.format import nchw, nhwc
 from lemevit.layers.lvt_attention import ClassAttention, ConvolutionalSelfAttention, RecursiveAtrousSelfAttention
 from lemevit.layers.mlp import Mlp
+from lemevit.models._convert import prepare_state_dict
 
 __all__ = ["LVT", "DwConvMlp", "OverlapPatchEmbed", "checkpoint_filter_fn"]
 
@@ -401,15 +402,10 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module |
     Also accepts ``module.`` prefixes, an mmseg/mmdet ``backbone.`` wrapper and ``state_dict`` / ``model``
     containers; float16 tensors become float32.
     """
-    for wrapper in ("state_dict", "model"):
-        if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
-            state_dict = state_dict[wrapper]
     out = {}
-    for key, value in state_dict.items():
-        key = re.sub(r"^(module\.)+", "", key)
-        key = re.sub(r"^backbone\.(?=backbone\.|downstream_norms\.)", "", key)
-        if torch.is_tensor(value) and value.is_floating_point():
-            value = value.float()
+    # The published model's own stages live under `backbone.`, so only an outer mmseg/mmdet one is stripped.
+    outer_prefix = r"^(module\.)*(backbone\.(?=backbone\.|downstream_norms\.))?"
+    for key, value in prepare_state_dict(state_dict, outer_prefix).items():
         key = convert_official_key(key)
         if _CSA_VALUE.match(key) and value.ndim == 4:
             # Grouped 1x1 conv (k*k*C, C, 1, 1), group p = kernel position p -> (k*k, C_out, C_in).

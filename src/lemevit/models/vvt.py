@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lemevit.layers.format import nchw
 from lemevit.layers.vicinity_attention import VicinityAttention
+from lemevit.models._convert import prepare_state_dict
 from lemevit.models.lvt import DwConvMlp, OverlapPatchEmbed
 
 __all__ = ["VVT", "checkpoint_filter_fn"]
@@ -259,16 +260,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module |
     Also accepts ``module.`` / ``backbone.`` prefixes and ``state_dict`` / ``model`` containers; float16
     tensors become float32.
     """
-    for wrapper in ("state_dict", "model"):
-        if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
-            state_dict = state_dict[wrapper]
-    out = {}
-    for key, value in state_dict.items():
-        key = re.sub(r"^(module\.|backbone\.)+", "", key)
-        if torch.is_tensor(value) and value.is_floating_point():
-            value = value.float()
-        out[convert_official_key(key)] = value
-    return out
+    return {convert_official_key(key): value for key, value in prepare_state_dict(state_dict).items()}
 
 
 def _create_vvt(variant: str, pretrained: bool = False, **kwargs) -> VVT:
