@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import timm
 import torch
@@ -28,6 +29,51 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from lemevit.tasks.classification_run import TrainConfig, train
+
+    if args.task != "classification":
+        raise SystemExit(f"--task {args.task}: only 'classification' is available in this version")
+    given = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+    run = Path(args.output) if args.output else None
+    if args.resume and run is not None and (run / "config.yaml").is_file():
+        cfg = TrainConfig.from_yaml(run / "config.yaml", **given)
+    elif args.config:
+        cfg = TrainConfig.from_yaml(args.config, **given)
+    else:
+        missing = [f"--{k.replace('_', '-')}" for k in ("data", "output") if k not in given]
+        if missing:
+            raise SystemExit(f"lemevit train: {' and '.join(missing)} required (or --config FILE.yaml)")
+        cfg = TrainConfig(**given)
+    run = train(cfg, resume=args.resume)
+    print(f"run written to {run}: best.ckpt, last.ckpt, split.json, config.yaml, logs/")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from lemevit.tasks.classification_run import evaluate
+
+    metrics = evaluate(args.checkpoint, args.output, data=args.data, batch_size=args.batch_size)
+    print(f"top-1 {metrics['top1']:.2%}  top-5 {metrics['top5']:.2%}  on {metrics['num_images']} images "
+          f"(chance {1 / len(metrics['class_names']):.2%}); wrote {Path(args.output) / 'metrics.json'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from lemevit.tasks.classification_run import predict
+
+    rows = predict(args.checkpoint, args.images, args.output, topk=args.topk, batch_size=args.batch_size)
+    print(f"predicted {len(rows)} images; wrote {args.output}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from lemevit.tasks.classification_run import explain
+
+    print(f"wrote {explain(args.checkpoint, args.image, args.output, block=args.block)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lemevit", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lemevit {lemevit.__version__}")
@@ -37,12 +83,71 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--filter", default="", help="only names containing this text")
     models.add_argument("--num-classes", type=int, default=1000, help="classifier size for the count (default 1000)")
     models.set_defaults(func=cmd_models)
+
+    tr = sub.add_parser("train", help="train a model into a run directory (resumable)")
+    tr.add_argument("--task", default="classification", choices=["classification"])
+    tr.add_argument("--config", help="YAML file whose keys are these options (underscored); options override it")
+    tr.add_argument("--data", help="class-per-folder image directory")
+    tr.add_argument("--output", help="run directory")
+    tr.add_argument("--model", help="any model name of our registry or timm (default lemevit_tiny)")
+    tr.add_argument("--img-size", type=int)
+    tr.add_argument("--epochs", type=int)
+    tr.add_argument("--batch-size", type=int)
+    tr.add_argument("--split", type=float, help="train fraction of a stratified split (default 0.8)")
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--lr", type=float)
+    tr.add_argument("--weight-decay", type=float)
+    tr.add_argument("--warmup-epochs", type=float)
+    tr.add_argument("--label-smoothing", type=float)
+    tr.add_argument("--mixup", type=float)
+    tr.add_argument("--cutmix", type=float)
+    tr.add_argument("--randaugment", help="timm-style RandAugment spec, e.g. rand-m9-mstd0.5 (RGB only)")
+    tr.add_argument("--drop-path-rate", type=float)
+    tr.add_argument("--ema-decay", type=float, help="keep an EMA of the weights (e.g. 0.999)")
+    tr.add_argument("--gradient-clip", type=float)
+    tr.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
+    tr.add_argument("--accelerator", help="auto, cpu, gpu")
+    tr.add_argument("--devices", type=int)
+    tr.add_argument("--num-nodes", type=int)
+    tr.add_argument("--num-workers", type=int)
+    tr.add_argument("--init-checkpoint", help="start from these weights (ours or published)")
+    tr.add_argument("--skip-bad", action="store_true", default=None,
+                    help="skip unreadable images and report them in the run directory instead of stopping")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --output from its last.ckpt")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint: metrics.json and confusion_matrix.png")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--data", help="class-per-folder images (default: the run's own held-out split)")
+    ev.add_argument("--output", required=True)
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="top-k classes per image into a .csv or .json file")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+    pr.add_argument("--output", required=True, help="FILE.csv or FILE.json")
+    pr.add_argument("--topk", type=int, default=5)
+    pr.add_argument("--batch-size", type=int, default=32)
+    pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("explain", help="meta-token attention maps of a LeMeViT model over an image (PNG)")
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("image")
+    ex.add_argument("--output", required=True, help="FILE.png")
+    ex.add_argument("--block", help="block name (default: the deepest Dual Cross-Attention block)")
+    ex.set_defaults(func=cmd_explain)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        # Bad input is reported as one line naming the file or option, not as a traceback.
+        print(f"lemevit {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,72 @@
+"""The Lightning Trainer every task runs on: run directory, checkpoints, logs, devices and precision."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from lemevit.io import atomic_path
+
+__all__ = ["AtomicCheckpointIO", "build_trainer", "resolve_precision"]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temporary file and renamed over the old one: a run killed while
+    saving keeps its previous ``last.ckpt`` intact."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if get_filesystem(path).protocol not in ("file", ("file", "local")):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """Map fp32/bf16/fp16 to Lightning's names, refusing what the device cannot do."""
+    names = {"fp32": "32-true", "32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed", "16": "16-mixed"}
+    if precision not in names:
+        raise ValueError(f"--precision must be one of fp32, bf16, fp16; got {precision!r}")
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if precision in ("fp16", "16") and not on_gpu:
+        raise ValueError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
+    if precision == "bf16" and on_gpu and not torch.cuda.is_bf16_supported():
+        raise ValueError("--precision bf16 is not supported by this GPU; use fp16 or fp32")
+    return names[precision]
+
+
+def build_trainer(run_dir: str | Path, monitor: str, max_epochs: int, accelerator: str = "auto",
+                  devices: int | str = "auto", num_nodes: int = 1, precision: str = "fp32",
+                  gradient_clip: float | None = None, progress: bool = True, **kwargs) -> pl.Trainer:
+    """A Trainer writing ``best.ckpt`` (best ``monitor``), ``last.ckpt`` (every epoch), CSV and TensorBoard
+    logs into ``run_dir``. DDP is used when more than one device or node is asked for (also under
+    torchrun, whose environment Lightning reads)."""
+    run_dir = Path(run_dir)
+    checkpoints = ModelCheckpoint(dirpath=run_dir, filename="best", monitor=monitor, mode="max", save_top_k=1,
+                                  save_last=True, enable_version_counter=False, auto_insert_metric_name=False)
+    multi = num_nodes > 1 or (isinstance(devices, int) and devices > 1) or int(os.environ.get("WORLD_SIZE", 1)) > 1
+    return pl.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=max_epochs,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy="ddp" if multi else "auto",
+        precision=resolve_precision(precision, accelerator),
+        gradient_clip_val=gradient_clip,
+        callbacks=[checkpoints, LearningRateMonitor(logging_interval="step")],
+        logger=[CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="logs", version="")],
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=progress,
+        # The training loader is rebuilt every epoch so that its shuffle is seeded by the epoch, which makes a
+        # resumed run see the same batches as an uninterrupted one.
+        reload_dataloaders_every_n_epochs=1,
+        log_every_n_steps=1,
+        **kwargs,
+    )

@@ -1,0 +1,122 @@
+"""Scene recognition through the CLI: train, resume, evaluate, predict, explain; metrics on a hand-made case."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lemevit.cli import main
+from lemevit.tasks.classification_run import classification_metrics
+
+CLASSES = ("Farmland", "Forest", "Port")
+
+
+def make_scenes(root: Path, per_class: int = 6, size: int = 40) -> Path:
+    """Tiny class-per-folder set whose classes differ in colour, so a model can learn them."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            image = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+            image[..., c] += 150
+            Image.fromarray(image).save(root / name / f"{name.lower()}_{i}.png")
+    return root
+
+
+def train_args(data: Path, out: Path, epochs: int = 2, **extra) -> list[str]:
+    args = ["train", "--data", str(data), "--output", str(out), "--model", "lemevit_tiny", "--img-size", "32",
+            "--epochs", str(epochs), "--batch-size", "4", "--num-workers", "0", "--seed", "3", "--split", "0.75"]
+    for key, value in extra.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_metrics_on_a_hand_made_case():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.5, 0.4, 0.1], [0.2, 0.3, 0.5]])
+    labels = torch.tensor([0, 1, 1, 2])
+    m = classification_metrics(probs, labels, list(CLASSES))
+    assert m["top1"] == pytest.approx(0.75)
+    assert m["top5"] == pytest.approx(1.0)
+    assert m["confusion_matrix"] == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    assert m["per_class"]["Farmland"] == pytest.approx({"precision": 0.5, "recall": 1.0, "f1": 2 / 3, "support": 1})
+    assert m["per_class"]["Forest"] == pytest.approx({"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2})
+
+
+def test_train_writes_the_run_and_eval_predict_explain_use_it(tmp_path):
+    data = make_scenes(tmp_path / "scenes")
+    run = tmp_path / "run"
+    assert main(train_args(data, run)) == 0
+    for name in ("best.ckpt", "last.ckpt", "split.json", "config.yaml", "logs/metrics.csv"):
+        assert (run / name).is_file(), name
+    split = json.loads((run / "split.json").read_text())
+    held_out = {s["path"] if isinstance(s, dict) else s[0] for s in split["splits"]["val"]}
+    assert len(held_out) == 3 * 2  # 25 % of 6 images per class
+
+    assert main(["eval", "--checkpoint", str(run / "best.ckpt"), "--output", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["num_images"] == len(held_out)
+    assert set(metrics["per_class"]) == set(CLASSES)
+    assert np.array(metrics["confusion_matrix"]).sum() == len(held_out)
+    assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0
+    assert (tmp_path / "eval" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+    odd = tmp_path / "odd.png"
+    Image.fromarray(np.full((57, 91, 3), 200, np.uint8)).save(odd)
+    out_csv = tmp_path / "pred.csv"
+    assert main(["predict", "--checkpoint", str(run / "best.ckpt"), str(data / "Forest"), str(odd),
+                 "--output", str(out_csv), "--topk", "2"]) == 0
+    rows = list(csv.DictReader(out_csv.open()))
+    assert len(rows) == 6 + 1
+    assert {r["class_1"] for r in rows} <= set(CLASSES)
+    assert all(float(r["prob_1"]) >= float(r["prob_2"]) for r in rows)
+
+    png = tmp_path / "attention.png"
+    assert main(["explain", "--checkpoint", str(run / "best.ckpt"), str(odd), "--output", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
+    data = make_scenes(tmp_path / "scenes", per_class=12)
+    epochs = 4
+    extra = {"ema_decay": 0.9}
+    reference = tmp_path / "uninterrupted"
+    assert main(train_args(data, reference, epochs, **extra)) == 0
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "lemevit.cli"] + train_args(data, killed, epochs, **extra)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.time() + 120
+    while not (killed / "last.ckpt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    epoch_at_kill = torch.load(killed / "last.ckpt", map_location="cpu", weights_only=False)["epoch"]
+    assert epoch_at_kill < epochs - 1, "the run finished before it could be killed"
+
+    assert main(train_args(data, killed, epochs, **extra) + ["--resume"]) == 0
+    resumed, uninterrupted = final_weights(killed), final_weights(reference)
+    assert any(k.startswith("ema.") for k in resumed)
+    for key, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[key], value, atol=1e-6, rtol=1e-5, msg=key)
+
+
+def test_training_again_into_a_run_directory_needs_resume(tmp_path, capsys):
+    data = make_scenes(tmp_path / "scenes", per_class=3)
+    run = tmp_path / "run"
+    assert main(train_args(data, run, epochs=1)) == 0
+    assert main(train_args(data, run, epochs=1)) == 2
+    assert "--resume" in capsys.readouterr().err
