@@ -120,3 +120,15 @@ def test_training_again_into_a_run_directory_needs_resume(tmp_path, capsys):
     assert main(train_args(data, run, epochs=1)) == 0
     assert main(train_args(data, run, epochs=1)) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_demo_trains_evaluates_and_explains_on_the_shipped_scenes(tmp_path, capsys):
+    from lemevit.demo import DEMO_DATA, run_demo
+
+    assert len(list(DEMO_DATA.glob("*/*.jpg"))) == 30 * 12
+    metrics = run_demo(tmp_path / "demo", epochs=1, img_size=32, progress=False)
+    assert metrics["num_images"] == 60 and len(metrics["class_names"]) == 30
+    for name in ("run/best.ckpt", "eval/metrics.json", "eval/confusion_matrix.png", "attention.png"):
+        assert (tmp_path / "demo" / name).is_file(), name
+    out = capsys.readouterr().out
+    assert "chance 3.3%" in out and "img/s" in out

@@ -74,6 +74,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lemevit.demo import run_demo
+
+    run_demo(args.output, model=args.model, epochs=args.epochs, img_size=args.img_size)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lemevit", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lemevit {lemevit.__version__}")
@@ -137,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--output", required=True, help="FILE.png")
     ex.add_argument("--block", help="block name (default: the deepest Dual Cross-Attention block)")
     ex.set_defaults(func=cmd_explain)
+
+    demo = sub.add_parser("demo", help="train, evaluate and explain LeMeViT-Tiny on AID scenes shipped with lemevit")
+    demo.add_argument("--output", default="lemevit-demo", help="folder for the run and its results")
+    demo.add_argument("--model", default="lemevit_tiny")
+    demo.add_argument("--epochs", type=int, default=25)
+    demo.add_argument("--img-size", type=int, default=128)
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Lightning modules and the runs built on them: classification (scene recognition)."""
