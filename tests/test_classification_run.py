@@ -132,3 +132,16 @@ def test_demo_trains_evaluates_and_explains_on_the_shipped_scenes(tmp_path, caps
         assert (tmp_path / "demo" / name).is_file(), name
     out = capsys.readouterr().out
     assert "chance 3.3%" in out and "img/s" in out
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(tmp_path):
+    data = make_scenes(tmp_path / "scenes", per_class=4)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lemevit.cli"] + train_args(data, run, epochs=1) + ["--accelerator", "cpu",
+                                                                                       "--devices", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    checkpoint = torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["epoch"] == 0 and checkpoint["global_step"] > 0
+    assert done.stdout.count("run written to") == 1

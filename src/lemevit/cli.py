@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise SystemExit(f"lemevit train: {' and '.join(missing)} required (or --config FILE.yaml)")
         cfg = TrainConfig(**given)
     run = train(cfg, resume=args.resume)
-    print(f"run written to {run}: best.ckpt, last.ckpt, split.json, config.yaml, logs/")
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
+        print(f"run written to {run}: best.ckpt, last.ckpt, split.json, config.yaml, logs/")
     return 0
 
 
