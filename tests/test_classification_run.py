@@ -145,3 +145,16 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     checkpoint = torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["epoch"] == 0 and checkpoint["global_step"] > 0
     assert done.stdout.count("run written to") == 1
+
+
+def test_explain_says_clearly_that_other_models_have_no_meta_tokens(tmp_path, capsys):
+    data = make_scenes(tmp_path / "scenes", per_class=3)
+    run = tmp_path / "run"
+    args = train_args(data, run, epochs=1)
+    args[args.index("lemevit_tiny")] = "resnet10t"
+    assert main(args) == 0
+    image = next((data / "Forest").iterdir())
+    png = tmp_path / "a.png"
+    assert main(["explain", "--checkpoint", str(run / "best.ckpt"), str(image), "--output", str(png)]) == 2
+    assert "resnet10t has no meta tokens" in capsys.readouterr().err
+    assert not png.exists()

@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--label-smoothing", type=float)
     tr.add_argument("--mixup", type=float)
     tr.add_argument("--cutmix", type=float)
-    tr.add_argument("--randaugment", help="timm-style RandAugment spec, e.g. rand-m9-mstd0.5 (RGB only)")
+    tr.add_argument("--randaugment", help="RandAugment as rand-m9-n2 (magnitude 0..30, operations), 8-bit RGB only")
     tr.add_argument("--drop-path-rate", type=float)
     tr.add_argument("--ema-decay", type=float, help="keep an EMA of the weights (e.g. 0.999)")
     tr.add_argument("--gradient-clip", type=float)
