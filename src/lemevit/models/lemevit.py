@@ -30,6 +30,7 @@ from lemevit.layers.conv_bn import conv_bn
 from lemevit.layers.format import nchw, nhwc
 from lemevit.layers.meta_attention import DualCrossAttention, MetaCrossAttention, TokenSelfAttention
 from lemevit.layers.mlp import Mlp
+from lemevit.models._checks import check_image_batch
 from lemevit.models._convert import prepare_state_dict
 
 __all__ = ["LeMeViT", "checkpoint_filter_fn"]
@@ -246,12 +247,6 @@ class LeMeViT(nn.Module):
             self.global_pool = global_pool
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            got = f"{x.shape[1]} channels" if x.ndim == 4 else f"a {x.ndim}-d tensor"
-            raise ValueError(f"LeMeViT expects {self.in_chans} input channels, an image batch "
-                             f"(B, {self.in_chans}, H, W); got {got} (input shape {tuple(x.shape)})")
-
     def _meta_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self.meta_tokens.unsqueeze(0).expand(x.shape[0], -1, -1)
 
@@ -260,7 +255,7 @@ class LeMeViT(nn.Module):
         return torch.cat([x, self.meta_norm(c)], dim=1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
+        check_image_batch(x, self.in_chans, "LeMeViT")
         x, c = self.stem(x), self._meta_tokens(x)
         for stage in self.stages:
             x, c = stage(x, c)
@@ -298,7 +293,7 @@ class LeMeViT(nn.Module):
         """
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        self._check_input(x)
+        check_image_batch(x, self.in_chans, "LeMeViT")
         take_indices, max_index = feature_take_indices(len(self._feature_stages), indices)
         take_stages = {self._feature_stages[i] for i in take_indices}
         last_stage = len(self.stages) - 1

@@ -35,6 +35,7 @@ from torch.utils.checkpoint import checkpoint
 from lemevit.layers.format import nchw, nhwc
 from lemevit.layers.lvt_attention import ClassAttention, ConvolutionalSelfAttention, RecursiveAtrousSelfAttention
 from lemevit.layers.mlp import Mlp
+from lemevit.models._checks import check_image_batch
 from lemevit.models._convert import prepare_state_dict
 
 __all__ = ["LVT", "DwConvMlp", "OverlapPatchEmbed", "checkpoint_filter_fn"]
@@ -261,12 +262,6 @@ class LVT(nn.Module):
         self.num_classes = num_classes
         self.head, self.aux_head = self._heads(num_classes)
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"LVT expects input of shape (B, {self.in_chans}, H, W) with {self.in_chans} channels, "
-                f"got shape {tuple(x.shape)} with {x.shape[1] if x.ndim > 1 else '?'} channels")
-
     def _run_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Stage ``i`` on an NCHW map; (B, H, W, C) out, through the stage norm in the dense backbone."""
         x = self.stages[i](x)
@@ -282,7 +277,7 @@ class LVT(nn.Module):
         return self.norm(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
+        check_image_batch(x, self.in_chans, "LVT")
         for i in range(len(self.stages)):
             x = self._run_stage(i, x if i == 0 else nchw(x))
         return self._tokens(x)
@@ -325,7 +320,7 @@ class LVT(nn.Module):
         """
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        self._check_input(x)
+        check_image_batch(x, self.in_chans, "LVT")
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last = len(self.stages) - 1
         num_run = max_index + 1 if stop_early and not torch.jit.is_scripting() else len(self.stages)

@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lemevit.layers.format import nchw
 from lemevit.layers.vicinity_attention import VicinityAttention
+from lemevit.models._checks import check_image_batch
 from lemevit.models._convert import prepare_state_dict
 from lemevit.models.lvt import DwConvMlp, OverlapPatchEmbed
 
@@ -152,14 +153,8 @@ class VVT(nn.Module):
             self.global_pool = global_pool
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"VVT expects input of shape (B, {self.in_chans}, H, W) with {self.in_chans} channels, "
-                f"got shape {tuple(x.shape)} with {x.shape[1] if x.ndim > 1 else '?'} channels")
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
+        check_image_batch(x, self.in_chans, "VVT")
         for i, stage in enumerate(self.stages):
             x = stage(x if i == 0 else nchw(x))
         return x.flatten(1, 2)
@@ -195,7 +190,7 @@ class VVT(nn.Module):
         """
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        self._check_input(x)
+        check_image_batch(x, self.in_chans, "VVT")
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         stages = self.stages
         if stop_early and not torch.jit.is_scripting():
