@@ -30,13 +30,19 @@ def main() -> None:
     p.add_argument("--img-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup-epochs", type=float, default=2.0)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--crop-scale", type=float, nargs=2, default=[0.5, 1.0])
+    p.add_argument("--ema-decay", type=float)
+    p.add_argument("--gradient-clip", type=float, default=1.0)
     p.add_argument("--name", required=True)
     args = p.parse_args()
 
     run = HERE / "runs" / args.name
     cfg = TrainConfig(data=args.data, output=str(run), model=args.model, img_size=args.img_size, epochs=args.epochs,
-                      batch_size=args.batch_size, split=0.8, seed=0, lr=args.lr, warmup_epochs=2,
-                      drop_path_rate=0.0, label_smoothing=0.1, num_workers=0)
+                      batch_size=args.batch_size, split=0.8, seed=0, lr=args.lr, warmup_epochs=args.warmup_epochs,
+                      drop_path_rate=0.0, label_smoothing=args.label_smoothing, crop_scale=args.crop_scale,
+                      ema_decay=args.ema_decay, gradient_clip=args.gradient_clip, num_workers=0)
     start = time.perf_counter()
     train(cfg, resume=(run / "last.ckpt").is_file())
     minutes = (time.perf_counter() - start) / 60

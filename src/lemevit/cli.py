@@ -83,6 +83,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from lemevit.bench.suite import BenchmarkConfig, format_ratios, run_benchmark, write_outputs
+
+    modes = {"inference": ["inference"], "train": ["train"], "both": ["inference", "train"]}[args.mode]
+    cfg = BenchmarkConfig(models=args.models, img_sizes=args.img_sizes, batch_sizes=args.batch_sizes,
+                          dtypes=args.dtypes, modes=modes, device=args.device, channels_last=args.channels_last,
+                          compile=args.compile, latency=not args.no_latency, memory=not args.no_memory,
+                          rounds=args.rounds, warmup=args.warmup, pairs=args.pairs)
+    record = run_benchmark(cfg, progress=not args.quiet)
+    if record["ratios"]:
+        print(format_ratios(record["ratios"]))
+    written = write_outputs(record, args.output)
+    print("wrote " + ", ".join(str(p) for p in written))
+    measured = [r for r in record["rows"] if r["img_per_s"] is not None]
+    return 0 if measured else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lemevit", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lemevit {lemevit.__version__}")
@@ -111,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--mixup", type=float)
     tr.add_argument("--cutmix", type=float)
     tr.add_argument("--randaugment", help="RandAugment as rand-m9-n2 (magnitude 0..30, operations), 8-bit RGB only")
+    tr.add_argument("--crop-scale", type=float, nargs=2, metavar=("MIN", "MAX"),
+                    help="area range of the random resized crop, as fractions of the image (default 0.5 1.0)")
+    tr.add_argument("--no-rotate90", dest="rotate90", action="store_false", default=None,
+                    help="no random 90-degree rotations (for scenes with a canonical orientation)")
     tr.add_argument("--drop-path-rate", type=float)
     tr.add_argument("--ema-decay", type=float, help="keep an EMA of the weights (e.g. 0.999)")
     tr.add_argument("--gradient-clip", type=float)
@@ -146,6 +167,29 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--output", required=True, help="FILE.png")
     ex.add_argument("--block", help="block name (default: the deepest Dual Cross-Attention block)")
     ex.set_defaults(func=cmd_explain)
+
+    be = sub.add_parser("benchmark", help="speed, MACs, parameters and memory of models side by side",
+                        description="Times the models interleaved (machine noise hits all alike) in every "
+                                    "combination of --img-sizes, --batch-sizes, --dtypes and --mode, plus latency at "
+                                    "batch 1; writes benchmark.json/.csv/.md and PNG plots into --output.")
+    be.add_argument("--models", nargs="+", required=True, help="names of our registry and/or timm")
+    be.add_argument("--img-sizes", nargs="+", type=int, default=[224])
+    be.add_argument("--batch-sizes", nargs="+", type=int, default=[16])
+    be.add_argument("--dtypes", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16"],
+                    help="fp32, or autocast to bf16 / fp16")
+    be.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    be.add_argument("--mode", choices=["inference", "train", "both"], default="inference",
+                    help="inference batches, training steps (forward, backward, AdamW) or both")
+    be.add_argument("--channels-last", action="store_true")
+    be.add_argument("--compile", action="store_true", help="torch.compile every model (compiled against compiled)")
+    be.add_argument("--pairs", nargs="*", default=[], metavar="OURS:PEER", help="report per-round speed ratios")
+    be.add_argument("--rounds", type=int, default=10)
+    be.add_argument("--warmup", type=int, default=2)
+    be.add_argument("--no-latency", action="store_true", help="skip the batch-1 latency runs")
+    be.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    be.add_argument("--quiet", action="store_true", help="no progress bars")
+    be.add_argument("--output", default="lemevit-benchmark", help="folder for the results (default lemevit-benchmark)")
+    be.set_defaults(func=cmd_benchmark)
 
     demo = sub.add_parser("demo", help="train, evaluate and explain LeMeViT-Tiny on AID scenes shipped with lemevit")
     demo.add_argument("--output", default="lemevit-demo", help="folder for the run and its results")

@@ -62,7 +62,7 @@ class ClassificationTask(pl.LightningModule):
         self.save_hyperparameters()
         self.model = create_model(model, num_classes=num_classes, in_chans=in_chans,
                                   drop_path_rate=drop_path_rate, checkpoint=init_checkpoint)
-        self.ema = ModelEmaV3(self.model, decay=ema_decay) if ema_decay else None
+        self.ema = ModelEmaV3(self.model, decay=ema_decay, use_warmup=True) if ema_decay else None
         self.mixup = (Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing,
                             num_classes=num_classes) if mixup > 0 or cutmix > 0 else None)
         self.soft_loss = SoftTargetCrossEntropy()

@@ -52,6 +52,8 @@ class TrainConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     randaugment: str | None = None
+    crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    rotate90: bool = True
     drop_path_rate: float = 0.1
     ema_decay: float | None = None
     gradient_clip: float | None = 1.0
@@ -127,9 +129,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
 
     bands, mean, std = _normalisation(root, splits["train"])
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    augment = {"randaugment": cfg.randaugment, "scale": tuple(cfg.crop_scale), "rot90": cfg.rotate90}
     datamodule = ClassificationDataModule(
         root, class_names, splits, img_size=cfg.img_size, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-        mean=mean, std=std, augment={"randaugment": cfg.randaugment}, seed=cfg.seed)
+        mean=mean, std=std, augment=augment, seed=cfg.seed)
     task = ClassificationTask(
         cfg.model, num_classes=len(class_names), class_names=class_names, in_chans=bands, img_size=cfg.img_size,
         mean=mean, std=std, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs,
