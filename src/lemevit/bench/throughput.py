@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import timm
 import torch
+from tqdm.auto import tqdm
 
 import lemevit  # noqa: F401  (registers our models with timm)
 
-__all__ = ["Measurement", "build_runner", "measure_interleaved"]
+__all__ = ["DTYPES", "MODES", "Measurement", "build_model", "build_step", "check_dtype", "describe_error",
+           "measure_interleaved"]
 
 
 @dataclass
@@ -43,54 +45,145 @@ class Measurement:
         return statistics.median(ratios), pick(0.1), pick(0.9)
 
 
-def build_runner(name: str, batch_size: int, img_size: int, device: str = "cpu", dtype: str = "fp32",
-                 channels_last: bool = False, compile: bool = False, freezing: bool = False,
-                 model_kwargs: dict | None = None) -> Callable[[], torch.Tensor]:
-    """A no-argument callable running one inference batch of model ``name``.
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+MODES = ("inference", "train")
 
-    ``freezing`` turns on inductor's weight freezing (constant folding and prepacked CPU GEMMs), the
-    setting PyTorch recommends for compiled CPU inference; it applies process-wide.
+
+def build_model(name: str, img_size: int, num_classes: int = 1000, **kwargs) -> torch.nn.Module:
+    """Model ``name`` of our registry or timm's, built for ``img_size`` where its constructor takes one
+    (plain ViTs and Swin fix their position tables or windows to it); other models take any size."""
+    try:
+        return timm.create_model(name, num_classes=num_classes, img_size=img_size, **kwargs)
+    except TypeError as e:
+        if "img_size" not in str(e):
+            raise
+    return timm.create_model(name, num_classes=num_classes, **kwargs)
+
+
+def check_dtype(dtype: str, device: str) -> None:
+    """ValueError when autocast to ``dtype`` cannot run on ``device``."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: expected one of {list(DTYPES)}")
+    amp = DTYPES[dtype]
+    if amp is None:
+        return
+    kind = torch.device(device).type
+    if kind == "cuda" and amp is torch.bfloat16 and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise ValueError(f"dtype bf16: {torch.cuda.get_device_name(device)} has no bf16 arithmetic")
+    if not torch.amp.is_autocast_available(kind):
+        raise ValueError(f"dtype {dtype}: autocast is not available on {kind}")
+    try:
+        with torch.autocast(kind, dtype=amp):
+            out = torch.nn.functional.linear(torch.ones(2, 2, device=device), torch.ones(2, 2, device=device))
+    except RuntimeError as e:
+        raise ValueError(f"dtype {dtype}: autocast to it fails on {device}: {e}") from e
+    if out.dtype != amp:
+        raise ValueError(f"dtype {dtype}: autocast on {device} does not compute matrix products in {dtype}")
+
+
+def build_step(name: str, batch_size: int, img_size: int, device: str = "cpu", dtype: str = "fp32",
+               channels_last: bool = False, compile: bool = False, freezing: bool = False, mode: str = "inference",
+               model_kwargs: dict | None = None) -> Callable[[], object]:
+    """A no-argument callable running one inference batch or one training step of model ``name``.
+
+    The training step is what a training loop does per batch: autocast forward, cross-entropy against
+    random labels, backward (through a gradient scaler for fp16) and an AdamW update. ``freezing`` turns on
+    inductor's weight freezing (constant folding and prepacked CPU GEMMs), the setting PyTorch recommends
+    for compiled CPU inference; it applies process-wide and only to inference.
     """
-    model = timm.create_model(name, num_classes=1000, **(model_kwargs or {})).eval().to(device)
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: expected one of {list(MODES)}")
+    check_dtype(dtype, device)
+    model = build_model(name, img_size, **(model_kwargs or {})).to(device)
+    model.train(mode == "train")
     x = torch.randn(batch_size, 3, img_size, img_size, device=device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     if compile:
-        if freezing:
+        if freezing and mode == "inference":
             import torch._inductor.config as inductor_config
 
             inductor_config.freezing = True
-        model = torch.compile(model)
-    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    autocast = (lambda: torch.autocast(device, dtype=amp)) if amp else nullcontext
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        forward = torch.compile(model)
+    else:
+        forward = model
+    amp = DTYPES[dtype]
+    kind = torch.device(device).type
+    autocast = (lambda: torch.autocast(kind, dtype=amp)) if amp else nullcontext
+    sync = torch.cuda.synchronize if kind == "cuda" else (lambda: None)
 
-    def run() -> torch.Tensor:
-        with torch.inference_mode(), autocast():
-            out = model(x)
+    if mode == "inference":
+        def step() -> torch.Tensor:
+            with torch.inference_mode(), autocast():
+                out = forward(x)
+            sync()
+            return out
+
+        return step
+
+    labels = torch.randint(0, 1000, (batch_size,), device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    scaler = torch.amp.GradScaler(kind, enabled=amp is torch.float16)
+
+    def step() -> torch.Tensor:
+        with autocast():
+            loss = torch.nn.functional.cross_entropy(forward(x), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         sync()
-        return out
+        return loss
 
-    return run
+    return step
 
 
-def measure_interleaved(runners: dict[str, Callable[[], torch.Tensor]], batch_size: int, img_size: int,
-                        rounds: int = 10, warmup: int = 2, progress: bool = True) -> dict[str, Measurement]:
-    """Time every runner once per round, rotating the order each round."""
-    names: Sequence[str] = list(runners)
-    for _ in range(warmup):
-        for name in names:
-            runners[name]()
+def describe_error(error: BaseException, batch_size: int, img_size: int) -> str:
+    """One line for a failed setting; out-of-memory is named as such, on GPU and CPU alike."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text:
+        return f"out of memory at batch {batch_size}, {img_size} px"
+    return f"{type(error).__name__}: {text}"
+
+
+def _free_device_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def measure_interleaved(runners: dict[str, Callable[[], object]], batch_size: int, img_size: int,
+                        rounds: int = 10, warmup: int = 2, progress: bool = True,
+                        errors: dict[str, str] | None = None) -> dict[str, Measurement]:
+    """Time every runner once per round, rotating the order each round.
+
+    A runner that raises (out of memory, an operation the device lacks) is dropped with a one-line
+    reason in ``errors`` (when given; otherwise the exception propagates) and the others go on.
+    """
+    names: list[str] = list(runners)
     results = {name: Measurement(name, batch_size, img_size) for name in names}
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            start = time.perf_counter()
+
+    def call(name: str) -> float | None:
+        start = time.perf_counter()
+        try:
             runners[name]()
-            results[name].seconds.append(time.perf_counter() - start)
-        if progress:
-            print(f"\rround {r + 1}/{rounds}", end="", flush=True)
-    if progress:
-        print()
+        except (RuntimeError, torch.OutOfMemoryError, NotImplementedError, ValueError) as e:
+            if errors is None:
+                raise
+            errors[name] = describe_error(e, batch_size, img_size)
+            names.remove(name)
+            results.pop(name)
+            _free_device_memory()
+            return None
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        for name in list(names):
+            call(name)
+    for r in tqdm(range(rounds), desc=f"batch {batch_size}, {img_size} px", disable=not progress, leave=False):
+        shift = r % max(len(names), 1)
+        for name in names[shift:] + names[:shift]:
+            seconds = call(name)
+            if seconds is not None:
+                results[name].seconds.append(seconds)
     return results
