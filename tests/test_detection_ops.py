@@ -112,3 +112,19 @@ def test_rotated_roi_align_samples_the_rotated_box():
     # Turned a quarter: the w axis runs down the image, so the values vary along the rows only, around x=11.5.
     assert torch.allclose(out[1, 0], out[1, 0, :, :1].expand(4, 4))
     torch.testing.assert_close(out[1, 0].mean(), torch.tensor(11.5))
+
+
+def test_rotated_nms_of_axis_aligned_boxes_equals_torchvision_nms(monkeypatch):
+    from torchvision.ops import nms
+
+    import lemevit.ops.rotated as rotated
+
+    monkeypatch.setattr(rotated, "_PAIR_CHUNK", 1000)  # several blocks of rows and of pairs
+    g = torch.Generator().manual_seed(3)
+    xy = torch.rand(300, 2, generator=g) * 100
+    wh = torch.rand(300, 2, generator=g) * 30 + 5
+    boxes = torch.cat([xy, wh, torch.zeros(300, 1)], dim=1)
+    scores = torch.rand(300, generator=g)
+    corners = torch.cat([xy - wh / 2, xy + wh / 2], dim=1)
+    for threshold in (0.1, 0.5):
+        assert rotated_nms(boxes, scores, threshold).tolist() == nms(corners, scores, threshold).tolist()

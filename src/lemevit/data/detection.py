@@ -193,7 +193,9 @@ def patch_objects(labels: ImageLabels, window: tuple[int, int], size: int,
         quads[cut[keep]] = corners
     quads -= np.array([x0, y0], np.float64)
     boxes = quad_to_box(torch.from_numpy(quads)).float().numpy() if len(quads) else np.zeros((0, 5), np.float32)
-    return boxes, labels.labels[keep], labels.difficult[keep]
+    # A box thinner than a pixel (a degenerate label) has no size to regress to.
+    sized = (boxes[:, 2] >= 1) & (boxes[:, 3] >= 1)
+    return boxes[sized], labels.labels[keep][sized], labels.difficult[keep][sized]
 
 
 def flip_boxes(boxes: torch.Tensor, size: tuple[int, int], horizontal: bool) -> torch.Tensor:

@@ -175,6 +175,23 @@ def rotated_box_iou(a: torch.Tensor, b: torch.Tensor, aligned: bool = False) -> 
     return convex_quad_iou(box_to_quad(a.float()), box_to_quad(b.float()), aligned=aligned)
 
 
+def _overlapping_pairs(bounds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index pairs ``i < j`` whose axis-aligned ``bounds`` overlap, found a block of rows at a time so that
+    memory grows with the number of boxes, not its square."""
+    rows = max(1, _PAIR_CHUNK // max(len(bounds), 1))
+    first, second = [], []
+    for start in range(0, len(bounds), rows):
+        block = bounds[start:start + rows]
+        lt = torch.maximum(block[:, None, :2], bounds[None, :, :2])
+        rb = torch.minimum(block[:, None, 2:], bounds[None, :, 2:])
+        overlap = ((rb - lt) > 0).all(-1).triu(diagonal=start + 1)
+        i, j = overlap.nonzero(as_tuple=True)
+        first.append(i + start)
+        second.append(j)
+    empty = torch.zeros(0, dtype=torch.long, device=bounds.device)
+    return (torch.cat(first), torch.cat(second)) if first else (empty, empty)
+
+
 def rotated_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Greedy NMS of oriented boxes; indices of the kept boxes by decreasing score.
 
@@ -185,11 +202,7 @@ def rotated_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float)
     """
     order = scores.argsort(descending=True)
     quads = box_to_quad(boxes[order].float())
-    bounds = _quad_bounds(quads)
-    lt = torch.maximum(bounds[:, None, :2], bounds[None, :, :2])
-    rb = torch.minimum(bounds[:, None, 2:], bounds[None, :, 2:])
-    overlap = ((rb - lt) > 0).all(-1).triu(diagonal=1)
-    i, j = overlap.nonzero(as_tuple=True)  # i ranks above j
+    i, j = _overlapping_pairs(_quad_bounds(quads))  # i ranks above j
     if i.numel():
         ious = torch.cat([convex_quad_iou(quads[i[s:s + _PAIR_CHUNK]], quads[j[s:s + _PAIR_CHUNK]], aligned=True)
                           for s in range(0, i.numel(), _PAIR_CHUNK)])
@@ -232,8 +245,10 @@ def rotated_roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: i
     out = features.new_zeros(num_rois, channels, output_size, output_size)
     if num_rois == 0:
         return out
-    steps = (torch.arange(samples, device=rois.device, dtype=features.dtype) + 0.5) / samples - 0.5
-    _, cx, cy, w, h, theta = rois.to(features.dtype).unbind(-1)
+    # Sampling positions in float32 whatever the feature type: in bf16 a coordinate near 1000 px would be
+    # off by up to 4 px.
+    steps = (torch.arange(samples, device=rois.device, dtype=torch.float32) + 0.5) / samples - 0.5
+    _, cx, cy, w, h, theta = rois.float().unbind(-1)
     u = steps[None, None, :] * w[:, None, None]  # (K, 1, S): columns along w
     v = steps[None, :, None] * h[:, None, None]  # (K, S, 1): rows along h
     cos, sin = torch.cos(theta)[:, None, None], torch.sin(theta)[:, None, None]
@@ -245,8 +260,8 @@ def rotated_roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: i
     for b in batch_index.unique().tolist():
         mask = batch_index == b
         sel = grid[mask]  # (k, S, S, 2)
-        sampled = F.grid_sample(features[b:b + 1], sel.reshape(1, -1, samples, 2), mode="bilinear",
+        sampled = F.grid_sample(features[b:b + 1].float(), sel.reshape(1, -1, samples, 2), mode="bilinear",
                                 padding_mode="zeros", align_corners=False)  # (1, C, k*S, S)
         sampled = sampled.reshape(channels, -1, samples, samples).transpose(0, 1)
-        out[mask] = F.avg_pool2d(sampled, sampling_ratio)
+        out[mask] = F.avg_pool2d(sampled, sampling_ratio).to(out.dtype)
     return out
