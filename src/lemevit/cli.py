@@ -30,47 +30,146 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from lemevit.tasks.classification_run import TrainConfig, train
+# Options that only one task uses; giving one to the other task is an error rather than silently ignored.
+_CLASSIFICATION_ONLY = ("label_smoothing", "mixup", "cutmix", "randaugment", "crop_scale", "ema_decay", "skip_bad")
+_SEGMENTATION_ONLY = ("head", "decoder_channels", "aux_weight", "preset", "class_names", "ignore_value",
+                      "first_class_value", "crops_per_tile", "window", "stride", "flip")
 
-    if args.task != "classification":
-        raise SystemExit(f"--task {args.task}: only 'classification' is available in this version")
-    given = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+
+def _run_task(args: argparse.Namespace) -> str:
+    """--task, else the task of the run being resumed, else classification."""
+    if args.task:
+        return args.task
+    config = Path(args.output) / "config.yaml" if args.output else None
+    if args.resume and config is not None and config.is_file():
+        import yaml
+
+        try:
+            return (yaml.safe_load(config.read_text()) or {}).get("task", "classification")
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"cannot read config {config}: {e}") from e
+    return "classification"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    task = _run_task(args)
+    if task == "detection":
+        from lemevit.tasks.detection_run import DetectionConfig as Config
+        from lemevit.tasks.detection_run import train
+        foreign = _CLASSIFICATION_ONLY + _SEGMENTATION_ONLY
+    elif task == "segmentation":
+        from lemevit.tasks.segmentation_run import SegTrainConfig as Config
+        from lemevit.tasks.segmentation_run import train
+        foreign = _CLASSIFICATION_ONLY
+    else:
+        from lemevit.tasks.classification_run import TrainConfig as Config
+        from lemevit.tasks.classification_run import train
+        foreign = _SEGMENTATION_ONLY
+    given = {k: v for k, v in vars(args).items() if k in Config.__dataclass_fields__ and v is not None}
+    misplaced = [f"--{k.replace('_', '-')}" for k in foreign if getattr(args, k) is not None]
+    if misplaced:
+        raise ValueError(f"{', '.join(misplaced)} do(es) not apply to --task {task}")
     run = Path(args.output) if args.output else None
     if args.resume and run is not None and (run / "config.yaml").is_file():
-        cfg = TrainConfig.from_yaml(run / "config.yaml", **given)
+        cfg = Config.from_yaml(run / "config.yaml", **given)
     elif args.config:
-        cfg = TrainConfig.from_yaml(args.config, **given)
+        cfg = Config.from_yaml(args.config, **given)
     else:
         missing = [f"--{k.replace('_', '-')}" for k in ("data", "output") if k not in given]
         if missing:
             raise SystemExit(f"lemevit train: {' and '.join(missing)} required (or --config FILE.yaml)")
-        cfg = TrainConfig(**given)
+        cfg = Config(**given)
     run = train(cfg, resume=args.resume)
     if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
         print(f"run written to {run}: best.ckpt, last.ckpt, split.json, config.yaml, logs/")
     return 0
 
 
+def _is_segmentation(args: argparse.Namespace) -> bool:
+    from lemevit.tasks.segmentation_run import checkpoint_task
+
+    segmentation = checkpoint_task(args.checkpoint) == "segmentation"
+    if not segmentation:
+        misplaced = [f"--{k.replace('_', '-')}" for k in ("window", "stride") if getattr(args, k) is not None]
+        if getattr(args, "preview", True) is False:
+            misplaced.append("--no-preview")
+        if misplaced:
+            raise ValueError(f"{', '.join(misplaced)} apply to segmentation checkpoints; {args.checkpoint} is a "
+                             "classification one")
+    return segmentation
+
+
+def _detection_checkpoint(args: argparse.Namespace) -> bool:
+    from lemevit.tasks.detection_run import is_detection_checkpoint
+
+    return is_detection_checkpoint(args.checkpoint)
+
+
+def _eval_detection(args: argparse.Namespace) -> int:
+    from lemevit.tasks.detection_run import evaluate
+
+    metrics = evaluate(args.checkpoint, args.output, data=args.data, batch_size=args.batch_size or 4)
+    print(f"mAP50 {metrics['map50']:.2%} (DOTA: polygon IoU 0.5, difficult ignored) on {metrics['num_images']} "
+          f"images; wrote {Path(args.output) / 'metrics.json'}")
+    return 0
+
+
+def _predict_detection(args: argparse.Namespace) -> int:
+    from lemevit.tasks.detection_run import predict
+
+    for r in predict(args.checkpoint, args.images, args.output, batch_size=args.batch_size or 4):
+        geo = f", {r['geojson']}" if r["geojson"] else ""
+        print(f"{r['image']}: {r['detections']} objects ({r['drawn']} drawn in {r['png']}{geo})")
+    print(f"wrote DOTA Task-1 files Task1_<class>.txt into {args.output}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    if _detection_checkpoint(args):
+        return _eval_detection(args)
+    if _is_segmentation(args):
+        from lemevit.tasks.segmentation_run import evaluate
+
+        metrics = evaluate(args.checkpoint, args.output, data=args.data, window=args.window, stride=args.stride,
+                           batch_size=args.batch_size or 8)
+        print(f"OA {metrics['oa']:.2%}  mIoU {metrics['miou']:.2%}  mF1 {metrics['mf1']:.2%}  on "
+              f"{metrics['num_tiles']} tiles ({metrics['num_pixels']:,} labelled pixels); "
+              f"wrote {Path(args.output) / 'metrics.json'}")
+        return 0
     from lemevit.tasks.classification_run import evaluate
 
-    metrics = evaluate(args.checkpoint, args.output, data=args.data, batch_size=args.batch_size)
+    metrics = evaluate(args.checkpoint, args.output, data=args.data, batch_size=args.batch_size or 64)
     print(f"top-1 {metrics['top1']:.2%}  top-5 {metrics['top5']:.2%}  on {metrics['num_images']} images "
           f"(chance {1 / len(metrics['class_names']):.2%}); wrote {Path(args.output) / 'metrics.json'}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if _detection_checkpoint(args):
+        return _predict_detection(args)
+    if _is_segmentation(args):
+        from lemevit.tasks.segmentation_run import predict
+
+        results = predict(args.checkpoint, args.images, args.output, window=args.window, stride=args.stride,
+                          batch_size=args.batch_size or 8, preview=args.preview)
+        for r in results:
+            preview = f" (preview {r['preview']})" if r["preview"] else ""
+            print(f"wrote {r['output']}: {r['width']}x{r['height']} class map{preview}")
+        return 0
     from lemevit.tasks.classification_run import predict
 
-    rows = predict(args.checkpoint, args.images, args.output, topk=args.topk, batch_size=args.batch_size)
+    rows = predict(args.checkpoint, args.images, args.output, topk=args.topk, batch_size=args.batch_size or 32)
     print(f"predicted {len(rows)} images; wrote {args.output}")
     return 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from lemevit.tasks.classification_run import explain
+    from lemevit.tasks.segmentation_run import checkpoint_task
+
+    if checkpoint_task(args.checkpoint) == "segmentation":
+        raise ValueError(f"{args.checkpoint} is a segmentation checkpoint; explain draws the meta-token attention "
+                         "of scene-recognition runs")
 
     print(f"wrote {explain(args.checkpoint, args.image, args.output, block=args.block)}")
     return 0
@@ -111,15 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
 
     tr = sub.add_parser("train", help="train a model into a run directory (resumable)")
-    tr.add_argument("--task", default="classification", choices=["classification"])
+    tr.add_argument("--task", choices=["classification", "segmentation", "detection"],
+                    help="default classification, or the task of the run given to --resume")
     tr.add_argument("--config", help="YAML file whose keys are these options (underscored); options override it")
-    tr.add_argument("--data", help="class-per-folder image directory")
+    tr.add_argument("--data", help="class-per-folder image directory; for segmentation a folder with img_dir/ "
+                                   "and ann_dir/; for detection DOTA (images/, labelTxt/) or DIOR-R")
     tr.add_argument("--output", help="run directory")
     tr.add_argument("--model", help="any model name of our registry or timm (default lemevit_tiny)")
     tr.add_argument("--img-size", type=int)
     tr.add_argument("--epochs", type=int)
     tr.add_argument("--batch-size", type=int)
-    tr.add_argument("--split", type=float, help="train fraction of a stratified split (default 0.8)")
+    tr.add_argument("--split", type=float, help="train fraction of a stratified split (default 0.8); segmentation: "
+                                                "of the tiles, 1.0 validates on the training tiles")
     tr.add_argument("--seed", type=int)
     tr.add_argument("--lr", type=float)
     tr.add_argument("--weight-decay", type=float)
@@ -143,22 +245,51 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--init-checkpoint", help="start from these weights (ours or published)")
     tr.add_argument("--skip-bad", action="store_true", default=None,
                     help="skip unreadable images and report them in the run directory instead of stopping")
+    seg = tr.add_argument_group("segmentation")
+    seg.add_argument("--head", choices=["upernet", "segformer"], help="decoder (default upernet)")
+    seg.add_argument("--decoder-channels", type=int, help="decoder width (default 512 UperNet, 256 SegFormer)")
+    seg.add_argument("--aux-weight", type=float, help="loss weight of the auxiliary FCN head (default 0.4, 0: none)")
+    seg.add_argument("--preset", choices=["potsdam", "vaihingen", "loveda"],
+                     help="class names, palette and mask encoding of a published data set")
+    seg.add_argument("--class-names", nargs="+", metavar="NAME",
+                     help="class names, stored in masks as first-class-value, +1, ... (else DATA/classes.yaml)")
+    seg.add_argument("--ignore-value", type=int, help="mask value of unlabelled pixels (default 255)")
+    seg.add_argument("--first-class-value", type=int, help="mask value of the first class (default 0)")
+    seg.add_argument("--crops-per-tile", type=int,
+                     help="random crops per tile and epoch (default: enough to cover the tile once)")
+    seg.add_argument("--window", type=int, help="sliding window of the validation (default --img-size)")
+    seg.add_argument("--stride", type=int, help="its stride (default 3/4 of the window)")
+    seg.add_argument("--no-flip", dest="flip", action="store_false", default=None, help="no random flips")
+    det = tr.add_argument_group("detection (--task detection; --img-size is the side of the training windows)")
+    det.add_argument("--overlap", type=int, help="pixels shared by neighbouring windows (default 200)")
+    det.add_argument("--fpn-channels", type=int, help="FPN width (default 256)")
+    det.add_argument("--rpn-proposals", type=int, help="proposals per image in training (default 2000)")
+    det.add_argument("--test-proposals", type=int, help="proposals per window at inference (default 2000)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --output from its last.ckpt")
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint: metrics.json and confusion_matrix.png")
-    ev.add_argument("--checkpoint", required=True)
-    ev.add_argument("--data", help="class-per-folder images (default: the run's own held-out split)")
+    ev.add_argument("--checkpoint", required=True, help="of a classification or a segmentation run")
+    ev.add_argument("--data", help="class-per-folder images, or img_dir/ + ann_dir/ tiles for segmentation "
+                                   "(default: the run's own held-out split)")
     ev.add_argument("--output", required=True)
-    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--batch-size", type=int, help="images (default 64) or windows (default 8) per batch")
+    ev.add_argument("--window", type=int, help="segmentation: sliding window (default: the run's crop size)")
+    ev.add_argument("--stride", type=int, help="segmentation: its stride (default: the run's, 3/4 of the window)")
     ev.set_defaults(func=cmd_eval)
 
-    pr = sub.add_parser("predict", help="top-k classes per image into a .csv or .json file")
-    pr.add_argument("--checkpoint", required=True)
+    pr = sub.add_parser("predict", help="top-k classes per image into a .csv or .json file; segmentation: "
+                                        "class maps of whole scenes")
+    pr.add_argument("--checkpoint", required=True, help="of a classification or a segmentation run")
     pr.add_argument("images", nargs="+", help="image files, folders or glob patterns")
-    pr.add_argument("--output", required=True, help="FILE.csv or FILE.json")
+    pr.add_argument("--output", required=True, help="FILE.csv or FILE.json; segmentation: OUT.tif or OUT.png for "
+                                                    "one scene, a folder for several")
     pr.add_argument("--topk", type=int, default=5)
-    pr.add_argument("--batch-size", type=int, default=32)
+    pr.add_argument("--batch-size", type=int, help="images (default 32) or windows (default 8) per batch")
+    pr.add_argument("--window", type=int, help="segmentation: sliding window (default: the run's crop size)")
+    pr.add_argument("--stride", type=int, help="segmentation: its stride (default: the run's, 3/4 of the window)")
+    pr.add_argument("--no-preview", dest="preview", action="store_false",
+                    help="segmentation: no OUT_preview.png of the classes in colour")
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("explain", help="meta-token attention maps of a LeMeViT model over an image (PNG)")

@@ -1,1 +1,2 @@
-"""Lightning modules and the runs built on them: classification (scene recognition)."""
+"""Lightning modules and the runs built on them: classification (scene recognition) and semantic
+segmentation."""

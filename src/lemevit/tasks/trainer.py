@@ -43,10 +43,13 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 def build_trainer(run_dir: str | Path, monitor: str, max_epochs: int, accelerator: str = "auto",
                   devices: int | str = "auto", num_nodes: int = 1, precision: str = "fp32",
-                  gradient_clip: float | None = None, progress: bool = True, **kwargs) -> pl.Trainer:
+                  gradient_clip: float | None = None, progress: bool = True, find_unused_parameters: bool = False,
+                  **kwargs) -> pl.Trainer:
     """A Trainer writing ``best.ckpt`` (best ``monitor``), ``last.ckpt`` (every epoch), CSV and TensorBoard
     logs into ``run_dir``. DDP is used when more than one device or node is asked for (also under
-    torchrun, whose environment Lightning reads)."""
+    torchrun, whose environment Lightning reads); ``find_unused_parameters`` is for models some of whose
+    parameters get no gradient (a LeMeViT backbone's meta-token branch after its last Dual Cross-Attention
+    block does not reach the dense features)."""
     run_dir = Path(run_dir)
     checkpoints = ModelCheckpoint(dirpath=run_dir, filename="best", monitor=monitor, mode="max", save_top_k=1,
                                   save_last=True, enable_version_counter=False, auto_insert_metric_name=False)
@@ -57,7 +60,7 @@ def build_trainer(run_dir: str | Path, monitor: str, max_epochs: int, accelerato
         accelerator=accelerator,
         devices=devices,
         num_nodes=num_nodes,
-        strategy="ddp" if multi else "auto",
+        strategy=("ddp_find_unused_parameters_true" if find_unused_parameters else "ddp") if multi else "auto",
         precision=resolve_precision(precision, accelerator),
         gradient_clip_val=gradient_clip,
         callbacks=[checkpoints, LearningRateMonitor(logging_interval="step")],

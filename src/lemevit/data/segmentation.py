@@ -1,0 +1,557 @@
+"""Semantic segmentation data: image/mask folder pairs, label schemes (with presets for ISPRS Potsdam,
+Vaihingen and LoveDA), mask decoding, tile splits, random crops from large tiles and whole-tile evaluation.
+
+A dataset is a root folder with ``img_dir/`` and ``ann_dir/`` (mmsegmentation's layout): every image has
+a mask of the same relative path and name stem (any image extension) in ``ann_dir``. Either folder may
+hold ``train/``, ``val/`` and ``test/`` subfolders, which then are the split. Masks are stored either as
+class values (one band, 8 or 16 bit) or colour-coded (RGB, as ISPRS distributes its labels); the
+:class:`LabelScheme` says how to turn either into class indices, with ``IGNORE_INDEX`` for pixels
+without a label.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader, Dataset
+
+from lemevit.data.classification import EpochShuffle, Sample, stratified_split
+from lemevit.data.images import _TIFF_EXTENSIONS, IMAGE_EXTENSIONS, ImageReadError, _rasterio, read_image
+from lemevit.io import atomic_path
+
+__all__ = [
+    "IGNORE_INDEX",
+    "LABELS_FILE",
+    "PRESETS",
+    "LabelScheme",
+    "SegmentationCrops",
+    "SegmentationDataModule",
+    "SegmentationTiles",
+    "TilePair",
+    "check_pairs",
+    "load_tile_split",
+    "raster_size",
+    "read_region",
+    "resolve_labels",
+    "save_tile_split",
+    "scan_pairs",
+    "split_tiles",
+]
+
+#: Class index of pixels without a label, in decoded masks and for the loss and the metrics.
+IGNORE_INDEX = 255
+#: Optional file in a dataset root that describes its labels (keys of :class:`LabelScheme`).
+LABELS_FILE = "classes.yaml"
+SUBSETS = ("train", "val", "test")
+
+_SPLIT_FORMAT = "lemevit-segmentation-split"
+_SPLIT_VERSION = 1
+_PROGRESS_MIN_TILES = 50
+
+# Distinct colours for schemes that bring no palette (matplotlib's tab10, then tab20's light tones).
+_DEFAULT_PALETTE = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+    (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120),
+    (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210), (199, 199, 199),
+    (219, 219, 141), (158, 218, 229),
+)
+
+
+def _rgb(colour, what: str) -> tuple[int, int, int]:
+    values = tuple(colour) if isinstance(colour, (list, tuple)) else ()
+    if len(values) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255
+                                   for v in values):
+        raise ValueError(f"{what} must be an RGB triple of integers 0..255, got {colour!r}")
+    return values
+
+
+@dataclass(frozen=True)
+class LabelScheme:
+    """Class names, their colours, and how masks store them.
+
+    Args:
+        class_names: one name per class; class ``i`` is stored as the value ``first_class_value + i`` in
+            single-band masks and as ``palette[i]`` in colour-coded ones.
+        palette: an RGB colour per class, for colour-coded masks and for coloured predictions (default:
+            distinct colours).
+        ignore_value: the single-band mask value of unlabelled pixels (None: every pixel is labelled).
+        first_class_value: the stored value of class 0; 1 for datasets that keep 0 for "no label"
+            (mmsegmentation's ``reduce_zero_label``).
+        ignore_colors: colours of unlabelled pixels in colour-coded masks (ISPRS's eroded boundaries are
+            black).
+    """
+
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...] = ()
+    ignore_value: int | None = IGNORE_INDEX
+    first_class_value: int = 0
+    ignore_colors: tuple[tuple[int, int, int], ...] = field(default=())
+
+    def __post_init__(self):
+        names = tuple(self.class_names) if isinstance(self.class_names, (list, tuple)) else ()
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise ValueError(f"class_names must be a non-empty list of names, got {self.class_names!r}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"class_names has duplicates: {list(names)}")
+        if len(names) >= IGNORE_INDEX:
+            raise ValueError(f"at most {IGNORE_INDEX - 1} classes are supported, got {len(names)}")
+        palette = tuple(_rgb(c, f"palette entry {i}") for i, c in enumerate(self.palette))
+        if not palette:
+            palette = tuple(_DEFAULT_PALETTE[i % len(_DEFAULT_PALETTE)] for i in range(len(names)))
+        if len(palette) != len(names):
+            raise ValueError(f"palette has {len(palette)} colours for {len(names)} classes")
+        ignore_colors = tuple(_rgb(c, "ignore colour") for c in self.ignore_colors)
+        shared = sorted(set(palette) & set(ignore_colors))
+        if shared:
+            raise ValueError(f"colours {shared} are both a class colour and an ignore colour")
+        for name in ("first_class_value", "ignore_value"):
+            value = getattr(self, name)
+            if value is None and name == "ignore_value":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.ignore_value is not None and 0 <= self.ignore_value - self.first_class_value < len(names):
+            raise ValueError(f"ignore_value {self.ignore_value} is also the value of class "
+                             f"{names[self.ignore_value - self.first_class_value]!r} (classes are stored as "
+                             f"{self.first_class_value}..{self.first_class_value + len(names) - 1})")
+        object.__setattr__(self, "class_names", names)
+        object.__setattr__(self, "palette", palette)
+        object.__setattr__(self, "ignore_colors", ignore_colors)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_dict(self) -> dict:
+        """Plain lists and numbers (for YAML, JSON and checkpoints)."""
+        doc = asdict(self)
+        return {k: [list(c) for c in v] if k in ("palette", "ignore_colors") else
+                list(v) if k == "class_names" else v for k, v in doc.items()}
+
+    @classmethod
+    def from_dict(cls, doc: dict, source: str = "label scheme") -> LabelScheme:
+        known = {"class_names", "palette", "ignore_value", "first_class_value", "ignore_colors"}
+        if not isinstance(doc, dict):
+            raise ValueError(f"{source}: expected a mapping with keys {sorted(known)}, got {type(doc).__name__}")
+        unknown = sorted(set(doc) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown keys {unknown}; known keys: {sorted(known)}")
+        if "class_names" not in doc:
+            raise ValueError(f"{source}: class_names is required")
+        try:
+            return cls(**doc)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: {e}") from e
+
+    def decode(self, mask: np.ndarray, path: str | Path) -> np.ndarray:
+        """Class indices ``(H, W)`` uint8 (``IGNORE_INDEX`` where unlabelled) from a mask as read,
+        ``(H, W, 1)`` class values or ``(H, W, 3)`` colours. Raises ValueError naming ``path`` and the
+        offending values for anything that is neither a class nor unlabelled."""
+        if mask.ndim != 3 or mask.shape[2] not in (1, 3):
+            raise ValueError(f"mask {path}: expected one band of class values or three of RGB colours, "
+                             f"got {mask.shape[2] if mask.ndim == 3 else mask.ndim} band(s)")
+        if mask.shape[2] == 1:
+            return self._decode_values(mask[..., 0], path)
+        return self._decode_colours(mask, path)
+
+    def _decode_values(self, values: np.ndarray, path) -> np.ndarray:
+        if not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(f"mask {path}: data type {values.dtype}; class masks hold integers")
+        index = values.astype(np.int64) - self.first_class_value
+        labelled = (index >= 0) & (index < self.num_classes)
+        ignored = values == self.ignore_value if self.ignore_value is not None else np.zeros_like(labelled)
+        bad = ~(labelled | ignored)
+        if bad.any():
+            found = np.unique(values[bad])
+            stored = f"{self.first_class_value}..{self.first_class_value + self.num_classes - 1}"
+            raise ValueError(f"mask {path}: value(s) {found[:10].tolist()} are neither a class ({stored}) nor "
+                             f"the ignore value {self.ignore_value}; check the label scheme (--preset, "
+                             f"--ignore-value, --first-class-value or {LABELS_FILE})")
+        out = np.where(ignored, IGNORE_INDEX, index)
+        return out.astype(np.uint8)
+
+    def _decode_colours(self, rgb: np.ndarray, path) -> np.ndarray:
+        if rgb.dtype != np.uint8:
+            raise ValueError(f"mask {path}: a colour-coded mask must be 8-bit RGB, got {rgb.dtype}")
+        codes = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+        found, inverse = np.unique(codes, return_inverse=True)
+        lookup = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(self.palette)}
+        lookup.update({(r << 16) | (g << 8) | b: IGNORE_INDEX for r, g, b in self.ignore_colors})
+        unknown = [int(c) for c in found if int(c) not in lookup]
+        if unknown:
+            colours = [((c >> 16) & 255, (c >> 8) & 255, c & 255) for c in unknown[:10]]
+            raise ValueError(f"mask {path}: colour(s) {colours} are neither a class colour {list(self.palette)} "
+                             f"nor an ignore colour {list(self.ignore_colors)}")
+        table = np.array([lookup[int(c)] for c in found], dtype=np.uint8)
+        return table[inverse.reshape(codes.shape)]
+
+
+_ISPRS_CLASSES = ("impervious_surface", "building", "low_vegetation", "tree", "car", "clutter")
+_ISPRS_PALETTE = ((255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0))
+
+#: Label schemes of the published data sets, as mmsegmentation converts them (class values 1..K, 0 unlabelled)
+#: and, for ISPRS, as distributed (RGB colours, black for the eroded boundaries).
+PRESETS: dict[str, LabelScheme] = {
+    "potsdam": LabelScheme(_ISPRS_CLASSES, _ISPRS_PALETTE, ignore_value=0, first_class_value=1,
+                           ignore_colors=((0, 0, 0),)),
+    "vaihingen": LabelScheme(_ISPRS_CLASSES, _ISPRS_PALETTE, ignore_value=0, first_class_value=1,
+                             ignore_colors=((0, 0, 0),)),
+    "loveda": LabelScheme(
+        ("background", "building", "road", "water", "barren", "forest", "agricultural"),
+        ((255, 255, 255), (255, 0, 0), (255, 255, 0), (0, 0, 255), (159, 129, 183), (0, 255, 0), (255, 195, 128)),
+        ignore_value=0, first_class_value=1),
+}
+
+
+def resolve_labels(root: str | Path, preset: str | None = None, class_names: Sequence[str] | None = None,
+                   ignore_value: int | None = None, first_class_value: int | None = None) -> LabelScheme:
+    """The label scheme of a dataset: a preset, else the given class names, else ``root/classes.yaml``;
+    ``ignore_value`` and ``first_class_value``, when given, override what those say."""
+    root = Path(root)
+    if preset is not None and class_names:
+        raise ValueError("give either --preset or --class-names, not both")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; the presets are {sorted(PRESETS)}")
+        scheme = PRESETS[preset].to_dict()
+    elif class_names:
+        scheme = {"class_names": list(class_names)}
+    elif (root / LABELS_FILE).is_file():
+        try:
+            scheme = yaml.safe_load((root / LABELS_FILE).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"cannot read {root / LABELS_FILE}: {e}") from e
+    else:
+        raise ValueError(f"{root}: no class names: pass --preset ({', '.join(sorted(PRESETS))}) or --class-names, "
+                         f"or write {root / LABELS_FILE} with class_names (and ignore_value, first_class_value, "
+                         f"palette)")
+    if ignore_value is not None:
+        scheme["ignore_value"] = ignore_value
+    if first_class_value is not None:
+        scheme["first_class_value"] = first_class_value
+    source = f"preset {preset}" if preset else "--class-names" if class_names else str(root / LABELS_FILE)
+    return LabelScheme.from_dict(scheme, source)
+
+
+@dataclass(frozen=True)
+class TilePair:
+    image: str  # relative to the dataset root, POSIX separators
+    mask: str
+
+
+def _images_below(folder: Path) -> dict[str, str]:
+    """Relative path without extension -> relative path, of every image below ``folder``."""
+    found: dict[str, str] = {}
+    for current, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = Path(current).relative_to(folder)
+        for name in files:
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            path = (rel / name).as_posix()
+            key = str(PurePosixPath(path).with_suffix(""))
+            if key in found:
+                raise ValueError(f"{folder}: {found[key]} and {path} have the same name; keep one")
+            found[key] = path
+    return found
+
+
+def scan_pairs(root: str | Path, subset: str | None = None) -> list[TilePair]:
+    """Every image of ``root/img_dir[/subset]`` with its mask in ``root/ann_dir[/subset]``, sorted.
+
+    Raises FileNotFoundError for a missing folder and ValueError naming the image whose mask is missing.
+    """
+    root = Path(root)
+    images_dir, masks_dir = root / "img_dir", root / "ann_dir"
+    for folder in (images_dir, masks_dir):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder} not found: a segmentation dataset holds img_dir/ (images) and "
+                                    f"ann_dir/ (masks of the same names)")
+    if subset is not None:
+        images_dir, masks_dir = images_dir / subset, masks_dir / subset
+    images, masks = _images_below(images_dir), _images_below(masks_dir)
+    if not images:
+        raise ValueError(f"{images_dir} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    prefix = PurePosixPath(images_dir.relative_to(root).as_posix())
+    mask_prefix = PurePosixPath(masks_dir.relative_to(root).as_posix())
+    pairs = []
+    for key, image in sorted(images.items()):
+        if key not in masks:
+            raise ValueError(f"no mask for image {images_dir / image}: expected {masks_dir / key}.<png|tif|...>")
+        pairs.append(TilePair((prefix / image).as_posix(), (mask_prefix / masks[key]).as_posix()))
+    return pairs
+
+
+def dataset_subsets(root: str | Path) -> list[str]:
+    """The subsets of a dataset stored as ``img_dir/{train,val,test}/`` (empty for a flat one)."""
+    images_dir = Path(root) / "img_dir"
+    return [s for s in SUBSETS if (images_dir / s).is_dir()]
+
+
+def split_tiles(root: str | Path, train_fraction: float, seed: int) -> dict[str, list[TilePair]]:
+    """``{"train", "val"[, "test"]}`` tile pairs: the dataset's own subfolders when it has them, else a seeded
+    split of the tiles with ``train_fraction`` of them in training. ``train_fraction`` 1.0 validates on the
+    training tiles (for overfitting a few tiles)."""
+    subsets = dataset_subsets(root)
+    if subsets:
+        if "train" not in subsets or "val" not in subsets:
+            raise ValueError(f"{Path(root) / 'img_dir'} has subfolders {subsets}; a split needs train/ and val/")
+        return {s: scan_pairs(root, s) for s in subsets}
+    pairs = scan_pairs(root)
+    if train_fraction == 1.0:
+        return {"train": pairs, "val": list(pairs)}
+    if len(pairs) < 2:
+        raise ValueError(f"{root} holds a single tile: it cannot be split into training and validation; pass "
+                         f"--split 1.0 to validate on the training tile")
+    by_image = {p.image: p for p in pairs}
+    split = stratified_split([Sample(p.image, 0) for p in pairs], train_fraction, seed)
+    return {name: [by_image[s.path] for s in samples] for name, samples in split.items()}
+
+
+def raster_size(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` of an image from its header, without decoding the pixels."""
+    path = Path(path)
+    rasterio = _rasterio()
+    if path.suffix.lower() in _TIFF_EXTENSIONS and rasterio is not None:
+        try:
+            with rasterio.open(path) as ds:
+                return ds.height, ds.width
+        except Exception as e:  # noqa: BLE001 - GDAL reports all unreadable files alike
+            raise ImageReadError(path, f"{type(e).__name__}: {e}") from e
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except Exception as e:  # noqa: BLE001 - PIL raises several types for bad files
+        raise ImageReadError(path, f"{type(e).__name__}: {e}") from e
+
+
+def read_region(path: str | Path, top: int, left: int, height: int, width: int) -> np.ndarray:
+    """``(height, width, C)`` pixels of a region, read through a rasterio window for TIFF (only the
+    region is decoded, whatever the tile's size) and cut from the whole image otherwise."""
+    path = Path(path)
+    rasterio = _rasterio()
+    if path.suffix.lower() in _TIFF_EXTENSIONS and rasterio is not None:
+        from rasterio.windows import Window
+
+        try:
+            with rasterio.open(path) as ds:
+                data = ds.read(window=Window(left, top, width, height))
+        except Exception as e:  # noqa: BLE001 - GDAL reports all unreadable files alike
+            raise ImageReadError(path, f"{type(e).__name__}: {e}") from e
+        return np.ascontiguousarray(np.moveaxis(data, 0, -1))
+    return np.ascontiguousarray(read_image(path)[top:top + height, left:left + width])
+
+
+def _progress(items: Sequence, desc: str) -> Iterable:
+    if len(items) < _PROGRESS_MIN_TILES:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="tile")
+
+
+def check_pairs(root: str | Path, pairs: Sequence[TilePair], labels: LabelScheme) -> dict:
+    """Read every mask and every image header: masks must decode under ``labels`` and match their image's
+    size; all images must have the same band count and data type. Raises ValueError naming the file.
+    Returns ``{"pixels_per_class": {name: count}, "ignored_pixels": n, "bands": C, "dtype": str}``."""
+    root = Path(root)
+    counts = np.zeros(IGNORE_INDEX + 1, dtype=np.int64)
+    reference = None
+    for pair in _progress(pairs, "checking masks"):
+        image_path, mask_path = root / pair.image, root / pair.mask
+        image = read_region(image_path, 0, 0, 1, 1)
+        kind = (image.shape[2], image.dtype.name)
+        if reference is None:
+            reference = (kind, image_path)
+        elif kind != reference[0]:
+            raise ValueError(f"image {image_path} has {kind[0]} band(s) of {kind[1]}, but {reference[1]} has "
+                             f"{reference[0][0]} of {reference[0][1]}; all images must be alike")
+        size, mask_size = raster_size(image_path), raster_size(mask_path)
+        if size != mask_size:
+            raise ValueError(f"mask {mask_path} is {mask_size[1]}x{mask_size[0]} (WxH), its image {image_path} is "
+                             f"{size[1]}x{size[0]}")
+        counts += np.bincount(labels.decode(read_image(mask_path), mask_path).ravel(), minlength=IGNORE_INDEX + 1)
+    return {"pixels_per_class": {n: int(counts[i]) for i, n in enumerate(labels.class_names)},
+            "ignored_pixels": int(counts[IGNORE_INDEX]), "bands": reference[0][0], "dtype": reference[0][1]}
+
+
+def save_tile_split(path: str | Path, root: str | Path, labels: LabelScheme,
+                    splits: dict[str, list[TilePair]]) -> None:
+    """Write the root (as given), the label scheme and each subset's tile pairs as JSON, atomically."""
+    doc = {"format": _SPLIT_FORMAT, "version": _SPLIT_VERSION, "root": str(root), "labels": labels.to_dict(),
+           "splits": {name: [asdict(p) for p in pairs] for name, pairs in splits.items()}}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+
+
+def load_tile_split(path: str | Path) -> tuple[str, LabelScheme, dict[str, list[TilePair]]]:
+    """Read a file written by :func:`save_tile_split`: ``(root, labels, splits)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"split file {path} does not exist")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"split file {path} is not valid JSON: {e}") from e
+    if not isinstance(doc, dict) or doc.get("format") != _SPLIT_FORMAT or doc.get("version") != _SPLIT_VERSION:
+        raise ValueError(f"split file {path} is not a lemevit segmentation split (format {_SPLIT_FORMAT!r}, "
+                         f"version {_SPLIT_VERSION})")
+    try:
+        splits = {name: [TilePair(e["image"], e["mask"]) for e in entries]
+                  for name, entries in doc["splits"].items()}
+    except (AttributeError, KeyError, TypeError) as e:
+        raise ValueError(f"split file {path}: malformed splits ({e})") from e
+    return doc["root"], LabelScheme.from_dict(doc["labels"], str(path)), splits
+
+
+def _normalise(image: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+    return (x - mean) / std
+
+
+class SegmentationCrops(Dataset):
+    """Random square crops of ``img_size`` from training tiles, with random flips and 90° rotations.
+
+    Item ``i`` is a crop of tile ``t`` where ``crops_per_tile`` items are given to each tile in turn; its
+    position and augmentation are drawn from a generator seeded by ``(augment_seed, i)``, so that the same
+    item is the same crop whichever worker loads it. Tiles smaller than ``img_size`` are padded (image with
+    the band means, mask with ``IGNORE_INDEX``). Gives ``(image, mask)``: the image normalised, float32
+    ``(C, S, S)``; the mask int64 ``(S, S)`` class indices.
+    """
+
+    def __init__(self, root: str | Path, pairs: Sequence[TilePair], labels: LabelScheme, img_size: int,
+                 mean: Sequence[float], std: Sequence[float], crops_per_tile: int | None = None, flip: bool = True,
+                 rotate90: bool = True, augment_seed: int | None = None):
+        if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
+            raise ValueError(f"img_size must be a positive integer, got {img_size!r}")
+        if crops_per_tile is not None and (isinstance(crops_per_tile, bool) or not isinstance(crops_per_tile, int)
+                                           or crops_per_tile < 1):
+            raise ValueError(f"crops_per_tile must be a positive integer, got {crops_per_tile!r}")
+        if not pairs:
+            raise ValueError("no training tiles")
+        self.root, self.pairs, self.labels = Path(root), list(pairs), labels
+        self.img_size, self.flip, self.rotate90 = img_size, flip, rotate90
+        self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+        self.augment_seed = augment_seed
+        self.sizes = [raster_size(self.root / p.image) for p in self.pairs]
+        # By default an epoch covers each tile's area about once.
+        counts = [crops_per_tile or math.ceil(h / img_size) * math.ceil(w / img_size) for h, w in self.sizes]
+        self.ends = np.cumsum(counts).tolist()
+
+    def __len__(self) -> int:
+        return self.ends[-1]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tile = bisect.bisect_right(self.ends, index)
+        pair, (height, width) = self.pairs[tile], self.sizes[tile]
+        seed = None if self.augment_seed is None else (self.augment_seed, index)
+        rng = np.random.default_rng(seed)
+        size = self.img_size
+        top = int(rng.integers(0, max(height - size, 0) + 1))
+        left = int(rng.integers(0, max(width - size, 0) + 1))
+        region = (top, left, min(size, height), min(size, width))
+        image = read_region(self.root / pair.image, *region)
+        mask_path = self.root / pair.mask
+        mask = self.labels.decode(read_region(mask_path, *region), mask_path)
+        x = _normalise(image, self.mean, self.std)
+        y = torch.from_numpy(mask.astype(np.int64))
+        pad_h, pad_w = size - y.shape[0], size - y.shape[1]
+        if pad_h or pad_w:
+            x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h))
+            y = torch.nn.functional.pad(y, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
+        if self.flip:
+            dims = [d for d, flip in zip((-1, -2), rng.random(2) < 0.5, strict=True) if flip]
+            if dims:
+                x, y = x.flip(dims), y.flip(dims)
+        if self.rotate90:
+            turns = int(rng.integers(0, 4))
+            x, y = x.rot90(turns, (-2, -1)), y.rot90(turns, (-2, -1))
+        return x.contiguous(), y.contiguous()
+
+
+class SegmentationTiles(Dataset):
+    """Whole tiles for evaluation: ``(image, mask)`` with the image normalised, float32 ``(C, H, W)``, and
+    the mask int64 ``(H, W)`` class indices (``IGNORE_INDEX`` where unlabelled)."""
+
+    def __init__(self, root: str | Path, pairs: Sequence[TilePair], labels: LabelScheme, mean: Sequence[float],
+                 std: Sequence[float]):
+        self.root, self.pairs, self.labels = Path(root), list(pairs), labels
+        self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pair = self.pairs[index]
+        image_path, mask_path = self.root / pair.image, self.root / pair.mask
+        image, mask = read_image(image_path), read_image(mask_path)
+        if image.shape[:2] != mask.shape[:2]:
+            raise ValueError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} (WxH), its image {image_path} "
+                             f"is {image.shape[1]}x{image.shape[0]}")
+        y = torch.from_numpy(self.labels.decode(mask, mask_path).astype(np.int64))
+        return _normalise(image, self.mean, self.std), y
+
+
+class SegmentationDataModule(pl.LightningDataModule):
+    """Loaders of random training crops and of whole validation tiles (one tile per batch: tiles may differ
+    in size, and evaluation slides a window over each). ``augment`` holds ``flip``, ``rotate90`` and
+    ``crops_per_tile`` (see :class:`SegmentationCrops`)."""
+
+    def __init__(self, root: str | Path, labels: LabelScheme, splits: dict[str, list[TilePair]], img_size: int,
+                 batch_size: int, num_workers: int = 0, *, mean: Sequence[float], std: Sequence[float],
+                 augment: dict | None = None, seed: int = 0):
+        super().__init__()
+        for subset in ("train", "val"):
+            if not splits.get(subset):
+                raise ValueError(f'the split has no "{subset}" tiles; expected "train" and "val" subsets, '
+                                 f"got {sorted(splits)}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+        unknown = sorted(set(augment or {}) - {"flip", "rotate90", "crops_per_tile"})
+        if unknown:
+            raise ValueError(f"augment has unknown key(s) {unknown}; expected some of flip, rotate90, crops_per_tile")
+        self.root, self.labels = Path(root), labels
+        self.splits = {k: list(v) for k, v in splits.items()}
+        self.img_size, self.batch_size, self.num_workers = img_size, batch_size, num_workers
+        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+        self.augment, self.seed = dict(augment or {}), seed
+        # Built now so that a bad size or tile fails at construction, not mid-training.
+        self.train_set = SegmentationCrops(self.root, self.splits["train"], labels, img_size, self.mean, self.std,
+                                           **self.augment)
+
+    def train_dataloader(self) -> DataLoader:
+        # Crops and order are functions of (seed, epoch) only (Lightning rebuilds the loader every epoch): a run
+        # resumed at an epoch boundary draws the same batches as an uninterrupted one.
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        self.train_set.augment_seed = self.seed * 1_000_003 + epoch
+        return DataLoader(self.train_set, batch_size=self.batch_size,
+                          sampler=EpochShuffle(len(self.train_set), self.seed * 1_000_003 + epoch),
+                          # A batch of one breaks the decoder's batch norms in training.
+                          drop_last=len(self.train_set) > self.batch_size, num_workers=self.num_workers,
+                          pin_memory=torch.cuda.is_available())
+
+    def _tiles(self, subset: str) -> DataLoader:
+        dataset = SegmentationTiles(self.root, self.splits[subset], self.labels, self.mean, self.std)
+        return DataLoader(dataset, batch_size=1, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._tiles("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._tiles("test" if self.splits.get("test") else "val")

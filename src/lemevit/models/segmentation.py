@@ -1,0 +1,115 @@
+"""Semantic segmentation networks: UperNet or the SegFormer MLP decoder over the stride-4/8/16/32 feature
+maps of any of our backbones or of any timm encoder.
+
+The decoders are segmentation_models_pytorch's (``UPerNetDecoder``: pyramid pooling on the stride-32 map
+plus an FPN, fused at stride 4; ``SegformerDecoder``: one linear layer per level, fused by a 1x1 conv).
+What it lacks is written here: picking the four levels out of any timm ``features_only`` model, the
+classifier (dropout 0.1 and a 1x1 conv, as mmsegmentation's heads), and the auxiliary FCN head on the
+stride-16 map that the published UperNet configuration trains with (one 3x3 conv-BN-ReLU of 256 channels;
+loss weight 0.4, applied by the task).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from segmentation_models_pytorch.base.modules import Conv2dReLU
+from segmentation_models_pytorch.decoders.segformer.decoder import SegformerDecoder
+from segmentation_models_pytorch.decoders.upernet.decoder import UPerNetDecoder
+from torch import nn
+
+from lemevit.models.factory import create_model
+
+__all__ = ["HEADS", "FCNHead", "SegmentationModel", "feature_levels"]
+
+#: Decoder heads and their default channel widths (mmsegmentation's UperNet: 512; SegFormer/LVT: 256).
+HEADS = {"upernet": 512, "segformer": 256}
+STRIDES = (4, 8, 16, 32)
+AUX_CHANNELS = 256
+
+
+def feature_levels(name: str, in_chans: int = 3) -> list[int]:
+    """The ``out_indices`` of a timm ``features_only`` model that give its deepest maps at strides 4, 8, 16
+    and 32. Raises ValueError naming the strides the model has when one is missing."""
+    with torch.device("meta"):
+        probe = timm.create_model(name, features_only=True, in_chans=in_chans)
+    reductions = probe.feature_info.reduction()
+    missing = [s for s in STRIDES if s not in reductions]
+    if missing:
+        raise ValueError(f"{name} has feature maps at strides {reductions}; segmentation needs 4, 8, 16 and 32 "
+                         f"(missing {missing})")
+    return [max(i for i, r in enumerate(reductions) if r == s) for s in STRIDES]
+
+
+class FCNHead(nn.Module):
+    """mmsegmentation's auxiliary FCN head: 3x3 conv-BN-ReLU, dropout, 1x1 classifier."""
+
+    def __init__(self, in_channels: int, num_classes: int, channels: int = AUX_CHANNELS, dropout: float = 0.1):
+        super().__init__()
+        self.conv = Conv2dReLU(in_channels, channels, kernel_size=3, padding=1, use_norm="batchnorm")
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.conv(x)))
+
+
+class SegmentationModel(nn.Module):
+    """A backbone's stride-4/8/16/32 maps, a decoder head and a classifier; logits at input resolution.
+
+    Args:
+        backbone: any model name of our registry or timm that has features at strides 4, 8, 16 and 32.
+        head: ``"upernet"`` or ``"segformer"``.
+        num_classes: number of classes.
+        in_chans: input bands.
+        decoder_channels: width of the decoder (default 512 for UperNet, 256 for SegFormer).
+        aux_head: add the auxiliary FCN head on the stride-16 map (default: with UperNet, as published).
+        drop_path_rate: stochastic depth of the backbone.
+        backbone_checkpoint: local weights for the backbone (our layout or the published one).
+
+    ``forward`` returns the logits ``(B, K, H, W)``; in training mode with the auxiliary head it returns
+    ``(logits, aux_logits)``, both at input resolution.
+    """
+
+    def __init__(self, backbone: str, head: str = "upernet", num_classes: int = 6, in_chans: int = 3,
+                 decoder_channels: int | None = None, aux_head: bool | None = None, drop_path_rate: float = 0.0,
+                 backbone_checkpoint: str | Path | None = None, dropout: float = 0.1):
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}; the heads are {sorted(HEADS)}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        self.num_classes, self.head_name = num_classes, head
+        extra = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+        self.encoder = create_model(backbone, checkpoint=backbone_checkpoint, features_only=True,
+                                    out_indices=feature_levels(backbone, in_chans), in_chans=in_chans, **extra)
+        channels = self.encoder.feature_info.channels()
+        width = decoder_channels or HEADS[head]
+        # smp's decoders take an encoder's maps from stride 1 on; strides 1 and 2 are not used by UperNet, and
+        # SegFormer reads only the input's size from stride 1 (a 0-channel stride-2 map marks it as absent).
+        if head == "upernet":
+            self.decoder = UPerNetDecoder([in_chans, 0, *channels], encoder_depth=5, decoder_channels=width)
+        else:
+            self.decoder = SegformerDecoder([in_chans, 0, *channels], encoder_depth=5, segmentation_channels=width)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(width, num_classes, kernel_size=1)
+        use_aux = head == "upernet" if aux_head is None else aux_head
+        self.aux_head = FCNHead(channels[2], num_classes, dropout=dropout) if use_aux else None
+
+    def no_weight_decay(self) -> set[str]:
+        inner = getattr(self.encoder, "model", None)
+        names = inner.no_weight_decay() if hasattr(inner, "no_weight_decay") else ()
+        return {f"encoder.model.{n}" for n in names}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        size = x.shape[-2:]
+        features = list(self.encoder(x))
+        decoded = self.decoder([x, x[:, :0], *features])
+        logits = F.interpolate(self.classifier(self.dropout(decoded)), size=size, mode="bilinear",
+                               align_corners=False)
+        if self.training and self.aux_head is not None:
+            aux = F.interpolate(self.aux_head(features[2]), size=size, mode="bilinear", align_corners=False)
+            return logits, aux
+        return logits

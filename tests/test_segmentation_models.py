@@ -1,0 +1,53 @@
+"""Segmentation networks: UperNet and SegFormer heads over our backbones and timm encoders."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lemevit.models.segmentation import SegmentationModel, feature_levels
+
+
+@pytest.mark.parametrize(("backbone", "head"), [("lemevit_tiny", "upernet"), ("lvt", "segformer"),
+                                                ("resnet10t", "upernet"), ("convnext_atto", "segformer")])
+def test_logits_come_at_input_resolution_with_aux_logits_in_training(backbone, head):
+    torch.manual_seed(0)
+    model = SegmentationModel(backbone, head, num_classes=5, in_chans=4, decoder_channels=32)
+    x = torch.randn(2, 4, 72, 40)  # not a multiple of 32
+    model.train()
+    out = model(x)
+    if head == "upernet":  # the published UperNet trains with the auxiliary FCN head
+        logits, aux = out
+        assert aux.shape == (2, 5, 72, 40)
+    else:
+        logits = out
+    assert logits.shape == (2, 5, 72, 40)
+    logits.mean().backward()
+    assert all(p.grad is not None for p in model.decoder.parameters())
+    stem = next(model.encoder.parameters())
+    assert stem.grad is not None and stem.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        assert model(x).shape == (2, 5, 72, 40)
+
+
+def test_the_auxiliary_head_reads_the_stride_16_map():
+    model = SegmentationModel("lemevit_tiny", "upernet", num_classes=6, decoder_channels=32)
+    assert model.encoder.feature_info.reduction() == [4, 8, 16, 32]
+    assert model.aux_head.conv[0].in_channels == model.encoder.feature_info.channels()[2] == 192
+    assert SegmentationModel("lemevit_tiny", "upernet", num_classes=6, aux_head=False).aux_head is None
+    assert model.decoder.psp.blocks[0][1][0].out_channels == 32
+
+
+def test_feature_levels_take_the_deepest_map_of_each_stride_and_refuse_missing_strides():
+    assert feature_levels("resnet18") == [1, 2, 3, 4]  # resnet18 also has a stride-2 map first
+    assert feature_levels("lemevit_tiny") == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match=r"vit_tiny_patch16_224 has feature maps at strides \[16, 16"):
+        feature_levels("vit_tiny_patch16_224")
+    with pytest.raises(ValueError, match="unknown head 'fcn'"):
+        SegmentationModel("resnet10t", "fcn")
+
+
+def test_meta_tokens_are_exempt_from_weight_decay():
+    model = SegmentationModel("lemevit_tiny", "segformer", num_classes=3, decoder_channels=16)
+    names = dict(model.named_parameters())
+    assert model.no_weight_decay() and all(n in names for n in model.no_weight_decay())

@@ -1,0 +1,157 @@
+"""Whole-scene prediction: window grid, blending, georeference, outputs, and bounded memory."""
+from __future__ import annotations
+
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lemevit.models.segmentation import SegmentationModel
+from lemevit.predict_scene import (
+    blend_weight,
+    blended_strips,
+    predict_scene,
+    preview_path,
+    sliding_window_probs,
+    window_starts,
+)
+
+PALETTE = ((255, 255, 255), (0, 0, 255), (0, 255, 0), (255, 0, 0))
+# The 6000 x 6000 scene's probabilities of its 4 classes alone would take 6000 * 6000 * 4 * 4 B = 549 MiB,
+# its bands as float32 412 MiB; a strip of 512 rows takes 47 MiB and 24 MiB.
+MEMORY_BOUND_MIB = 250
+
+
+class Constant(torch.nn.Module):
+    """Logits that do not depend on the input: any seam in the blending would show."""
+
+    def __init__(self, logits: list[float]):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.tensor(logits))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits[None, :, None, None].expand(x.shape[0], -1, *x.shape[2:])
+
+
+def pointwise(in_chans: int = 3, classes: int = 4) -> torch.nn.Module:
+    """A 1x1 convolution: each pixel's logits depend on that pixel only, so tiling cannot change them."""
+    torch.manual_seed(0)
+    return torch.nn.Conv2d(in_chans, classes, 1).eval()
+
+
+def test_windows_cover_the_axis_with_the_last_one_flush_with_the_end():
+    assert window_starts(1000, 512, 384) == [0, 384, 488]
+    assert window_starts(512, 512, 384) == [0]
+    assert window_starts(100, 512, 384) == [0]
+    assert window_starts(1280, 512, 384) == [0, 384, 768]
+    with pytest.raises(ValueError, match="stride must be an integer from 1 to the window"):
+        window_starts(1000, 512, 600)
+    weight = blend_weight(512)
+    assert weight.min() > 0 and weight.max() <= 1
+    torch.testing.assert_close(weight, weight.flip(0))
+
+
+def test_one_window_over_an_image_of_its_size_is_the_direct_forward_pass():
+    torch.manual_seed(0)
+    model = SegmentationModel("lemevit_tiny", "upernet", num_classes=4, decoder_channels=16).eval()
+    image = torch.randn(3, 64, 64)
+    with torch.inference_mode():
+        direct = model(image[None]).softmax(dim=1)[0]
+    torch.testing.assert_close(sliding_window_probs(model, image, window=64, stride=48), direct)
+
+
+def test_blending_is_seamless():
+    image = torch.randn(3, 150, 97)
+    constant = sliding_window_probs(Constant([0.0, 2.0, -1.0, 0.5]), image, window=32, stride=20)
+    expected = torch.tensor([0.0, 2.0, -1.0, 0.5]).softmax(dim=0)
+    torch.testing.assert_close(constant, expected[:, None, None].expand(4, 150, 97), atol=1e-6, rtol=0)
+
+    model = pointwise()
+    with torch.inference_mode():
+        direct = model(image[None]).softmax(dim=1)[0]
+    torch.testing.assert_close(sliding_window_probs(model, image, window=32, stride=20), direct)
+
+
+def test_strips_come_in_order_and_hold_at_most_a_window_of_rows():
+    image = torch.randn(3, 130, 40)
+    strips = list(blended_strips(lambda a, b: image[:, a:b], 130, 40, lambda x: pointwise()(x).softmax(1),
+                                 window=32, stride=24))
+    assert [top for top, _ in strips] == [0, 24, 48, 72, 96, 98]  # the last window starts at 130 - 32
+    assert sum(p.shape[1] for _, p in strips) == 130 and max(p.shape[1] for _, p in strips) <= 32
+
+
+def write_geotiff(path, bands: np.ndarray, crs: str = "EPSG:32633"):
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import Affine
+
+    transform = Affine(0.05, 0, 368000.0, 0, -0.05, 5810000.0)
+    with rasterio.open(path, "w", driver="GTiff", width=bands.shape[2], height=bands.shape[1], count=len(bands),
+                       dtype=bands.dtype.name, crs=crs, transform=transform) as ds:
+        ds.write(bands)
+    return transform
+
+
+def test_a_geotiff_scene_gives_a_geotiff_class_map_with_its_georeference(tmp_path):
+    rasterio = pytest.importorskip("rasterio")
+    rng = np.random.default_rng(0)
+    bands = rng.integers(0, 4000, (4, 300, 170)).astype(np.uint16)  # 16-bit, 4 bands
+    transform = write_geotiff(tmp_path / "scene.tif", bands)
+    model = pointwise(in_chans=4)
+    mean, std = [2000.0] * 4, [1000.0] * 4
+    result = predict_scene(model, tmp_path / "scene.tif", tmp_path / "out" / "map.tif", mean, std, PALETTE,
+                           window=64, stride=48, progress=False)
+    with rasterio.open(tmp_path / "out" / "map.tif") as ds:
+        assert ds.crs.to_string() == "EPSG:32633" and ds.transform == transform
+        assert (ds.height, ds.width, ds.count, ds.dtypes[0]) == (300, 170, 1, "uint8")
+        classes = ds.read(1)
+        assert ds.colormap(1)[1] == (0, 0, 255, 255)
+    x = (torch.from_numpy(bands.astype(np.float32)) - 2000) / 1000
+    with torch.inference_mode():
+        expected = model(x[None])[0].argmax(dim=0).numpy()
+    np.testing.assert_array_equal(classes, expected)
+    assert result["class_pixels"] == np.bincount(expected.ravel(), minlength=4).tolist()
+    preview = Image.open(preview_path(tmp_path / "out" / "map.tif"))
+    assert preview.mode == "P" and preview.size == (170, 300)
+    np.testing.assert_array_equal(np.asarray(preview), classes)
+    assert preview.getpalette()[3:6] == [0, 0, 255]
+
+
+def test_a_png_scene_smaller_than_the_window_gives_a_png_class_map_of_its_size(tmp_path):
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (21, 35, 3)).astype(np.uint8)).save(tmp_path / "s.png")
+    out = tmp_path / "s_classes.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no NotGeoreferencedWarning for plain images
+        predict_scene(Constant([0.0, 0.0, 3.0, 0.0]), tmp_path / "s.png", out, [0] * 3, [1] * 3, PALETTE,
+                      window=64, stride=48, preview=False, progress=False)
+    classes = np.asarray(Image.open(out))
+    assert classes.shape == (21, 35) and (classes == 2).all()
+    assert not preview_path(out).exists()
+    with pytest.raises(ValueError, match="--output must end in .tif, .tiff or .png"):
+        predict_scene(Constant([0.0]), tmp_path / "s.png", tmp_path / "x.jpg", [0] * 3, [1] * 3, PALETTE)
+    with pytest.raises(ValueError, match="has 3 band.*expects 4"):
+        predict_scene(pointwise(4), tmp_path / "s.png", out, [0] * 4, [1] * 4, PALETTE, progress=False)
+
+
+_MEMORY_PROBE = textwrap.dedent("""
+    import json, re, sys
+    from pathlib import Path
+    import torch
+    from lemevit.predict_scene import predict_scene
+
+    def kib(key):
+        return int(re.search(key + r":\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1))
+
+    scene, small, out = sys.argv[1:4]
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 4, 1).eval()
+    palette = [(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    kwargs = dict(mean=[128.0] * 3, std=[64.0] * 3, palette=palette, window=512, stride=384, progress=False)
+    predict_scene(model, small, out + "/small.tif", **kwargs)  # one-off allocations: libraries, GDAL, oneDNN
+    Path("/proc/self/clear_refs").write_text("5")
+    base = kib("VmRSS")
+    result = predict_scene(model, scene, out + "/big.tif", **kwargs)
+    print(json.dumps({"peak_mib": (kib("VmHWM") - base) / 1024, "windows": result["windows"]}))
+""")
