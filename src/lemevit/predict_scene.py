@@ -14,6 +14,8 @@ whole; the class map keeps the scene's CRS and transform.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -30,9 +32,23 @@ __all__ = ["blend_weight", "blended_strips", "predict_scene", "sliding_window_pr
 
 _GEO_HINT = 'install rasterio for GeoTIFF output: pip install "lemevit[geo]"'
 # GDAL's block cache otherwise grows to 5 % of the machine's memory with the blocks of the scene.
-_GDAL_CACHE_MB = 64
+_GDAL_CACHE_MB = 16
 _PREVIEW_MAX_SIDE = 2048
 _OUTPUT_EXTENSIONS = (".tif", ".tiff", ".png")
+
+
+def _glibc_malloc_trim() -> Callable[[], object]:
+    """glibc's ``malloc_trim``, or a no-op where the C library is not glibc."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda *_: None
+
+
+# glibc serves the strip's buffers (tens of MiB each, freed and reallocated every row of windows) from a heap
+# that fragments, so that the resident memory creeps up by a strip's worth per row. Handing the free pages
+# back after each strip keeps it flat (the remedy Dask applies to its workers).
+_release_free_memory = functools.partial(_glibc_malloc_trim(), 0)
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -53,29 +69,36 @@ def blend_weight(window: int) -> torch.Tensor:
 
 def blended_strips(read_rows: Callable[[int, int], torch.Tensor], height: int, width: int,
                    predict: Callable[[torch.Tensor], torch.Tensor], window: int, stride: int, batch_size: int = 8,
-                   progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+                   progress: Callable[[int], None] | None = None,
+                   normalise: Callable[[torch.Tensor], torch.Tensor] | None = None
+                   ) -> Iterator[tuple[int, torch.Tensor]]:
     """Blended class probabilities of a ``height`` × ``width`` scene, strip by strip.
 
     Args:
-        read_rows: ``(top, bottom) -> (C, bottom - top, width)`` normalised float32 rows of the scene.
+        read_rows: ``(top, bottom) -> (C, bottom - top, width)`` rows of the scene.
         predict: ``(B, C, window, window) -> (B, K, window, window)`` probabilities.
         progress: called with the number of windows done after each row of windows.
+        normalise: applied to each batch of windows before ``predict``, so that the rows can stay in the
+            scene's own data type (a quarter of float32's memory for 8-bit bands). Windows that overhang a
+            scene smaller than a window are padded with zeros after it: with the band means.
 
     Yields ``(top, probs)`` with ``probs`` float32 ``(K, rows, width)``, for consecutive strips that cover
-    rows ``0..height`` in order.
+    rows ``0..height`` in order. ``probs`` is a view of the accumulator, valid until the next strip is
+    requested: clone it to keep it.
     """
     if height < 1 or width < 1:
         raise ValueError(f"cannot predict an empty scene ({width}x{height})")
     ys, xs = window_starts(height, window, stride), window_starts(width, window, stride)
     weight_1d = blend_weight(window)
-    padded_height, padded_width = max(height, window), max(width, window)
+    padded_width = max(width, window)
     # Windows form a grid, so the summed weight at (y, x) is a row sum times a column sum.
-    row_sum = torch.zeros(padded_height, dtype=torch.float64)
+    row_sum = torch.zeros(max(height, window), dtype=torch.float64)
     col_sum = torch.zeros(padded_width, dtype=torch.float64)
     for y in ys:
         row_sum[y:y + window] += weight_1d
     for x in xs:
         col_sum[x:x + window] += weight_1d
+    row_sum, col_sum = row_sum.float(), col_sum[:width].float()
     weight_2d = (weight_1d[:, None] * weight_1d[None, :]).float()
     accumulator = None
     for r, top in enumerate(ys):
@@ -83,21 +106,36 @@ def blended_strips(read_rows: Callable[[int, int], torch.Tensor], height: int, w
         rows = read_rows(top, bottom)
         if rows.shape[1:] != (bottom - top, width):
             raise ValueError(f"read_rows gave rows of shape {tuple(rows.shape)}, expected (C, {bottom - top}, {width})")
-        if bottom - top < window or width < window:  # padding is zero after normalisation: the band means
-            rows = torch.nn.functional.pad(rows, (0, padded_width - width, 0, window - (bottom - top)))
         for start in range(0, len(xs), batch_size):
             chunk = xs[start:start + batch_size]
-            probs = predict(torch.stack([rows[:, :, x:x + window] for x in chunk])).float()
+            batch = torch.stack([rows[:, :, x:x + window] for x in chunk])
+            if normalise is not None:
+                batch = normalise(batch)
+            if batch.shape[-2:] != (window, window):
+                batch = torch.nn.functional.pad(batch, (0, window - batch.shape[-1], 0, window - batch.shape[-2]))
+            probs = predict(batch).float()
+            del batch
             if accumulator is None:
                 accumulator = torch.zeros(probs.shape[1], window, padded_width)
             for x, p in zip(chunk, probs, strict=True):
-                accumulator[:, :, x:x + window] += p * weight_2d
+                accumulator[:, :, x:x + window].addcmul_(p, weight_2d)
+            del probs  # one batch's outputs alive at a time
+            _release_free_memory()
+        del rows
         if progress is not None:
             progress(len(xs))
         done = (ys[r + 1] if r + 1 < len(ys) else height) - top
-        norm = (row_sum[top:top + done, None] * col_sum[None, :width]).float()
-        yield top, accumulator[:, :done, :width] / norm
-        accumulator = torch.cat([accumulator[:, done:], torch.zeros(len(accumulator), done, padded_width)], dim=1)
+        # Normalised in place: no later window adds to these rows.
+        strip = accumulator[:, :done, :width]
+        strip.div_(row_sum[top:top + done, None]).div_(col_sum)
+        yield top, strip
+        # The rows still to be covered by later windows move to the top of the accumulator.
+        keep = window - done
+        if keep > done:  # source and destination overlap
+            accumulator[:, :keep] = accumulator[:, done:].clone()
+        elif keep:
+            accumulator[:, :keep] = accumulator[:, done:]
+        accumulator[:, keep:] = 0
 
 
 def _softmax_predictor(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -115,7 +153,12 @@ def sliding_window_probs(model: torch.nn.Module, image: torch.Tensor, window: in
     """Blended class probabilities ``(K, H, W)`` of one normalised image ``(C, H, W)`` held in memory."""
     strips = blended_strips(lambda top, bottom: image[:, top:bottom], image.shape[1], image.shape[2],
                             _softmax_predictor(model), window, stride, batch_size)
-    return torch.cat([probs for _, probs in strips], dim=1)
+    whole = None
+    for top, probs in strips:
+        if whole is None:
+            whole = probs.new_empty(len(probs), image.shape[1], image.shape[2])
+        whole[:, top:top + probs.shape[1]] = probs
+    return whole
 
 
 class _Scene:
@@ -139,6 +182,8 @@ class _Scene:
             self.crs, self.transform = self.dataset.crs, self.dataset.transform
         else:
             self.array = read_image(path)
+            if not self.array.flags.writeable:  # torch.from_numpy warns about read-only arrays
+                self.array = self.array.copy()
             self.height, self.width, self.bands = self.array.shape
 
     def read(self, top: int, bottom: int) -> np.ndarray:
@@ -249,16 +294,19 @@ def predict_scene(model: torch.nn.Module, scene: str | Path, output: str | Path,
             windows = len(window_starts(height, window, stride)) * len(window_starts(width, window, stride))
 
             def read_rows(top: int, bottom: int) -> torch.Tensor:
-                return torch.from_numpy(source.read(top, bottom).astype(np.float32)).sub_(mean_t).div_(std_t)
+                return torch.from_numpy(source.read(top, bottom))
+
+            def normalise(batch: torch.Tensor) -> torch.Tensor:
+                return batch.float().sub_(mean_t).div_(std_t)
 
             with atomic_path(output) as tmp, tqdm(total=windows, desc=f"predicting {scene.name}", unit="window",
                                                   disable=not progress) as bar:
                 writer = _ClassMapWriter(output, tmp, source, palette)
                 for top, probs in blended_strips(read_rows, height, width, _softmax_predictor(model), window,
-                                                 stride, batch_size, bar.update):
+                                                 stride, batch_size, bar.update, normalise):
                     if len(probs) != len(palette):
                         raise ValueError(f"the model gives {len(probs)} classes, the palette has {len(palette)}")
-                    classes = probs.argmax(dim=0).numpy().astype(np.uint8)
+                    classes = probs.argmax(dim=0).to(torch.uint8).numpy()
                     writer.write(top, classes)
                     counts += np.bincount(classes.ravel(), minlength=len(palette))
                     # The preview keeps the rows and columns whose index is a multiple of the step.
