@@ -30,10 +30,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-# Options that only one task uses; giving one to the other task is an error rather than silently ignored.
-_CLASSIFICATION_ONLY = ("label_smoothing", "mixup", "cutmix", "randaugment", "crop_scale", "ema_decay", "skip_bad")
-_SEGMENTATION_ONLY = ("head", "decoder_channels", "aux_weight", "preset", "class_names", "ignore_value",
-                      "first_class_value", "crops_per_tile", "window", "stride", "flip")
+# Options of the train command itself rather than of a task's config.
+_COMMAND_OPTIONS = {"command", "func", "task", "config", "resume"}
+_TASKS = ("classification", "segmentation", "change", "detection")
 
 
 def _run_task(args: argparse.Namespace) -> str:
@@ -51,24 +50,29 @@ def _run_task(args: argparse.Namespace) -> str:
     return "classification"
 
 
+def _train_config_and_entry(task: str):
+    if task == "detection":
+        from lemevit.tasks.detection_run import DetectionConfig, train
+        return DetectionConfig, train
+    if task == "segmentation":
+        from lemevit.tasks.segmentation_run import SegTrainConfig, train
+        return SegTrainConfig, train
+    if task == "change":
+        from lemevit.tasks.change_run import ChangeTrainConfig, train
+        return ChangeTrainConfig, train
+    from lemevit.tasks.classification_run import TrainConfig, train
+    return TrainConfig, train
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     task = _run_task(args)
-    if task == "detection":
-        from lemevit.tasks.detection_run import DetectionConfig as Config
-        from lemevit.tasks.detection_run import train
-        foreign = _CLASSIFICATION_ONLY + _SEGMENTATION_ONLY
-    elif task == "segmentation":
-        from lemevit.tasks.segmentation_run import SegTrainConfig as Config
-        from lemevit.tasks.segmentation_run import train
-        foreign = _CLASSIFICATION_ONLY
-    else:
-        from lemevit.tasks.classification_run import TrainConfig as Config
-        from lemevit.tasks.classification_run import train
-        foreign = _SEGMENTATION_ONLY
-    given = {k: v for k, v in vars(args).items() if k in Config.__dataclass_fields__ and v is not None}
-    misplaced = [f"--{k.replace('_', '-')}" for k in foreign if getattr(args, k) is not None]
+    Config, train = _train_config_and_entry(task)
+    options = {k: v for k, v in vars(args).items() if k not in _COMMAND_OPTIONS and v is not None}
+    # An option of another task is an error rather than silently ignored.
+    misplaced = [f"--{k.replace('_', '-')}" for k in options if k not in Config.__dataclass_fields__]
     if misplaced:
         raise ValueError(f"{', '.join(misplaced)} do(es) not apply to --task {task}")
+    given = options
     run = Path(args.output) if args.output else None
     if args.resume and run is not None and (run / "config.yaml").is_file():
         cfg = Config.from_yaml(run / "config.yaml", **given)
@@ -85,69 +89,79 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_segmentation(args: argparse.Namespace) -> bool:
+def _checkpoint_task(args: argparse.Namespace) -> str:
+    """The task of the run that wrote --checkpoint; options of the other tasks are refused."""
     from lemevit.tasks.segmentation_run import checkpoint_task
 
-    segmentation = checkpoint_task(args.checkpoint) == "segmentation"
-    if not segmentation:
-        misplaced = [f"--{k.replace('_', '-')}" for k in ("window", "stride") if getattr(args, k) is not None]
+    task = checkpoint_task(args.checkpoint)
+    misplaced = []
+    if task not in ("segmentation", "change"):
+        misplaced += [f"--{k}" for k in ("window", "stride") if getattr(args, k, None) is not None]
         if getattr(args, "preview", True) is False:
             misplaced.append("--no-preview")
-        if misplaced:
-            raise ValueError(f"{', '.join(misplaced)} apply to segmentation checkpoints; {args.checkpoint} is a "
-                             "classification one")
-    return segmentation
-
-
-def _detection_checkpoint(args: argparse.Namespace) -> bool:
-    from lemevit.tasks.detection_run import is_detection_checkpoint
-
-    return is_detection_checkpoint(args.checkpoint)
-
-
-def _eval_detection(args: argparse.Namespace) -> int:
-    from lemevit.tasks.detection_run import evaluate
-
-    metrics = evaluate(args.checkpoint, args.output, data=args.data, batch_size=args.batch_size or 4)
-    print(f"mAP50 {metrics['map50']:.2%} (DOTA: polygon IoU 0.5, difficult ignored) on {metrics['num_images']} "
-          f"images; wrote {Path(args.output) / 'metrics.json'}")
-    return 0
-
-
-def _predict_detection(args: argparse.Namespace) -> int:
-    from lemevit.tasks.detection_run import predict
-
-    for r in predict(args.checkpoint, args.images, args.output, batch_size=args.batch_size or 4):
-        geo = f", {r['geojson']}" if r["geojson"] else ""
-        print(f"{r['image']}: {r['detections']} objects ({r['drawn']} drawn in {r['png']}{geo})")
-    print(f"wrote DOTA Task-1 files Task1_<class>.txt into {args.output}")
-    return 0
+    if task != "change" and getattr(args, "pair", None):
+        misplaced.append("--pair")
+    if misplaced:
+        raise ValueError(f"{', '.join(misplaced)} do(es) not apply to {args.checkpoint}, a {task} checkpoint")
+    return task
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    if _detection_checkpoint(args):
-        return _eval_detection(args)
-    if _is_segmentation(args):
+    task = _checkpoint_task(args)
+    output = Path(args.output) / "metrics.json"
+    if task == "detection":
+        from lemevit.tasks.detection_run import evaluate
+
+        metrics = evaluate(args.checkpoint, args.output, data=args.data, batch_size=args.batch_size or 4)
+        print(f"mAP50 {metrics['map50']:.2%} (DOTA: polygon IoU 0.5, difficult ignored) on "
+              f"{metrics['num_images']} images; wrote {output}")
+    elif task == "segmentation":
         from lemevit.tasks.segmentation_run import evaluate
 
         metrics = evaluate(args.checkpoint, args.output, data=args.data, window=args.window, stride=args.stride,
                            batch_size=args.batch_size or 8)
         print(f"OA {metrics['oa']:.2%}  mIoU {metrics['miou']:.2%}  mF1 {metrics['mf1']:.2%}  on "
-              f"{metrics['num_tiles']} tiles ({metrics['num_pixels']:,} labelled pixels); "
-              f"wrote {Path(args.output) / 'metrics.json'}")
-        return 0
-    from lemevit.tasks.classification_run import evaluate
+              f"{metrics['num_tiles']} tiles ({metrics['num_pixels']:,} labelled pixels); wrote {output}")
+    elif task == "change":
+        from lemevit.tasks.change_run import evaluate
 
-    metrics = evaluate(args.checkpoint, args.output, data=args.data, batch_size=args.batch_size or 64)
-    print(f"top-1 {metrics['top1']:.2%}  top-5 {metrics['top5']:.2%}  on {metrics['num_images']} images "
-          f"(chance {1 / len(metrics['class_names']):.2%}); wrote {Path(args.output) / 'metrics.json'}")
+        metrics = evaluate(args.checkpoint, args.output, data=args.data, window=args.window, stride=args.stride,
+                           batch_size=args.batch_size or 8)
+        scores = "  ".join(f"{k} {'n/a' if metrics[k] is None else format(metrics[k], '.2%')}"
+                           for k in ("f1", "iou", "precision", "recall", "oa"))
+        print(f"change class: {scores}  on {metrics['num_pairs']} pairs; wrote {output}")
+    else:
+        from lemevit.tasks.classification_run import evaluate
+
+        metrics = evaluate(args.checkpoint, args.output, data=args.data, batch_size=args.batch_size or 64)
+        print(f"top-1 {metrics['top1']:.2%}  top-5 {metrics['top5']:.2%}  on {metrics['num_images']} images "
+              f"(chance {1 / len(metrics['class_names']):.2%}); wrote {output}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    if _detection_checkpoint(args):
-        return _predict_detection(args)
-    if _is_segmentation(args):
+    task = _checkpoint_task(args)
+    if task == "change":
+        if not args.pair or args.images:
+            raise ValueError("a change checkpoint predicts one pair: --pair A_IMAGE B_IMAGE, and no other images")
+        from lemevit.tasks.change_run import predict_pair
+
+        r = predict_pair(args.checkpoint, *args.pair, args.output, window=args.window, stride=args.stride,
+                         batch_size=args.batch_size or 8, preview=args.preview)
+        preview = f" (preview {r['preview']})" if r["preview"] else ""
+        print(f"wrote {r['output']}: {r['width']}x{r['height']} change map, {r['changed_pixels']:,} changed "
+              f"pixels{preview}")
+        return 0
+    if not args.images:
+        raise ValueError("give the images to predict (files, folders or glob patterns)")
+    if task == "detection":
+        from lemevit.tasks.detection_run import predict
+
+        for r in predict(args.checkpoint, args.images, args.output, batch_size=args.batch_size or 4):
+            geo = f", {r['geojson']}" if r["geojson"] else ""
+            print(f"{r['image']}: {r['detections']} objects ({r['drawn']} drawn in {r['png']}{geo})")
+        print(f"wrote DOTA Task-1 files Task1_<class>.txt into {args.output}")
+    elif task == "segmentation":
         from lemevit.tasks.segmentation_run import predict
 
         results = predict(args.checkpoint, args.images, args.output, window=args.window, stride=args.stride,
@@ -155,11 +169,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for r in results:
             preview = f" (preview {r['preview']})" if r["preview"] else ""
             print(f"wrote {r['output']}: {r['width']}x{r['height']} class map{preview}")
-        return 0
-    from lemevit.tasks.classification_run import predict
+    else:
+        from lemevit.tasks.classification_run import predict
 
-    rows = predict(args.checkpoint, args.images, args.output, topk=args.topk, batch_size=args.batch_size or 32)
-    print(f"predicted {len(rows)} images; wrote {args.output}")
+        rows = predict(args.checkpoint, args.images, args.output, topk=args.topk, batch_size=args.batch_size or 32)
+        print(f"predicted {len(rows)} images; wrote {args.output}")
     return 0
 
 
@@ -167,8 +181,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from lemevit.tasks.classification_run import explain
     from lemevit.tasks.segmentation_run import checkpoint_task
 
-    if checkpoint_task(args.checkpoint) == "segmentation":
-        raise ValueError(f"{args.checkpoint} is a segmentation checkpoint; explain draws the meta-token attention "
+    task = checkpoint_task(args.checkpoint)
+    if task != "classification":
+        raise ValueError(f"{args.checkpoint} is a {task} checkpoint; explain draws the meta-token attention "
                          "of scene-recognition runs")
 
     print(f"wrote {explain(args.checkpoint, args.image, args.output, block=args.block)}")
@@ -210,11 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
 
     tr = sub.add_parser("train", help="train a model into a run directory (resumable)")
-    tr.add_argument("--task", choices=["classification", "segmentation", "detection"],
+    tr.add_argument("--task", choices=_TASKS,
                     help="default classification, or the task of the run given to --resume")
     tr.add_argument("--config", help="YAML file whose keys are these options (underscored); options override it")
     tr.add_argument("--data", help="class-per-folder image directory; for segmentation a folder with img_dir/ "
-                                   "and ann_dir/; for detection DOTA (images/, labelTxt/) or DIOR-R")
+                                   "and ann_dir/; for change A/, B/ and label/ (LEVIR-CD, CDD); for detection "
+                                   "DOTA (images/, labelTxt/) or DIOR-R")
     tr.add_argument("--output", help="run directory")
     tr.add_argument("--model", help="any model name of our registry or timm (default lemevit_tiny)")
     tr.add_argument("--img-size", type=int)
@@ -245,8 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--init-checkpoint", help="start from these weights (ours or published)")
     tr.add_argument("--skip-bad", action="store_true", default=None,
                     help="skip unreadable images and report them in the run directory instead of stopping")
-    seg = tr.add_argument_group("segmentation")
-    seg.add_argument("--head", choices=["upernet", "segformer"], help="decoder (default upernet)")
+    seg = tr.add_argument_group("segmentation and change detection")
+    seg.add_argument("--head", help="segmentation: upernet (default) or segformer; change: bit (default) or "
+                                    "siamunet")
     seg.add_argument("--decoder-channels", type=int, help="decoder width (default 512 UperNet, 256 SegFormer)")
     seg.add_argument("--aux-weight", type=float, help="loss weight of the auxiliary FCN head (default 0.4, 0: none)")
     seg.add_argument("--preset", choices=["potsdam", "vaihingen", "loveda"],
@@ -257,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--first-class-value", type=int, help="mask value of the first class (default 0)")
     seg.add_argument("--crops-per-tile", type=int,
                      help="random crops per tile and epoch (default: enough to cover the tile once)")
+    seg.add_argument("--crops-per-pair", type=int,
+                     help="change: random crops per pair and epoch (default: enough to cover the pair once)")
     seg.add_argument("--window", type=int, help="sliding window of the validation (default --img-size)")
     seg.add_argument("--stride", type=int, help="its stride (default 3/4 of the window)")
     seg.add_argument("--no-flip", dest="flip", action="store_false", default=None, help="no random flips")
@@ -269,27 +288,31 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint: metrics.json and confusion_matrix.png")
-    ev.add_argument("--checkpoint", required=True, help="of a classification or a segmentation run")
-    ev.add_argument("--data", help="class-per-folder images, or img_dir/ + ann_dir/ tiles for segmentation "
-                                   "(default: the run's own held-out split)")
+    ev.add_argument("--checkpoint", required=True, help="of a run of any task (the task is read from it)")
+    ev.add_argument("--data", help="data in the layout the run was trained on (default: the run's own held-out "
+                                   "split)")
     ev.add_argument("--output", required=True)
     ev.add_argument("--batch-size", type=int, help="images (default 64) or windows (default 8) per batch")
-    ev.add_argument("--window", type=int, help="segmentation: sliding window (default: the run's crop size)")
-    ev.add_argument("--stride", type=int, help="segmentation: its stride (default: the run's, 3/4 of the window)")
+    ev.add_argument("--window", type=int, help="segmentation, change: sliding window (default: the run's)")
+    ev.add_argument("--stride", type=int, help="segmentation, change: its stride (default: the run's)")
     ev.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="top-k classes per image into a .csv or .json file; segmentation: "
-                                        "class maps of whole scenes")
-    pr.add_argument("--checkpoint", required=True, help="of a classification or a segmentation run")
-    pr.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+                                        "class maps of whole scenes; change: the change map of a pair; "
+                                        "detection: oriented boxes")
+    pr.add_argument("--checkpoint", required=True, help="of a run of any task (the task is read from it)")
+    pr.add_argument("images", nargs="*", help="image files, folders or glob patterns")
+    pr.add_argument("--pair", nargs=2, metavar=("A_IMAGE", "B_IMAGE"),
+                    help="change: the two dates (any size, same size; GeoTIFF pairs give a GeoTIFF)")
     pr.add_argument("--output", required=True, help="FILE.csv or FILE.json; segmentation: OUT.tif or OUT.png for "
-                                                    "one scene, a folder for several")
+                                                    "one scene, a folder for several; change: OUT.tif or OUT.png; "
+                                                    "detection: a folder")
     pr.add_argument("--topk", type=int, default=5)
     pr.add_argument("--batch-size", type=int, help="images (default 32) or windows (default 8) per batch")
-    pr.add_argument("--window", type=int, help="segmentation: sliding window (default: the run's crop size)")
-    pr.add_argument("--stride", type=int, help="segmentation: its stride (default: the run's, 3/4 of the window)")
+    pr.add_argument("--window", type=int, help="segmentation, change: sliding window (default: the run's)")
+    pr.add_argument("--stride", type=int, help="segmentation, change: its stride (default: the run's)")
     pr.add_argument("--no-preview", dest="preview", action="store_false",
-                    help="segmentation: no OUT_preview.png of the classes in colour")
+                    help="segmentation, change: no OUT_preview.png (classes in colour; A | B | change)")
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("explain", help="meta-token attention maps of a LeMeViT model over an image (PNG)")

@@ -167,6 +167,7 @@ class _Scene:
 
     def __init__(self, path: Path):
         rasterio = _rasterio()
+        self.path = path
         self.dataset = None
         self.crs = self.transform = None
         if path.suffix.lower() in _TIFF_EXTENSIONS and rasterio is not None:
@@ -185,6 +186,11 @@ class _Scene:
             if not self.array.flags.writeable:  # torch.from_numpy warns about read-only arrays
                 self.array = self.array.copy()
             self.height, self.width, self.bands = self.array.shape
+
+    @property
+    def georeferenced(self) -> bool:
+        """Whether the file places its pixels on the ground (a CRS or a non-identity transform)."""
+        return self.crs is not None or (self.transform is not None and not self.transform.is_identity)
 
     def read(self, top: int, bottom: int) -> np.ndarray:
         """``(C, rows, width)`` in the file's data type."""

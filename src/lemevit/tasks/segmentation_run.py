@@ -142,7 +142,8 @@ def train(cfg: SegTrainConfig, resume: bool = False, progress: bool = True) -> P
 
 
 def checkpoint_task(checkpoint: str | Path) -> str:
-    """``"segmentation"`` or ``"classification"``: which kind of run wrote ``checkpoint``."""
+    """Which kind of run wrote ``checkpoint``: ``"classification"``, ``"segmentation"``, ``"change"`` or
+    ``"detection"``."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")

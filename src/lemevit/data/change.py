@@ -1,0 +1,403 @@
+"""Change-detection data: bitemporal pairs with a binary change mask (LEVIR-CD / CDD layout).
+
+A dataset is a folder with ``A/`` (first date), ``B/`` (second date) and ``label/`` (change masks, 0 = no
+change, 255 = change; 0/1 masks are read too). The three files of a pair share their name up to the
+extension. Splits come, in this order of preference, from list files given explicitly, from
+``list/train.txt``, ``list/val.txt`` (and ``list/test.txt``) as BIT ships LEVIR-CD and CDD, from
+``train/``, ``val/`` (and ``test/``) subfolders that each have the A/B/label layout (the LEVIR-CD
+release), or from a seeded random split. Pair paths are stored relative to the root in POSIX form.
+
+Each training crop's position, flips and rotation are drawn once and applied to both dates and the mask
+alike; crops are never resampled, so the mask stays exact.
+"""
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from lemevit.data.classification import EpochShuffle
+from lemevit.data.images import IMAGE_EXTENSIONS, read_image
+from lemevit.data.segmentation import IGNORE_INDEX, raster_size, read_region
+from lemevit.io import atomic_path
+
+__all__ = [
+    "IGNORE_INDEX",
+    "ChangeCrops",
+    "ChangeDataModule",
+    "ChangePair",
+    "ChangePairs",
+    "check_pairs",
+    "decode_change_label",
+    "find_change_splits",
+    "load_change_split",
+    "read_change_label",
+    "read_list_file",
+    "read_pair_images",
+    "save_change_split",
+    "scan_change_folder",
+]
+
+DATE_FOLDERS = ("A", "B")
+LABEL_FOLDER = "label"
+SUBSETS = ("train", "val", "test")
+_SPLIT_FORMAT = "lemevit-change-split"
+_SPLIT_VERSION = 1
+_JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg"})
+
+
+@dataclass(frozen=True)
+class ChangePair:
+    name: str  # the file name shared by the pair, without extension
+    a: str  # paths relative to the dataset root, POSIX separators
+    b: str
+    label: str
+
+
+def _images_by_stem(folder: Path) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        stem, ext = os.path.splitext(entry.name)
+        if entry.name.startswith(".") or not entry.is_file() or ext.lower() not in IMAGE_EXTENSIONS:
+            continue
+        if stem in found:
+            raise ValueError(f"{folder}: {found[stem]} and {entry.name} have the same name; a pair's files are "
+                             "matched by name, so each name may appear once per folder")
+        found[stem] = entry.name
+    return found
+
+
+def scan_change_folder(root: str | Path, prefix: str = "") -> list[ChangePair]:
+    """Every pair of ``root/A``, ``root/B`` and ``root/label``, sorted by name.
+
+    A file in one of the three folders without its counterpart in the others is an error naming it.
+    ``prefix`` is prepended to the stored paths (the subset folder of the LEVIR-CD release layout).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"change-detection dataset {root} is not a folder")
+    folders = (*DATE_FOLDERS, LABEL_FOLDER)
+    absent = [f for f in folders if not (root / f).is_dir()]
+    if absent:
+        raise ValueError(f"{root} has no {', '.join(f + '/' for f in absent)} folder; a change-detection dataset "
+                         f"holds A/ (first date), B/ (second date) and label/ (0/255 change masks)")
+    files = {f: _images_by_stem(root / f) for f in folders}
+    names = sorted(set().union(*files.values()))
+    if not names:
+        raise ValueError(f"{root}/A holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    pairs = []
+    for name in names:
+        have = [f for f in folders if name in files[f]]
+        lacking = [f for f in folders if name not in files[f]]
+        if lacking:
+            raise ValueError(f"pair {name!r} is incomplete: {root / have[0] / files[have[0]][name]} has no "
+                             f"counterpart in {', '.join(str(root / f) + '/' for f in lacking)}")
+        pairs.append(ChangePair(name, *(f"{prefix}{f}/{files[f][name]}" for f in folders)))
+    return pairs
+
+
+def read_list_file(path: str | Path, pairs: Sequence[ChangePair]) -> list[ChangePair]:
+    """The pairs named in a list file: one name per line (``test_2_0000_0000.png`` or without extension);
+    blank lines and ``#`` comments are ignored. Errors name the file, the line and the name."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"list file {path} does not exist")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read list file {path}: {e}") from e
+    by_name = {p.name: p for p in pairs}
+    chosen, seen = [], {}
+    for number, line in enumerate(lines, start=1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        name = PurePosixPath(entry).name
+        stem = os.path.splitext(name)[0] if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS else name
+        if stem not in by_name:
+            raise ValueError(f"{path}, line {number}: no pair named {entry!r} in the dataset's A/, B/ and label/")
+        if stem in seen:
+            raise ValueError(f"{path}, line {number}: {entry!r} listed twice (first on line {seen[stem]})")
+        seen[stem] = number
+        chosen.append(by_name[stem])
+    if not chosen:
+        raise ValueError(f"list file {path} names no pairs")
+    return chosen
+
+
+def _hash_rank(seed: int, name: str) -> bytes:
+    return hashlib.sha256(f"{seed}\0{name}".encode()).digest()
+
+
+def find_change_splits(root: str | Path, train_fraction: float = 0.8, seed: int = 0,
+                       split_files: dict[str, str] | None = None) -> dict[str, list[ChangePair]]:
+    """``{"train": [...], "val": [...] (, "test": [...])}`` for a dataset (see the module docstring)."""
+    root = Path(root)
+    if split_files:
+        pairs = scan_change_folder(root)
+        return {subset: read_list_file(path, pairs) for subset, path in split_files.items()}
+    lists = {s: root / "list" / f"{s}.txt" for s in SUBSETS if (root / "list" / f"{s}.txt").is_file()}
+    if "train" in lists and "val" in lists and (root / "A").is_dir():
+        pairs = scan_change_folder(root)
+        return {subset: read_list_file(path, pairs) for subset, path in lists.items()}
+    subfolders = [s for s in SUBSETS if (root / s / "A").is_dir()]
+    if "train" in subfolders and "val" in subfolders and not (root / "A").is_dir():
+        return {s: scan_change_folder(root / s, prefix=f"{s}/") for s in subfolders}
+    if isinstance(train_fraction, bool) or not isinstance(train_fraction, (int, float)) \
+            or not 0.0 < train_fraction < 1.0:
+        raise ValueError(f"--split must be the fraction of pairs used for training, strictly between 0 and 1; "
+                         f"got {train_fraction!r}")
+    pairs = sorted(scan_change_folder(root), key=lambda p: _hash_rank(seed, p.name))
+    if len(pairs) < 2:
+        raise ValueError(f"{root} holds {len(pairs)} pair; a training and a validation pair are needed at least")
+    n_val = min(max(len(pairs) - round(len(pairs) * train_fraction), 1), len(pairs) - 1)
+    return {"train": sorted(pairs[n_val:], key=lambda p: p.name), "val": sorted(pairs[:n_val], key=lambda p: p.name)}
+
+
+def save_change_split(path: str | Path, splits: dict[str, list[ChangePair]], root: str | Path) -> None:
+    doc = {"format": _SPLIT_FORMAT, "version": _SPLIT_VERSION, "root": str(root),
+           "splits": {subset: [asdict(p) for p in pairs] for subset, pairs in splits.items()}}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+
+
+def load_change_split(path: str | Path) -> tuple[str, dict[str, list[ChangePair]]]:
+    """``(root, splits)`` from a file written by :func:`save_change_split`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"split file {path} does not exist")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if doc.get("format") != _SPLIT_FORMAT or doc.get("version") != _SPLIT_VERSION:
+            raise ValueError(f'expected "format": "{_SPLIT_FORMAT}", "version": {_SPLIT_VERSION}')
+        return doc["root"], {s: [ChangePair(**p) for p in pairs] for s, pairs in doc["splits"].items()}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"split file {path} is not a lemevit change-detection split: {e}") from e
+
+
+def decode_change_label(label: np.ndarray, path: str | Path) -> np.ndarray:
+    """A change mask read from ``path`` (``(H, W, C)`` as :func:`read_image` gives it) as a ``(H, W)`` uint8
+    array of 0 (no change) and 1 (change).
+
+    Exact 0/255 and 0/1 masks are taken as they are; JPEG masks (CDD), whose compression blurs the two
+    values, are thresholded at 128. Multi-band masks must repeat one band (JPEG: the bands are averaged).
+    Anything else is an error naming the file and the values found.
+    """
+    path = Path(path)
+    jpeg = path.suffix.lower() in _JPEG_EXTENSIONS
+    if label.shape[-1] > 1:
+        if jpeg:
+            label = label.mean(axis=-1, keepdims=True)
+        elif (label != label[..., :1]).any():
+            raise ValueError(f"change mask {path} has {label.shape[-1]} bands that differ; expected a single-band "
+                             "0/255 mask")
+    label = label[..., 0]
+    if jpeg:
+        return (label >= 128).astype(np.uint8)
+    values = np.unique(label)
+    if set(values.tolist()) <= {0, 1}:
+        return label.astype(np.uint8)
+    if set(values.tolist()) <= {0, 255}:
+        return (label == 255).astype(np.uint8)
+    shown = ", ".join(f"{v:g}" for v in values[:8]) + (" ..." if len(values) > 8 else "")
+    raise ValueError(f"change mask {path} holds the values {shown}; expected a binary mask of 0 (no change) and "
+                     "255 (change), or 0 and 1")
+
+
+def read_change_label(path: str | Path) -> np.ndarray:
+    """The change mask in ``path`` as a ``(H, W)`` uint8 array of 0 and 1 (see :func:`decode_change_label`)."""
+    return decode_change_label(read_image(path), path)
+
+
+def read_pair_images(a_path: str | Path, b_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Both dates as ``(H, W, C)`` arrays; an error names the files when they differ in size or bands."""
+    a, b = read_image(a_path), read_image(b_path)
+    if a.shape[:2] != b.shape[:2]:
+        raise ValueError(f"the dates of a pair must have the same size: {a_path} is {a.shape[1]}x{a.shape[0]}, "
+                         f"{b_path} is {b.shape[1]}x{b.shape[0]} (width x height)")
+    if a.shape[2] != b.shape[2]:
+        raise ValueError(f"the dates of a pair must have the same bands: {a_path} has {a.shape[2]}, "
+                         f"{b_path} has {b.shape[2]}")
+    return a, b
+
+
+def _read_pair(root: Path, pair: ChangePair) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    a, b = read_pair_images(root / pair.a, root / pair.b)
+    label = read_change_label(root / pair.label)
+    if label.shape != a.shape[:2]:
+        raise ValueError(f"change mask {root / pair.label} is {label.shape[1]}x{label.shape[0]}, its images "
+                         f"{root / pair.a} and {root / pair.b} are {a.shape[1]}x{a.shape[0]} (width x height)")
+    return a, b, label
+
+
+def _pair_size(root: Path, pair: ChangePair) -> tuple[int, int]:
+    """``(height, width)`` of a pair from the file headers; files of different sizes are an error naming them."""
+    sizes = {path: raster_size(root / path) for path in (pair.a, pair.b, pair.label)}
+    if len(set(sizes.values())) > 1:
+        shown = ", ".join(f"{root / path} is {w}x{h}" for path, (h, w) in sizes.items())
+        raise ValueError(f"the files of pair {pair.name!r} must have the same size: {shown} (width x height)")
+    return sizes[pair.a]
+
+
+def check_pairs(root: str | Path, pairs: Sequence[ChangePair]) -> tuple[int, str]:
+    """Read every pair and check it (sizes, masks) and that all have one band count and data type, which
+    are returned. The first bad pair raises an error naming its files."""
+    root = Path(root)
+    kinds: Counter = Counter()
+    first: dict[tuple[int, str], ChangePair] = {}
+    for pair in pairs:
+        a, b, _ = _read_pair(root, pair)
+        for image in (a, b):
+            kind = (image.shape[2], image.dtype.name)
+            kinds[kind] += 1
+            first.setdefault(kind, pair)
+    if not kinds:
+        raise ValueError("no pairs to check")
+    if len(kinds) > 1:
+        (bands, dtype), _ = kinds.most_common(1)[0]
+        odd = next(k for k in kinds if k != (bands, dtype))
+        raise ValueError(f"pair {first[odd].name!r} ({root / first[odd].a}) has {odd[0]} band(s) of {odd[1]}, "
+                         f"most images have {bands} band(s) of {dtype}")
+    return next(iter(kinds))
+
+
+def _normalise(image: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+    return (x - mean) / std
+
+
+class ChangeCrops(Dataset):
+    """Random square crops of ``img_size`` from training pairs, with random flips and 90° rotations; one crop
+    position and one augmentation per item, applied to both dates and the mask alike.
+
+    Item ``i`` is a crop of pair ``t`` where ``crops_per_pair`` items are given to each pair in turn (by
+    default enough to cover the pair's area about once); its draws come from a generator seeded by
+    ``(augment_seed, i)``, so that the same item is the same crop whichever worker loads it. Pairs smaller
+    than ``img_size`` are padded (images with the band means, the mask with :data:`IGNORE_INDEX`). Gives
+    ``(a, b, mask)``: normalised float32 ``(C, S, S)`` dates and an int64 ``(S, S)`` mask of 0/1.
+    """
+
+    def __init__(self, root: str | Path, pairs: Sequence[ChangePair], img_size: int, mean: Sequence[float],
+                 std: Sequence[float], crops_per_pair: int | None = None, flip: bool = True, rotate90: bool = True,
+                 augment_seed: int | None = None):
+        if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
+            raise ValueError(f"img_size must be a positive integer, got {img_size!r}")
+        if crops_per_pair is not None and (isinstance(crops_per_pair, bool) or not isinstance(crops_per_pair, int)
+                                           or crops_per_pair < 1):
+            raise ValueError(f"crops_per_pair must be a positive integer, got {crops_per_pair!r}")
+        if not pairs:
+            raise ValueError("no training pairs")
+        self.root, self.pairs = Path(root), list(pairs)
+        self.img_size, self.flip, self.rotate90 = img_size, flip, rotate90
+        self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+        self.augment_seed = augment_seed
+        self.sizes = [_pair_size(self.root, p) for p in self.pairs]
+        counts = [crops_per_pair or math.ceil(h / img_size) * math.ceil(w / img_size) for h, w in self.sizes]
+        self.ends = np.cumsum(counts).tolist()
+
+    def __len__(self) -> int:
+        return self.ends[-1]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        number = bisect.bisect_right(self.ends, index)
+        pair, (height, width) = self.pairs[number], self.sizes[number]
+        rng = np.random.default_rng(None if self.augment_seed is None else (self.augment_seed, index))
+        size = self.img_size
+        top = int(rng.integers(0, max(height - size, 0) + 1))
+        left = int(rng.integers(0, max(width - size, 0) + 1))
+        a, b = (_normalise(read_region(self.root / path, top, left, size, size), self.mean, self.std)
+                for path in (pair.a, pair.b))
+        label_path = self.root / pair.label
+        label = torch.from_numpy(decode_change_label(read_region(label_path, top, left, size, size), label_path)
+                                 .astype(np.int64))
+        pad_h, pad_w = size - label.shape[0], size - label.shape[1]
+        if pad_h or pad_w:
+            a, b = (F.pad(x, (0, pad_w, 0, pad_h)) for x in (a, b))
+            label = F.pad(label, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
+        crops = [a, b, label]
+        if self.flip:
+            dims = [d for d, flip in zip((-1, -2), rng.random(2) < 0.5, strict=True) if flip]
+            if dims:
+                crops = [x.flip(dims) for x in crops]
+        if self.rotate90:
+            turns = int(rng.integers(0, 4))
+            crops = [x.rot90(turns, (-2, -1)) for x in crops]
+        a, b, label = (x.contiguous() for x in crops)
+        return a, b, label
+
+
+class ChangePairs(Dataset):
+    """Whole pairs for evaluation: ``(a, b, mask)``, normalised float32 ``(C, H, W)`` dates and an int64
+    ``(H, W)`` mask of 0/1."""
+
+    def __init__(self, root: str | Path, pairs: Sequence[ChangePair], mean: Sequence[float], std: Sequence[float]):
+        self.root, self.pairs = Path(root), list(pairs)
+        self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        a, b, label = _read_pair(self.root, self.pairs[index])
+        return (_normalise(a, self.mean, self.std), _normalise(b, self.mean, self.std),
+                torch.from_numpy(label.astype(np.int64)))
+
+
+class ChangeDataModule(pl.LightningDataModule):
+    """Loaders of random training crops (:class:`ChangeCrops`) and of whole validation pairs, one per batch
+    (pairs may differ in size, and the task predicts each by sliding window)."""
+
+    def __init__(self, root: str | Path, splits: dict[str, list[ChangePair]], img_size: int, batch_size: int,
+                 num_workers: int = 0, *, mean: Sequence[float], std: Sequence[float],
+                 crops_per_pair: int | None = None, flip: bool = True, rotate90: bool = True, seed: int = 0):
+        super().__init__()
+        for subset in ("train", "val"):
+            if not splits.get(subset):
+                raise ValueError(f'the split has no "{subset}" pairs; expected "train" and "val" (and optionally '
+                                 f'"test"), got {sorted(splits)}')
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+        self.root = Path(root)
+        self.splits = {k: list(v) for k, v in splits.items()}
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+        # Built now so that a bad size or pair fails at construction, not mid-training.
+        self.train_set = ChangeCrops(self.root, self.splits["train"], img_size, self.mean, self.std,
+                                     crops_per_pair=crops_per_pair, flip=flip, rotate90=rotate90)
+
+    def train_dataloader(self) -> DataLoader:
+        # Crops and order are functions of (seed, epoch) only (Lightning rebuilds the loader every epoch): a run
+        # resumed at an epoch boundary draws the same batches as an uninterrupted one.
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        self.train_set.augment_seed = self.seed * 1_000_003 + epoch
+        return DataLoader(self.train_set, batch_size=self.batch_size,
+                          sampler=EpochShuffle(len(self.train_set), self.seed * 1_000_003 + epoch),
+                          # A batch of one breaks the batch norms in training.
+                          drop_last=len(self.train_set) > self.batch_size, num_workers=self.num_workers,
+                          pin_memory=torch.cuda.is_available())
+
+    def _pairs(self, subset: str) -> DataLoader:
+        return DataLoader(ChangePairs(self.root, self.splits[subset], self.mean, self.std), batch_size=1,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._pairs("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._pairs("test" if self.splits.get("test") else "val")
