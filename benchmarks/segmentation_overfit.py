@@ -46,7 +46,9 @@ def main() -> None:
     p.add_argument("--stride", type=int, default=192)
     args = p.parse_args()
 
-    results = {}
+    output = HERE / "results" / "segmentation_overfit.json"
+    # A data set run again replaces its own entry; the others' results stay.
+    results = json.loads(output.read_text())["results"] if output.is_file() else {}
     for name in args.datasets:
         run = HERE / "runs" / f"seg_overfit_{name}"
         cfg = SegTrainConfig(data=str(data_folder(name)), output=str(run), model=args.model, head="upernet",
@@ -62,13 +64,14 @@ def main() -> None:
             "data": cfg.data, "num_tiles": metrics["num_tiles"], "train_minutes": wall, "train_cpu_minutes": cpu,
             "miou": metrics["miou"], "oa": metrics["oa"], "mf1": metrics["mf1"],
             "iou_per_class": {c: v["iou"] for c, v in metrics["per_class"].items()},
+            "setting": {k: v for k, v in vars(args).items() if k != "datasets"},
         }
         print(json.dumps({name: results[name]}, indent=1))
-    record = {"setting": vars(args), "head": "upernet (pyramid pooling + FPN, auxiliary FCN head, loss weight 0.4)",
+    record = {"head": "upernet (pyramid pooling + FPN, auxiliary FCN head, loss weight 0.4)",
               "evaluated_on": "the training tiles, blended sliding window", "results": results,
               "torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu"}
     (HERE / "results").mkdir(exist_ok=True)
-    with atomic_path(HERE / "results" / "segmentation_overfit.json") as tmp:
+    with atomic_path(output) as tmp:
         tmp.write_text(json.dumps(record, indent=1))
 
 
