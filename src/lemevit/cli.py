@@ -91,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _checkpoint_task(args: argparse.Namespace) -> str:
     """The task of the run that wrote --checkpoint; options of the other tasks are refused."""
-    from lemevit.tasks.segmentation_run import checkpoint_task
+    from lemevit.tasks.trainer import checkpoint_task
 
     task = checkpoint_task(args.checkpoint)
     misplaced = []
@@ -179,7 +179,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from lemevit.tasks.classification_run import explain
-    from lemevit.tasks.segmentation_run import checkpoint_task
+    from lemevit.tasks.trainer import checkpoint_task
 
     task = checkpoint_task(args.checkpoint)
     if task != "classification":

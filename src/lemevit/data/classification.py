@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lemevit.data.images import IMAGE_EXTENSIONS, ImageReadError, read_image
-from lemevit.data.transforms import eval_transform, train_transform
+from lemevit.data.transforms import IMAGENET_RGB_MEAN_STD, eval_transform, train_transform
 from lemevit.io import atomic_path
 
 __all__ = [
@@ -307,6 +307,17 @@ def band_statistics(root: str | Path, samples: Sequence[Sample]) -> tuple[list[f
     if mean is None:
         raise ValueError("band statistics need at least one pixel; all images are empty")
     return [float(m) for m in mean], [math.sqrt(float(v) / count) for v in m2]
+
+
+def band_normalisation(root: str | Path, paths: Sequence[str | Path]) -> tuple[int, list[float], list[float]]:
+    """Band count and per-band mean/std for the images ``paths`` (relative to ``root``) a model trains on:
+    ImageNet's for 8-bit RGB (what pretrained backbones expect), else :func:`band_statistics` over them."""
+    first = read_image(Path(root) / paths[0])
+    if first.shape[-1] == 3 and first.dtype == np.uint8:
+        mean, std = IMAGENET_RGB_MEAN_STD
+        return 3, list(mean), list(std)
+    mean, std = band_statistics(root, [Sample(path, 0) for path in paths])
+    return first.shape[-1], mean, std
 
 
 class SceneDataset(Dataset):

@@ -6,13 +6,13 @@ from collections.abc import Sequence
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from timm.optim import create_optimizer_v2
 
 from lemevit.data.change import IGNORE_INDEX
 from lemevit.data.classification import seed_everything_quietly
 from lemevit.models.change import StackedPair, create_change_model
-from lemevit.tasks.classification import warmup_cosine
-from lemevit.tasks.segmentation import TASK_KEY, segmentation_metrics, tile_confusion
+from lemevit.tasks.classification import adamw_warmup_cosine
+from lemevit.tasks.segmentation import WholeImageEvaluation, segmentation_metrics, tile_confusion
+from lemevit.tasks.trainer import TASK_KEY
 
 __all__ = ["CLASS_NAMES", "ChangeTask", "change_metrics", "pair_confusion"]
 
@@ -44,7 +44,7 @@ def pair_confusion(net: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, targe
     return tile_confusion(StackedPair(net), torch.cat([a, b]), target, len(CLASS_NAMES), window, stride, batch_size)
 
 
-class ChangeTask(pl.LightningModule):
+class ChangeTask(WholeImageEvaluation, pl.LightningModule):
     """Trains and evaluates a change network (:func:`~lemevit.models.change.create_change_model`).
 
     Cross-entropy over no change / change, ignoring padding; AdamW (no weight decay on norms, biases,
@@ -109,32 +109,8 @@ class ChangeTask(pl.LightningModule):
             # val/f1 keeps working.
             self.log(f"{stage}/{key}", metrics[key] or 0.0, prog_bar=key == "f1", sync_dist=False)
 
-    def on_validation_epoch_start(self) -> None:
-        self._start_evaluation()
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._finish_evaluation("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._start_evaluation()
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._finish_evaluation("test")
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[TASK_KEY] = "change"
 
     def configure_optimizers(self):
-        optimizer = create_optimizer_v2(self.net, "adamw", lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = min(total - 1, int(round(self.hparams.warmup_epochs * total / epochs)))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, max(warmup, 1), total, self.hparams.min_lr_factor))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return adamw_warmup_cosine(self, self.net)

@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from lemevit.data import IMAGENET_RGB_MEAN_STD, Sample, band_statistics, read_image
+from lemevit.data import band_normalisation
 from lemevit.data.change import (
     ChangeDataModule,
     ChangePair,
@@ -30,8 +30,7 @@ from lemevit.models.change import CHANGE_HEADS, StackedPair
 from lemevit.predict_scene import _ClassMapWriter, _Scene, blended_strips, preview_path, window_starts
 from lemevit.tasks.change import ChangeTask, change_metrics, pair_confusion
 from lemevit.tasks.classification_run import TrainConfig
-from lemevit.tasks.segmentation_run import checkpoint_task
-from lemevit.tasks.trainer import build_trainer
+from lemevit.tasks.trainer import build_trainer, check_run_dir, checkpoint_task
 
 __all__ = ["ChangeTrainConfig", "evaluate", "load_task", "predict_pair", "train"]
 
@@ -104,26 +103,11 @@ def _splits(cfg: ChangeTrainConfig) -> dict[str, list[ChangePair]]:
     return find_change_splits(cfg.data, cfg.split, cfg.seed, cfg.split_files)
 
 
-def _normalisation(root: Path, pairs: list[ChangePair]) -> tuple[int, list[float], list[float]]:
-    """Band count and per-band mean/std: ImageNet's for 8-bit RGB, else measured on both dates of the
-    training pairs."""
-    first = read_image(root / pairs[0].a)
-    if first.shape[-1] == 3 and first.dtype == np.uint8:
-        mean, std = IMAGENET_RGB_MEAN_STD
-        return 3, list(mean), list(std)
-    mean, std = band_statistics(root, [Sample(path, 0) for p in pairs for path in (p.a, p.b)])
-    return first.shape[-1], mean, std
-
-
 def train(cfg: ChangeTrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train a change network; writes best.ckpt (best val/f1), last.ckpt, split.json, config.yaml and logs/
     into ``cfg.output``."""
     run = Path(cfg.output)
-    last = run / "last.ckpt"
-    if resume and not last.is_file():
-        raise FileNotFoundError(f"--resume: no {last} to resume from")
-    if not resume and last.is_file():
-        raise FileExistsError(f"{run} already holds a run; pass --resume to continue it or choose another --output")
+    last = check_run_dir(run, resume)
     root = Path(cfg.data)
     split_path = run / "split.json"
     if resume:
@@ -134,7 +118,7 @@ def train(cfg: ChangeTrainConfig, resume: bool = False, progress: bool = True) -
         save_change_split(split_path, splits, root)
         cfg.save(run / "config.yaml")
 
-    bands, mean, std = _normalisation(root, splits["train"])
+    bands, mean, std = band_normalisation(root, [path for p in splits["train"] for path in (p.a, p.b)])
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = ChangeDataModule(root, splits, img_size=cfg.img_size, batch_size=cfg.batch_size,
                                   num_workers=cfg.num_workers, mean=mean, std=std, crops_per_pair=cfg.crops_per_pair,

@@ -15,7 +15,7 @@ from timm.utils import ModelEmaV3
 from lemevit.data.classification import seed_everything_quietly
 from lemevit.models import create_model
 
-__all__ = ["ClassificationTask", "warmup_cosine"]
+__all__ = ["ClassificationTask", "adamw_warmup_cosine", "warmup_cosine"]
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_factor: float = 0.01) -> float:
@@ -24,6 +24,20 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_factor: fl
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def adamw_warmup_cosine(task: pl.LightningModule, net: torch.nn.Module) -> dict:
+    """What every task's ``configure_optimizers`` returns: AdamW over ``net`` (timm's parameter groups: no weight
+    decay on norms, biases and ``no_weight_decay`` parameters) at ``task.hparams.lr`` and ``weight_decay``,
+    stepped per batch through :func:`warmup_cosine` (``warmup_epochs``, ``min_lr_factor``)."""
+    hparams = task.hparams
+    optimizer = create_optimizer_v2(net, "adamw", lr=hparams.lr, weight_decay=hparams.weight_decay)
+    total = max(1, int(task.trainer.estimated_stepping_batches))
+    epochs = max(1, task.trainer.max_epochs or 1)
+    warmup = min(total - 1, int(round(hparams.warmup_epochs * total / epochs)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, max(warmup, 1), total, hparams.min_lr_factor))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 class ClassificationTask(pl.LightningModule):
@@ -118,11 +132,4 @@ class ClassificationTask(pl.LightningModule):
         return self(x).softmax(dim=1)
 
     def configure_optimizers(self):
-        optimizer = create_optimizer_v2(self.model, "adamw", lr=self.hparams.lr,
-                                        weight_decay=self.hparams.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = min(total - 1, int(round(self.hparams.warmup_epochs * total / epochs)))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, max(warmup, 1), total, self.hparams.min_lr_factor))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return adamw_warmup_cosine(self, self.model)

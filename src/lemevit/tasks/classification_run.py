@@ -12,10 +12,9 @@ import torch
 import yaml
 
 from lemevit.data import (
-    IMAGENET_RGB_MEAN_STD,
     ClassificationDataModule,
     SceneDataset,
-    band_statistics,
+    band_normalisation,
     check_images,
     eval_transform,
     load_split,
@@ -27,7 +26,7 @@ from lemevit.data import (
 )
 from lemevit.io import atomic_path
 from lemevit.tasks.classification import ClassificationTask
-from lemevit.tasks.trainer import build_trainer
+from lemevit.tasks.trainer import build_trainer, check_run_dir
 
 __all__ = ["TrainConfig", "train", "evaluate", "classification_metrics"]
 
@@ -90,25 +89,10 @@ def _splits(cfg: TrainConfig, class_names: list[str], samples) -> dict:
     return stratified_split(samples, cfg.split, cfg.seed)
 
 
-def _normalisation(root: Path, samples) -> tuple[int, list[float], list[float]]:
-    """Band count and per-band mean/std: ImageNet's for 8-bit RGB, else measured on the training images."""
-    first = read_image(root / samples[0].path)
-    bands = first.shape[-1]
-    if bands == 3 and first.dtype == np.uint8:
-        mean, std = IMAGENET_RGB_MEAN_STD
-        return bands, list(mean), list(std)
-    mean, std = band_statistics(root, samples)
-    return bands, mean, std
-
-
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train a classifier; writes best.ckpt, last.ckpt, split.json, config.yaml and logs/ into ``cfg.output``."""
     run = Path(cfg.output)
-    last = run / "last.ckpt"
-    if resume and not last.is_file():
-        raise FileNotFoundError(f"--resume: no {last} to resume from")
-    if not resume and last.is_file():
-        raise FileExistsError(f"{run} already holds a run; pass --resume to continue it or choose another --output")
+    last = check_run_dir(run, resume)
     root = Path(cfg.data)
     split_path = run / "split.json"
     if resume:
@@ -127,7 +111,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         save_split(split_path, class_names, splits, root)
         cfg.save(run / "config.yaml")
 
-    bands, mean, std = _normalisation(root, splits["train"])
+    bands, mean, std = band_normalisation(root, [s.path for s in splits["train"]])
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     augment = {"randaugment": cfg.randaugment, "scale": tuple(cfg.crop_scale), "rot90": cfg.rotate90}
     datamodule = ClassificationDataModule(
@@ -176,7 +160,8 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, class_name
     }
 
 
-def save_confusion_png(metrics: dict, path: Path) -> None:
+def save_confusion_png(metrics: dict, path: Path, title: str) -> None:
+    """The row-normalised ``confusion_matrix`` of ``metrics`` (with its ``class_names``) as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,7 +177,7 @@ def save_confusion_png(metrics: dict, path: Path) -> None:
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"top-1 {metrics['top1']:.1%} on {metrics['num_images']} images (rows normalised)")
+    ax.set_title(f"{title} (rows normalised)", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -230,7 +215,8 @@ def evaluate(checkpoint: str | Path, output: str | Path, data: str | Path | None
     output = Path(output)
     with atomic_path(output / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=1))
-    save_confusion_png(metrics, output / "confusion_matrix.png")
+    save_confusion_png(metrics, output / "confusion_matrix.png",
+                       f"top-1 {metrics['top1']:.1%} on {metrics['num_images']} images")
     return metrics
 
 

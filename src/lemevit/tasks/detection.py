@@ -6,18 +6,14 @@ from collections.abc import Sequence
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from timm.optim import create_optimizer_v2
 
 from lemevit.data.classification import seed_everything_quietly
 from lemevit.models.oriented_rcnn import OrientedRCNN
 from lemevit.ops.rotated import box_to_quad, convex_quad_iou
-from lemevit.tasks.classification import warmup_cosine
+from lemevit.tasks.classification import adamw_warmup_cosine
+from lemevit.tasks.trainer import TASK_KEY
 
-__all__ = ["TASK_KEY", "DetectionTask", "average_precision", "detection_map"]
-
-#: Key naming the task in a checkpoint (the one the other tasks use), so that ``lemevit eval`` and ``predict``
-#: know what they load.
-TASK_KEY = "lemevit_task"
+__all__ = ["DetectionTask", "average_precision", "detection_map"]
 
 
 def average_precision(recall: np.ndarray, precision: np.ndarray, eleven_point: bool = True) -> float:
@@ -150,11 +146,4 @@ class DetectionTask(pl.LightningModule):
         checkpoint[TASK_KEY] = "detection"
 
     def configure_optimizers(self):
-        optimizer = create_optimizer_v2(self.detector, "adamw", lr=self.hparams.lr,
-                                        weight_decay=self.hparams.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = min(total - 1, int(round(self.hparams.warmup_epochs * total / epochs)))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, max(warmup, 1), total, self.hparams.min_lr_factor))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return adamw_warmup_cosine(self, self.detector)

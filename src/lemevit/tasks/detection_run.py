@@ -2,7 +2,6 @@
 full images, predict on images of any size (DOTA Task-1 files, drawn boxes, GeoJSON for GeoTIFFs)."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 from dataclasses import dataclass
@@ -11,7 +10,6 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import yaml
 from matplotlib import colormaps
 
 from lemevit.data.detection import (
@@ -25,12 +23,11 @@ from lemevit.data.images import read_image
 from lemevit.data.transforms import IMAGENET_RGB_MEAN_STD
 from lemevit.io import atomic_path
 from lemevit.ops.rotated import box_to_quad
-from lemevit.tasks.classification_run import expand_inputs
-from lemevit.tasks.detection import TASK_KEY, DetectionTask, detection_map
-from lemevit.tasks.trainer import build_trainer
+from lemevit.tasks.classification_run import TrainConfig, expand_inputs
+from lemevit.tasks.detection import DetectionTask, detection_map
+from lemevit.tasks.trainer import build_trainer, check_run_dir, checkpoint_task
 
-__all__ = ["DetectionConfig", "detect_image", "evaluate", "is_detection_checkpoint", "load_task", "predict",
-           "train"]
+__all__ = ["DetectionConfig", "detect_image", "evaluate", "load_task", "predict", "train"]
 
 _GEOTIFF_SUFFIXES = (".tif", ".tiff")
 # 20 distinct colours for drawn classes (matplotlib's tab20).
@@ -74,22 +71,9 @@ class DetectionConfig:
         if not 0 < self.split <= 1:
             raise ValueError(f"--split must be in (0, 1], got {self.split}")
 
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides) -> DetectionConfig:
-        path = Path(path)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ValueError(f"cannot read config {path}: {e}") from e
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"config {path}: unknown keys {unknown}; known keys: {sorted(known)}")
-        return cls(**{**values, **overrides})
-
-    def save(self, path: Path) -> None:
-        with atomic_path(path) as tmp:
-            tmp.write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
+    # The same YAML handling as scene recognition's config.
+    from_yaml = classmethod(TrainConfig.from_yaml.__func__)
+    save = TrainConfig.save
 
 
 def _select(images: list[ImageLabels], root: Path, names: list[str]) -> list[ImageLabels]:
@@ -127,11 +111,7 @@ def _normalisation(images: list[ImageLabels]) -> tuple[int, list[float], list[fl
 def train(cfg: DetectionConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train Oriented R-CNN; writes best.ckpt (best val/map50), last.ckpt, split.json, config.yaml, logs/."""
     run = Path(cfg.output)
-    last = run / "last.ckpt"
-    if resume and not last.is_file():
-        raise FileNotFoundError(f"--resume: no {last} to resume from")
-    if not resume and last.is_file():
-        raise FileExistsError(f"{run} already holds a run; pass --resume to continue it or choose another --output")
+    last = check_run_dir(run, resume)
     root = Path(cfg.data)
     class_names, images = scan_detection_folder(root)
     split_path = run / "split.json"
@@ -161,19 +141,8 @@ def train(cfg: DetectionConfig, resume: bool = False, progress: bool = True) -> 
     return run
 
 
-def is_detection_checkpoint(checkpoint: str | Path) -> bool:
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    try:
-        content = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as e:  # noqa: BLE001 - any reader failure means the same thing to the user
-        raise ValueError(f"cannot read checkpoint {checkpoint}: {e}") from e
-    return isinstance(content, dict) and content.get(TASK_KEY) == "detection"
-
-
 def load_task(checkpoint: str | Path) -> DetectionTask:
-    if not is_detection_checkpoint(checkpoint):
+    if checkpoint_task(checkpoint) != "detection":
         raise ValueError(f"{checkpoint} is not a detection checkpoint")
     # The weights come from the checkpoint itself, not from the file the run was initialised from.
     return DetectionTask.load_from_checkpoint(checkpoint, map_location="cpu", init_checkpoint=None).eval()

@@ -7,18 +7,15 @@ from collections.abc import Sequence
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from timm.optim import create_optimizer_v2
 
 from lemevit.data.classification import seed_everything_quietly
 from lemevit.data.segmentation import IGNORE_INDEX, LabelScheme
 from lemevit.models.segmentation import SegmentationModel
 from lemevit.predict_scene import blended_strips
-from lemevit.tasks.classification import warmup_cosine
+from lemevit.tasks.classification import adamw_warmup_cosine
+from lemevit.tasks.trainer import TASK_KEY
 
-__all__ = ["SegmentationTask", "confusion_matrix", "segmentation_metrics", "tile_confusion"]
-
-#: Key a segmentation checkpoint carries, so that ``lemevit eval`` and ``predict`` know what they load.
-TASK_KEY = "lemevit_task"
+__all__ = ["SegmentationTask", "WholeImageEvaluation", "confusion_matrix", "segmentation_metrics", "tile_confusion"]
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -79,7 +76,31 @@ def tile_confusion(model: torch.nn.Module, image: torch.Tensor, target: torch.Te
     return confusion
 
 
-class SegmentationTask(pl.LightningModule):
+class WholeImageEvaluation:
+    """Validation and test of a Lightning module that scores whole images (tiles, pairs) by sliding window,
+    one per batch: the task supplies ``_start_evaluation()``, ``_evaluate(batch)`` and
+    ``_finish_evaluation(stage)``, which logs ``stage/<metric>``."""
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_evaluation()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_evaluation("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_evaluation()
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_evaluation("test")
+
+
+class SegmentationTask(WholeImageEvaluation, pl.LightningModule):
     """Trains and evaluates a :class:`~lemevit.models.segmentation.SegmentationModel`.
 
     Cross-entropy ignoring unlabelled pixels, plus ``aux_weight`` times that of the auxiliary head; AdamW
@@ -154,32 +175,8 @@ class SegmentationTask(pl.LightningModule):
         for key in ("miou", "oa", "mf1"):
             self.log(f"{stage}/{key}", metrics[key], prog_bar=key == "miou", sync_dist=False)
 
-    def on_validation_epoch_start(self) -> None:
-        self._start_evaluation()
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._finish_evaluation("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._start_evaluation()
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._finish_evaluation("test")
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[TASK_KEY] = "segmentation"
 
     def configure_optimizers(self):
-        optimizer = create_optimizer_v2(self.net, "adamw", lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = min(total - 1, int(round(self.hparams.warmup_epochs * total / epochs)))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, max(warmup, 1), total, self.hparams.min_lr_factor))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return adamw_warmup_cosine(self, self.net)

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 
-from lemevit.data import IMAGENET_RGB_MEAN_STD, Sample, band_statistics, read_image
+from lemevit.data import band_normalisation
 from lemevit.data.segmentation import (
     PRESETS,
     LabelScheme,
@@ -28,11 +27,11 @@ from lemevit.data.segmentation import (
 from lemevit.io import atomic_path
 from lemevit.models.segmentation import HEADS
 from lemevit.predict_scene import predict_scene
-from lemevit.tasks.classification_run import TrainConfig, expand_inputs
-from lemevit.tasks.segmentation import TASK_KEY, SegmentationTask, segmentation_metrics, tile_confusion
-from lemevit.tasks.trainer import build_trainer
+from lemevit.tasks.classification_run import TrainConfig, expand_inputs, save_confusion_png
+from lemevit.tasks.segmentation import SegmentationTask, segmentation_metrics, tile_confusion
+from lemevit.tasks.trainer import build_trainer, check_run_dir, checkpoint_task
 
-__all__ = ["SegTrainConfig", "checkpoint_task", "evaluate", "load_task", "predict", "train"]
+__all__ = ["SegTrainConfig", "evaluate", "load_task", "predict", "train"]
 
 
 @dataclass
@@ -93,25 +92,11 @@ class SegTrainConfig:
     save = TrainConfig.save
 
 
-def _normalisation(root: Path, pairs: list[TilePair]) -> tuple[int, list[float], list[float]]:
-    """Band count and per-band mean/std: ImageNet's for 8-bit RGB, else measured on the training tiles."""
-    first = read_image(root / pairs[0].image)
-    if first.shape[-1] == 3 and first.dtype == np.uint8:
-        mean, std = IMAGENET_RGB_MEAN_STD
-        return 3, list(mean), list(std)
-    mean, std = band_statistics(root, [Sample(p.image, 0) for p in pairs])
-    return first.shape[-1], mean, std
-
-
 def train(cfg: SegTrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train a segmentation model; writes best.ckpt (best val/miou), last.ckpt, split.json, config.yaml and logs/
     into ``cfg.output``."""
     run = Path(cfg.output)
-    last = run / "last.ckpt"
-    if resume and not last.is_file():
-        raise FileNotFoundError(f"--resume: no {last} to resume from")
-    if not resume and last.is_file():
-        raise FileExistsError(f"{run} already holds a run; pass --resume to continue it or choose another --output")
+    last = check_run_dir(run, resume)
     root = Path(cfg.data)
     split_path = run / "split.json"
     if resume:
@@ -123,7 +108,7 @@ def train(cfg: SegTrainConfig, resume: bool = False, progress: bool = True) -> P
         save_tile_split(split_path, root, labels, splits)
         cfg.save(run / "config.yaml")
 
-    bands, mean, std = _normalisation(root, splits["train"])
+    bands, mean, std = band_normalisation(root, [p.image for p in splits["train"]])
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = SegmentationDataModule(
         root, labels, splits, img_size=cfg.img_size, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
@@ -139,19 +124,6 @@ def train(cfg: SegTrainConfig, resume: bool = False, progress: bool = True) -> P
                             gradient_clip=cfg.gradient_clip, progress=progress, find_unused_parameters=True)
     trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if resume else None)
     return run
-
-
-def checkpoint_task(checkpoint: str | Path) -> str:
-    """Which kind of run wrote ``checkpoint``: ``"classification"``, ``"segmentation"``, ``"change"`` or
-    ``"detection"``."""
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    try:
-        content = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as e:  # noqa: BLE001 - any reader failure means the same thing to the user
-        raise ValueError(f"cannot read checkpoint {checkpoint}: {e}") from e
-    return content.get(TASK_KEY, "classification") if isinstance(content, dict) else "classification"
 
 
 def load_task(checkpoint: str | Path) -> SegmentationTask:
@@ -170,31 +142,6 @@ def _evaluation_pairs(checkpoint: Path, data: str | Path | None) -> tuple[Path, 
     if subsets and "val" not in subsets:
         raise ValueError(f"{Path(data) / 'img_dir'} has subfolders {subsets} but no val/ to evaluate on")
     return Path(data), scan_pairs(data, "val" if subsets else None)
-
-
-def save_confusion_png(metrics: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    matrix = np.array(metrics["confusion_matrix"], dtype=float)
-    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    names = metrics["class_names"]
-    size = max(5, 0.5 * len(names) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"OA {metrics['oa']:.1%}, mIoU {metrics['miou']:.1%} on {metrics['num_pixels']:,} pixels "
-                 "(rows normalised)", fontsize=9)
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
 
 
 @torch.inference_mode()
@@ -225,7 +172,8 @@ def evaluate(checkpoint: str | Path, output: str | Path, data: str | Path | None
     output = Path(output)
     with atomic_path(output / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=1))
-    save_confusion_png(metrics, output / "confusion_matrix.png")
+    save_confusion_png(metrics, output / "confusion_matrix.png",
+                       f"OA {metrics['oa']:.1%}, mIoU {metrics['miou']:.1%} on {metrics['num_pixels']:,} pixels")
     return metrics
 
 

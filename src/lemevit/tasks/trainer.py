@@ -14,7 +14,35 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lemevit.io import atomic_path
 
-__all__ = ["AtomicCheckpointIO", "build_trainer", "resolve_precision"]
+__all__ = ["TASK_KEY", "AtomicCheckpointIO", "build_trainer", "checkpoint_task", "check_run_dir",
+           "resolve_precision"]
+
+#: Key naming the task in a checkpoint (absent in classification ones), so that ``lemevit eval`` and ``predict``
+#: know what they load.
+TASK_KEY = "lemevit_task"
+
+
+def checkpoint_task(checkpoint: str | Path) -> str:
+    """Which kind of run wrote ``checkpoint``: ``"classification"``, ``"segmentation"``, ``"change"`` or
+    ``"detection"``."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    try:
+        content = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as e:  # noqa: BLE001 - any reader failure means the same thing to the user
+        raise ValueError(f"cannot read checkpoint {checkpoint}: {e}") from e
+    return content.get(TASK_KEY, "classification") if isinstance(content, dict) else "classification"
+
+
+def check_run_dir(run: Path, resume: bool) -> Path:
+    """``run/last.ckpt``, which must exist to resume and must not to start: a new run never overwrites one."""
+    last = run / "last.ckpt"
+    if resume and not last.is_file():
+        raise FileNotFoundError(f"--resume: no {last} to resume from")
+    if not resume and last.is_file():
+        raise FileExistsError(f"{run} already holds a run; pass --resume to continue it or choose another --output")
+    return last
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
