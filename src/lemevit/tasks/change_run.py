@@ -29,8 +29,7 @@ from lemevit.io import atomic_path
 from lemevit.models.change import CHANGE_HEADS, StackedPair
 from lemevit.predict_scene import _ClassMapWriter, _Scene, blended_strips, preview_path, window_starts
 from lemevit.tasks.change import ChangeTask, change_metrics, pair_confusion
-from lemevit.tasks.classification_run import TrainConfig
-from lemevit.tasks.trainer import build_trainer, check_run_dir, checkpoint_task
+from lemevit.tasks.trainer import RunConfig, check_run_dir, checkpoint_task
 
 __all__ = ["ChangeTrainConfig", "evaluate", "load_task", "predict_pair", "train"]
 
@@ -44,8 +43,8 @@ _GDAL_CACHE_MB = 64
 _OVERLAY_RGB = np.array([1.0, 0.1, 0.1])
 
 
-@dataclass
-class ChangeTrainConfig:
+@dataclass(kw_only=True)
+class ChangeTrainConfig(RunConfig):
     """Everything a change-detection run depends on; saved as ``RUN_DIR/config.yaml``.
 
     The pairs are split by ``split_files`` (``{"train": LIST, "val": LIST}``, names one per line), else as
@@ -55,45 +54,28 @@ class ChangeTrainConfig:
     by sliding window (``window``, default ``img_size``; ``stride``, default three quarters of it).
     """
 
-    data: str
-    output: str
     task: str = "change"
-    model: str = "lemevit_tiny"
-    head: str = "bit"
     img_size: int = 256
+    epochs: int = 100
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    drop_path_rate: float = 0.0
+    gradient_clip: float | None = None
+    head: str = "bit"
     crops_per_pair: int | None = None
     window: int | None = None
     stride: int | None = None
-    epochs: int = 100
-    batch_size: int = 8
-    split: float = 0.8
     split_files: dict[str, str] = field(default_factory=dict)
-    seed: int = 0
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_epochs: float = 1.0
     flip: bool = True
     rotate90: bool = True
-    drop_path_rate: float = 0.0
-    gradient_clip: float | None = None
-    precision: str = "fp32"
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    num_nodes: int = 1
-    num_workers: int = 2
-    init_checkpoint: str | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         if self.task != "change":
             raise ValueError(f"a change-detection config has task: change, got {self.task!r}")
         if self.head not in CHANGE_HEADS:
             raise ValueError(f"--head must be one of {', '.join(CHANGE_HEADS)} for --task change, got {self.head!r}")
-        if not 0.0 < self.split <= 1.0:
-            raise ValueError(f"--split is the fraction of pairs used for training, in (0, 1]; got {self.split!r}")
-
-    # The same YAML handling as scene recognition's config.
-    from_yaml = classmethod(TrainConfig.from_yaml.__func__)
-    save = TrainConfig.save
 
 
 def _splits(cfg: ChangeTrainConfig) -> dict[str, list[ChangePair]]:
@@ -127,9 +109,7 @@ def train(cfg: ChangeTrainConfig, resume: bool = False, progress: bool = True) -
                       stride=cfg.stride, mean=mean, std=std, lr=cfg.lr, weight_decay=cfg.weight_decay,
                       warmup_epochs=cfg.warmup_epochs, drop_path_rate=cfg.drop_path_rate,
                       init_checkpoint=cfg.init_checkpoint, seed=cfg.seed)
-    trainer = build_trainer(run, monitor="val/f1", max_epochs=cfg.epochs, accelerator=cfg.accelerator,
-                            devices=cfg.devices, num_nodes=cfg.num_nodes, precision=cfg.precision,
-                            gradient_clip=cfg.gradient_clip, progress=progress)
+    trainer = cfg.trainer(monitor="val/f1", progress=progress)
     trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if resume else None)
     return run
 

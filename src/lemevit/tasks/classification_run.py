@@ -9,7 +9,6 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import yaml
 
 from lemevit.data import (
     ClassificationDataModule,
@@ -26,60 +25,33 @@ from lemevit.data import (
 )
 from lemevit.io import atomic_path
 from lemevit.tasks.classification import ClassificationTask
-from lemevit.tasks.trainer import build_trainer, check_run_dir
+from lemevit.tasks.trainer import RunConfig, check_run_dir
 
 __all__ = ["TrainConfig", "train", "evaluate", "classification_metrics"]
 
 
-@dataclass
-class TrainConfig:
-    """Everything a classification run depends on; saved as ``RUN_DIR/config.yaml``."""
+@dataclass(kw_only=True)
+class TrainConfig(RunConfig):
+    """Everything a classification run depends on; saved as ``RUN_DIR/config.yaml``. The images are split by
+    ``split_files`` (``{"train": LIST, "val": LIST}``) when given, else per class with ``split`` of them in
+    training."""
 
-    data: str
-    output: str
-    model: str = "lemevit_tiny"
     img_size: int = 224
     epochs: int = 30
     batch_size: int = 32
-    split: float = 0.8
-    split_files: dict[str, str] = field(default_factory=dict)
-    seed: int = 0
     lr: float = 1e-3
     weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
+    drop_path_rate: float = 0.1
+    gradient_clip: float | None = 1.0
+    split_files: dict[str, str] = field(default_factory=dict)
     label_smoothing: float = 0.1
     mixup: float = 0.0
     cutmix: float = 0.0
     randaugment: str | None = None
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
     rotate90: bool = True
-    drop_path_rate: float = 0.1
     ema_decay: float | None = None
-    gradient_clip: float | None = 1.0
-    precision: str = "fp32"
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    num_nodes: int = 1
-    num_workers: int = 2
-    init_checkpoint: str | None = None
     skip_bad: bool = False
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides) -> TrainConfig:
-        path = Path(path)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ValueError(f"cannot read config {path}: {e}") from e
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"config {path}: unknown keys {unknown}; known keys: {sorted(known)}")
-        return cls(**{**values, **overrides})
-
-    def save(self, path: Path) -> None:
-        with atomic_path(path) as tmp:
-            tmp.write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
 
 
 def _splits(cfg: TrainConfig, class_names: list[str], samples) -> dict:
@@ -123,9 +95,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         label_smoothing=cfg.label_smoothing, mixup=cfg.mixup, cutmix=cfg.cutmix,
         drop_path_rate=cfg.drop_path_rate, ema_decay=cfg.ema_decay, init_checkpoint=cfg.init_checkpoint,
         seed=cfg.seed)
-    trainer = build_trainer(run, monitor="val/top1", max_epochs=cfg.epochs, accelerator=cfg.accelerator,
-                            devices=cfg.devices, num_nodes=cfg.num_nodes, precision=cfg.precision,
-                            gradient_clip=cfg.gradient_clip, progress=progress)
+    trainer = cfg.trainer(monitor="val/top1", progress=progress)
     trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if resume else None)
     return run
 

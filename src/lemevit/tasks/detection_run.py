@@ -23,9 +23,9 @@ from lemevit.data.images import read_image
 from lemevit.data.transforms import IMAGENET_RGB_MEAN_STD
 from lemevit.io import atomic_path
 from lemevit.ops.rotated import box_to_quad
-from lemevit.tasks.classification_run import TrainConfig, expand_inputs
+from lemevit.tasks.classification_run import expand_inputs
 from lemevit.tasks.detection import DetectionTask, detection_map
-from lemevit.tasks.trainer import build_trainer, check_run_dir, checkpoint_task
+from lemevit.tasks.trainer import RunConfig, check_run_dir, checkpoint_task
 
 __all__ = ["DetectionConfig", "detect_image", "evaluate", "load_task", "predict", "train"]
 
@@ -34,46 +34,29 @@ _GEOTIFF_SUFFIXES = (".tif", ".tiff")
 _PALETTE = [tuple(int(255 * c) for c in rgb[:3]) for rgb in colormaps["tab20"](np.linspace(0, 1, 20))]
 
 
-@dataclass
-class DetectionConfig:
+@dataclass(kw_only=True)
+class DetectionConfig(RunConfig):
     """Everything a detection run depends on; saved as ``RUN_DIR/config.yaml``. ``img_size`` is the side of
     the square windows the images are cut into (``overlap`` pixels shared by neighbours)."""
 
-    data: str
-    output: str
     task: str = "detection"
-    model: str = "lemevit_tiny"
     img_size: int = 1024
-    overlap: int = 200
     epochs: int = 12
     batch_size: int = 2
-    split: float = 0.8
-    seed: int = 0
     lr: float = 1e-4
     weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
     drop_path_rate: float = 0.1
+    gradient_clip: float | None = 35.0
+    overlap: int = 200
     fpn_channels: int = 256
     rpn_proposals: int = 2000
     test_proposals: int = 2000
     augment: bool = True
-    gradient_clip: float | None = 35.0
-    precision: str = "fp32"
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    num_nodes: int = 1
-    num_workers: int = 2
-    init_checkpoint: str | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         if self.task != "detection":
             raise ValueError(f"a detection config has task: detection, got {self.task!r}")
-        if not 0 < self.split <= 1:
-            raise ValueError(f"--split must be in (0, 1], got {self.split}")
-
-    # The same YAML handling as scene recognition's config.
-    from_yaml = classmethod(TrainConfig.from_yaml.__func__)
-    save = TrainConfig.save
 
 
 def _select(images: list[ImageLabels], root: Path, names: list[str]) -> list[ImageLabels]:
@@ -134,9 +117,7 @@ def train(cfg: DetectionConfig, resume: bool = False, progress: bool = True) -> 
                          drop_path_rate=cfg.drop_path_rate, fpn_channels=cfg.fpn_channels,
                          rpn_proposals=cfg.rpn_proposals, test_proposals=cfg.test_proposals,
                          init_checkpoint=cfg.init_checkpoint, seed=cfg.seed)
-    trainer = build_trainer(run, monitor="val/map50", max_epochs=cfg.epochs, accelerator=cfg.accelerator,
-                            devices=cfg.devices, num_nodes=cfg.num_nodes, precision=cfg.precision,
-                            gradient_clip=cfg.gradient_clip, progress=progress)
+    trainer = cfg.trainer(monitor="val/map50", progress=progress)
     trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if resume else None)
     return run
 

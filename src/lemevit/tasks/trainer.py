@@ -1,12 +1,15 @@
 """The Lightning Trainer every task runs on: run directory, checkpoints, logs, devices and precision."""
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import yaml
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -14,7 +17,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lemevit.io import atomic_path
 
-__all__ = ["TASK_KEY", "AtomicCheckpointIO", "build_trainer", "checkpoint_task", "check_run_dir",
+__all__ = ["TASK_KEY", "AtomicCheckpointIO", "RunConfig", "build_trainer", "checkpoint_task", "check_run_dir",
            "resolve_precision"]
 
 #: Key naming the task in a checkpoint (absent in classification ones), so that ``lemevit eval`` and ``predict``
@@ -101,3 +104,58 @@ def build_trainer(run_dir: str | Path, monitor: str, max_epochs: int, accelerato
         log_every_n_steps=1,
         **kwargs,
     )
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """What a run of any task depends on: data, output, model, schedule and devices. Each task's config adds
+    its own fields and gives its own defaults to those left without one here; the run saves it as
+    ``RUN_DIR/config.yaml``, from which ``--resume`` reads it back."""
+
+    data: str
+    output: str
+    model: str = "lemevit_tiny"
+    img_size: int
+    epochs: int
+    batch_size: int
+    split: float = 0.8
+    seed: int = 0
+    lr: float
+    weight_decay: float
+    warmup_epochs: float = 1.0
+    drop_path_rate: float
+    gradient_clip: float | None
+    precision: str = "fp32"
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    num_workers: int = 2
+    init_checkpoint: str | None = None
+
+    def __post_init__(self):
+        if not 0.0 < self.split <= 1.0:
+            raise ValueError(f"--split is the fraction of the data used for training, in (0, 1] (1.0: validate on "
+                             f"the training data); got {self.split!r}")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> RunConfig:
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"cannot read config {path}: {e}") from e
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"config {path}: unknown keys {unknown}; known keys: {sorted(known)}")
+        return cls(**{**values, **overrides})
+
+    def save(self, path: Path) -> None:
+        with atomic_path(path) as tmp:
+            tmp.write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
+
+    def trainer(self, monitor: str, progress: bool = True, **kwargs) -> pl.Trainer:
+        """The run's :func:`build_trainer`, writing into ``output`` and keeping the best ``monitor``."""
+        return build_trainer(self.output, monitor, max_epochs=self.epochs, accelerator=self.accelerator,
+                             devices=self.devices, num_nodes=self.num_nodes, precision=self.precision,
+                             gradient_clip=self.gradient_clip, progress=progress, **kwargs)
