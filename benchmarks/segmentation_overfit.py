@@ -40,6 +40,8 @@ def main() -> None:
     p.add_argument("--decoder-channels", type=int, default=128)
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--crops-per-tile", type=int, default=32)
+    p.add_argument("--class-balance", type=float, default=0.5)
+    p.add_argument("--dice-weight", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--window", type=int, default=256)
@@ -53,7 +55,8 @@ def main() -> None:
         run = HERE / "runs" / f"seg_overfit_{name}"
         cfg = SegTrainConfig(data=str(data_folder(name)), output=str(run), model=args.model, head="upernet",
                              decoder_channels=args.decoder_channels, preset=name, img_size=args.img_size,
-                             crops_per_tile=args.crops_per_tile, window=args.window, stride=args.stride,
+                             crops_per_tile=args.crops_per_tile, class_balance=args.class_balance,
+                             dice_weight=args.dice_weight, window=args.window, stride=args.stride,
                              epochs=args.epochs, batch_size=args.batch_size, split=1.0, lr=args.lr,
                              warmup_epochs=1.0, drop_path_rate=0.0, accelerator="cpu", devices=1, num_workers=0)
         wall, cpu = time.perf_counter(), time.process_time()

@@ -170,6 +170,33 @@ def test_random_crops_flips_and_rotations_keep_image_and_mask_aligned(tmp_path):
     assert transformed > 0
 
 
+def test_class_balance_puts_a_rare_class_in_the_crops_it_asks_for(tmp_path):
+    # Grass is a 3x3 patch near a corner of a 200x150 road tile (0.03 % of it), roofs a border strip.
+    mask = np.zeros((200, 150), np.uint8)
+    mask[190:193, 3:6] = 2
+    mask[:, 140:] = 1
+    image = np.repeat((mask * 50)[..., None], 3, axis=2)
+    write_pair(tmp_path, "tile", image, mask)
+    pairs = scan_pairs(tmp_path)
+
+    def share_with_grass(class_balance: float) -> float:
+        crops = SegmentationCrops(tmp_path, pairs, SCHEME, 32, mean=[0, 0, 0], std=[1, 1, 1], crops_per_tile=300,
+                                  class_balance=class_balance, augment_seed=1)
+        found = 0
+        for i in range(len(crops)):
+            x, y = crops[i]
+            torch.testing.assert_close(x[0], y.float() * 50)
+            found += bool((y == 2).any())
+        return found / len(crops)
+
+    assert share_with_grass(0.0) < 0.05
+    # Half the crops are balanced, and a third of those go to grass (one class of three, drawn uniformly).
+    assert 0.1 < share_with_grass(0.5) < 0.25
+    assert 0.25 < share_with_grass(1.0) < 0.42
+    with pytest.raises(ValueError, match="class_balance"):
+        SegmentationCrops(tmp_path, pairs, SCHEME, 32, mean=[0, 0, 0], std=[1, 1, 1], class_balance=1.5)
+
+
 def test_tiles_smaller_than_a_crop_are_padded_with_ignored_pixels(tmp_path):
     image, mask = coded_tile(10, 12)
     write_pair(tmp_path, "small", image, mask)

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from lemevit.cli import main
 from lemevit.data.segmentation import IGNORE_INDEX
-from lemevit.tasks.segmentation import confusion_matrix, segmentation_metrics
+from lemevit.tasks.segmentation import confusion_matrix, dice_loss, segmentation_metrics
 
 POTSDAM = Path(str(files("lemevit") / "demo_data" / "potsdam_seg"))
 NAMES = ("impervious_surface", "building", "low_vegetation", "tree", "car", "clutter")
@@ -35,6 +36,19 @@ def test_metrics_on_a_hand_made_case_with_ignored_pixels():
     assert m["per_class"]["d"]["iou"] is None  # neither present nor predicted: left out of the means
     assert m["miou"] == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
     assert m["mf1"] == pytest.approx((1 / 2 + 4 / 5 + 2 / 3) / 3)
+
+
+def test_dice_loss_on_a_hand_made_case_counts_present_classes_and_skips_ignored_pixels():
+    # Pixel 1 (class 0) gets probabilities (3/4, 1/4, 0), pixel 2 (class 1) (1/2, 1/2, 0); the third pixel is
+    # ignored however wrong, and class 2, absent from the target, does not count.
+    logits = torch.tensor([[[[np.log(3.0), 0.0, 10.0]], [[0.0, 0.0, -10.0]], [[-40.0, -40.0, -40.0]]]])
+    target = torch.tensor([[[0, 1, IGNORE_INDEX]]])
+    dice_0 = 2 * (3 / 4) / ((3 / 4 + 1 / 2) + 1)
+    dice_1 = 2 * (1 / 2) / ((1 / 4 + 1 / 2) + 1)
+    assert float(dice_loss(logits, target)) == pytest.approx(1 - (dice_0 + dice_1) / 2, abs=1e-6)
+    perfect = torch.nn.functional.one_hot(torch.tensor([[[0, 1, 2]]]), 3).permute(0, 3, 1, 2) * 50.0
+    assert float(dice_loss(perfect, target)) == pytest.approx(0, abs=1e-6)
+    assert float(dice_loss(logits, torch.full_like(target, IGNORE_INDEX))) == 0
 
 
 def make_tiles(root: Path, size: int = 64, corners=((0, 0), (200, 120), (380, 300))) -> Path:
@@ -63,9 +77,11 @@ def train_args(data: Path, out: Path, epochs: int = 1, **extra) -> list[str]:
 def test_train_resume_evaluate_and_predict_a_scene_through_the_cli(tmp_path, capsys):
     data = make_tiles(tmp_path / "tiles")
     run = tmp_path / "run"
-    assert main(train_args(data, run)) == 0
+    assert main(train_args(data, run, class_balance=0.5, dice_weight=0.5)) == 0
     for name in ("best.ckpt", "last.ckpt", "split.json", "config.yaml", "logs/metrics.csv"):
         assert (run / name).is_file(), name
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert (config["class_balance"], config["dice_weight"]) == (0.5, 0.5)
     split = json.loads((run / "split.json").read_text())
     assert len(split["splits"]["train"]) == 2 and len(split["splits"]["val"]) == 1
     assert split["labels"]["class_names"] == list(NAMES)

@@ -274,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--first-class-value", type=int, help="mask value of the first class (default 0)")
     seg.add_argument("--crops-per-tile", type=int,
                      help="random crops per tile and epoch (default: enough to cover the tile once)")
+    seg.add_argument("--class-balance", type=float,
+                     help="segmentation: fraction of crops placed on a class drawn uniformly from the tile's classes, "
+                          "so that rare classes are learnt (default 0: uniform crops)")
+    seg.add_argument("--dice-weight", type=float,
+                     help="segmentation: weight of a Dice loss added to the cross-entropy (default 0)")
     seg.add_argument("--crops-per-pair", type=int,
                      help="change: random crops per pair and epoch (default: enough to cover the pair once)")
     seg.add_argument("--window", type=int, help="sliding window of the validation (default --img-size)")

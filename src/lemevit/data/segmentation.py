@@ -428,20 +428,29 @@ class SegmentationCrops(Dataset):
     item is the same crop whichever worker loads it. Tiles smaller than ``img_size`` are padded (image with
     the band means, mask with ``IGNORE_INDEX``). Gives ``(image, mask)``: the image normalised, float32
     ``(C, S, S)``; the mask int64 ``(S, S)`` class indices.
+
+    ``class_balance`` is the fraction of crops placed to contain a class drawn uniformly from those of the
+    tile (the rest are uniform over the tile): a class covering 2 % of a tile is otherwise in few crops and
+    rarely predicted. Such a crop contains a whole cell of ``img_size // 4`` pixels where the class occurs;
+    the cells are found once, from each mask, when the dataset is built.
     """
 
     def __init__(self, root: str | Path, pairs: Sequence[TilePair], labels: LabelScheme, img_size: int,
                  mean: Sequence[float], std: Sequence[float], crops_per_tile: int | None = None, flip: bool = True,
-                 rotate90: bool = True, augment_seed: int | None = None):
+                 rotate90: bool = True, class_balance: float = 0.0, augment_seed: int | None = None):
         if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
             raise ValueError(f"img_size must be a positive integer, got {img_size!r}")
         if crops_per_tile is not None and (isinstance(crops_per_tile, bool) or not isinstance(crops_per_tile, int)
                                            or crops_per_tile < 1):
             raise ValueError(f"crops_per_tile must be a positive integer, got {crops_per_tile!r}")
+        if isinstance(class_balance, bool) or not isinstance(class_balance, int | float) or not 0 <= class_balance <= 1:
+            raise ValueError(f"class_balance is a fraction of the crops, in [0, 1]; got {class_balance!r}")
         if not pairs:
             raise ValueError("no training tiles")
         self.root, self.pairs, self.labels = Path(root), list(pairs), labels
         self.img_size, self.flip, self.rotate90 = img_size, flip, rotate90
+        self.class_balance = float(class_balance)
+        self.cell = max(1, img_size // 4)
         self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
         self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
         self.augment_seed = augment_seed
@@ -449,6 +458,33 @@ class SegmentationCrops(Dataset):
         # By default an epoch covers each tile's area about once.
         counts = [crops_per_tile or math.ceil(h / img_size) * math.ceil(w / img_size) for h, w in self.sizes]
         self.ends = np.cumsum(counts).tolist()
+        self.class_cells = [self._class_cells(p) for p in self.pairs] if self.class_balance > 0 else None
+
+    def _class_cells(self, pair: TilePair) -> list[np.ndarray]:
+        """For each class present in the tile, the ``(row, col)`` of the cells where it occurs."""
+        path = self.root / pair.mask
+        mask = self.labels.decode(read_image(path), path)
+        rows, cols = -(-mask.shape[0] // self.cell), -(-mask.shape[1] // self.cell)
+        padded = np.full((rows * self.cell, cols * self.cell), IGNORE_INDEX, dtype=mask.dtype)
+        padded[:mask.shape[0], :mask.shape[1]] = mask
+        blocks = padded.reshape(rows, self.cell, cols, self.cell)
+        cells = [np.argwhere((blocks == k).any(axis=(1, 3))) for k in range(self.labels.num_classes)]
+        return [c for c in cells if len(c)]
+
+    def _crop_origin(self, tile: int, rng: np.random.Generator) -> tuple[int, int]:
+        (height, width), size = self.sizes[tile], self.img_size
+        if self.class_cells is None or not self.class_cells[tile] or rng.random() >= self.class_balance:
+            return int(rng.integers(0, max(height - size, 0) + 1)), int(rng.integers(0, max(width - size, 0) + 1))
+        classes = self.class_cells[tile]
+        cells = classes[int(rng.integers(len(classes)))]
+        row, col = cells[int(rng.integers(len(cells)))] * self.cell
+
+        def covering(start: int, extent: int) -> int:
+            # An origin whose crop holds the whole cell [start, start + cell) and stays inside the tile.
+            low, high = max(0, min(start + self.cell, extent) - size), min(start, max(extent - size, 0))
+            return int(rng.integers(low, high + 1))
+
+        return covering(int(row), height), covering(int(col), width)
 
     def __len__(self) -> int:
         return self.ends[-1]
@@ -459,8 +495,7 @@ class SegmentationCrops(Dataset):
         seed = None if self.augment_seed is None else (self.augment_seed, index)
         rng = np.random.default_rng(seed)
         size = self.img_size
-        top = int(rng.integers(0, max(height - size, 0) + 1))
-        left = int(rng.integers(0, max(width - size, 0) + 1))
+        top, left = self._crop_origin(tile, rng)
         region = (top, left, min(size, height), min(size, width))
         image = read_region(self.root / pair.image, *region)
         mask_path = self.root / pair.mask
@@ -507,8 +542,8 @@ class SegmentationTiles(Dataset):
 
 class SegmentationDataModule(pl.LightningDataModule):
     """Loaders of random training crops and of whole validation tiles (one tile per batch: tiles may differ
-    in size, and evaluation slides a window over each). ``augment`` holds ``flip``, ``rotate90`` and
-    ``crops_per_tile`` (see :class:`SegmentationCrops`)."""
+    in size, and evaluation slides a window over each). ``augment`` holds ``flip``, ``rotate90``,
+    ``crops_per_tile`` and ``class_balance`` (see :class:`SegmentationCrops`)."""
 
     def __init__(self, root: str | Path, labels: LabelScheme, splits: dict[str, list[TilePair]], img_size: int,
                  batch_size: int, num_workers: int = 0, *, mean: Sequence[float], std: Sequence[float],
@@ -522,9 +557,10 @@ class SegmentationDataModule(pl.LightningDataModule):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
-        unknown = sorted(set(augment or {}) - {"flip", "rotate90", "crops_per_tile"})
+        unknown = sorted(set(augment or {}) - {"flip", "rotate90", "crops_per_tile", "class_balance"})
         if unknown:
-            raise ValueError(f"augment has unknown key(s) {unknown}; expected some of flip, rotate90, crops_per_tile")
+            raise ValueError(f"augment has unknown key(s) {unknown}; expected some of flip, rotate90, crops_per_tile, "
+                             f"class_balance")
         self.root, self.labels = Path(root), labels
         self.splits = {k: list(v) for k, v in splits.items()}
         self.img_size, self.batch_size, self.num_workers = img_size, batch_size, num_workers

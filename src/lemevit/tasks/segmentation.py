@@ -15,7 +15,8 @@ from lemevit.predict_scene import blended_strips
 from lemevit.tasks.classification import adamw_warmup_cosine
 from lemevit.tasks.trainer import TASK_KEY
 
-__all__ = ["SegmentationTask", "WholeImageEvaluation", "confusion_matrix", "segmentation_metrics", "tile_confusion"]
+__all__ = ["SegmentationTask", "WholeImageEvaluation", "confusion_matrix", "dice_loss", "segmentation_metrics",
+           "tile_confusion"]
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -76,6 +77,20 @@ def tile_confusion(model: torch.nn.Module, image: torch.Tensor, target: torch.Te
     return confusion
 
 
+def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """One minus the soft Dice coefficient of the softmax, averaged over the classes present in ``target``
+    ``(B, H, W)``; pixels whose target is ``IGNORE_INDEX`` are left out. Unlike cross-entropy, a class
+    weighs the same however few pixels it covers."""
+    keep = (target != IGNORE_INDEX).unsqueeze(1)
+    probs = logits.float().softmax(dim=1) * keep
+    onehot = F.one_hot(target.masked_fill(~keep.squeeze(1), 0), logits.shape[1]).permute(0, 3, 1, 2) * keep
+    intersection = (probs * onehot).sum(dim=(0, 2, 3))
+    support = onehot.sum(dim=(0, 2, 3))
+    dice = 2 * intersection / (probs.sum(dim=(0, 2, 3)) + support).clamp_min(1e-6)
+    present = support > 0
+    return 1 - dice[present].mean() if present.any() else logits.sum() * 0
+
+
 class WholeImageEvaluation:
     """Validation and test of a Lightning module that scores whole images (tiles, pairs) by sliding window,
     one per batch: the task supplies ``_start_evaluation()``, ``_evaluate(batch)`` and
@@ -103,7 +118,8 @@ class WholeImageEvaluation:
 class SegmentationTask(WholeImageEvaluation, pl.LightningModule):
     """Trains and evaluates a :class:`~lemevit.models.segmentation.SegmentationModel`.
 
-    Cross-entropy ignoring unlabelled pixels, plus ``aux_weight`` times that of the auxiliary head; AdamW
+    Cross-entropy ignoring unlabelled pixels, plus ``dice_weight`` times the Dice loss (which lifts classes of
+    few pixels), plus ``aux_weight`` times the cross-entropy of the auxiliary head; AdamW
     (no weight decay on norms, biases and the backbone's ``no_weight_decay`` parameters), warm-up then cosine
     schedule per batch. Validation predicts each whole validation tile with the blended sliding window
     (``window``, default ``img_size``; ``stride``, default three quarters of it) and logs ``val/miou``,
@@ -117,6 +133,7 @@ class SegmentationTask(WholeImageEvaluation, pl.LightningModule):
         head: str = "upernet",
         decoder_channels: int | None = None,
         aux_weight: float = 0.4,
+        dice_weight: float = 0.0,
         in_chans: int = 3,
         img_size: int = 512,
         window: int | None = None,
@@ -154,6 +171,8 @@ class SegmentationTask(WholeImageEvaluation, pl.LightningModule):
         out = self.net(x)
         logits, aux = out if isinstance(out, tuple) else (out, None)
         loss = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
+        if self.hparams.dice_weight:
+            loss = loss + self.hparams.dice_weight * dice_loss(logits, y)
         if aux is not None:
             loss = loss + self.hparams.aux_weight * F.cross_entropy(aux, y, ignore_index=IGNORE_INDEX)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])

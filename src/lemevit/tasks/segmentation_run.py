@@ -27,15 +27,15 @@ from lemevit.data.segmentation import (
 from lemevit.io import atomic_path
 from lemevit.models.segmentation import HEADS
 from lemevit.predict_scene import predict_scene
-from lemevit.tasks.classification_run import TrainConfig, expand_inputs, save_confusion_png
+from lemevit.tasks.classification_run import expand_inputs, save_confusion_png
 from lemevit.tasks.segmentation import SegmentationTask, segmentation_metrics, tile_confusion
-from lemevit.tasks.trainer import build_trainer, check_run_dir, checkpoint_task
+from lemevit.tasks.trainer import RunConfig, check_run_dir, checkpoint_task
 
 __all__ = ["SegTrainConfig", "evaluate", "load_task", "predict", "train"]
 
 
-@dataclass
-class SegTrainConfig:
+@dataclass(kw_only=True)
+class SegTrainConfig(RunConfig):
     """Everything a segmentation run depends on; saved as ``RUN_DIR/config.yaml``.
 
     The labels come from ``preset``, else ``class_names`` (with ``ignore_value`` and ``first_class_value``),
@@ -44,52 +44,37 @@ class SegTrainConfig:
     sliding-window evaluation default to ``img_size`` and three quarters of it.
     """
 
-    data: str
-    output: str
     task: str = "segmentation"
-    model: str = "lemevit_tiny"
+    img_size: int = 512
+    epochs: int = 50
+    batch_size: int = 8
+    lr: float = 4e-4
+    weight_decay: float = 0.01
+    drop_path_rate: float = 0.1
+    gradient_clip: float | None = None
     head: str = "upernet"
     decoder_channels: int | None = None
     aux_weight: float = 0.4
+    dice_weight: float = 0.0
     preset: str | None = None
     class_names: list[str] | None = None
     ignore_value: int | None = None
     first_class_value: int | None = None
-    img_size: int = 512
     crops_per_tile: int | None = None
+    class_balance: float = 0.0
     window: int | None = None
     stride: int | None = None
-    epochs: int = 50
-    batch_size: int = 8
-    split: float = 0.8
-    seed: int = 0
-    lr: float = 4e-4
-    weight_decay: float = 0.01
-    warmup_epochs: float = 1.0
     flip: bool = True
     rotate90: bool = True
-    drop_path_rate: float = 0.1
-    gradient_clip: float | None = None
-    precision: str = "fp32"
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    num_nodes: int = 1
-    num_workers: int = 2
-    init_checkpoint: str | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         if self.task != "segmentation":
             raise ValueError(f"a segmentation config has task: segmentation, got {self.task!r}")
         if self.head not in HEADS:
             raise ValueError(f"--head must be one of {sorted(HEADS)}, got {self.head!r}")
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
-        if not 0.0 < self.split <= 1.0:
-            raise ValueError(f"--split is the fraction of tiles used for training, in (0, 1]; got {self.split!r}")
-
-    # The same YAML handling as scene recognition's config.
-    from_yaml = classmethod(TrainConfig.from_yaml.__func__)
-    save = TrainConfig.save
 
 
 def train(cfg: SegTrainConfig, resume: bool = False, progress: bool = True) -> Path:
@@ -113,15 +98,14 @@ def train(cfg: SegTrainConfig, resume: bool = False, progress: bool = True) -> P
     datamodule = SegmentationDataModule(
         root, labels, splits, img_size=cfg.img_size, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
         mean=mean, std=std, seed=cfg.seed,
-        augment={"flip": cfg.flip, "rotate90": cfg.rotate90, "crops_per_tile": cfg.crops_per_tile})
+        augment={"flip": cfg.flip, "rotate90": cfg.rotate90, "crops_per_tile": cfg.crops_per_tile,
+                 "class_balance": cfg.class_balance})
     task = SegmentationTask(
         cfg.model, labels.to_dict(), head=cfg.head, decoder_channels=cfg.decoder_channels, aux_weight=cfg.aux_weight,
-        in_chans=bands, img_size=cfg.img_size, window=cfg.window, stride=cfg.stride, mean=mean, std=std, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs, drop_path_rate=cfg.drop_path_rate,
-        init_checkpoint=cfg.init_checkpoint, seed=cfg.seed)
-    trainer = build_trainer(run, monitor="val/miou", max_epochs=cfg.epochs, accelerator=cfg.accelerator,
-                            devices=cfg.devices, num_nodes=cfg.num_nodes, precision=cfg.precision,
-                            gradient_clip=cfg.gradient_clip, progress=progress, find_unused_parameters=True)
+        dice_weight=cfg.dice_weight, in_chans=bands, img_size=cfg.img_size, window=cfg.window, stride=cfg.stride,
+        mean=mean, std=std, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs,
+        drop_path_rate=cfg.drop_path_rate, init_checkpoint=cfg.init_checkpoint, seed=cfg.seed)
+    trainer = cfg.trainer(monitor="val/miou", progress=progress, find_unused_parameters=True)
     trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if resume else None)
     return run
 
