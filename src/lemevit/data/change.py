@@ -22,15 +22,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from lemevit.data.classification import EpochShuffle
 from lemevit.data.images import IMAGE_EXTENSIONS, read_image
-from lemevit.data.segmentation import IGNORE_INDEX, raster_size, read_region
+from lemevit.data.segmentation import IGNORE_INDEX, CropsAndWholeImages, raster_size, read_region
 from lemevit.io import atomic_path
 
 __all__ = [
@@ -357,47 +355,18 @@ class ChangePairs(Dataset):
                 torch.from_numpy(label.astype(np.int64)))
 
 
-class ChangeDataModule(pl.LightningDataModule):
-    """Loaders of random training crops (:class:`ChangeCrops`) and of whole validation pairs, one per batch
-    (pairs may differ in size, and the task predicts each by sliding window)."""
+class ChangeDataModule(CropsAndWholeImages):
+    """Random training crops (:class:`ChangeCrops`) and whole validation pairs."""
 
     def __init__(self, root: str | Path, splits: dict[str, list[ChangePair]], img_size: int, batch_size: int,
                  num_workers: int = 0, *, mean: Sequence[float], std: Sequence[float],
                  crops_per_pair: int | None = None, flip: bool = True, rotate90: bool = True, seed: int = 0):
-        super().__init__()
-        for subset in ("train", "val"):
-            if not splits.get(subset):
-                raise ValueError(f'the split has no "{subset}" pairs; expected "train" and "val" (and optionally '
-                                 f'"test"), got {sorted(splits)}')
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+        super().__init__(splits, "pairs", batch_size, num_workers, seed)
         self.root = Path(root)
-        self.splits = {k: list(v) for k, v in splits.items()}
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
         # Built now so that a bad size or pair fails at construction, not mid-training.
         self.train_set = ChangeCrops(self.root, self.splits["train"], img_size, self.mean, self.std,
                                      crops_per_pair=crops_per_pair, flip=flip, rotate90=rotate90)
 
-    def train_dataloader(self) -> DataLoader:
-        # Crops and order are functions of (seed, epoch) only (Lightning rebuilds the loader every epoch): a run
-        # resumed at an epoch boundary draws the same batches as an uninterrupted one.
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        self.train_set.augment_seed = self.seed * 1_000_003 + epoch
-        return DataLoader(self.train_set, batch_size=self.batch_size,
-                          sampler=EpochShuffle(len(self.train_set), self.seed * 1_000_003 + epoch),
-                          # A batch of one breaks the batch norms in training.
-                          drop_last=len(self.train_set) > self.batch_size, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available())
-
-    def _pairs(self, subset: str) -> DataLoader:
-        return DataLoader(ChangePairs(self.root, self.splits[subset], self.mean, self.std), batch_size=1,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._pairs("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._pairs("test" if self.splits.get("test") else "val")
+    def whole_images(self, subset: str) -> ChangePairs:
+        return ChangePairs(self.root, self.splits[subset], self.mean, self.std)

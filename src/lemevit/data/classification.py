@@ -415,6 +415,20 @@ def seed_everything_quietly(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_loader_args(splits: dict, what: str, batch_size: int, num_workers: int) -> None:
+    """The checks every data module makes of its arguments: ``train`` and ``val`` subsets that are not
+    empty, a positive batch size, a non-negative number of workers. ``what`` names the items (images,
+    tiles, pairs) in the error."""
+    for subset in ("train", "val"):
+        if not splits.get(subset):
+            raise ValueError(f'the split has no "{subset}" {what}; expected "train" and "val" subsets (and optionally '
+                             f'"test"), got {sorted(splits)}')
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+
+
 class ClassificationDataModule(pl.LightningDataModule):
     """Data loaders for scene classification from a split (``"train"``, ``"val"``, optional ``"test"``).
 
@@ -428,14 +442,7 @@ class ClassificationDataModule(pl.LightningDataModule):
                  img_size: int, batch_size: int, num_workers: int = 0, *, mean: Sequence[float],
                  std: Sequence[float], augment: dict | None = None, seed: int = 0):
         super().__init__()
-        for subset in ("train", "val"):
-            if not splits.get(subset):
-                raise ValueError(f'the split has no "{subset}" images; expected "train" and "val" subsets '
-                                 f"(and optionally \"test\"), got {sorted(splits)}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+        check_loader_args(splits, "images", batch_size, num_workers)
         unknown = sorted(set(augment or {}) - set(_AUGMENT_KEYS))
         if unknown:
             raise ValueError(f"augment has unknown key(s) {unknown}; expected some of {list(_AUGMENT_KEYS)}")

@@ -24,7 +24,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
-from lemevit.data.classification import EpochShuffle, Sample, stratified_split
+from lemevit.data.classification import EpochShuffle, Sample, check_loader_args, stratified_split
 from lemevit.data.images import _TIFF_EXTENSIONS, IMAGE_EXTENSIONS, ImageReadError, _rasterio, read_image
 from lemevit.io import atomic_path
 
@@ -540,35 +540,19 @@ class SegmentationTiles(Dataset):
         return _normalise(image, self.mean, self.std), y
 
 
-class SegmentationDataModule(pl.LightningDataModule):
-    """Loaders of random training crops and of whole validation tiles (one tile per batch: tiles may differ
-    in size, and evaluation slides a window over each). ``augment`` holds ``flip``, ``rotate90``,
-    ``crops_per_tile`` and ``class_balance`` (see :class:`SegmentationCrops`)."""
+class CropsAndWholeImages(pl.LightningDataModule):
+    """Loaders of random training crops (``train_set``, a dataset with an ``augment_seed``) and of whole
+    evaluation images, one per batch: images may differ in size, and the task slides a window over each.
+    A subclass builds ``train_set`` and the whole images of a subset in ``whole_images(subset)``."""
 
-    def __init__(self, root: str | Path, labels: LabelScheme, splits: dict[str, list[TilePair]], img_size: int,
-                 batch_size: int, num_workers: int = 0, *, mean: Sequence[float], std: Sequence[float],
-                 augment: dict | None = None, seed: int = 0):
+    def __init__(self, splits: dict[str, list], what: str, batch_size: int, num_workers: int, seed: int):
         super().__init__()
-        for subset in ("train", "val"):
-            if not splits.get(subset):
-                raise ValueError(f'the split has no "{subset}" tiles; expected "train" and "val" subsets, '
-                                 f"got {sorted(splits)}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
-        unknown = sorted(set(augment or {}) - {"flip", "rotate90", "crops_per_tile", "class_balance"})
-        if unknown:
-            raise ValueError(f"augment has unknown key(s) {unknown}; expected some of flip, rotate90, crops_per_tile, "
-                             f"class_balance")
-        self.root, self.labels = Path(root), labels
+        check_loader_args(splits, what, batch_size, num_workers)
         self.splits = {k: list(v) for k, v in splits.items()}
-        self.img_size, self.batch_size, self.num_workers = img_size, batch_size, num_workers
-        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
-        self.augment, self.seed = dict(augment or {}), seed
-        # Built now so that a bad size or tile fails at construction, not mid-training.
-        self.train_set = SegmentationCrops(self.root, self.splits["train"], labels, img_size, self.mean, self.std,
-                                           **self.augment)
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+
+    def whole_images(self, subset: str) -> Dataset:
+        raise NotImplementedError
 
     def train_dataloader(self) -> DataLoader:
         # Crops and order are functions of (seed, epoch) only (Lightning rebuilds the loader every epoch): a run
@@ -581,13 +565,35 @@ class SegmentationDataModule(pl.LightningDataModule):
                           drop_last=len(self.train_set) > self.batch_size, num_workers=self.num_workers,
                           pin_memory=torch.cuda.is_available())
 
-    def _tiles(self, subset: str) -> DataLoader:
-        dataset = SegmentationTiles(self.root, self.splits[subset], self.labels, self.mean, self.std)
-        return DataLoader(dataset, batch_size=1, num_workers=self.num_workers,
+    def _whole(self, subset: str) -> DataLoader:
+        return DataLoader(self.whole_images(subset), batch_size=1, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
-        return self._tiles("val")
+        return self._whole("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._tiles("test" if self.splits.get("test") else "val")
+        return self._whole("test" if self.splits.get("test") else "val")
+
+
+class SegmentationDataModule(CropsAndWholeImages):
+    """Random training crops (:class:`SegmentationCrops`) and whole validation tiles. ``augment`` holds
+    ``flip``, ``rotate90``, ``crops_per_tile`` and ``class_balance``."""
+
+    def __init__(self, root: str | Path, labels: LabelScheme, splits: dict[str, list[TilePair]], img_size: int,
+                 batch_size: int, num_workers: int = 0, *, mean: Sequence[float], std: Sequence[float],
+                 augment: dict | None = None, seed: int = 0):
+        super().__init__(splits, "tiles", batch_size, num_workers, seed)
+        unknown = sorted(set(augment or {}) - {"flip", "rotate90", "crops_per_tile", "class_balance"})
+        if unknown:
+            raise ValueError(f"augment has unknown key(s) {unknown}; expected some of flip, rotate90, crops_per_tile, "
+                             f"class_balance")
+        self.root, self.labels, self.img_size = Path(root), labels, img_size
+        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+        self.augment = dict(augment or {})
+        # Built now so that a bad size or tile fails at construction, not mid-training.
+        self.train_set = SegmentationCrops(self.root, self.splits["train"], labels, img_size, self.mean, self.std,
+                                           **self.augment)
+
+    def whole_images(self, subset: str) -> SegmentationTiles:
+        return SegmentationTiles(self.root, self.splits[subset], self.labels, self.mean, self.std)
