@@ -111,22 +111,10 @@ class _MLP(nn.Sequential):
         super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
 
-class TokenEncoderLayer(nn.Module):
-    def __init__(self, dim: int, heads: int, dim_head: int, mlp_dim: int):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = _Attention(dim, heads, dim_head)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = _MLP(dim, mlp_dim)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        normed = self.norm1(tokens)
-        tokens = tokens + self.attn(normed, normed)
-        return tokens + self.mlp(self.norm2(tokens))
-
-
-class TokenDecoderLayer(nn.Module):
-    """Pixels (queries) read the tokens of their date; BIT normalises both with the same LayerNorm."""
+class TokenTransformerLayer(nn.Module):
+    """Pre-norm attention and MLP. Without ``memory`` the tokens attend to each other (BIT's encoder);
+    with it they read ``memory``, normalised by the same LayerNorm (BIT's decoder: pixels read the tokens
+    of their date)."""
 
     def __init__(self, dim: int, heads: int, dim_head: int, mlp_dim: int):
         super().__init__()
@@ -135,9 +123,10 @@ class TokenDecoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = _MLP(dim, mlp_dim)
 
-    def forward(self, pixels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        pixels = pixels + self.attn(self.norm1(pixels), self.norm1(tokens))
-        return pixels + self.mlp(self.norm2(pixels))
+    def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
+        normed = self.norm1(x)
+        x = x + self.attn(normed, normed if memory is None else self.norm1(memory))
+        return x + self.mlp(self.norm2(x))
 
 
 class BIT(nn.Module):
@@ -163,8 +152,10 @@ class BIT(nn.Module):
                                      nn.Conv2d(channels, dim, kernel_size=3, padding=1))
         self.tokenizer = SemanticTokenizer(dim, token_len)
         self.pos_embed = nn.Parameter(torch.randn(1, 2 * token_len, dim))
-        self.token_encoder = nn.ModuleList(TokenEncoderLayer(dim, heads, dim_head, mlp_dim) for _ in range(enc_depth))
-        self.token_decoder = nn.ModuleList(TokenDecoderLayer(dim, heads, dim_head, mlp_dim) for _ in range(dec_depth))
+        self.token_encoder = nn.ModuleList(
+            TokenTransformerLayer(dim, heads, dim_head, mlp_dim) for _ in range(enc_depth))
+        self.token_decoder = nn.ModuleList(
+            TokenTransformerLayer(dim, heads, dim_head, mlp_dim) for _ in range(dec_depth))
         self.classifier = nn.Sequential(*_conv_bn_relu(dim, dim),
                                         nn.Conv2d(dim, num_classes, 3, padding=1, padding_mode="replicate"))
 
