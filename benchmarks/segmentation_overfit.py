@@ -2,7 +2,7 @@
 shared Potsdam, Vaihingen and LoveDA samples, overfits them (mIoU on the training tiles, blended sliding
 window). Not a timed test: each data set takes minutes.
 
-    python benchmarks/segmentation_overfit.py                      # all three, about 30 min on 2 cores
+    python benchmarks/segmentation_overfit.py                      # all three, one after the other
     python benchmarks/segmentation_overfit.py --datasets potsdam --epochs 20
 
 Reads ../shared/data/<name>_seg_samples (the package's demo_data copies when that is absent); writes
@@ -39,7 +39,7 @@ def main() -> None:
     p.add_argument("--img-size", type=int, default=128)
     p.add_argument("--decoder-channels", type=int, default=128)
     p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--crops-per-tile", type=int, default=32)
+    p.add_argument("--crops-per-tile", type=int, default=128)
     p.add_argument("--class-balance", type=float, default=0.5)
     p.add_argument("--dice-weight", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=8)
@@ -49,8 +49,6 @@ def main() -> None:
     args = p.parse_args()
 
     output = HERE / "results" / "segmentation_overfit.json"
-    # A data set run again replaces its own entry; the others' results stay.
-    results = json.loads(output.read_text())["results"] if output.is_file() else {}
     for name in args.datasets:
         run = HERE / "runs" / f"seg_overfit_{name}"
         cfg = SegTrainConfig(data=str(data_folder(name)), output=str(run), model=args.model, head="upernet",
@@ -63,17 +61,25 @@ def main() -> None:
         train(cfg, resume=(run / "last.ckpt").is_file())
         wall, cpu = (time.perf_counter() - wall) / 60, (time.process_time() - cpu) / 60
         metrics = evaluate(run / "best.ckpt", run / "eval", progress=False)  # the run's tiles: split 1.0
-        results[name] = {
+        result = {
             "data": cfg.data, "num_tiles": metrics["num_tiles"], "train_minutes": wall, "train_cpu_minutes": cpu,
             "miou": metrics["miou"], "oa": metrics["oa"], "mf1": metrics["mf1"],
             "iou_per_class": {c: v["iou"] for c, v in metrics["per_class"].items()},
-            "setting": {k: v for k, v in vars(args).items() if k != "datasets"},
+            "setting": {k: v for k, v in vars(args).items() if k != "datasets"}, "threads": torch.get_num_threads(),
         }
-        print(json.dumps({name: results[name]}, indent=1))
+        print(json.dumps({name: result}, indent=1))
+        record_result(output, name, result)
+
+
+def record_result(output: Path, name: str, result: dict) -> None:
+    """Replace ``name``'s entry in the record, keeping the other data sets' (read now: a run of another data
+    set may have finished meanwhile)."""
+    results = json.loads(output.read_text())["results"] if output.is_file() else {}
+    results[name] = result
     record = {"head": "upernet (pyramid pooling + FPN, auxiliary FCN head, loss weight 0.4)",
               "evaluated_on": "the training tiles, blended sliding window", "results": results,
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu"}
-    (HERE / "results").mkdir(exist_ok=True)
+              "torch": torch.__version__, "device": "cpu"}
+    output.parent.mkdir(exist_ok=True)
     with atomic_path(output) as tmp:
         tmp.write_text(json.dumps(record, indent=1))
 
