@@ -46,11 +46,12 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--window", type=int, default=256)
     p.add_argument("--stride", type=int, default=192)
+    p.add_argument("--runs", type=Path, default=HERE / "runs", help="where the runs go (one folder per data set)")
     args = p.parse_args()
 
     output = HERE / "results" / "segmentation_overfit.json"
     for name in args.datasets:
-        run = HERE / "runs" / f"seg_overfit_{name}"
+        run = args.runs / f"seg_overfit_{name}"
         cfg = SegTrainConfig(data=str(data_folder(name)), output=str(run), model=args.model, head="upernet",
                              decoder_channels=args.decoder_channels, preset=name, img_size=args.img_size,
                              crops_per_tile=args.crops_per_tile, class_balance=args.class_balance,
@@ -65,7 +66,8 @@ def main() -> None:
             "data": cfg.data, "num_tiles": metrics["num_tiles"], "train_minutes": wall, "train_cpu_minutes": cpu,
             "miou": metrics["miou"], "oa": metrics["oa"], "mf1": metrics["mf1"],
             "iou_per_class": {c: v["iou"] for c, v in metrics["per_class"].items()},
-            "setting": {k: v for k, v in vars(args).items() if k != "datasets"}, "threads": torch.get_num_threads(),
+            "setting": {k: v for k, v in vars(args).items() if k not in ("datasets", "runs")},
+            "threads": torch.get_num_threads(),
         }
         print(json.dumps({name: result}, indent=1))
         record_result(output, name, result)
