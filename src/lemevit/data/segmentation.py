@@ -584,16 +584,16 @@ class SegmentationDataModule(CropsAndWholeImages):
                  batch_size: int, num_workers: int = 0, *, mean: Sequence[float], std: Sequence[float],
                  augment: dict | None = None, seed: int = 0):
         super().__init__(splits, "tiles", batch_size, num_workers, seed)
-        unknown = sorted(set(augment or {}) - {"flip", "rotate90", "crops_per_tile", "class_balance"})
+        augment = augment or {}
+        options = ("flip", "rotate90", "crops_per_tile", "class_balance")
+        unknown = sorted(set(augment) - set(options))
         if unknown:
-            raise ValueError(f"augment has unknown key(s) {unknown}; expected some of flip, rotate90, crops_per_tile, "
-                             f"class_balance")
-        self.root, self.labels, self.img_size = Path(root), labels, img_size
+            raise ValueError(f"augment has unknown key(s) {unknown}; expected some of {', '.join(options)}")
+        self.root, self.labels = Path(root), labels
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
-        self.augment = dict(augment or {})
         # Built now so that a bad size or tile fails at construction, not mid-training.
         self.train_set = SegmentationCrops(self.root, self.splits["train"], labels, img_size, self.mean, self.std,
-                                           **self.augment)
+                                           **augment)
 
     def whole_images(self, subset: str) -> SegmentationTiles:
         return SegmentationTiles(self.root, self.splits[subset], self.labels, self.mean, self.std)
