@@ -1,6 +1,7 @@
 """Segmentation data: label schemes and presets, mask decoding, folder pairs, splits, crops, GeoTIFF tiles."""
 from __future__ import annotations
 
+import pickle
 from importlib.resources import files
 from pathlib import Path
 
@@ -9,14 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
+from lemevit.data.images import read_image
 from lemevit.data.segmentation import (
     IGNORE_INDEX,
     PRESETS,
     LabelScheme,
+    RegionReader,
     SegmentationCrops,
     TilePair,
     check_pairs,
     load_tile_split,
+    read_region,
     resolve_labels,
     save_tile_split,
     scan_pairs,
@@ -168,6 +172,41 @@ def test_random_crops_flips_and_rotations_keep_image_and_mask_aligned(tmp_path):
         assert px[1].numpy().astype(np.uint8).tobytes() in windows  # an axis-aligned window of the tile
         transformed += x[1].numpy().astype(np.uint8).tobytes() not in windows
     assert transformed > 0
+
+
+def test_region_reader_decodes_each_png_once_within_its_budget_and_drops_the_least_recently_used(
+        tmp_path, monkeypatch):
+    from lemevit.data import segmentation
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for name in "abc":  # 30x40x3 bytes = 3600 each
+        paths.append(tmp_path / f"{name}.png")
+        Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(paths[-1])
+    decoded = []
+    monkeypatch.setattr(segmentation, "read_image", lambda path: decoded.append(path.name) or read_image(path))
+    reader = RegionReader(max_bytes=2 * 3600)
+    for path, region in [(paths[0], (0, 0, 30, 40)), (paths[1], (5, 7, 9, 11)), (paths[0], (20, 30, 16, 16)),
+                         (paths[2], (1, 2, 3, 4)), (paths[0], (0, 0, 2, 2)), (paths[1], (0, 0, 2, 2))]:
+        np.testing.assert_array_equal(reader(path, *region), read_image(path)[region[0]:region[0] + region[2],
+                                                                               region[1]:region[1] + region[3]])
+    # a kept; b dropped when c came (a was used more recently), then decoded again.
+    assert decoded == ["a.png", "b.png", "c.png", "b.png"]
+    assert pickle.loads(pickle.dumps(reader))._images == {}  # spawned workers get the budget, not the images
+    with pytest.raises(ValueError, match="max_bytes"):
+        RegionReader(-1)
+
+
+def test_crops_are_the_same_with_or_without_the_tile_cache(tmp_path):
+    image, mask = coded_tile(40, 56)
+    write_pair(tmp_path, "tile", image, mask)
+    pairs = scan_pairs(tmp_path)
+    cached, uncached = (SegmentationCrops(tmp_path, pairs, SCHEME, 16, mean=[0, 0, 0], std=[1, 1, 1],
+                                          augment_seed=2, cache_bytes=budget) for budget in (2**20, 0))
+    for i in range(len(cached)):
+        for a, b in zip(cached[i], uncached[i], strict=True):
+            torch.testing.assert_close(a, b)
+    np.testing.assert_array_equal(read_region(tmp_path / "ann_dir" / "tile.png", 3, 4, 5, 6), mask[3:8, 4:10, None])
 
 
 def test_class_balance_puts_a_rare_class_in_the_crops_it_asks_for(tmp_path):

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from lemevit.data.images import IMAGE_EXTENSIONS, read_image
-from lemevit.data.segmentation import IGNORE_INDEX, CropsAndWholeImages, raster_size, read_region
+from lemevit.data.segmentation import IGNORE_INDEX, CropsAndWholeImages, RegionReader, raster_size
 from lemevit.io import atomic_path
 
 __all__ = [
@@ -284,12 +284,14 @@ class ChangeCrops(Dataset):
     default enough to cover the pair's area about once); its draws come from a generator seeded by
     ``(augment_seed, i)``, so that the same item is the same crop whichever worker loads it. Pairs smaller
     than ``img_size`` are padded (images with the band means, the mask with :data:`IGNORE_INDEX`). Gives
-    ``(a, b, mask)``: normalised float32 ``(C, S, S)`` dates and an int64 ``(S, S)`` mask of 0/1.
+    ``(a, b, mask)``: normalised float32 ``(C, S, S)`` dates and an int64 ``(S, S)`` mask of 0/1. Images
+    that cannot be read by window (PNG, JPEG) are kept decoded up to ``cache_bytes`` per worker
+    (:class:`~lemevit.data.segmentation.RegionReader`).
     """
 
     def __init__(self, root: str | Path, pairs: Sequence[ChangePair], img_size: int, mean: Sequence[float],
                  std: Sequence[float], crops_per_pair: int | None = None, flip: bool = True, rotate90: bool = True,
-                 augment_seed: int | None = None):
+                 augment_seed: int | None = None, cache_bytes: int = 512 * 2**20):
         if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
             raise ValueError(f"img_size must be a positive integer, got {img_size!r}")
         if crops_per_pair is not None and (isinstance(crops_per_pair, bool) or not isinstance(crops_per_pair, int)
@@ -302,6 +304,7 @@ class ChangeCrops(Dataset):
         self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
         self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
         self.augment_seed = augment_seed
+        self.read_region = RegionReader(cache_bytes)
         self.sizes = [_pair_size(self.root, p) for p in self.pairs]
         counts = [crops_per_pair or math.ceil(h / img_size) * math.ceil(w / img_size) for h, w in self.sizes]
         self.ends = np.cumsum(counts).tolist()
@@ -316,10 +319,10 @@ class ChangeCrops(Dataset):
         size = self.img_size
         top = int(rng.integers(0, max(height - size, 0) + 1))
         left = int(rng.integers(0, max(width - size, 0) + 1))
-        a, b = (_normalise(read_region(self.root / path, top, left, size, size), self.mean, self.std)
+        a, b = (_normalise(self.read_region(self.root / path, top, left, size, size), self.mean, self.std)
                 for path in (pair.a, pair.b))
         label_path = self.root / pair.label
-        label = torch.from_numpy(decode_change_label(read_region(label_path, top, left, size, size), label_path)
+        label = torch.from_numpy(decode_change_label(self.read_region(label_path, top, left, size, size), label_path)
                                  .astype(np.int64))
         pad_h, pad_w = size - label.shape[0], size - label.shape[1]
         if pad_h or pad_w:

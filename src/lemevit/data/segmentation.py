@@ -14,6 +14,7 @@ import bisect
 import json
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -33,6 +34,7 @@ __all__ = [
     "LABELS_FILE",
     "PRESETS",
     "LabelScheme",
+    "RegionReader",
     "SegmentationCrops",
     "SegmentationDataModule",
     "SegmentationTiles",
@@ -336,21 +338,65 @@ def raster_size(path: str | Path) -> tuple[int, int]:
         raise ImageReadError(path, f"{type(e).__name__}: {e}") from e
 
 
+def _read_by_window(path: Path) -> bool:
+    return path.suffix.lower() in _TIFF_EXTENSIONS and _rasterio() is not None
+
+
 def read_region(path: str | Path, top: int, left: int, height: int, width: int) -> np.ndarray:
     """``(height, width, C)`` pixels of a region, read through a rasterio window for TIFF (only the
     region is decoded, whatever the tile's size) and cut from the whole image otherwise."""
     path = Path(path)
-    rasterio = _rasterio()
-    if path.suffix.lower() in _TIFF_EXTENSIONS and rasterio is not None:
+    if _read_by_window(path):
         from rasterio.windows import Window
 
         try:
-            with rasterio.open(path) as ds:
+            with _rasterio().open(path) as ds:
                 data = ds.read(window=Window(left, top, width, height))
         except Exception as e:  # noqa: BLE001 - GDAL reports all unreadable files alike
             raise ImageReadError(path, f"{type(e).__name__}: {e}") from e
         return np.ascontiguousarray(np.moveaxis(data, 0, -1))
     return np.ascontiguousarray(read_image(path)[top:top + height, left:left + width])
+
+
+class RegionReader:
+    """:func:`read_region` that keeps the whole decoded images of files it cannot read by window (PNG,
+    JPEG, TIFF without rasterio), up to ``max_bytes`` and least recently used dropped first: random crops
+    from a 1024² PNG tile then cost a slice each, not the decoding of the whole tile (about 50 ms) every
+    time. Each data loader worker holds its own copy."""
+
+    def __init__(self, max_bytes: int = 512 * 2**20):
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise ValueError(f"max_bytes must be a non-negative integer, got {max_bytes!r}")
+        self.max_bytes = max_bytes
+        self._images: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self._bytes = 0
+
+    def __call__(self, path: str | Path, top: int, left: int, height: int, width: int) -> np.ndarray:
+        path = Path(path)
+        if _read_by_window(path):
+            return read_region(path, top, left, height, width)
+        image = self._images.get(path)
+        if image is None:
+            image = read_image(path)
+            self._keep(path, image)
+        else:
+            self._images.move_to_end(path)
+        return np.ascontiguousarray(image[top:top + height, left:left + width])
+
+    def _keep(self, path: Path, image: np.ndarray) -> None:
+        if image.nbytes > self.max_bytes:
+            return
+        self._images[path] = image
+        self._bytes += image.nbytes
+        while self._bytes > self.max_bytes:
+            self._bytes -= self._images.popitem(last=False)[1].nbytes
+
+    def __getstate__(self) -> dict:
+        # Workers started by spawn receive the reader pickled: send the budget, not the images.
+        return {"max_bytes": self.max_bytes}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["max_bytes"])
 
 
 def _progress(items: Sequence, desc: str) -> Iterable:
@@ -433,11 +479,15 @@ class SegmentationCrops(Dataset):
     tile (the rest are uniform over the tile): a class covering 2 % of a tile is otherwise in few crops and
     rarely predicted. Such a crop contains a whole cell of ``img_size // 4`` pixels where the class occurs;
     the cells are found once, from each mask, when the dataset is built.
+
+    Tiles that cannot be read by window (PNG, JPEG) are kept decoded up to ``cache_bytes`` per worker
+    (:class:`RegionReader`).
     """
 
     def __init__(self, root: str | Path, pairs: Sequence[TilePair], labels: LabelScheme, img_size: int,
                  mean: Sequence[float], std: Sequence[float], crops_per_tile: int | None = None, flip: bool = True,
-                 rotate90: bool = True, class_balance: float = 0.0, augment_seed: int | None = None):
+                 rotate90: bool = True, class_balance: float = 0.0, augment_seed: int | None = None,
+                 cache_bytes: int = 512 * 2**20):
         if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
             raise ValueError(f"img_size must be a positive integer, got {img_size!r}")
         if crops_per_tile is not None and (isinstance(crops_per_tile, bool) or not isinstance(crops_per_tile, int)
@@ -454,6 +504,7 @@ class SegmentationCrops(Dataset):
         self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
         self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
         self.augment_seed = augment_seed
+        self.read_region = RegionReader(cache_bytes)
         self.sizes = [raster_size(self.root / p.image) for p in self.pairs]
         # By default an epoch covers each tile's area about once.
         counts = [crops_per_tile or math.ceil(h / img_size) * math.ceil(w / img_size) for h, w in self.sizes]
@@ -497,9 +548,9 @@ class SegmentationCrops(Dataset):
         size = self.img_size
         top, left = self._crop_origin(tile, rng)
         region = (top, left, min(size, height), min(size, width))
-        image = read_region(self.root / pair.image, *region)
+        image = self.read_region(self.root / pair.image, *region)
         mask_path = self.root / pair.mask
-        mask = self.labels.decode(read_region(mask_path, *region), mask_path)
+        mask = self.labels.decode(self.read_region(mask_path, *region), mask_path)
         x = _normalise(image, self.mean, self.std)
         y = torch.from_numpy(mask.astype(np.int64))
         pad_h, pad_w = size - y.shape[0], size - y.shape[1]
