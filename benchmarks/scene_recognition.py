@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 
 from lemevit.io import atomic_path
 from lemevit.tasks.classification_run import TrainConfig, evaluate, train
+from lemevit.tasks.trainer import training_minutes
 
 HERE = Path(__file__).parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "aid_150px"
@@ -43,9 +43,8 @@ def main() -> None:
                       batch_size=args.batch_size, split=0.8, seed=0, lr=args.lr, warmup_epochs=args.warmup_epochs,
                       drop_path_rate=0.0, label_smoothing=args.label_smoothing, crop_scale=args.crop_scale,
                       ema_decay=args.ema_decay, gradient_clip=args.gradient_clip, num_workers=0)
-    start = time.perf_counter()
     train(cfg, resume=(run / "last.ckpt").is_file())
-    minutes = (time.perf_counter() - start) / 60
+    minutes = training_minutes(run / "last.ckpt")
     metrics = evaluate(run / "best.ckpt", run / "eval")
     record = {"setting": vars(args), "train_minutes": minutes, "top1": metrics["top1"], "top5": metrics["top5"],
               "num_test_images": metrics["num_images"], "torch": torch.__version__,

@@ -14,6 +14,7 @@ from PIL import Image
 from lemevit.cli import main
 from lemevit.data.segmentation import IGNORE_INDEX
 from lemevit.tasks.segmentation import confusion_matrix, dice_loss, segmentation_metrics
+from lemevit.tasks.trainer import training_minutes
 
 POTSDAM = Path(str(files("lemevit") / "demo_data" / "potsdam_seg"))
 NAMES = ("impervious_surface", "building", "low_vegetation", "tree", "car", "clutter")
@@ -88,9 +89,16 @@ def test_train_resume_evaluate_and_predict_a_scene_through_the_cli(tmp_path, cap
     logged = (run / "logs" / "metrics.csv").read_text().splitlines()[0]
     assert "val/miou" in logged and "val/oa" in logged
 
-    # --resume finds the task and the settings in the run's config.yaml
+    # --resume finds the task and the settings in the run's config.yaml, and carries on its training time: say
+    # the first epoch took an hour.
+    last = torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)
+    first_epoch = training_minutes(run / "last.ckpt")
+    assert 0 < first_epoch < 5
+    last["callbacks"]["Timer"]["time_elapsed"]["train"] = 3600.0
+    torch.save(last, run / "last.ckpt")
     assert main(["train", "--output", str(run), "--resume", "--epochs", "2"]) == 0
     assert torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)["epoch"] == 1
+    assert 60 < training_minutes(run / "last.ckpt") < 65
 
     out = tmp_path / "eval"
     assert main(["eval", "--checkpoint", str(run / "best.ckpt"), "--data", str(data), "--output", str(out)]) == 0

@@ -11,31 +11,45 @@ import lightning.pytorch as pl
 import torch
 import yaml
 from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lemevit.io import atomic_path
 
 __all__ = ["TASK_KEY", "AtomicCheckpointIO", "RunConfig", "build_trainer", "checkpoint_task", "check_run_dir",
-           "resolve_precision"]
+           "resolve_precision", "training_minutes"]
 
 #: Key naming the task in a checkpoint (absent in classification ones), so that ``lemevit eval`` and ``predict``
 #: know what they load.
 TASK_KEY = "lemevit_task"
 
 
-def checkpoint_task(checkpoint: str | Path) -> str:
-    """Which kind of run wrote ``checkpoint``: ``"classification"``, ``"segmentation"``, ``"change"`` or
-    ``"detection"``."""
+def _read_checkpoint(checkpoint: str | Path) -> Any:
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     try:
-        content = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+        return torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
     except Exception as e:  # noqa: BLE001 - any reader failure means the same thing to the user
         raise ValueError(f"cannot read checkpoint {checkpoint}: {e}") from e
+
+
+def checkpoint_task(checkpoint: str | Path) -> str:
+    """Which kind of run wrote ``checkpoint``: ``"classification"``, ``"segmentation"``, ``"change"`` or
+    ``"detection"``."""
+    content = _read_checkpoint(checkpoint)
     return content.get(TASK_KEY, "classification") if isinstance(content, dict) else "classification"
+
+
+def training_minutes(checkpoint: str | Path) -> float:
+    """Wall-clock minutes the run spent training (its validations included) up to ``checkpoint``, summed
+    over every process that resumed it."""
+    content = _read_checkpoint(checkpoint)
+    try:
+        return content["callbacks"]["Timer"]["time_elapsed"]["train"] / 60
+    except (KeyError, TypeError):
+        raise ValueError(f"checkpoint {checkpoint} records no training time (written before lemevit kept it)") from None
 
 
 def check_run_dir(run: Path, resume: bool) -> Path:
@@ -94,7 +108,8 @@ def build_trainer(run_dir: str | Path, monitor: str, max_epochs: int, accelerato
         strategy=("ddp_find_unused_parameters_true" if find_unused_parameters else "ddp") if multi else "auto",
         precision=resolve_precision(precision, accelerator),
         gradient_clip_val=gradient_clip,
-        callbacks=[checkpoints, LearningRateMonitor(logging_interval="step")],
+        # Timer's elapsed time is saved in each checkpoint and carried on by a resume (training_minutes).
+        callbacks=[checkpoints, LearningRateMonitor(logging_interval="step"), Timer()],
         logger=[CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="logs", version="")],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=progress,
