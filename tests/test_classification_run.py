@@ -108,6 +108,10 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
     assert epoch_at_kill < epochs - 1, "the run finished before it could be killed"
 
     assert main(train_args(data, killed, epochs, **extra) + ["--resume"]) == 0
+    # the log keeps the epochs before the kill, each validated once
+    with open(killed / "logs" / "metrics.csv", newline="") as f:
+        validated = [int(r["epoch"]) for r in csv.DictReader(f) if r["val/loss"]]
+    assert validated == list(range(epochs))
     resumed, uninterrupted = final_weights(killed), final_weights(reference)
     assert any(k.startswith("ema.") for k in resumed)
     for key, value in uninterrupted.items():

@@ -1,6 +1,7 @@
 """Semantic segmentation through the CLI: train, resume, evaluate, predict; metrics on a hand-made case."""
 from __future__ import annotations
 
+import csv
 import json
 from importlib.resources import files
 from pathlib import Path
@@ -99,6 +100,8 @@ def test_train_resume_evaluate_and_predict_a_scene_through_the_cli(tmp_path, cap
     assert main(["train", "--output", str(run), "--resume", "--epochs", "2"]) == 0
     assert torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)["epoch"] == 1
     assert 60 < training_minutes(run / "last.ckpt") < 65
+    with open(run / "logs" / "metrics.csv", newline="") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f) if r["val/miou"]] == [0, 1]
 
     out = tmp_path / "eval"
     assert main(["eval", "--checkpoint", str(run / "best.ckpt"), "--data", str(data), "--output", str(out)]) == 0

@@ -1,6 +1,7 @@
 """The Lightning Trainer every task runs on: run directory, checkpoints, logs, devices and precision."""
 from __future__ import annotations
 
+import csv
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -13,12 +14,14 @@ import yaml
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lemevit.io import atomic_path
 
-__all__ = ["TASK_KEY", "AtomicCheckpointIO", "RunConfig", "build_trainer", "checkpoint_task", "check_run_dir",
-           "resolve_precision", "training_minutes"]
+__all__ = ["TASK_KEY", "AtomicCheckpointIO", "ContinuedCSVLogger", "RunConfig", "build_trainer", "checkpoint_task",
+           "check_run_dir", "resolve_precision", "training_minutes"]
 
 #: Key naming the task in a checkpoint (absent in classification ones), so that ``lemevit eval`` and ``predict``
 #: know what they load.
@@ -73,6 +76,61 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
+class _ContinuedCSVWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:
+        # Lightning's writer deletes an existing metrics.csv here; this one reads its header and appends.
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = next(csv.reader(file), [])
+
+    def _rows(self) -> list[dict]:
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            return list(csv.DictReader(file))
+
+    def _write(self, rows: list[dict], fieldnames: list[str]) -> None:
+        with atomic_path(self.metrics_file_path) as tmp, open(tmp, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        # Lightning truncates the file and writes it again when a column appears (every epoch's first
+        # validation metrics do): a run killed meanwhile was left with an empty log.
+        self._write(self._rows(), fieldnames)
+
+    def drop_steps_from(self, step: int) -> None:
+        """Forget the rows of ``step`` and later, which a resumed run trains and logs again."""
+        if not self._fs.isfile(self.metrics_file_path):
+            return
+        rows = self._rows()
+        kept = [r for r in rows if not r.get("step") or int(float(r["step"])) < step]
+        if len(kept) < len(rows):
+            self._write(kept, self.metrics_keys)
+
+
+class ContinuedCSVLogger(CSVLogger):
+    """``CSVLogger`` that a resumed run continues: ``metrics.csv`` keeps the epochs logged before the
+    interruption (Lightning's own logger deletes the file when a run starts), and is replaced atomically
+    when a column is added."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _ContinuedCSVWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuedCSVWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class _ResumableLog(pl.Callback):
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A run killed mid-epoch has logged steps past its checkpoint, which the resumed run repeats.
+        if trainer.ckpt_path is not None:
+            for logger in trainer.loggers:
+                if isinstance(logger, ContinuedCSVLogger) and trainer.is_global_zero:
+                    logger.experiment.drop_steps_from(trainer.global_step)
+
+
 def resolve_precision(precision: str, accelerator: str) -> str:
     """Map fp32/bf16/fp16 to Lightning's names, refusing what the device cannot do."""
     names = {"fp32": "32-true", "32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed", "16": "16-mixed"}
@@ -109,8 +167,9 @@ def build_trainer(run_dir: str | Path, monitor: str, max_epochs: int, accelerato
         precision=resolve_precision(precision, accelerator),
         gradient_clip_val=gradient_clip,
         # Timer's elapsed time is saved in each checkpoint and carried on by a resume (training_minutes).
-        callbacks=[checkpoints, LearningRateMonitor(logging_interval="step"), Timer()],
-        logger=[CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="logs", version="")],
+        callbacks=[checkpoints, LearningRateMonitor(logging_interval="step"), Timer(), _ResumableLog()],
+        logger=[ContinuedCSVLogger(run_dir, name="logs", version=""),
+                TensorBoardLogger(run_dir, name="logs", version="")],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=progress,
         # The training loader is rebuilt every epoch so that its shuffle is seeded by the epoch, which makes a
