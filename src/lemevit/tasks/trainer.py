@@ -125,10 +125,11 @@ class ContinuedCSVLogger(CSVLogger):
 class _ResumableLog(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # A run killed mid-epoch has logged steps past its checkpoint, which the resumed run repeats.
-        if trainer.ckpt_path is not None:
-            for logger in trainer.loggers:
-                if isinstance(logger, ContinuedCSVLogger) and trainer.is_global_zero:
-                    logger.experiment.drop_steps_from(trainer.global_step)
+        if trainer.ckpt_path is None or not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, ContinuedCSVLogger):
+                logger.experiment.drop_steps_from(trainer.global_step)
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
