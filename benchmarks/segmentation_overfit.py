@@ -12,6 +12,7 @@ command resumes an interrupted run; the training time recorded then includes the
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import time
 from importlib.resources import files
@@ -70,11 +71,21 @@ def main() -> None:
             "train_minutes": training_minutes(run / "last.ckpt"), "train_cpu_minutes": cpu,
             "miou": metrics["miou"], "oa": metrics["oa"], "mf1": metrics["mf1"],
             "iou_per_class": {c: v["iou"] for c, v in metrics["per_class"].items()},
+            **validation_curve(run),
             "setting": {k: v for k, v in vars(args).items() if k not in ("datasets", "runs")},
             "threads": torch.get_num_threads(),
         }
         print(json.dumps({name: result}, indent=1))
         record_result(output, name, result)
+
+
+def validation_curve(run: Path, target: float = 0.8) -> dict:
+    """The run's validation mIoU (on its training tiles) after each epoch, from its log, and the first epoch
+    (counted from 1) that reached ``target``."""
+    with open(run / "logs" / "metrics.csv", newline="") as f:
+        curve = [float(row["val/miou"]) for row in csv.DictReader(f) if row["val/miou"]]
+    first = next((epoch for epoch, miou in enumerate(curve, 1) if miou >= target), None)
+    return {"val_miou_by_epoch": [round(m, 4) for m in curve], f"first_epoch_miou_{target}": first}
 
 
 def record_result(output: Path, name: str, result: dict) -> None:
