@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
+from lemevit.engine import evaluate_checkpoint, train
 from lemevit.io import atomic_path
-from lemevit.tasks.change_run import ChangeTrainConfig, evaluate, train
+from lemevit.tasks.change import ChangeConfig
 
 HERE = Path(__file__).parent
 DEFAULT_DATA = HERE.parent / "tests" / "fixtures" / "levir_cd"
@@ -41,15 +42,14 @@ def main() -> None:
     if run.exists():
         shutil.rmtree(run)
     # split 1.0: the validation pairs are the training pairs, which is what overfitting is measured on.
-    cfg = ChangeTrainConfig(data=args.data, output=str(run), model=args.model, head=args.head,
-                            img_size=args.img_size, crops_per_pair=args.crops_per_pair, window=256,
-                            epochs=args.epochs, batch_size=args.batch_size, split=1.0, lr=args.lr, seed=0,
-                            num_workers=0, accelerator="cpu")
+    cfg = ChangeConfig(data=args.data, output=str(run), model=args.model, head=args.head, img_size=args.img_size,
+                       crops_per_pair=args.crops_per_pair, window=256, epochs=args.epochs, batch_size=args.batch_size,
+                       split=1.0, lr=args.lr, seed=0, num_workers=0, accelerator="cpu")
     start, cpu = time.perf_counter(), time.process_time()
     train(cfg, progress=False)
     # CPU minutes as well: another job on the machine stretches the wall clock, not the work done.
     minutes, cpu_minutes = (time.perf_counter() - start) / 60, (time.process_time() - cpu) / 60
-    metrics = evaluate(run / "last.ckpt", run / "eval", data=args.data, progress=False)
+    metrics = evaluate_checkpoint(run / "last.ckpt", run / "eval", data=args.data, progress=False, num_workers=0)
     record = {"setting": vars(args), "train_minutes": minutes, "train_cpu_minutes": cpu_minutes,
               **{key: metrics[key] for key in ("f1", "iou", "precision", "recall", "oa", "num_pairs")},
               "per_pair_f1": {p["name"]: p["f1"] for p in metrics["per_pair"]},

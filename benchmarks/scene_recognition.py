@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
+from lemevit.engine import evaluate_checkpoint, train, training_minutes
 from lemevit.io import atomic_path
-from lemevit.tasks.classification_run import TrainConfig, evaluate, train
-from lemevit.tasks.trainer import training_minutes
+from lemevit.tasks.classification import ClassificationConfig
 
 HERE = Path(__file__).parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "aid_150px"
@@ -39,13 +39,14 @@ def main() -> None:
     args = p.parse_args()
 
     run = HERE / "runs" / args.name
-    cfg = TrainConfig(data=args.data, output=str(run), model=args.model, img_size=args.img_size, epochs=args.epochs,
-                      batch_size=args.batch_size, split=0.8, seed=0, lr=args.lr, warmup_epochs=args.warmup_epochs,
-                      drop_path_rate=0.0, label_smoothing=args.label_smoothing, crop_scale=args.crop_scale,
-                      ema_decay=args.ema_decay, gradient_clip=args.gradient_clip, num_workers=0)
+    cfg = ClassificationConfig(data=args.data, output=str(run), model=args.model, img_size=args.img_size,
+                               epochs=args.epochs, batch_size=args.batch_size, split=0.8, seed=0, lr=args.lr,
+                               warmup_epochs=args.warmup_epochs, drop_path_rate=0.0,
+                               label_smoothing=args.label_smoothing, crop_scale=args.crop_scale,
+                               ema_decay=args.ema_decay, gradient_clip=args.gradient_clip, num_workers=0)
     train(cfg, resume=(run / "last.ckpt").is_file())
     minutes = training_minutes(run / "last.ckpt")
-    metrics = evaluate(run / "best.ckpt", run / "eval")
+    metrics = evaluate_checkpoint(run / "best.ckpt", run / "eval", num_workers=0)
     record = {"setting": vars(args), "train_minutes": minutes, "top1": metrics["top1"], "top5": metrics["top5"],
               "num_test_images": metrics["num_images"], "torch": torch.__version__,
               "threads": torch.get_num_threads(), "device": "cpu"}

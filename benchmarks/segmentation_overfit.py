@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
+from lemevit.engine import evaluate_checkpoint, train, training_minutes
 from lemevit.io import atomic_path
-from lemevit.tasks.segmentation_run import SegTrainConfig, evaluate, train
-from lemevit.tasks.trainer import training_minutes
+from lemevit.tasks.segmentation import SegmentationConfig
 
 HERE = Path(__file__).parent
 SHARED = HERE.parent.parent / "shared" / "data"
@@ -55,17 +55,18 @@ def main() -> None:
     output = HERE / "results" / "segmentation_overfit.json"
     for name in args.datasets:
         run = args.runs / f"seg_overfit_{name}"
-        cfg = SegTrainConfig(data=str(data_folder(name)), output=str(run), model=args.model, head="upernet",
-                             decoder_channels=args.decoder_channels, preset=name, img_size=args.img_size,
-                             crops_per_tile=args.crops_per_tile, class_balance=args.class_balance,
-                             dice_weight=args.dice_weight, window=args.window, stride=args.stride,
-                             epochs=args.epochs, batch_size=args.batch_size, split=1.0, lr=args.lr,
-                             warmup_epochs=1.0, drop_path_rate=0.0, accelerator="cpu", devices=1, num_workers=0)
+        cfg = SegmentationConfig(data=str(data_folder(name)), output=str(run), model=args.model, head="upernet",
+                                 decoder_channels=args.decoder_channels, preset=name, img_size=args.img_size,
+                                 crops_per_tile=args.crops_per_tile, class_balance=args.class_balance,
+                                 dice_weight=args.dice_weight, window=args.window, stride=args.stride,
+                                 epochs=args.epochs, batch_size=args.batch_size, split=1.0, lr=args.lr,
+                                 warmup_epochs=1.0, drop_path_rate=0.0, accelerator="cpu", devices=1, num_workers=0)
         resumed, cpu = (run / "last.ckpt").is_file(), time.process_time()
         train(cfg, resume=resumed)
         # The CPU time of an interrupted process is lost; the training time is carried in the checkpoints.
         cpu = None if resumed else (time.process_time() - cpu) / 60
-        metrics = evaluate(run / "best.ckpt", run / "eval", progress=False)  # the run's tiles: split 1.0
+        # The run's tiles: split 1.0.
+        metrics = evaluate_checkpoint(run / "best.ckpt", run / "eval", progress=False, num_workers=0)
         result = {
             "data": cfg.data, "num_tiles": metrics["num_tiles"],
             "train_minutes": training_minutes(run / "last.ckpt"), "train_cpu_minutes": cpu,

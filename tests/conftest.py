@@ -11,9 +11,12 @@ from safetensors.torch import load_file
 import lemevit  # noqa: F401  (registers the models with timm)
 
 TESTS = Path(__file__).parent
-MINI_PARITY = TESTS / "fixtures" / "parity" / "mini"
-# The full-size parity fixtures live next to the repository in ../shared (CI has it, a clone may not).
-SHARED_PARITY = TESTS.parent.parent / "shared" / "fixtures" / "parity"
+FIXTURES = TESTS / "fixtures"
+MINI_PARITY = FIXTURES / "parity" / "mini"
+# The full-size parity fixtures and the sample data sets live next to the repository in ../shared (CI has it, a
+# clone may not).
+SHARED = TESTS.parent.parent / "shared"
+SHARED_PARITY = SHARED / "fixtures" / "parity"
 
 
 

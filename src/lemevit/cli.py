@@ -1,18 +1,29 @@
-"""The ``lemevit`` command line."""
+"""The ``lemevit`` command line.
+
+``train``, ``eval`` and ``predict`` work for every registered task: ``train`` offers the options of its
+``--task`` (``lemevit train --task change --help``), ``eval`` and ``predict`` those of the task of their
+``--checkpoint``; each option is a field of the task's config, with its default written once there. Bad input
+is reported as one line naming the option or file, with exit status 2.
+"""
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import signal
 import sys
 from pathlib import Path
 
-import timm
-import torch
-
 import lemevit
+from lemevit.errors import ConfigError, LemevitError
+
+_COMMANDS_WITH_TASK_OPTIONS = ("train", "eval", "predict")
 
 
 def _count_parameters(name: str, num_classes: int) -> int:
+    import timm
+    import torch
+
     with torch.device("meta"):
         model = timm.create_model(name, num_classes=num_classes)
     return sum(p.numel() for p in model.parameters())
@@ -30,163 +41,152 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-# Options of the train command itself rather than of a task's config.
-_COMMAND_OPTIONS = {"command", "func", "task", "config", "resume"}
-_TASKS = ("classification", "segmentation", "change", "detection")
+def _leader() -> bool:
+    from lemevit.engine.trainer import is_launch_leader
+
+    return is_launch_leader()
 
 
-def _run_task(args: argparse.Namespace) -> str:
-    """--task, else the task of the run being resumed, else classification."""
-    if args.task:
-        return args.task
-    config = Path(args.output) / "config.yaml" if args.output else None
-    if args.resume and config is not None and config.is_file():
-        import yaml
+class _TaskParser:
+    """An argument parser for one task's options (a train config, eval or predict options)."""
 
+    def __init__(self, command: str, options, description: str, epilog: str | None = None, extra=None):
+        from lemevit.engine.config import add_options
+
+        self.options = options
+        self.parser = argparse.ArgumentParser(prog=f"lemevit {command}", description=description, epilog=epilog,
+                                              exit_on_error=False)
+        if extra is not None:
+            extra(self.parser)
+        self.flags = add_options(self.parser, options, skip=("task",))
+
+    def parse(self, argv: list[str], misplaced: str) -> tuple[argparse.Namespace, dict]:
+        """The namespace and the fields given; an option of another task is refused naming it."""
         try:
-            return (yaml.safe_load(config.read_text()) or {}).get("task", "classification")
-        except (OSError, yaml.YAMLError) as e:
-            raise ValueError(f"cannot read config {config}: {e}") from e
+            args, unknown = self.parser.parse_known_args(argv)
+        except argparse.ArgumentError as e:
+            raise ConfigError("", f"{e.argument_name}: {e.message}" if e.argument_name else e.message) from None
+        if unknown:
+            flags = [u.split("=")[0] for u in unknown if u.startswith("--")]
+            if flags:
+                raise ConfigError("", f"{', '.join(flags)} do(es) not apply to {misplaced}")
+            self.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        fields = self.options.fields()
+        given = {k: v for k, v in vars(args).items() if k in fields and v is not None and v != []}
+        return args, given
+
+
+def _pre_parse(argv: list[str], *names: str) -> argparse.Namespace:
+    pre = argparse.ArgumentParser(add_help=False)
+    for name in names:
+        if name == "--resume":
+            pre.add_argument(name, action="store_true")
+        else:
+            pre.add_argument(name)
+    return pre.parse_known_args(argv)[0]
+
+
+def _train_task(pre: argparse.Namespace) -> str:
+    """--task, else the task of --config, else that of the run being resumed, else classification."""
+    from lemevit.engine.config import read_yaml_mapping
+    from lemevit.engine.run import CONFIG_FILE
+
+    if pre.task:
+        return pre.task
+    if pre.config:
+        return read_yaml_mapping(pre.config).get("task", "classification")
+    if pre.resume and pre.output and (Path(pre.output) / CONFIG_FILE).is_file():
+        return read_yaml_mapping(Path(pre.output) / CONFIG_FILE).get("task", "classification")
     return "classification"
 
 
-def _train_config_and_entry(task: str):
-    if task == "detection":
-        from lemevit.tasks.detection_run import DetectionConfig, train
-        return DetectionConfig, train
-    if task == "segmentation":
-        from lemevit.tasks.segmentation_run import SegTrainConfig, train
-        return SegTrainConfig, train
-    if task == "change":
-        from lemevit.tasks.change_run import ChangeTrainConfig, train
-        return ChangeTrainConfig, train
-    from lemevit.tasks.classification_run import TrainConfig, train
-    return TrainConfig, train
+def cmd_train(argv: list[str], context: dict) -> int:
+    from lemevit.engine import train
+    from lemevit.engine.run import CONFIG_FILE
+    from lemevit.tasks import get_task, task_names
 
+    pre = _pre_parse(argv, "--task", "--config", "--output", "--resume")
+    task = get_task(_train_task(pre))
+    names = task_names()
 
-def cmd_train(args: argparse.Namespace) -> int:
-    task = _run_task(args)
-    Config, train = _train_config_and_entry(task)
-    options = {k: v for k, v in vars(args).items() if k not in _COMMAND_OPTIONS and v is not None}
-    # An option of another task is an error rather than silently ignored.
-    misplaced = [f"--{k.replace('_', '-')}" for k in options if k not in Config.__dataclass_fields__]
-    if misplaced:
-        raise ValueError(f"{', '.join(misplaced)} do(es) not apply to --task {task}")
-    given = options
-    run = Path(args.output) if args.output else None
-    if args.resume and run is not None and (run / "config.yaml").is_file():
-        cfg = Config.from_yaml(run / "config.yaml", **given)
-    elif args.config:
-        cfg = Config.from_yaml(args.config, **given)
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--task", choices=names, help="default classification, or the task of --config or of "
+                                                          "the run given to --resume")
+        parser.add_argument("--config", help="YAML file whose keys are these options (underscored, as in a run's "
+                                             "config.yaml); options given here override it")
+        parser.add_argument("--resume", action="store_true", help="continue the run in --output from its last.ckpt "
+                                                                  "(only --epochs, devices, workers and a moved --data "
+                                                                  "may differ)")
+
+    parser = _TaskParser("train", task.config, f"Train a model for {task.description} into a run directory: "
+                                               "best.ckpt, last.ckpt, split.json, config.yaml, logs/.",
+                         epilog=f"These are the options of --task {task.name}; the tasks are {', '.join(names)} "
+                                "(lemevit train --task TASK --help).", extra=common)
+    context["flags"] = parser.flags
+    args, given = parser.parse(argv, f"--task {task.name}")
+    if args.resume:
+        if not args.output:
+            raise ConfigError("output", "is required: the run directory to resume")
+        config_file = Path(args.output) / CONFIG_FILE
+        if not config_file.is_file():
+            raise ConfigError("output", f"{args.output} holds no run to resume ({CONFIG_FILE} missing)")
+        # The run directory is where it is now, whatever its config.yaml says (it may have been moved).
+        cfg = task.config.from_yaml(config_file, output=str(Path(args.output).resolve()))
+        run = train(cfg, resume=True, given=given)
     else:
-        missing = [f"--{k.replace('_', '-')}" for k in ("data", "output") if k not in given]
-        if missing:
-            raise SystemExit(f"lemevit train: {' and '.join(missing)} required (or --config FILE.yaml)")
-        cfg = Config(**given)
-    run = train(cfg, resume=args.resume)
-    if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
+        cfg = task.config.from_yaml(args.config, **given) if args.config else task.config(**given)
+        run = train(cfg)
+    if _leader():
         print(f"run written to {run}: best.ckpt, last.ckpt, split.json, config.yaml, logs/")
     return 0
 
 
-def _checkpoint_task(args: argparse.Namespace) -> str:
-    """The task of the run that wrote --checkpoint; options of the other tasks are refused."""
-    from lemevit.tasks.trainer import checkpoint_task
+def _checkpoint_parser(command: str, argv: list[str], context: dict):
+    """The parser of the task of ``--checkpoint`` (the generic options when none is given)."""
+    from lemevit.engine.checkpoint import checkpoint_task, read_checkpoint
+    from lemevit.engine.config import EvalOptions, PredictOptions
+    from lemevit.tasks import get_task
 
-    task = checkpoint_task(args.checkpoint)
-    misplaced = []
-    if task not in ("segmentation", "change"):
-        misplaced += [f"--{k}" for k in ("window", "stride") if getattr(args, k, None) is not None]
-        if getattr(args, "preview", True) is False:
-            misplaced.append("--no-preview")
-    if task != "change" and getattr(args, "pair", None):
-        misplaced.append("--pair")
-    if misplaced:
-        raise ValueError(f"{', '.join(misplaced)} do(es) not apply to {args.checkpoint}, a {task} checkpoint")
-    return task
+    pre = _pre_parse(argv, "--checkpoint")
+    if pre.checkpoint is None:
+        options = EvalOptions if command == "eval" else PredictOptions
+        _TaskParser(command, options, "").parser.parse_args(argv)  # --help, or the usage error
+        raise ConfigError("checkpoint", "is required")
+    context["flags"] = {"checkpoint": "--checkpoint"}
+    task = get_task(checkpoint_task(read_checkpoint(pre.checkpoint)))
+    options = task.eval_options if command == "eval" else task.predict_options
+    what = "Evaluate a checkpoint: metrics.json (and plots)" if command == "eval" else \
+        "Predict with a checkpoint"
+    parser = _TaskParser(command, options, f"{what}; these are the options of a {task.name} checkpoint.")
+    context["flags"] = parser.flags
+    return task, options, parser, pre.checkpoint
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    task = _checkpoint_task(args)
-    output = Path(args.output) / "metrics.json"
-    if task == "detection":
-        from lemevit.tasks.detection_run import evaluate
+def cmd_eval(argv: list[str], context: dict) -> int:
+    from lemevit.engine import evaluate
 
-        metrics = evaluate(args.checkpoint, args.output, data=args.data, batch_size=args.batch_size or 4)
-        print(f"mAP50 {metrics['map50']:.2%} (DOTA: polygon IoU 0.5, difficult ignored) on "
-              f"{metrics['num_images']} images; wrote {output}")
-    elif task == "segmentation":
-        from lemevit.tasks.segmentation_run import evaluate
-
-        metrics = evaluate(args.checkpoint, args.output, data=args.data, window=args.window, stride=args.stride,
-                           batch_size=args.batch_size or 8)
-        print(f"OA {metrics['oa']:.2%}  mIoU {metrics['miou']:.2%}  mF1 {metrics['mf1']:.2%}  on "
-              f"{metrics['num_tiles']} tiles ({metrics['num_pixels']:,} labelled pixels); wrote {output}")
-    elif task == "change":
-        from lemevit.tasks.change_run import evaluate
-
-        metrics = evaluate(args.checkpoint, args.output, data=args.data, window=args.window, stride=args.stride,
-                           batch_size=args.batch_size or 8)
-        scores = "  ".join(f"{k} {'n/a' if metrics[k] is None else format(metrics[k], '.2%')}"
-                           for k in ("f1", "iou", "precision", "recall", "oa"))
-        print(f"change class: {scores}  on {metrics['num_pairs']} pairs; wrote {output}")
-    else:
-        from lemevit.tasks.classification_run import evaluate
-
-        metrics = evaluate(args.checkpoint, args.output, data=args.data, batch_size=args.batch_size or 64)
-        print(f"top-1 {metrics['top1']:.2%}  top-5 {metrics['top5']:.2%}  on {metrics['num_images']} images "
-              f"(chance {1 / len(metrics['class_names']):.2%}); wrote {output}")
+    task, options, parser, checkpoint = _checkpoint_parser("eval", argv, context)
+    _, given = parser.parse(argv, f"{checkpoint}, a {task.name} checkpoint")
+    module, metrics = evaluate(options(**given))
+    if _leader():
+        print(f"{module.describe(metrics)}; wrote {Path(given['output']) / 'metrics.json'}")
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    task = _checkpoint_task(args)
-    if task == "change":
-        if not args.pair or args.images:
-            raise ValueError("a change checkpoint predicts one pair: --pair A_IMAGE B_IMAGE, and no other images")
-        from lemevit.tasks.change_run import predict_pair
+def cmd_predict(argv: list[str], context: dict) -> int:
+    from lemevit.engine import predict
 
-        r = predict_pair(args.checkpoint, *args.pair, args.output, window=args.window, stride=args.stride,
-                         batch_size=args.batch_size or 8, preview=args.preview)
-        preview = f" (preview {r['preview']})" if r["preview"] else ""
-        print(f"wrote {r['output']}: {r['width']}x{r['height']} change map, {r['changed_pixels']:,} changed "
-              f"pixels{preview}")
-        return 0
-    if not args.images:
-        raise ValueError("give the images to predict (files, folders or glob patterns)")
-    if task == "detection":
-        from lemevit.tasks.detection_run import predict
-
-        for r in predict(args.checkpoint, args.images, args.output, batch_size=args.batch_size or 4):
-            geo = f", {r['geojson']}" if r["geojson"] else ""
-            print(f"{r['image']}: {r['detections']} objects ({r['drawn']} drawn in {r['png']}{geo})")
-        print(f"wrote DOTA Task-1 files Task1_<class>.txt into {args.output}")
-    elif task == "segmentation":
-        from lemevit.tasks.segmentation_run import predict
-
-        results = predict(args.checkpoint, args.images, args.output, window=args.window, stride=args.stride,
-                          batch_size=args.batch_size or 8, preview=args.preview)
-        for r in results:
-            preview = f" (preview {r['preview']})" if r["preview"] else ""
-            print(f"wrote {r['output']}: {r['width']}x{r['height']} class map{preview}")
-    else:
-        from lemevit.tasks.classification_run import predict
-
-        rows = predict(args.checkpoint, args.images, args.output, topk=args.topk, batch_size=args.batch_size or 32)
-        print(f"predicted {len(rows)} images; wrote {args.output}")
+    task, options, parser, checkpoint = _checkpoint_parser("predict", argv, context)
+    _, given = parser.parse(argv, f"{checkpoint}, a {task.name} checkpoint")
+    for line in predict(options(**given)):
+        print(line)
     return 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from lemevit.tasks.classification_run import explain
-    from lemevit.tasks.trainer import checkpoint_task
+    from lemevit.explain import explain_checkpoint
 
-    task = checkpoint_task(args.checkpoint)
-    if task != "classification":
-        raise ValueError(f"{args.checkpoint} is a {task} checkpoint; explain draws the meta-token attention "
-                         "of scene-recognition runs")
-
-    print(f"wrote {explain(args.checkpoint, args.image, args.output, block=args.block)}")
+    print(f"wrote {explain_checkpoint(args.checkpoint, args.image, args.output, block=args.block)}")
     return 0
 
 
@@ -199,7 +199,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from lemevit.bench.suite import BenchmarkConfig, format_ratios, run_benchmark, write_outputs
+    from lemevit.io.paths import check_writable_folder
 
+    check_writable_folder(args.output, "output")
     modes = {"inference": ["inference"], "train": ["train"], "both": ["inference", "train"]}[args.mode]
     cfg = BenchmarkConfig(models=args.models, img_sizes=args.img_sizes, batch_sizes=args.batch_sizes,
                           dtypes=args.dtypes, modes=modes, device=args.device, channels_last=args.channels_last,
@@ -215,112 +217,24 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lemevit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="lemevit", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"lemevit {lemevit.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     models = sub.add_parser("models", help="list the registered models with their parameter counts")
     models.add_argument("--filter", default="", help="only names containing this text")
     models.add_argument("--num-classes", type=int, default=1000, help="classifier size for the count (default 1000)")
     models.set_defaults(func=cmd_models)
 
-    tr = sub.add_parser("train", help="train a model into a run directory (resumable)")
-    tr.add_argument("--task", choices=_TASKS,
-                    help="default classification, or the task of the run given to --resume")
-    tr.add_argument("--config", help="YAML file whose keys are these options (underscored); options override it")
-    tr.add_argument("--data", help="class-per-folder image directory; for segmentation a folder with img_dir/ "
-                                   "and ann_dir/; for change A/, B/ and label/ (LEVIR-CD, CDD); for detection "
-                                   "DOTA (images/, labelTxt/) or DIOR-R")
-    tr.add_argument("--output", help="run directory")
-    tr.add_argument("--model", help="any model name of our registry or timm (default lemevit_tiny)")
-    tr.add_argument("--img-size", type=int)
-    tr.add_argument("--epochs", type=int)
-    tr.add_argument("--batch-size", type=int)
-    tr.add_argument("--split", type=float, help="train fraction of a stratified split (default 0.8); segmentation: "
-                                                "of the tiles, 1.0 validates on the training tiles")
-    tr.add_argument("--seed", type=int)
-    tr.add_argument("--lr", type=float)
-    tr.add_argument("--weight-decay", type=float)
-    tr.add_argument("--warmup-epochs", type=float)
-    tr.add_argument("--label-smoothing", type=float)
-    tr.add_argument("--mixup", type=float)
-    tr.add_argument("--cutmix", type=float)
-    tr.add_argument("--randaugment", help="RandAugment as rand-m9-n2 (magnitude 0..30, operations), 8-bit RGB only")
-    tr.add_argument("--crop-scale", type=float, nargs=2, metavar=("MIN", "MAX"),
-                    help="area range of the random resized crop, as fractions of the image (default 0.5 1.0)")
-    tr.add_argument("--no-rotate90", dest="rotate90", action="store_false", default=None,
-                    help="no random 90-degree rotations (for scenes with a canonical orientation)")
-    tr.add_argument("--drop-path-rate", type=float)
-    tr.add_argument("--ema-decay", type=float, help="keep an EMA of the weights (e.g. 0.999)")
-    tr.add_argument("--gradient-clip", type=float)
-    tr.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
-    tr.add_argument("--accelerator", help="auto, cpu, gpu")
-    tr.add_argument("--devices", type=int)
-    tr.add_argument("--num-nodes", type=int)
-    tr.add_argument("--num-workers", type=int)
-    tr.add_argument("--init-checkpoint", help="start from these weights (ours or published)")
-    tr.add_argument("--skip-bad", action="store_true", default=None,
-                    help="skip unreadable images and report them in the run directory instead of stopping")
-    seg = tr.add_argument_group("segmentation and change detection")
-    seg.add_argument("--head", help="segmentation: upernet (default) or segformer; change: bit (default) or "
-                                    "siamunet")
-    seg.add_argument("--decoder-channels", type=int, help="decoder width (default 512 UperNet, 256 SegFormer)")
-    seg.add_argument("--aux-weight", type=float, help="loss weight of the auxiliary FCN head (default 0.4, 0: none)")
-    seg.add_argument("--preset", choices=["potsdam", "vaihingen", "loveda"],
-                     help="class names, palette and mask encoding of a published data set")
-    seg.add_argument("--class-names", nargs="+", metavar="NAME",
-                     help="class names, stored in masks as first-class-value, +1, ... (else DATA/classes.yaml)")
-    seg.add_argument("--ignore-value", type=int, help="mask value of unlabelled pixels (default 255)")
-    seg.add_argument("--first-class-value", type=int, help="mask value of the first class (default 0)")
-    seg.add_argument("--crops-per-tile", type=int,
-                     help="random crops per tile and epoch (default: enough to cover the tile once)")
-    seg.add_argument("--class-balance", type=float,
-                     help="segmentation: fraction of crops placed on a class drawn uniformly from the tile's classes, "
-                          "so that rare classes are learnt (default 0: uniform crops)")
-    seg.add_argument("--dice-weight", type=float,
-                     help="segmentation: weight of a Dice loss added to the cross-entropy (default 0)")
-    seg.add_argument("--crops-per-pair", type=int,
-                     help="change: random crops per pair and epoch (default: enough to cover the pair once)")
-    seg.add_argument("--window", type=int, help="sliding window of the validation (default --img-size)")
-    seg.add_argument("--stride", type=int, help="its stride (default 3/4 of the window)")
-    seg.add_argument("--no-flip", dest="flip", action="store_false", default=None, help="no random flips")
-    det = tr.add_argument_group("detection (--task detection; --img-size is the side of the training windows)")
-    det.add_argument("--overlap", type=int, help="pixels shared by neighbouring windows (default 200)")
-    det.add_argument("--fpn-channels", type=int, help="FPN width (default 256)")
-    det.add_argument("--rpn-proposals", type=int, help="proposals per image in training (default 2000)")
-    det.add_argument("--test-proposals", type=int, help="proposals per window at inference (default 2000)")
-    tr.add_argument("--resume", action="store_true", help="continue the run in --output from its last.ckpt")
-    tr.set_defaults(func=cmd_train)
+    # These three parse their own arguments, which depend on the task (see main).
+    sub.add_parser("train", help="train a model of any task into a run directory (resumable); "
+                                 "lemevit train --task TASK --help", add_help=False)
+    sub.add_parser("eval", help="evaluate a checkpoint of any task: metrics.json and plots", add_help=False)
+    sub.add_parser("predict", help="predict with a checkpoint: top classes (CSV/JSON), class maps, change maps or "
+                                   "oriented boxes of whole scenes", add_help=False)
 
-    ev = sub.add_parser("eval", help="evaluate a checkpoint: metrics.json and confusion_matrix.png")
-    ev.add_argument("--checkpoint", required=True, help="of a run of any task (the task is read from it)")
-    ev.add_argument("--data", help="data in the layout the run was trained on (default: the run's own held-out "
-                                   "split)")
-    ev.add_argument("--output", required=True)
-    ev.add_argument("--batch-size", type=int, help="images (default 64) or windows (default 8) per batch")
-    ev.add_argument("--window", type=int, help="segmentation, change: sliding window (default: the run's)")
-    ev.add_argument("--stride", type=int, help="segmentation, change: its stride (default: the run's)")
-    ev.set_defaults(func=cmd_eval)
-
-    pr = sub.add_parser("predict", help="top-k classes per image into a .csv or .json file; segmentation: "
-                                        "class maps of whole scenes; change: the change map of a pair; "
-                                        "detection: oriented boxes")
-    pr.add_argument("--checkpoint", required=True, help="of a run of any task (the task is read from it)")
-    pr.add_argument("images", nargs="*", help="image files, folders or glob patterns")
-    pr.add_argument("--pair", nargs=2, metavar=("A_IMAGE", "B_IMAGE"),
-                    help="change: the two dates (any size, same size; GeoTIFF pairs give a GeoTIFF)")
-    pr.add_argument("--output", required=True, help="FILE.csv or FILE.json; segmentation: OUT.tif or OUT.png for "
-                                                    "one scene, a folder for several; change: OUT.tif or OUT.png; "
-                                                    "detection: a folder")
-    pr.add_argument("--topk", type=int, default=5)
-    pr.add_argument("--batch-size", type=int, help="images (default 32) or windows (default 8) per batch")
-    pr.add_argument("--window", type=int, help="segmentation, change: sliding window (default: the run's)")
-    pr.add_argument("--stride", type=int, help="segmentation, change: its stride (default: the run's)")
-    pr.add_argument("--no-preview", dest="preview", action="store_false",
-                    help="segmentation, change: no OUT_preview.png (classes in colour; A | B | change)")
-    pr.set_defaults(func=cmd_predict)
-
-    ex = sub.add_parser("explain", help="meta-token attention maps of a LeMeViT model over an image (PNG)")
+    ex = sub.add_parser("explain", help="meta-token attention maps of a LeMeViT scene-recognition run over an "
+                                        "image (PNG)")
     ex.add_argument("--checkpoint", required=True)
     ex.add_argument("image")
     ex.add_argument("--output", required=True, help="FILE.png")
@@ -359,14 +273,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def render_error(error: LemevitError, flags: dict[str, str]) -> str:
+    """One line for the user: a ConfigError's argument as the option it was given by (``img_size: ...`` →
+    ``--img-size: ...``), and every `name` quoted in the message as its flag."""
+    from lemevit.engine.config import flag
+
+    text = str(error)
+    if isinstance(error, ConfigError):
+        name = flags.get(error.argument, flag(error.argument) if error.argument else "")
+        text = f"{name}: {error.message}" if name else error.message
+    text = re.sub(r"`([a-z_]+)`", lambda m: flags.get(m.group(1), flag(m.group(1))), text)
+    return " ".join(text.split())
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    # SystemExit unwinds the stack, so temporary files are removed and locks released.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    command = argv[0] if argv else None
+    context: dict = {"flags": {}}
     try:
+        if command in _COMMANDS_WITH_TASK_OPTIONS:
+            return {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict}[command](argv[1:], context)
+        args = build_parser().parse_args(argv)
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        # Bad input is reported as one line naming the file or option, not as a traceback.
-        print(f"lemevit {args.command}: error: {e}", file=sys.stderr)
+    except (LemevitError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+            PermissionError) as e:
+        if os.environ.get("LEMEVIT_TRACEBACK"):
+            raise
+        if isinstance(e, LemevitError):
+            message = render_error(e, context["flags"])
+        else:
+            message = f"{e.filename}: {e.strerror}" if e.filename else str(e)
+        print(f"lemevit {command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"lemevit {command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

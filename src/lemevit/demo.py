@@ -8,7 +8,9 @@ from pathlib import Path
 
 import torch
 
-from lemevit.tasks.classification_run import TrainConfig, evaluate, explain, load_split, load_task, train
+from lemevit.engine import EvalOptions, RunDirectory, evaluate, load_task, train
+from lemevit.explain import explain_checkpoint
+from lemevit.tasks.classification import ClassificationConfig
 
 __all__ = ["DEMO_DATA", "run_demo"]
 
@@ -16,7 +18,7 @@ DEMO_DATA = Path(str(files("lemevit") / "demo_data" / "aid_subset"))
 
 
 def _throughput(checkpoint: Path, img_size: int, batch_size: int = 32, rounds: int = 3) -> float:
-    model = load_task(checkpoint).eval_model
+    model = load_task(checkpoint).model
     x = torch.randn(batch_size, 3, img_size, img_size)
     with torch.inference_mode():
         model(x)
@@ -34,9 +36,9 @@ def run_demo(output: str | Path = "lemevit-demo", model: str = "lemevit_tiny", e
     """
     output = Path(output)
     run = output / "run"
-    cfg = TrainConfig(data=str(DEMO_DATA), output=str(run), model=model, img_size=img_size, epochs=epochs,
-                      batch_size=batch_size, split=0.8, seed=0, lr=2e-3, warmup_epochs=3, drop_path_rate=0.0,
-                      label_smoothing=0.1, num_workers=0)
+    cfg = ClassificationConfig(data=str(DEMO_DATA), output=str(run), model=model, img_size=img_size, epochs=epochs,
+                               batch_size=batch_size, split=0.8, seed=0, lr=2e-3, warmup_epochs=3, drop_path_rate=0.0,
+                               label_smoothing=0.1, num_workers=0)
     started = time.perf_counter()
     resume = (run / "last.ckpt").is_file()
     if resume:
@@ -44,14 +46,17 @@ def run_demo(output: str | Path = "lemevit-demo", model: str = "lemevit_tiny", e
     train(cfg, resume=resume, progress=progress)
     minutes = (time.perf_counter() - started) / 60
     best = run / "best.ckpt"
-    metrics = evaluate(best, output / "eval")
-    root, class_names, splits = load_split(run / "split.json")
-    example = Path(root) / splits["val"][0].path
-    picture = explain(best, example, output / "attention.png") if model.startswith("lemevit") else None
+    _, metrics = evaluate(EvalOptions(checkpoint=str(best), output=str(output / "eval"), num_workers=0),
+                          progress=progress)
+    split = RunDirectory(run).read_split("classification")
+    class_names, held_out = split.meta["class_names"], split.subsets["val"]
+    example = split.root / held_out[0].path
+    picture = (explain_checkpoint(best, example, output / "attention.png") if model.startswith("lemevit")
+               else None)
     speed = _throughput(best, img_size)
     chance = 1 / len(class_names)
-    print(f"\nLeMeViT demo: {model} trained from scratch for {epochs} epochs on {len(splits['train'])} AID scenes "
-          f"({len(class_names)} classes, {img_size}px) in {minutes:.1f} min")
+    print(f"\nLeMeViT demo: {model} trained from scratch for {epochs} epochs on {len(split.subsets['train'])} AID "
+          f"scenes ({len(class_names)} classes, {img_size}px) in {minutes:.1f} min")
     print(f"held-out top-1 {metrics['top1']:.1%} (chance {chance:.1%}), top-5 {metrics['top5']:.1%}, "
           f"on {metrics['num_images']} images")
     print(f"inference {speed:.0f} img/s (batch 32, {img_size}px, fp32, {torch.get_num_threads()} threads)")

@@ -8,11 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lemevit.errors import ConfigError
 from lemevit.io import atomic_path
 from lemevit.layers.meta_attention import DualCrossAttention, MetaCrossAttention
 from lemevit.models.lemevit import LeMeViT
+from lemevit.viz import display_rgb
 
-__all__ = ["meta_attention_blocks", "meta_attention", "save_meta_attention_png"]
+__all__ = ["explain_checkpoint", "meta_attention", "meta_attention_blocks", "save_meta_attention_png"]
 
 
 def _backbone(model: nn.Module) -> LeMeViT:
@@ -43,7 +45,7 @@ def meta_attention(model: nn.Module, images: torch.Tensor, block: str | None = N
     names = meta_attention_blocks(model)
     block = block or names[-1]
     if block not in names:
-        raise ValueError(f"block {block!r} has no meta-to-image attention; choose one of {names}")
+        raise ConfigError("block", f"{block!r} has no meta-to-image attention; choose one of {names}")
     module = _backbone(model).get_submodule(block)
     grid: list[tuple[int, int]] = []
     hook = module.register_forward_pre_hook(lambda _m, args: grid.append(tuple(args[0].shape[1:3])))
@@ -63,17 +65,11 @@ def meta_attention(model: nn.Module, images: torch.Tensor, block: str | None = N
 
 
 def _displayable(image: torch.Tensor | np.ndarray) -> np.ndarray:
-    """An (H, W, 3) float image in [0, 1] from an RGB array or a (C, H, W) tensor of any band count
-    (the first three bands, each stretched between its 2nd and 98th percentile)."""
+    """An (H, W, 3) float image in [0, 1] from an image array or a (C, H, W) tensor of any band count (the first
+    three bands, each stretched between its 2nd and 98th percentile)."""
     if isinstance(image, torch.Tensor):
-        image = image.detach().float().cpu().numpy()
-        image = np.moveaxis(image, 0, -1)
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim == 2:
-        image = image[..., None]
-    image = image[..., :3] if image.shape[-1] >= 3 else np.repeat(image[..., :1], 3, axis=-1)
-    lo, hi = np.percentile(image, 2, axis=(0, 1)), np.percentile(image, 98, axis=(0, 1))
-    return np.clip((image - lo) / np.maximum(hi - lo, 1e-6), 0, 1)
+        image = np.moveaxis(image.detach().float().cpu().numpy(), 0, -1)
+    return display_rgb(np.asarray(image, dtype=np.float32))
 
 
 def save_meta_attention_png(image: torch.Tensor | np.ndarray, maps: torch.Tensor, path: str | Path,
@@ -113,3 +109,31 @@ def save_meta_attention_png(image: torch.Tensor | np.ndarray, maps: torch.Tensor
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return Path(path)
+
+
+def explain_checkpoint(checkpoint: str | Path, image: str | Path, output: str | Path, block: str | None = None) -> Path:
+    """The meta-token attention maps of a LeMeViT scene-recognition run over one image, as a PNG titled with the
+    predicted class."""
+    from lemevit.data.images import read_image
+    from lemevit.engine.inference import load_task
+    from lemevit.io.paths import check_outputs_spare_inputs, check_writable_folder
+
+    output, image = Path(output), Path(image)
+    if output.suffix.lower() != ".png":
+        raise ConfigError("output", f"is a PNG picture: it must end in .png, got {output}")
+    task = load_task(checkpoint)
+    if task.name != "classification":
+        raise ConfigError("checkpoint", f"{checkpoint} is a {task.name} checkpoint; explain draws the meta-token "
+                                        "attention of scene-recognition runs")
+    if not isinstance(task.model, LeMeViT):
+        raise ConfigError("checkpoint", f"{task.hparams.model} has no meta tokens: attention maps are drawn for "
+                                        "LeMeViT models only")
+    check_writable_folder(output.parent)
+    check_outputs_spare_inputs([image], [output])
+    x = task.load_image(image)
+    with torch.inference_mode():
+        probs = task.model(x[None]).softmax(dim=1)[0]
+    maps = meta_attention(task.model, x[None], block=block)[0]
+    top = int(probs.argmax())
+    title = f"{image.name}: {task.class_names[top]} ({float(probs[top]):.0%})"
+    return save_meta_attention_png(read_image(image), maps, output, title=title)

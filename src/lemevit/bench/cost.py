@@ -9,12 +9,24 @@ in fvcore and the papers.
 from __future__ import annotations
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 __all__ = ["MAC_COUNTER", "count_macs", "count_parameters"]
 
 #: Named in every output so that figures from different tools are not mixed up.
 MAC_COUNTER = "torch.utils.flop_counter.FlopCounterMode / 2 (matmul, conv, SDPA; norms and activations not counted)"
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _attention_formulas() -> dict:
+    """Formulas for the CPU kernels of ``scaled_dot_product_attention``, which some torch releases' counter does
+    not know (it then counts no attention at all on a CPU): the count must not depend on the torch release."""
+    ops = [getattr(torch.ops.aten, name) for name in ("_scaled_dot_product_flash_attention_for_cpu",)
+           if hasattr(torch.ops.aten, name)]
+    return {op: _sdpa_flops for op in ops}
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -33,7 +45,7 @@ def count_macs(model: torch.nn.Module, img_size: int, in_chans: int = 3) -> int:
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        with torch.enable_grad(), FlopCounterMode(display=False, custom_mapping=_attention_formulas()) as counter:
             model(x)
     finally:
         model.train(was_training)

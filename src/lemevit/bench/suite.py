@@ -35,6 +35,7 @@ from lemevit.bench.throughput import (
     describe_error,
     measure_interleaved,
 )
+from lemevit.errors import ConfigError
 from lemevit.io import atomic_path
 
 __all__ = ["CSV_COLUMNS", "BenchmarkConfig", "format_table", "run_benchmark", "write_outputs"]
@@ -64,27 +65,30 @@ class BenchmarkConfig:
 
     def __post_init__(self) -> None:
         if not self.models:
-            raise ValueError("models: give at least one model name")
+            raise ConfigError("models", "give at least one model name")
         for key in ("img_sizes", "batch_sizes"):
             values = getattr(self, key)
             if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
-                raise ValueError(f"{key}: expected positive integers, got {values!r}")
+                raise ConfigError(key, f"expected positive integers, got {values!r}")
         for key, allowed in (("dtypes", DTYPES), ("modes", MODES)):
             bad = [v for v in getattr(self, key) if v not in allowed]
             if bad or not getattr(self, key):
-                raise ValueError(f"{key}: {bad or 'nothing given'}; expected some of {list(allowed)}")
+                raise ConfigError(key, f"{bad or 'nothing given'}; expected some of {list(allowed)}")
         if self.rounds < 1 or self.warmup < 0:
-            raise ValueError(f"rounds must be >= 1 and warmup >= 0, got {self.rounds} and {self.warmup}")
+            raise ConfigError("rounds", f"must be >= 1 and `warmup` >= 0, got {self.rounds} and {self.warmup}")
         for pair in self.pairs:
             if pair.count(":") != 1 or not all(pair.split(":")):
-                raise ValueError(f"pairs: {pair!r} is not of the form ours:peer")
+                raise ConfigError("pairs", f"{pair!r} is not of the form ours:peer")
+            absent = [name for name in pair.split(":") if name not in self.models]
+            if absent:
+                raise ConfigError("pairs", f"{pair!r} names {', '.join(absent)}, which `models` does not measure")
         if self.device == "auto":
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
         kind = torch.device(self.device).type
         if kind == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device}: no CUDA device is available here; use --device cpu")
+            raise ConfigError("device", f"{self.device}: no CUDA device is available here; use cpu")
         if kind not in ("cpu", "cuda"):
-            raise ValueError(f"device {self.device}: expected cpu, cuda, cuda:N or auto")
+            raise ConfigError("device", f"{self.device}: expected cpu, cuda, cuda:N or auto")
 
 
 def _unknown_model_message(name: str) -> str:

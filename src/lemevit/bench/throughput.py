@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 import lemevit  # noqa: F401  (registers our models with timm)
+from lemevit.errors import ConfigError
 
 __all__ = ["DTYPES", "MODES", "Measurement", "build_model", "build_step", "check_dtype", "describe_error",
            "measure_interleaved"]
@@ -63,22 +64,22 @@ def build_model(name: str, img_size: int, num_classes: int = 1000, **kwargs) -> 
 def check_dtype(dtype: str, device: str) -> None:
     """ValueError when autocast to ``dtype`` cannot run on ``device``."""
     if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r}: expected one of {list(DTYPES)}")
+        raise ConfigError("dtypes", f"{dtype!r}: expected one of {list(DTYPES)}")
     amp = DTYPES[dtype]
     if amp is None:
         return
     kind = torch.device(device).type
     if kind == "cuda" and amp is torch.bfloat16 and not torch.cuda.is_bf16_supported(including_emulation=False):
-        raise ValueError(f"dtype bf16: {torch.cuda.get_device_name(device)} has no bf16 arithmetic")
+        raise ConfigError("dtypes", f"bf16: {torch.cuda.get_device_name(device)} has no bf16 arithmetic")
     if not torch.amp.is_autocast_available(kind):
-        raise ValueError(f"dtype {dtype}: autocast is not available on {kind}")
+        raise ConfigError("dtypes", f"{dtype}: autocast is not available on {kind}")
     try:
         with torch.autocast(kind, dtype=amp):
             out = torch.nn.functional.linear(torch.ones(2, 2, device=device), torch.ones(2, 2, device=device))
     except RuntimeError as e:
-        raise ValueError(f"dtype {dtype}: autocast to it fails on {device}: {e}") from e
+        raise ConfigError("dtypes", f"{dtype}: autocast to it fails on {device}: {e}") from e
     if out.dtype != amp:
-        raise ValueError(f"dtype {dtype}: autocast on {device} does not compute matrix products in {dtype}")
+        raise ConfigError("dtypes", f"{dtype}: autocast on {device} does not compute matrix products in {dtype}")
 
 
 def build_step(name: str, batch_size: int, img_size: int, device: str = "cpu", dtype: str = "fp32",
@@ -92,7 +93,7 @@ def build_step(name: str, batch_size: int, img_size: int, device: str = "cpu", d
     for compiled CPU inference; it applies process-wide and only to inference.
     """
     if mode not in MODES:
-        raise ValueError(f"mode {mode!r}: expected one of {list(MODES)}")
+        raise ConfigError("mode", f"{mode!r}: expected one of {list(MODES)}")
     check_dtype(dtype, device)
     model = build_model(name, img_size, **(model_kwargs or {})).to(device)
     model.train(mode == "train")

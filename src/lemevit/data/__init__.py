@@ -1,36 +1,40 @@
-"""Data for scene classification: image reading, class-folder datasets, splits, transforms."""
-from lemevit.data.classification import (
-    ClassificationDataModule,
-    Sample,
-    SceneDataset,
-    band_normalisation,
-    band_statistics,
-    check_images,
-    load_split,
-    read_split_file,
-    save_split,
-    scan_class_folders,
-    stratified_split,
-)
+"""Data for every task: image reading, region reading, splits and their file, seeded sampling, band statistics,
+the data module every task trains with, and each task's datasets (``classification``, ``segmentation``,
+``change``, ``detection``)."""
+from lemevit.data.classification import Sample, SceneDataset, check_images, read_split_file, scan_class_folders
+from lemevit.data.datamodule import Indexed, SeededDataModule
 from lemevit.data.images import IMAGE_EXTENSIONS, ImageReadError, read_image
+from lemevit.data.regions import RegionReader, raster_size, read_region
+from lemevit.data.sampling import EpochShuffle, epoch_seed, reseed
+from lemevit.data.splits import Split, hashed_split, load_split, save_split
+from lemevit.data.statistics import Normalisation, band_normalisation, band_statistics
 from lemevit.data.transforms import IMAGENET_RGB_MEAN_STD, eval_transform, train_transform
 
 __all__ = [
     "IMAGENET_RGB_MEAN_STD",
     "IMAGE_EXTENSIONS",
-    "ClassificationDataModule",
+    "EpochShuffle",
     "ImageReadError",
+    "Indexed",
+    "Normalisation",
+    "RegionReader",
     "Sample",
     "SceneDataset",
+    "SeededDataModule",
+    "Split",
     "band_normalisation",
     "band_statistics",
     "check_images",
+    "epoch_seed",
     "eval_transform",
+    "hashed_split",
     "load_split",
+    "raster_size",
     "read_image",
+    "read_region",
     "read_split_file",
+    "reseed",
     "save_split",
     "scan_class_folders",
-    "stratified_split",
     "train_transform",
 ]

@@ -13,13 +13,11 @@ alike; crops are never resampled, so the mask stays exact.
 from __future__ import annotations
 
 import bisect
-import hashlib
-import json
 import math
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -28,31 +26,28 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from lemevit.data.images import IMAGE_EXTENSIONS, read_image
-from lemevit.data.segmentation import IGNORE_INDEX, CropsAndWholeImages, RegionReader, raster_size
-from lemevit.io import atomic_path
+from lemevit.data.regions import RegionReader, raster_size
+from lemevit.data.segmentation import IGNORE_INDEX
+from lemevit.data.splits import SUBSETS, split_items
+from lemevit.data.transforms import normalised_tensor
+from lemevit.errors import ConfigError, DataError
 
 __all__ = [
     "IGNORE_INDEX",
     "ChangeCrops",
-    "ChangeDataModule",
     "ChangePair",
     "ChangePairs",
     "check_pairs",
     "decode_change_label",
     "find_change_splits",
-    "load_change_split",
     "read_change_label",
     "read_list_file",
     "read_pair_images",
-    "save_change_split",
     "scan_change_folder",
 ]
 
 DATE_FOLDERS = ("A", "B")
 LABEL_FOLDER = "label"
-SUBSETS = ("train", "val", "test")
-_SPLIT_FORMAT = "lemevit-change-split"
-_SPLIT_VERSION = 1
 _JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg"})
 
 
@@ -71,7 +66,7 @@ def _images_by_stem(folder: Path) -> dict[str, str]:
         if entry.name.startswith(".") or not entry.is_file() or ext.lower() not in IMAGE_EXTENSIONS:
             continue
         if stem in found:
-            raise ValueError(f"{folder}: {found[stem]} and {entry.name} have the same name; a pair's files are "
+            raise DataError(f"{folder}: {found[stem]} and {entry.name} have the same name; a pair's files are "
                              "matched by name, so each name may appear once per folder")
         found[stem] = entry.name
     return found
@@ -85,22 +80,22 @@ def scan_change_folder(root: str | Path, prefix: str = "") -> list[ChangePair]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"change-detection dataset {root} is not a folder")
+        raise DataError(f"change-detection dataset {root} is not a folder")
     folders = (*DATE_FOLDERS, LABEL_FOLDER)
     absent = [f for f in folders if not (root / f).is_dir()]
     if absent:
-        raise ValueError(f"{root} has no {', '.join(f + '/' for f in absent)} folder; a change-detection dataset "
+        raise DataError(f"{root} has no {', '.join(f + '/' for f in absent)} folder; a change-detection dataset "
                          f"holds A/ (first date), B/ (second date) and label/ (0/255 change masks)")
     files = {f: _images_by_stem(root / f) for f in folders}
     names = sorted(set().union(*files.values()))
     if not names:
-        raise ValueError(f"{root}/A holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise DataError(f"{root}/A holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     pairs = []
     for name in names:
         have = [f for f in folders if name in files[f]]
         lacking = [f for f in folders if name not in files[f]]
         if lacking:
-            raise ValueError(f"pair {name!r} is incomplete: {root / have[0] / files[have[0]][name]} has no "
+            raise DataError(f"pair {name!r} is incomplete: {root / have[0] / files[have[0]][name]} has no "
                              f"counterpart in {', '.join(str(root / f) + '/' for f in lacking)}")
         pairs.append(ChangePair(name, *(f"{prefix}{f}/{files[f][name]}" for f in folders)))
     return pairs
@@ -111,11 +106,11 @@ def read_list_file(path: str | Path, pairs: Sequence[ChangePair]) -> list[Change
     blank lines and ``#`` comments are ignored. Errors name the file, the line and the name."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"list file {path} does not exist")
+        raise DataError(f"list file {path} does not exist")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot read list file {path}: {e}") from e
+        raise DataError(f"cannot read list file {path}: {e}") from e
     by_name = {p.name: p for p in pairs}
     chosen, seen = [], {}
     for number, line in enumerate(lines, start=1):
@@ -125,27 +120,26 @@ def read_list_file(path: str | Path, pairs: Sequence[ChangePair]) -> list[Change
         name = PurePosixPath(entry).name
         stem = os.path.splitext(name)[0] if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS else name
         if stem not in by_name:
-            raise ValueError(f"{path}, line {number}: no pair named {entry!r} in the dataset's A/, B/ and label/")
+            raise DataError(f"{path}, line {number}: no pair named {entry!r} in the dataset's A/, B/ and label/")
         if stem in seen:
-            raise ValueError(f"{path}, line {number}: {entry!r} listed twice (first on line {seen[stem]})")
+            raise DataError(f"{path}, line {number}: {entry!r} listed twice (first on line {seen[stem]})")
         seen[stem] = number
         chosen.append(by_name[stem])
     if not chosen:
-        raise ValueError(f"list file {path} names no pairs")
+        raise DataError(f"list file {path} names no pairs")
     return chosen
-
-
-def _hash_rank(seed: int, name: str) -> bytes:
-    return hashlib.sha256(f"{seed}\0{name}".encode()).digest()
 
 
 def find_change_splits(root: str | Path, train_fraction: float = 0.8, seed: int = 0,
                        split_files: dict[str, str] | None = None) -> dict[str, list[ChangePair]]:
-    """``{"train": [...], "val": [...] (, "test": [...])}`` for a dataset (see the module docstring)."""
+    """``{"train": [...], "val": [...] (, "test": [...])}`` for a dataset (see the module docstring);
+    ``train_fraction`` 1.0 validates on the training pairs."""
     root = Path(root)
     if split_files:
         pairs = scan_change_folder(root)
         return {subset: read_list_file(path, pairs) for subset, path in split_files.items()}
+    if train_fraction == 1.0:  # asked for explicitly: it wins over the data's own split
+        return split_items(scan_change_folder(root), 1.0, seed, key=lambda p: p.name)
     lists = {s: root / "list" / f"{s}.txt" for s in SUBSETS if (root / "list" / f"{s}.txt").is_file()}
     if "train" in lists and "val" in lists and (root / "A").is_dir():
         pairs = scan_change_folder(root)
@@ -153,36 +147,7 @@ def find_change_splits(root: str | Path, train_fraction: float = 0.8, seed: int 
     subfolders = [s for s in SUBSETS if (root / s / "A").is_dir()]
     if "train" in subfolders and "val" in subfolders and not (root / "A").is_dir():
         return {s: scan_change_folder(root / s, prefix=f"{s}/") for s in subfolders}
-    if isinstance(train_fraction, bool) or not isinstance(train_fraction, (int, float)) \
-            or not 0.0 < train_fraction < 1.0:
-        raise ValueError(f"--split must be the fraction of pairs used for training, strictly between 0 and 1; "
-                         f"got {train_fraction!r}")
-    pairs = sorted(scan_change_folder(root), key=lambda p: _hash_rank(seed, p.name))
-    if len(pairs) < 2:
-        raise ValueError(f"{root} holds {len(pairs)} pair; a training and a validation pair are needed at least")
-    n_val = min(max(len(pairs) - round(len(pairs) * train_fraction), 1), len(pairs) - 1)
-    return {"train": sorted(pairs[n_val:], key=lambda p: p.name), "val": sorted(pairs[:n_val], key=lambda p: p.name)}
-
-
-def save_change_split(path: str | Path, splits: dict[str, list[ChangePair]], root: str | Path) -> None:
-    doc = {"format": _SPLIT_FORMAT, "version": _SPLIT_VERSION, "root": str(root),
-           "splits": {subset: [asdict(p) for p in pairs] for subset, pairs in splits.items()}}
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-
-
-def load_change_split(path: str | Path) -> tuple[str, dict[str, list[ChangePair]]]:
-    """``(root, splits)`` from a file written by :func:`save_change_split`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"split file {path} does not exist")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        if doc.get("format") != _SPLIT_FORMAT or doc.get("version") != _SPLIT_VERSION:
-            raise ValueError(f'expected "format": "{_SPLIT_FORMAT}", "version": {_SPLIT_VERSION}')
-        return doc["root"], {s: [ChangePair(**p) for p in pairs] for s, pairs in doc["splits"].items()}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ValueError(f"split file {path} is not a lemevit change-detection split: {e}") from e
+    return split_items(scan_change_folder(root), train_fraction, seed, key=lambda p: p.name, what=f"pairs in {root}")
 
 
 def decode_change_label(label: np.ndarray, path: str | Path) -> np.ndarray:
@@ -199,7 +164,7 @@ def decode_change_label(label: np.ndarray, path: str | Path) -> np.ndarray:
         if jpeg:
             label = label.mean(axis=-1, keepdims=True)
         elif (label != label[..., :1]).any():
-            raise ValueError(f"change mask {path} has {label.shape[-1]} bands that differ; expected a single-band "
+            raise DataError(f"change mask {path} has {label.shape[-1]} bands that differ; expected a single-band "
                              "0/255 mask")
     label = label[..., 0]
     if jpeg:
@@ -210,7 +175,7 @@ def decode_change_label(label: np.ndarray, path: str | Path) -> np.ndarray:
     if set(values.tolist()) <= {0, 255}:
         return (label == 255).astype(np.uint8)
     shown = ", ".join(f"{v:g}" for v in values[:8]) + (" ..." if len(values) > 8 else "")
-    raise ValueError(f"change mask {path} holds the values {shown}; expected a binary mask of 0 (no change) and "
+    raise DataError(f"change mask {path} holds the values {shown}; expected a binary mask of 0 (no change) and "
                      "255 (change), or 0 and 1")
 
 
@@ -223,10 +188,10 @@ def read_pair_images(a_path: str | Path, b_path: str | Path) -> tuple[np.ndarray
     """Both dates as ``(H, W, C)`` arrays; an error names the files when they differ in size or bands."""
     a, b = read_image(a_path), read_image(b_path)
     if a.shape[:2] != b.shape[:2]:
-        raise ValueError(f"the dates of a pair must have the same size: {a_path} is {a.shape[1]}x{a.shape[0]}, "
+        raise DataError(f"the dates of a pair must have the same size: {a_path} is {a.shape[1]}x{a.shape[0]}, "
                          f"{b_path} is {b.shape[1]}x{b.shape[0]} (width x height)")
     if a.shape[2] != b.shape[2]:
-        raise ValueError(f"the dates of a pair must have the same bands: {a_path} has {a.shape[2]}, "
+        raise DataError(f"the dates of a pair must have the same bands: {a_path} has {a.shape[2]}, "
                          f"{b_path} has {b.shape[2]}")
     return a, b
 
@@ -235,7 +200,7 @@ def _read_pair(root: Path, pair: ChangePair) -> tuple[np.ndarray, np.ndarray, np
     a, b = read_pair_images(root / pair.a, root / pair.b)
     label = read_change_label(root / pair.label)
     if label.shape != a.shape[:2]:
-        raise ValueError(f"change mask {root / pair.label} is {label.shape[1]}x{label.shape[0]}, its images "
+        raise DataError(f"change mask {root / pair.label} is {label.shape[1]}x{label.shape[0]}, its images "
                          f"{root / pair.a} and {root / pair.b} are {a.shape[1]}x{a.shape[0]} (width x height)")
     return a, b, label
 
@@ -245,7 +210,7 @@ def _pair_size(root: Path, pair: ChangePair) -> tuple[int, int]:
     sizes = {path: raster_size(root / path) for path in (pair.a, pair.b, pair.label)}
     if len(set(sizes.values())) > 1:
         shown = ", ".join(f"{root / path} is {w}x{h}" for path, (h, w) in sizes.items())
-        raise ValueError(f"the files of pair {pair.name!r} must have the same size: {shown} (width x height)")
+        raise DataError(f"the files of pair {pair.name!r} must have the same size: {shown} (width x height)")
     return sizes[pair.a]
 
 
@@ -262,18 +227,13 @@ def check_pairs(root: str | Path, pairs: Sequence[ChangePair]) -> tuple[int, str
             kinds[kind] += 1
             first.setdefault(kind, pair)
     if not kinds:
-        raise ValueError("no pairs to check")
+        raise DataError("no pairs to check")
     if len(kinds) > 1:
         (bands, dtype), _ = kinds.most_common(1)[0]
         odd = next(k for k in kinds if k != (bands, dtype))
-        raise ValueError(f"pair {first[odd].name!r} ({root / first[odd].a}) has {odd[0]} band(s) of {odd[1]}, "
+        raise DataError(f"pair {first[odd].name!r} ({root / first[odd].a}) has {odd[0]} band(s) of {odd[1]}, "
                          f"most images have {bands} band(s) of {dtype}")
     return next(iter(kinds))
-
-
-def _normalise(image: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
-    return (x - mean) / std
 
 
 class ChangeCrops(Dataset):
@@ -293,12 +253,12 @@ class ChangeCrops(Dataset):
                  std: Sequence[float], crops_per_pair: int | None = None, flip: bool = True, rotate90: bool = True,
                  augment_seed: int | None = None, cache_bytes: int = 512 * 2**20):
         if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
-            raise ValueError(f"img_size must be a positive integer, got {img_size!r}")
+            raise ConfigError("img_size", f"must be a positive integer, got {img_size!r}")
         if crops_per_pair is not None and (isinstance(crops_per_pair, bool) or not isinstance(crops_per_pair, int)
                                            or crops_per_pair < 1):
-            raise ValueError(f"crops_per_pair must be a positive integer, got {crops_per_pair!r}")
+            raise ConfigError("crops_per_pair", f"must be a positive integer, got {crops_per_pair!r}")
         if not pairs:
-            raise ValueError("no training pairs")
+            raise DataError("no training pairs")
         self.root, self.pairs = Path(root), list(pairs)
         self.img_size, self.flip, self.rotate90 = img_size, flip, rotate90
         self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
@@ -319,7 +279,7 @@ class ChangeCrops(Dataset):
         size = self.img_size
         top = int(rng.integers(0, max(height - size, 0) + 1))
         left = int(rng.integers(0, max(width - size, 0) + 1))
-        a, b = (_normalise(self.read_region(self.root / path, top, left, size, size), self.mean, self.std)
+        a, b = (normalised_tensor(self.read_region(self.root / path, top, left, size, size), self.mean, self.std)
                 for path in (pair.a, pair.b))
         label_path = self.root / pair.label
         label = torch.from_numpy(decode_change_label(self.read_region(label_path, top, left, size, size), label_path)
@@ -354,22 +314,5 @@ class ChangePairs(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         a, b, label = _read_pair(self.root, self.pairs[index])
-        return (_normalise(a, self.mean, self.std), _normalise(b, self.mean, self.std),
+        return (normalised_tensor(a, self.mean, self.std), normalised_tensor(b, self.mean, self.std),
                 torch.from_numpy(label.astype(np.int64)))
-
-
-class ChangeDataModule(CropsAndWholeImages):
-    """Random training crops (:class:`ChangeCrops`) and whole validation pairs."""
-
-    def __init__(self, root: str | Path, splits: dict[str, list[ChangePair]], img_size: int, batch_size: int,
-                 num_workers: int = 0, *, mean: Sequence[float], std: Sequence[float],
-                 crops_per_pair: int | None = None, flip: bool = True, rotate90: bool = True, seed: int = 0):
-        super().__init__(splits, "pairs", batch_size, num_workers, seed)
-        self.root = Path(root)
-        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
-        # Built now so that a bad size or pair fails at construction, not mid-training.
-        self.train_set = ChangeCrops(self.root, self.splits["train"], img_size, self.mean, self.std,
-                                     crops_per_pair=crops_per_pair, flip=flip, rotate90=rotate90)
-
-    def whole_images(self, subset: str) -> ChangePairs:
-        return ChangePairs(self.root, self.splits[subset], self.mean, self.std)

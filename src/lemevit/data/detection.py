@@ -12,25 +12,26 @@ Dataset layouts recognised by :func:`scan_detection_folder`:
 """
 from __future__ import annotations
 
-import random
+import math
 import xml.etree.ElementTree as ET
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import shapely
 import torch
 
-from lemevit.data.images import IMAGE_EXTENSIONS, read_image
+from lemevit.data.images import read_image
+from lemevit.data.regions import RegionReader, raster_size
 from lemevit.data.transforms import IMAGENET_RGB_MEAN_STD
+from lemevit.errors import ConfigError, DataError
+from lemevit.io.paths import is_listed_image
 from lemevit.ops.rotated import normalize_boxes, quad_to_box
 
 __all__ = [
-    "DIOR_R_CLASSES", "DOTA_V1_CLASSES", "DetectionDataModule", "ImageLabels", "LabelError", "PatchDataset",
-    "collate_detection", "flip_boxes", "merge_patch_detections", "parse_dior_xml", "parse_dota_txt",
+    "DIOR_R_CLASSES", "DOTA_V1_CLASSES", "DetectionImages", "ImageLabels", "LabelError", "PatchDataset",
+    "collate_detection", "collate_single", "flip_boxes", "merge_patch_detections", "parse_dior_xml", "parse_dota_txt",
     "patch_objects", "patch_windows", "rot90_boxes", "scan_detection_folder",
 ]
 
@@ -47,7 +48,7 @@ DIOR_R_CLASSES = (
 _DIOR_CORNERS = ("left_top", "right_top", "right_bottom", "left_bottom")
 
 
-class LabelError(ValueError):
+class LabelError(DataError):
     """A malformed label file; the message names the file and the line (or object)."""
 
 
@@ -81,6 +82,8 @@ def parse_dota_txt(path: str | Path, class_names: Sequence[str], image: Path | N
             coords = [float(v) for v in fields[:8]]
         except ValueError:
             raise LabelError(f"{where}: the 8 corner coordinates must be numbers, got {fields[:8]}") from None
+        if not all(math.isfinite(v) for v in coords):
+            raise LabelError(f"{where}: the 8 corner coordinates must be finite numbers, got {fields[:8]}")
         if fields[8] not in class_names:
             raise LabelError(f"{where}: unknown category {fields[8]!r}; known: {', '.join(class_names)}")
         flag = fields[9] if len(fields) == 10 else "0"
@@ -116,6 +119,8 @@ def parse_dior_xml(path: str | Path, class_names: Sequence[str], image: Path | N
         except (TypeError, ValueError):
             raise LabelError(f"{where}: <robndbox> needs numeric x_/y_ left_top, right_top, right_bottom, "
                              "left_bottom") from None
+        if not all(math.isfinite(v) for corner in corners for v in corner):
+            raise LabelError(f"{where}: <robndbox> corners must be finite numbers, got {corners}")
         quads.append(np.array(corners, np.float32))
         labels.append(class_names.index(name))
         difficult.append((obj.findtext("difficult") or "0").strip() == "1")
@@ -126,14 +131,22 @@ def parse_dior_xml(path: str | Path, class_names: Sequence[str], image: Path | N
 
 
 def _image_files(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
+    files = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and is_listed_image(path.name):
+            if path.stem in files:
+                raise DataError(f"{files[path.stem]} and {path} have the same name; each image needs its own label "
+                                "file name")
+            files[path.stem] = path
+    return files
 
 
 def scan_detection_folder(root: str | Path) -> tuple[list[str], list[ImageLabels]]:
     """Class names and labelled images of a DOTA or DIOR-R folder (see the module docstring)."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"detection data folder not found: {root}")
+        raise DataError(f"detection data folder {root} is not a folder" if root.exists() else
+                        f"detection data folder {root} does not exist")
     if (root / "labelTxt").is_dir() and (root / "images").is_dir():
         class_names, images = list(DOTA_V1_CLASSES), _image_files(root / "images")
         labels = [parse_dota_txt(root / "labelTxt" / f"{stem}.txt", class_names, image)
@@ -146,10 +159,12 @@ def scan_detection_folder(root: str | Path) -> tuple[list[str], list[ImageLabels
         labels = [parse_dior_xml(xml / f"{stem}.xml", class_names, image)
                   for stem, image in images.items() if (xml / f"{stem}.xml").is_file()]
     else:
-        raise FileNotFoundError(f"{root}: expected DOTA (images/ and labelTxt/) or DIOR-R "
+        raise DataError(f"{root}: expected DOTA (images/ and labelTxt/) or DIOR-R "
                                 "(JPEGImages*/ and 'Annotations/Oriented Bounding Boxes/') folders")
     if not labels:
-        raise FileNotFoundError(f"{root}: no image has a label file")
+        raise DataError(f"{root}: no image has a label file")
+    if not any(len(i.quads) for i in labels):
+        raise DataError(f"{root}: the label files of its {len(labels)} image(s) hold no objects; nothing to learn")
     return class_names, labels
 
 
@@ -157,8 +172,11 @@ def patch_windows(width: int, height: int, size: int = 1024, overlap: int = 200)
     """Top-left corners of ``size`` windows stepping ``size - overlap``; the last row and column are moved
     back to end at the image border, so every pixel is covered and no window sticks out (unless the image is
     smaller than ``size``, which gives one window at 0 to be padded)."""
-    if overlap >= size:
-        raise ValueError(f"patch overlap {overlap} must be smaller than the patch size {size}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError("img_size", f"the window side must be a positive integer, got {size!r}")
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < size:
+        raise ConfigError("overlap", f"must be an integer from 0 to less than the window side ({size}), "
+                                     f"got {overlap!r}")
 
     def starts(length: int) -> list[int]:
         if length <= size:
@@ -219,61 +237,83 @@ def rot90_boxes(boxes: torch.Tensor, size: tuple[int, int], k: int) -> torch.Ten
 
 
 class PatchDataset(torch.utils.data.Dataset):
-    """Windows of large images, with the objects inside each as le90 boxes.
+    """Windows of large images, with the objects inside each as le90 boxes: the training items of detection.
 
     Items are ``(image, target)``: ``image`` a float ``(C, size, size)`` tensor normalised by ``mean``/``std``
     (zero-padded past the image border), ``target`` a dict of ``boxes`` ``(n, 5)``, ``labels``, ``difficult``,
-    ``image_index`` and ``window`` (top-left corner in the full image). ``augment`` adds random flips and
-    quarter turns. Decoded images are cached (``cache_images`` most recent), since windows of one image follow
-    each other.
+    ``image_index`` and ``window`` (top-left corner in the full image). Windows without objects are left out
+    (``skip_empty``). ``augment`` adds random flips and quarter turns, drawn from a generator seeded by
+    ``(augment_seed, item)`` so that an item is augmented alike whichever worker loads it. Decoded images are
+    kept up to ``cache_bytes`` per worker (:class:`~lemevit.data.regions.RegionReader`).
     """
 
     def __init__(self, images: Sequence[ImageLabels], size: int = 1024, overlap: int = 200, keep_ratio: float = 0.7,
                  skip_empty: bool = True, augment: bool = False, mean: Sequence[float] = IMAGENET_RGB_MEAN_STD[0],
-                 std: Sequence[float] = IMAGENET_RGB_MEAN_STD[1], cache_images: int = 4):
+                 std: Sequence[float] = IMAGENET_RGB_MEAN_STD[1], augment_seed: int | None = None,
+                 cache_bytes: int = 512 * 2**20):
         self.images, self.size, self.keep_ratio, self.augment = list(images), size, keep_ratio, augment
         self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
         self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
-        self.cache_images = cache_images
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.augment_seed = augment_seed
+        self.read_region = RegionReader(cache_bytes)
         self.items: list[tuple[int, tuple[int, int]]] = []
         for index, labels in enumerate(self.images):
-            height, width = self._read(index).shape[:2]
+            height, width = raster_size(labels.image)
             for window in patch_windows(width, height, size, overlap):
                 if not skip_empty or len(patch_objects(labels, window, size, keep_ratio)[0]):
                     self.items.append((index, window))
-
-    def _read(self, index: int) -> np.ndarray:
-        if index not in self._cache:
-            self._cache[index] = read_image(self.images[index].image)
-            while len(self._cache) > self.cache_images:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(index)
-        return self._cache[index]
+        if not self.items:
+            raise DataError(f"no {size} px window of the {len(self.images)} training image(s) holds a whole object "
+                            f"(70 % of it); the objects are too large for the window or lie on its edges")
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:
         index, (x0, y0) = self.items[i]
-        picture = self._read(index)[y0:y0 + self.size, x0:x0 + self.size]
+        picture = self.read_region(self.images[index].image, y0, x0, self.size, self.size)
         image = torch.zeros(picture.shape[-1], self.size, self.size)
         image[:, :picture.shape[0], :picture.shape[1]] = torch.from_numpy(
-            np.ascontiguousarray(picture, dtype=np.float32)).permute(2, 0, 1)
-        image = (image - self.mean) / self.std
+            np.ascontiguousarray(picture.transpose(2, 0, 1), dtype=np.float32))
+        image = (image - self.mean) / self.std  # padding normalised too, as at inference
         boxes, labels, difficult = patch_objects(self.images[index], (x0, y0), self.size, self.keep_ratio)
         boxes = torch.from_numpy(boxes).reshape(-1, 5)
         if self.augment:
+            rng = np.random.default_rng(None if self.augment_seed is None else (self.augment_seed, i))
             square = (self.size, self.size)
-            if random.random() < 0.5:
+            if rng.random() < 0.5:
                 image, boxes = image.flip(-1), flip_boxes(boxes, square, horizontal=True)
-            if random.random() < 0.5:
+            if rng.random() < 0.5:
                 image, boxes = image.flip(-2), flip_boxes(boxes, square, horizontal=False)
-            k = random.randrange(4)
+            k = int(rng.integers(4))
             image, boxes = torch.rot90(image, k, dims=(-2, -1)), rot90_boxes(boxes, square, k)
         target = {"boxes": boxes, "labels": torch.from_numpy(labels), "difficult": torch.from_numpy(difficult),
                   "image_index": index, "window": (x0, y0)}
         return image.contiguous(), target
+
+
+class DetectionImages(torch.utils.data.Dataset):
+    """Whole labelled images for evaluation: ``(pixels, truth)`` with the pixels as read, ``(H, W, C)`` in the
+    file's data type (windows are cut and normalised by the detector's sliding window), and the truth as
+    ``quads``, ``labels`` and ``difficult`` arrays."""
+
+    def __init__(self, images: Sequence[ImageLabels]):
+        self.images = list(images)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, dict]:
+        labels = self.images[i]
+        return read_image(labels.image), {"quads": labels.quads, "labels": labels.labels,
+                                          "difficult": labels.difficult}
+
+
+def collate_single(batch: list[tuple]) -> tuple:
+    """A batch of one item, unstacked: whole images of different sizes are scored one at a time."""
+    if len(batch) != 1:
+        raise ConfigError("batch_size", f"whole images are evaluated one per batch, got {len(batch)}")
+    return batch[0]
 
 
 def collate_detection(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, list[dict]]:
@@ -297,30 +337,3 @@ def merge_patch_detections(boxes: Sequence[torch.Tensor], scores: Sequence[torch
     all_boxes, all_scores, all_labels = torch.cat(shifted), torch.cat(list(scores)), torch.cat(list(labels))
     keep = rotated_batched_nms(all_boxes, all_scores, all_labels, iou_threshold)
     return all_boxes[keep], all_scores[keep], all_labels[keep]
-
-
-class DetectionDataModule(pl.LightningDataModule):
-    """Training windows (augmented, empty ones skipped) and validation windows from two lists of images."""
-
-    def __init__(self, train: Sequence[ImageLabels], val: Sequence[ImageLabels], size: int = 1024,
-                 overlap: int = 200, batch_size: int = 2, num_workers: int = 2, augment: bool = True,
-                 mean: Sequence[float] = IMAGENET_RGB_MEAN_STD[0], std: Sequence[float] = IMAGENET_RGB_MEAN_STD[1]):
-        super().__init__()
-        self.train_images, self.val_images = list(train), list(val)
-        self.options = {"size": size, "overlap": overlap, "mean": mean, "std": std}
-        self.batch_size, self.num_workers, self.augment = batch_size, num_workers, augment
-
-    def setup(self, stage: str | None = None) -> None:
-        self.train_set = PatchDataset(self.train_images, augment=self.augment, **self.options)
-        self.val_set = PatchDataset(self.val_images, augment=False, **self.options)
-
-    def _loader(self, dataset: PatchDataset, shuffle: bool) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
-                                           num_workers=self.num_workers, collate_fn=collate_detection,
-                                           persistent_workers=False, drop_last=False)
-
-    def train_dataloader(self) -> torch.utils.data.DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> torch.utils.data.DataLoader:
-        return self._loader(self.val_set, shuffle=False)

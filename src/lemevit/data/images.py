@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "read_image"]
+from lemevit.errors import DataError
+
+__all__ = ["IMAGE_EXTENSIONS", "TIFF_EXTENSIONS", "ImageReadError", "optional_rasterio", "read_image"]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
-_TIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
+TIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
 _GEO_HINT = 'install rasterio to read it: pip install "lemevit[geo]"'
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -36,7 +38,7 @@ _PIL_DIRECT_MODES = {"L": np.uint8, "RGB": np.uint8, "I;16": np.uint16, "I;16L":
                      "I;16B": np.uint16, "I;16N": np.uint16, "I": np.int32, "F": np.float32}
 
 
-class ImageReadError(ValueError):
+class ImageReadError(DataError):
     """An image file that cannot be read; the message names the file and the reason."""
 
     def __init__(self, path: str | Path, reason: str | None = None):
@@ -46,7 +48,7 @@ class ImageReadError(ValueError):
         super().__init__(f"cannot read image {path}: {reason}" if reason is not None else str(path))
 
 
-def _rasterio():
+def optional_rasterio():
     """The rasterio module, or None when the optional ``[geo]`` dependency is not installed."""
     try:
         import rasterio
@@ -125,8 +127,8 @@ def read_image(path: str | Path) -> np.ndarray:
                                    f"{', '.join(sorted(IMAGE_EXTENSIONS))}")
     if not path.is_file():
         raise ImageReadError(path, "no such file")
-    tiff = ext in _TIFF_EXTENSIONS
-    rasterio = _rasterio()
+    tiff = ext in TIFF_EXTENSIONS
+    rasterio = optional_rasterio()
     if tiff and rasterio is not None:
         return _read_rasterio(path, rasterio)
     try:

@@ -11,40 +11,34 @@ without a label.
 from __future__ import annotations
 
 import bisect
-import json
 import math
 import os
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 import yaml
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from lemevit.data.classification import EpochShuffle, Sample, check_loader_args, stratified_split
-from lemevit.data.images import _TIFF_EXTENSIONS, IMAGE_EXTENSIONS, ImageReadError, _rasterio, read_image
-from lemevit.io import atomic_path
+from lemevit.data.images import IMAGE_EXTENSIONS, read_image
+from lemevit.data.regions import RegionReader, raster_size, read_region
+from lemevit.data.splits import SUBSETS, split_items
+from lemevit.data.transforms import normalised_tensor
+from lemevit.errors import ConfigError, DataError
 
 __all__ = [
     "IGNORE_INDEX",
     "LABELS_FILE",
     "PRESETS",
     "LabelScheme",
-    "RegionReader",
     "SegmentationCrops",
-    "SegmentationDataModule",
     "SegmentationTiles",
     "TilePair",
     "check_pairs",
-    "load_tile_split",
-    "raster_size",
-    "read_region",
+    "dataset_subsets",
     "resolve_labels",
-    "save_tile_split",
     "scan_pairs",
     "split_tiles",
 ]
@@ -53,10 +47,7 @@ __all__ = [
 IGNORE_INDEX = 255
 #: Optional file in a dataset root that describes its labels (keys of :class:`LabelScheme`).
 LABELS_FILE = "classes.yaml"
-SUBSETS = ("train", "val", "test")
 
-_SPLIT_FORMAT = "lemevit-segmentation-split"
-_SPLIT_VERSION = 1
 _PROGRESS_MIN_TILES = 50
 
 # Distinct colours for schemes that bring no palette (matplotlib's tab10, then tab20's light tones).
@@ -72,7 +63,7 @@ def _rgb(colour, what: str) -> tuple[int, int, int]:
     values = tuple(colour) if isinstance(colour, (list, tuple)) else ()
     if len(values) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255
                                    for v in values):
-        raise ValueError(f"{what} must be an RGB triple of integers 0..255, got {colour!r}")
+        raise DataError(f"{what} must be an RGB triple of integers 0..255, got {colour!r}")
     return values
 
 
@@ -101,28 +92,28 @@ class LabelScheme:
     def __post_init__(self):
         names = tuple(self.class_names) if isinstance(self.class_names, (list, tuple)) else ()
         if not names or not all(isinstance(n, str) and n for n in names):
-            raise ValueError(f"class_names must be a non-empty list of names, got {self.class_names!r}")
+            raise DataError(f"class_names must be a non-empty list of names, got {self.class_names!r}")
         if len(set(names)) != len(names):
-            raise ValueError(f"class_names has duplicates: {list(names)}")
+            raise DataError(f"class_names has duplicates: {list(names)}")
         if len(names) >= IGNORE_INDEX:
-            raise ValueError(f"at most {IGNORE_INDEX - 1} classes are supported, got {len(names)}")
+            raise DataError(f"at most {IGNORE_INDEX - 1} classes are supported, got {len(names)}")
         palette = tuple(_rgb(c, f"palette entry {i}") for i, c in enumerate(self.palette))
         if not palette:
             palette = tuple(_DEFAULT_PALETTE[i % len(_DEFAULT_PALETTE)] for i in range(len(names)))
         if len(palette) != len(names):
-            raise ValueError(f"palette has {len(palette)} colours for {len(names)} classes")
+            raise DataError(f"palette has {len(palette)} colours for {len(names)} classes")
         ignore_colors = tuple(_rgb(c, "ignore colour") for c in self.ignore_colors)
         shared = sorted(set(palette) & set(ignore_colors))
         if shared:
-            raise ValueError(f"colours {shared} are both a class colour and an ignore colour")
+            raise DataError(f"colours {shared} are both a class colour and an ignore colour")
         for name in ("first_class_value", "ignore_value"):
             value = getattr(self, name)
             if value is None and name == "ignore_value":
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+                raise DataError(f"{name} must be a non-negative integer, got {value!r}")
         if self.ignore_value is not None and 0 <= self.ignore_value - self.first_class_value < len(names):
-            raise ValueError(f"ignore_value {self.ignore_value} is also the value of class "
+            raise DataError(f"ignore_value {self.ignore_value} is also the value of class "
                              f"{names[self.ignore_value - self.first_class_value]!r} (classes are stored as "
                              f"{self.first_class_value}..{self.first_class_value + len(names) - 1})")
         object.__setattr__(self, "class_names", names)
@@ -143,23 +134,23 @@ class LabelScheme:
     def from_dict(cls, doc: dict, source: str = "label scheme") -> LabelScheme:
         known = {"class_names", "palette", "ignore_value", "first_class_value", "ignore_colors"}
         if not isinstance(doc, dict):
-            raise ValueError(f"{source}: expected a mapping with keys {sorted(known)}, got {type(doc).__name__}")
+            raise DataError(f"{source}: expected a mapping with keys {sorted(known)}, got {type(doc).__name__}")
         unknown = sorted(set(doc) - known)
         if unknown:
-            raise ValueError(f"{source}: unknown keys {unknown}; known keys: {sorted(known)}")
+            raise DataError(f"{source}: unknown keys {unknown}; known keys: {sorted(known)}")
         if "class_names" not in doc:
-            raise ValueError(f"{source}: class_names is required")
+            raise DataError(f"{source}: class_names is required")
         try:
             return cls(**doc)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{source}: {e}") from e
+            raise DataError(f"{source}: {e}") from e
 
     def decode(self, mask: np.ndarray, path: str | Path) -> np.ndarray:
         """Class indices ``(H, W)`` uint8 (``IGNORE_INDEX`` where unlabelled) from a mask as read,
         ``(H, W, 1)`` class values or ``(H, W, 3)`` colours. Raises ValueError naming ``path`` and the
         offending values for anything that is neither a class nor unlabelled."""
         if mask.ndim != 3 or mask.shape[2] not in (1, 3):
-            raise ValueError(f"mask {path}: expected one band of class values or three of RGB colours, "
+            raise DataError(f"mask {path}: expected one band of class values or three of RGB colours, "
                              f"got {mask.shape[2] if mask.ndim == 3 else mask.ndim} band(s)")
         if mask.shape[2] == 1:
             return self._decode_values(mask[..., 0], path)
@@ -167,7 +158,7 @@ class LabelScheme:
 
     def _decode_values(self, values: np.ndarray, path) -> np.ndarray:
         if not np.issubdtype(values.dtype, np.integer):
-            raise ValueError(f"mask {path}: data type {values.dtype}; class masks hold integers")
+            raise DataError(f"mask {path}: data type {values.dtype}; class masks hold integers")
         index = values.astype(np.int64) - self.first_class_value
         labelled = (index >= 0) & (index < self.num_classes)
         ignored = values == self.ignore_value if self.ignore_value is not None else np.zeros_like(labelled)
@@ -175,15 +166,15 @@ class LabelScheme:
         if bad.any():
             found = np.unique(values[bad])
             stored = f"{self.first_class_value}..{self.first_class_value + self.num_classes - 1}"
-            raise ValueError(f"mask {path}: value(s) {found[:10].tolist()} are neither a class ({stored}) nor "
-                             f"the ignore value {self.ignore_value}; check the label scheme (--preset, "
-                             f"--ignore-value, --first-class-value or {LABELS_FILE})")
+            raise DataError(f"mask {path}: value(s) {found[:10].tolist()} are neither a class ({stored}) nor "
+                             f"the ignore value {self.ignore_value}; check the label scheme (`preset`, "
+                             f"`ignore_value`, `first_class_value` or {LABELS_FILE})")
         out = np.where(ignored, IGNORE_INDEX, index)
         return out.astype(np.uint8)
 
     def _decode_colours(self, rgb: np.ndarray, path) -> np.ndarray:
         if rgb.dtype != np.uint8:
-            raise ValueError(f"mask {path}: a colour-coded mask must be 8-bit RGB, got {rgb.dtype}")
+            raise DataError(f"mask {path}: a colour-coded mask must be 8-bit RGB, got {rgb.dtype}")
         codes = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
         found, inverse = np.unique(codes, return_inverse=True)
         lookup = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(self.palette)}
@@ -191,7 +182,7 @@ class LabelScheme:
         unknown = [int(c) for c in found if int(c) not in lookup]
         if unknown:
             colours = [((c >> 16) & 255, (c >> 8) & 255, c & 255) for c in unknown[:10]]
-            raise ValueError(f"mask {path}: colour(s) {colours} are neither a class colour {list(self.palette)} "
+            raise DataError(f"mask {path}: colour(s) {colours} are neither a class colour {list(self.palette)} "
                              f"nor an ignore colour {list(self.ignore_colors)}")
         table = np.array([lookup[int(c)] for c in found], dtype=np.uint8)
         return table[inverse.reshape(codes.shape)]
@@ -220,10 +211,10 @@ def resolve_labels(root: str | Path, preset: str | None = None, class_names: Seq
     ``ignore_value`` and ``first_class_value``, when given, override what those say."""
     root = Path(root)
     if preset is not None and class_names:
-        raise ValueError("give either --preset or --class-names, not both")
+        raise ConfigError("class_names", "give either `preset` or `class_names`, not both")
     if preset is not None:
         if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; the presets are {sorted(PRESETS)}")
+            raise ConfigError("preset", f"unknown preset {preset!r}; the presets are {sorted(PRESETS)}")
         scheme = PRESETS[preset].to_dict()
     elif class_names:
         scheme = {"class_names": list(class_names)}
@@ -231,9 +222,9 @@ def resolve_labels(root: str | Path, preset: str | None = None, class_names: Seq
         try:
             scheme = yaml.safe_load((root / LABELS_FILE).read_text()) or {}
         except (OSError, yaml.YAMLError) as e:
-            raise ValueError(f"cannot read {root / LABELS_FILE}: {e}") from e
+            raise DataError(f"cannot read {root / LABELS_FILE}: {e}") from e
     else:
-        raise ValueError(f"{root}: no class names: pass --preset ({', '.join(sorted(PRESETS))}) or --class-names, "
+        raise DataError(f"{root}: no class names: give `preset` ({', '.join(sorted(PRESETS))}) or `class_names`, "
                          f"or write {root / LABELS_FILE} with class_names (and ignore_value, first_class_value, "
                          f"palette)")
     if ignore_value is not None:
@@ -262,7 +253,7 @@ def _images_below(folder: Path) -> dict[str, str]:
             path = (rel / name).as_posix()
             key = str(PurePosixPath(path).with_suffix(""))
             if key in found:
-                raise ValueError(f"{folder}: {found[key]} and {path} have the same name; keep one")
+                raise DataError(f"{folder}: {found[key]} and {path} have the same name; keep one")
             found[key] = path
     return found
 
@@ -276,19 +267,19 @@ def scan_pairs(root: str | Path, subset: str | None = None) -> list[TilePair]:
     images_dir, masks_dir = root / "img_dir", root / "ann_dir"
     for folder in (images_dir, masks_dir):
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder} not found: a segmentation dataset holds img_dir/ (images) and "
+            raise DataError(f"{folder} not found: a segmentation dataset holds img_dir/ (images) and "
                                     f"ann_dir/ (masks of the same names)")
     if subset is not None:
         images_dir, masks_dir = images_dir / subset, masks_dir / subset
     images, masks = _images_below(images_dir), _images_below(masks_dir)
     if not images:
-        raise ValueError(f"{images_dir} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise DataError(f"{images_dir} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     prefix = PurePosixPath(images_dir.relative_to(root).as_posix())
     mask_prefix = PurePosixPath(masks_dir.relative_to(root).as_posix())
     pairs = []
     for key, image in sorted(images.items()):
         if key not in masks:
-            raise ValueError(f"no mask for image {images_dir / image}: expected {masks_dir / key}.<png|tif|...>")
+            raise DataError(f"no mask for image {images_dir / image}: expected {masks_dir / key}.<png|tif|...>")
         pairs.append(TilePair((prefix / image).as_posix(), (mask_prefix / masks[key]).as_posix()))
     return pairs
 
@@ -306,97 +297,9 @@ def split_tiles(root: str | Path, train_fraction: float, seed: int) -> dict[str,
     subsets = dataset_subsets(root)
     if subsets:
         if "train" not in subsets or "val" not in subsets:
-            raise ValueError(f"{Path(root) / 'img_dir'} has subfolders {subsets}; a split needs train/ and val/")
+            raise DataError(f"{Path(root) / 'img_dir'} has subfolders {subsets}; a split needs train/ and val/")
         return {s: scan_pairs(root, s) for s in subsets}
-    pairs = scan_pairs(root)
-    if train_fraction == 1.0:
-        return {"train": pairs, "val": list(pairs)}
-    if len(pairs) < 2:
-        raise ValueError(f"{root} holds a single tile: it cannot be split into training and validation; pass "
-                         f"--split 1.0 to validate on the training tile")
-    by_image = {p.image: p for p in pairs}
-    split = stratified_split([Sample(p.image, 0) for p in pairs], train_fraction, seed)
-    return {name: [by_image[s.path] for s in samples] for name, samples in split.items()}
-
-
-def raster_size(path: str | Path) -> tuple[int, int]:
-    """``(height, width)`` of an image from its header, without decoding the pixels."""
-    path = Path(path)
-    rasterio = _rasterio()
-    if path.suffix.lower() in _TIFF_EXTENSIONS and rasterio is not None:
-        try:
-            with rasterio.open(path) as ds:
-                return ds.height, ds.width
-        except Exception as e:  # noqa: BLE001 - GDAL reports all unreadable files alike
-            raise ImageReadError(path, f"{type(e).__name__}: {e}") from e
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except Exception as e:  # noqa: BLE001 - PIL raises several types for bad files
-        raise ImageReadError(path, f"{type(e).__name__}: {e}") from e
-
-
-def _read_by_window(path: Path) -> bool:
-    return path.suffix.lower() in _TIFF_EXTENSIONS and _rasterio() is not None
-
-
-def read_region(path: str | Path, top: int, left: int, height: int, width: int) -> np.ndarray:
-    """``(height, width, C)`` pixels of a region, read through a rasterio window for TIFF (only the
-    region is decoded, whatever the tile's size) and cut from the whole image otherwise."""
-    path = Path(path)
-    if _read_by_window(path):
-        from rasterio.windows import Window
-
-        try:
-            with _rasterio().open(path) as ds:
-                data = ds.read(window=Window(left, top, width, height))
-        except Exception as e:  # noqa: BLE001 - GDAL reports all unreadable files alike
-            raise ImageReadError(path, f"{type(e).__name__}: {e}") from e
-        return np.ascontiguousarray(np.moveaxis(data, 0, -1))
-    return np.ascontiguousarray(read_image(path)[top:top + height, left:left + width])
-
-
-class RegionReader:
-    """:func:`read_region` that keeps the whole decoded images of files it cannot read by window (PNG,
-    JPEG, TIFF without rasterio), up to ``max_bytes`` and least recently used dropped first: random crops
-    from a 1024² PNG tile then cost a slice each, not the decoding of the whole tile (about 50 ms) every
-    time. Each data loader worker holds its own copy."""
-
-    def __init__(self, max_bytes: int = 512 * 2**20):
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
-            raise ValueError(f"max_bytes must be a non-negative integer, got {max_bytes!r}")
-        self.max_bytes = max_bytes
-        self._images: OrderedDict[Path, np.ndarray] = OrderedDict()
-        self._bytes = 0
-
-    def __call__(self, path: str | Path, top: int, left: int, height: int, width: int) -> np.ndarray:
-        path = Path(path)
-        if _read_by_window(path):
-            return read_region(path, top, left, height, width)
-        image = self._images.get(path)
-        if image is None:
-            image = read_image(path)
-            self._keep(path, image)
-        else:
-            self._images.move_to_end(path)
-        return np.ascontiguousarray(image[top:top + height, left:left + width])
-
-    def _keep(self, path: Path, image: np.ndarray) -> None:
-        if image.nbytes > self.max_bytes:
-            return
-        self._images[path] = image
-        self._bytes += image.nbytes
-        while self._bytes > self.max_bytes:
-            self._bytes -= self._images.popitem(last=False)[1].nbytes
-
-    def __getstate__(self) -> dict:
-        # Workers started by spawn receive the reader pickled: send the budget, not the images.
-        return {"max_bytes": self.max_bytes}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["max_bytes"])
+    return split_items(scan_pairs(root), train_fraction, seed, key=lambda p: p.image, what=f"tiles in {root}")
 
 
 def _progress(items: Sequence, desc: str) -> Iterable:
@@ -421,49 +324,15 @@ def check_pairs(root: str | Path, pairs: Sequence[TilePair], labels: LabelScheme
         if reference is None:
             reference = (kind, image_path)
         elif kind != reference[0]:
-            raise ValueError(f"image {image_path} has {kind[0]} band(s) of {kind[1]}, but {reference[1]} has "
+            raise DataError(f"image {image_path} has {kind[0]} band(s) of {kind[1]}, but {reference[1]} has "
                              f"{reference[0][0]} of {reference[0][1]}; all images must be alike")
         size, mask_size = raster_size(image_path), raster_size(mask_path)
         if size != mask_size:
-            raise ValueError(f"mask {mask_path} is {mask_size[1]}x{mask_size[0]} (WxH), its image {image_path} is "
+            raise DataError(f"mask {mask_path} is {mask_size[1]}x{mask_size[0]} (WxH), its image {image_path} is "
                              f"{size[1]}x{size[0]}")
         counts += np.bincount(labels.decode(read_image(mask_path), mask_path).ravel(), minlength=IGNORE_INDEX + 1)
     return {"pixels_per_class": {n: int(counts[i]) for i, n in enumerate(labels.class_names)},
             "ignored_pixels": int(counts[IGNORE_INDEX]), "bands": reference[0][0], "dtype": reference[0][1]}
-
-
-def save_tile_split(path: str | Path, root: str | Path, labels: LabelScheme,
-                    splits: dict[str, list[TilePair]]) -> None:
-    """Write the root (as given), the label scheme and each subset's tile pairs as JSON, atomically."""
-    doc = {"format": _SPLIT_FORMAT, "version": _SPLIT_VERSION, "root": str(root), "labels": labels.to_dict(),
-           "splits": {name: [asdict(p) for p in pairs] for name, pairs in splits.items()}}
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-
-
-def load_tile_split(path: str | Path) -> tuple[str, LabelScheme, dict[str, list[TilePair]]]:
-    """Read a file written by :func:`save_tile_split`: ``(root, labels, splits)``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"split file {path} does not exist")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"split file {path} is not valid JSON: {e}") from e
-    if not isinstance(doc, dict) or doc.get("format") != _SPLIT_FORMAT or doc.get("version") != _SPLIT_VERSION:
-        raise ValueError(f"split file {path} is not a lemevit segmentation split (format {_SPLIT_FORMAT!r}, "
-                         f"version {_SPLIT_VERSION})")
-    try:
-        splits = {name: [TilePair(e["image"], e["mask"]) for e in entries]
-                  for name, entries in doc["splits"].items()}
-    except (AttributeError, KeyError, TypeError) as e:
-        raise ValueError(f"split file {path}: malformed splits ({e})") from e
-    return doc["root"], LabelScheme.from_dict(doc["labels"], str(path)), splits
-
-
-def _normalise(image: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
-    return (x - mean) / std
 
 
 class SegmentationCrops(Dataset):
@@ -489,14 +358,14 @@ class SegmentationCrops(Dataset):
                  rotate90: bool = True, class_balance: float = 0.0, augment_seed: int | None = None,
                  cache_bytes: int = 512 * 2**20):
         if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
-            raise ValueError(f"img_size must be a positive integer, got {img_size!r}")
+            raise ConfigError("img_size", f"must be a positive integer, got {img_size!r}")
         if crops_per_tile is not None and (isinstance(crops_per_tile, bool) or not isinstance(crops_per_tile, int)
                                            or crops_per_tile < 1):
-            raise ValueError(f"crops_per_tile must be a positive integer, got {crops_per_tile!r}")
+            raise ConfigError("crops_per_tile", f"must be a positive integer, got {crops_per_tile!r}")
         if isinstance(class_balance, bool) or not isinstance(class_balance, int | float) or not 0 <= class_balance <= 1:
-            raise ValueError(f"class_balance is a fraction of the crops, in [0, 1]; got {class_balance!r}")
+            raise ConfigError("class_balance", f"is a fraction of the crops, in [0, 1]; got {class_balance!r}")
         if not pairs:
-            raise ValueError("no training tiles")
+            raise DataError("no training tiles")
         self.root, self.pairs, self.labels = Path(root), list(pairs), labels
         self.img_size, self.flip, self.rotate90 = img_size, flip, rotate90
         self.class_balance = float(class_balance)
@@ -551,7 +420,7 @@ class SegmentationCrops(Dataset):
         image = self.read_region(self.root / pair.image, *region)
         mask_path = self.root / pair.mask
         mask = self.labels.decode(self.read_region(mask_path, *region), mask_path)
-        x = _normalise(image, self.mean, self.std)
+        x = normalised_tensor(image, self.mean, self.std)
         y = torch.from_numpy(mask.astype(np.int64))
         pad_h, pad_w = size - y.shape[0], size - y.shape[1]
         if pad_h or pad_w:
@@ -585,66 +454,7 @@ class SegmentationTiles(Dataset):
         image_path, mask_path = self.root / pair.image, self.root / pair.mask
         image, mask = read_image(image_path), read_image(mask_path)
         if image.shape[:2] != mask.shape[:2]:
-            raise ValueError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} (WxH), its image {image_path} "
+            raise DataError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} (WxH), its image {image_path} "
                              f"is {image.shape[1]}x{image.shape[0]}")
         y = torch.from_numpy(self.labels.decode(mask, mask_path).astype(np.int64))
-        return _normalise(image, self.mean, self.std), y
-
-
-class CropsAndWholeImages(pl.LightningDataModule):
-    """Loaders of random training crops (``train_set``, a dataset with an ``augment_seed``) and of whole
-    evaluation images, one per batch: images may differ in size, and the task slides a window over each.
-    A subclass builds ``train_set`` and the whole images of a subset in ``whole_images(subset)``."""
-
-    def __init__(self, splits: dict[str, list], what: str, batch_size: int, num_workers: int, seed: int):
-        super().__init__()
-        check_loader_args(splits, what, batch_size, num_workers)
-        self.splits = {k: list(v) for k, v in splits.items()}
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-
-    def whole_images(self, subset: str) -> Dataset:
-        raise NotImplementedError
-
-    def train_dataloader(self) -> DataLoader:
-        # Crops and order are functions of (seed, epoch) only (Lightning rebuilds the loader every epoch): a run
-        # resumed at an epoch boundary draws the same batches as an uninterrupted one.
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        self.train_set.augment_seed = self.seed * 1_000_003 + epoch
-        return DataLoader(self.train_set, batch_size=self.batch_size,
-                          sampler=EpochShuffle(len(self.train_set), self.seed * 1_000_003 + epoch),
-                          # A batch of one breaks the decoder's batch norms in training.
-                          drop_last=len(self.train_set) > self.batch_size, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available())
-
-    def _whole(self, subset: str) -> DataLoader:
-        return DataLoader(self.whole_images(subset), batch_size=1, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._whole("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._whole("test" if self.splits.get("test") else "val")
-
-
-class SegmentationDataModule(CropsAndWholeImages):
-    """Random training crops (:class:`SegmentationCrops`) and whole validation tiles. ``augment`` holds
-    ``flip``, ``rotate90``, ``crops_per_tile`` and ``class_balance``."""
-
-    def __init__(self, root: str | Path, labels: LabelScheme, splits: dict[str, list[TilePair]], img_size: int,
-                 batch_size: int, num_workers: int = 0, *, mean: Sequence[float], std: Sequence[float],
-                 augment: dict | None = None, seed: int = 0):
-        super().__init__(splits, "tiles", batch_size, num_workers, seed)
-        augment = augment or {}
-        options = ("flip", "rotate90", "crops_per_tile", "class_balance")
-        unknown = sorted(set(augment) - set(options))
-        if unknown:
-            raise ValueError(f"augment has unknown key(s) {unknown}; expected some of {', '.join(options)}")
-        self.root, self.labels = Path(root), labels
-        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
-        # Built now so that a bad size or tile fails at construction, not mid-training.
-        self.train_set = SegmentationCrops(self.root, self.splits["train"], labels, img_size, self.mean, self.std,
-                                           **augment)
-
-    def whole_images(self, subset: str) -> SegmentationTiles:
-        return SegmentationTiles(self.root, self.splits[subset], self.labels, self.mean, self.std)
+        return normalised_tensor(image, self.mean, self.std), y

@@ -10,11 +10,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import v2
 
-__all__ = ["IMAGENET_RGB_MEAN_STD", "eval_transform", "train_transform"]
+from lemevit.errors import ConfigError, DataError
+
+__all__ = ["IMAGENET_RGB_MEAN_STD", "eval_transform", "normalised_tensor", "train_transform"]
 
 #: ImageNet's RGB mean and std in the 0..255 scale of 8-bit images: ``mean, std = IMAGENET_RGB_MEAN_STD``.
 IMAGENET_RGB_MEAN_STD: tuple[tuple[float, ...], tuple[float, ...]] = (
@@ -27,18 +30,18 @@ _RANDAUGMENT_PART = re.compile(r"(?P<key>[mn])(?P<value>\d+)")
 def _check_mean_std(mean: Sequence[float], std: Sequence[float]) -> tuple[list[float], list[float]]:
     mean, std = [float(m) for m in mean], [float(s) for s in std]
     if not mean or len(mean) != len(std):
-        raise ValueError(f"mean and std need one value per band and the same length; got {len(mean)} means "
+        raise ConfigError("mean", f"mean and std need one value per band and the same length; got {len(mean)} means "
                          f"and {len(std)} stds")
     bad = [i for i, s in enumerate(std) if not s > 0]
     if bad:
-        raise ValueError(f"std must be positive for every band; band(s) {bad} have std {[std[i] for i in bad]} "
+        raise ConfigError("std", f"must be positive for every band; band(s) {bad} have std {[std[i] for i in bad]} "
                          "(a band that is constant over the training images carries no information: drop it)")
     return mean, std
 
 
 def _check_img_size(img_size: int) -> int:
     if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
-        raise ValueError(f"img_size must be a positive integer, got {img_size!r}")
+        raise ConfigError("img_size", f"must be a positive integer, got {img_size!r}")
     return img_size
 
 
@@ -50,7 +53,7 @@ class _ToUint8Range(torch.nn.Module):
         top = float(image.max())
         # Resampling with antialias can overshoot the input range by a little; anything more is not 8-bit.
         if top > 256.0:
-            raise ValueError(f"RandAugment needs images in the 0..255 scale of 8-bit data; got a value of "
+            raise DataError(f"RandAugment needs images in the 0..255 scale of 8-bit data; got a value of "
                              f"{top:g}. Turn randaugment off for data of another scale.")
         return image.round().clamp_(0, 255).to(torch.uint8)
 
@@ -64,17 +67,17 @@ def _parse_randaugment(spec: str) -> dict:
     """``"rand"``, ``"rand-m9"``, ``"rand-m9-n2"`` (timm's spelling) -> RandAugment keyword arguments."""
     parts = spec.split("-")
     if parts[0] != "rand":
-        raise ValueError(f"randaugment must look like 'rand-m9-n2' (m: magnitude 0..30, n: number of operations), "
+        raise ConfigError("randaugment", f"must look like 'rand-m9-n2' (m: magnitude 0..30, n: number of operations), "
                          f"got {spec!r}")
     kwargs = {}
     for part in parts[1:]:
         match = _RANDAUGMENT_PART.fullmatch(part)
         if match is None:
-            raise ValueError(f"randaugment {spec!r}: cannot use {part!r}; torchvision's RandAugment takes only m "
+            raise ConfigError("randaugment", f"{spec!r}: cannot use {part!r}; torchvision's RandAugment takes only m "
                              "(magnitude 0..30) and n (number of operations), e.g. 'rand-m9-n2'")
         kwargs["magnitude" if match["key"] == "m" else "num_ops"] = int(match["value"])
     if not 0 <= kwargs.get("magnitude", 0) <= 30:
-        raise ValueError(f"randaugment {spec!r}: magnitude must be in 0..30")
+        raise ConfigError("randaugment", f"{spec!r}: magnitude must be in 0..30")
     return kwargs
 
 
@@ -102,9 +105,9 @@ def train_transform(img_size: int, mean: Sequence[float], std: Sequence[float], 
     mean, std = _check_mean_std(mean, std)
     for name, p in (("hflip", hflip), ("vflip", vflip)):
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"{name} is a probability and must be in [0, 1], got {p!r}")
+            raise ConfigError(name, f"is a probability and must be in [0, 1], got {p!r}")
     if not (len(scale) == 2 and 0.0 < scale[0] <= scale[1] <= 1.0):
-        raise ValueError(f"scale must be (min, max) area fractions with 0 < min <= max <= 1, got {scale!r}")
+        raise ConfigError("scale", f"must be (min, max) area fractions with 0 < min <= max <= 1, got {scale!r}")
     steps: list = [v2.RandomResizedCrop(img_size, scale=tuple(scale), ratio=tuple(ratio), antialias=True)]
     if hflip > 0:
         steps.append(v2.RandomHorizontalFlip(p=hflip))
@@ -116,7 +119,7 @@ def train_transform(img_size: int, mean: Sequence[float], std: Sequence[float], 
         steps.append(v2.RandomChoice([v2.Identity()] + [v2.RandomRotation((a, a)) for a in (90, 180, 270)]))
     if randaugment:
         if len(mean) != 3:
-            raise ValueError(f"randaugment works on 3-band (RGB) 8-bit images only; these have {len(mean)} bands. "
+            raise ConfigError("randaugment", f"works on 3-band (RGB) 8-bit images only; these have {len(mean)} bands. "
                              "Leave randaugment unset for multispectral data.")
         steps += [_ToUint8Range(), v2.RandAugment(**_parse_randaugment(randaugment)), _ToFloat()]
     steps.append(v2.Normalize(mean, std))
@@ -129,3 +132,10 @@ def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float]) -
     img_size = _check_img_size(img_size)
     mean, std = _check_mean_std(mean, std)
     return v2.Compose([v2.Resize((img_size, img_size), antialias=True), v2.Normalize(mean, std)])
+
+
+def normalised_tensor(image: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``(H, W, C)`` pixels of any data type → ``(C, H, W)`` float32, normalised by per-band ``mean`` and ``std``
+    of shape ``(C, 1, 1)``."""
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+    return (x - mean) / std

@@ -24,49 +24,18 @@ difference map (identical dates give exactly zero) then gives the same answer at
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lemevit.models.factory import create_model
+from lemevit.errors import ConfigError
+from lemevit.models.factory import create_dense_encoder
 
 __all__ = ["BIT", "CHANGE_HEADS", "SemanticTokenizer", "SiamUNet", "StackedPair", "create_change_model"]
 
 CHANGE_HEADS = ("bit", "siamunet")
-
-
-def _feature_encoder(backbone: str, in_chans: int, checkpoint: str | Path | None, drop_path_rate: float,
-                     strides: Sequence[int] | None) -> nn.Module:
-    """``features_only`` backbone giving the maps at ``strides`` (all of its maps when None).
-
-    The feature layout is read from a copy built on the meta device, so that the real model is built
-    once and holds only the stages the chosen maps need.
-    """
-    kwargs = dict(in_chans=in_chans, drop_path_rate=drop_path_rate, features_only=True)
-    try:
-        with torch.device("meta"):
-            reductions = list(create_model(backbone, **kwargs).feature_info.reduction())
-    except RuntimeError as e:  # timm: "Unknown model (name)"
-        raise ValueError(f"--model {backbone}: {e}") from e
-    if strides is not None:
-        missing = [s for s in strides if s not in reductions]
-        if missing:
-            raise ValueError(f"backbone {backbone} has feature maps at strides {reductions}, none at {missing}")
-        kwargs["out_indices"] = tuple(reductions.index(s) for s in strides)
-    return create_model(backbone, checkpoint=checkpoint, **kwargs)
-
-
-def _nested_no_weight_decay(model: nn.Module, own: set[str]) -> set[str]:
-    """``own`` plus the ``no_weight_decay`` names of the submodules (the backbone's meta tokens, say), prefixed
-    with their paths: timm's optimizer factory asks the top module only."""
-    names = set(own)
-    for prefix, module in model.named_modules():
-        if module is not model and hasattr(module, "no_weight_decay"):
-            names |= {f"{prefix}.{name}" for name in module.no_weight_decay()}
-    return names
 
 
 def _conv_bn_relu(in_chs: int, out_chs: int) -> list[nn.Module]:
@@ -142,11 +111,12 @@ class BIT(nn.Module):
     """
 
     def __init__(self, backbone: str = "lemevit_tiny", in_chans: int = 3, num_classes: int = 2,
-                 checkpoint: str | Path | None = None, drop_path_rate: float = 0.0, token_len: int = 4,
+                 checkpoint: str | Path | dict | None = None, drop_path_rate: float = 0.0, token_len: int = 4,
                  dim: int = 32, enc_depth: int = 1, dec_depth: int = 8, heads: int = 8, dim_head: int = 64,
                  mlp_dim: int = 64, feature_stride: int = 16):
         super().__init__()
-        self.encoder = _feature_encoder(backbone, in_chans, checkpoint, drop_path_rate, strides=[feature_stride])
+        self.encoder = create_dense_encoder(backbone, in_chans, strides=(feature_stride,), checkpoint=checkpoint,
+                                            drop_path_rate=drop_path_rate)
         channels = self.encoder.feature_info.channels()[0]
         self.project = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
                                      nn.Conv2d(channels, dim, kernel_size=3, padding=1))
@@ -160,7 +130,7 @@ class BIT(nn.Module):
                                         nn.Conv2d(dim, num_classes, 3, padding=1, padding_mode="replicate"))
 
     def no_weight_decay(self) -> set[str]:
-        return _nested_no_weight_decay(self, {"pos_embed"})
+        return {"pos_embed"}
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         size = a.shape[-2:]
@@ -183,14 +153,14 @@ class SiamUNet(nn.Module):
     both dates, their absolute differences as the skips of a U-Net decoder, logits upsampled to the input.
 
     Args:
-        backbone: any model of our registry or timm that supports ``features_only``.
+        backbone: any model of our registry or timm with maps at strides 4, 8, 16 and 32.
         decoder_channels: width of every decoder stage.
     """
 
     def __init__(self, backbone: str = "lemevit_tiny", in_chans: int = 3, num_classes: int = 2,
-                 checkpoint: str | Path | None = None, drop_path_rate: float = 0.0, decoder_channels: int = 64):
+                 checkpoint: str | Path | dict | None = None, drop_path_rate: float = 0.0, decoder_channels: int = 64):
         super().__init__()
-        self.encoder = _feature_encoder(backbone, in_chans, checkpoint, drop_path_rate, strides=None)
+        self.encoder = create_dense_encoder(backbone, in_chans, checkpoint=checkpoint, drop_path_rate=drop_path_rate)
         channels = self.encoder.feature_info.channels()
         deepest, *skips = channels[::-1]
         self.bottom = nn.Sequential(*_conv_bn_relu(deepest, decoder_channels))
@@ -199,9 +169,6 @@ class SiamUNet(nn.Module):
                           *_conv_bn_relu(decoder_channels, decoder_channels))
             for c in skips)
         self.classifier = nn.Conv2d(decoder_channels, num_classes, 3, padding=1, padding_mode="replicate")
-
-    def no_weight_decay(self) -> set[str]:
-        return _nested_no_weight_decay(self, set())
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         size = a.shape[-2:]
@@ -226,7 +193,8 @@ class StackedPair(nn.Module):
 
 
 def create_change_model(head: str, backbone: str = "lemevit_tiny", in_chans: int = 3, num_classes: int = 2,
-                        checkpoint: str | Path | None = None, drop_path_rate: float = 0.0, **kwargs) -> nn.Module:
+                        checkpoint: str | Path | dict | None = None, drop_path_rate: float = 0.0,
+                        **kwargs) -> nn.Module:
     """A change-detection network by head name (``"bit"`` or ``"siamunet"``) over ``backbone``.
 
     ``checkpoint`` holds backbone weights (e.g. an ImageNet or scene-recognition checkpoint); extra
@@ -234,6 +202,6 @@ def create_change_model(head: str, backbone: str = "lemevit_tiny", in_chans: int
     """
     heads = {"bit": BIT, "siamunet": SiamUNet}
     if head not in heads:
-        raise ValueError(f"--head must be one of {', '.join(CHANGE_HEADS)}; got {head!r}")
+        raise ConfigError("head", f"must be one of {', '.join(CHANGE_HEADS)}; got {head!r}")
     return heads[head](backbone, in_chans=in_chans, num_classes=num_classes, checkpoint=checkpoint,
                        drop_path_rate=drop_path_rate, **kwargs)

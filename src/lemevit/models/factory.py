@@ -1,4 +1,5 @@
-"""Creating models by name and loading local checkpoints into them (published or our own layout)."""
+"""Creating models by name, dense-task encoders, and loading local checkpoints into them (published or our own
+layout)."""
 from __future__ import annotations
 
 import logging
@@ -10,11 +11,16 @@ import torch
 from timm.models import adapt_input_conv
 from torch import nn
 
-__all__ = ["create_model", "list_models", "load_checkpoint_file", "load_weights"]
+from lemevit.errors import ConfigError, DataError
+
+__all__ = ["DENSE_STRIDES", "create_dense_encoder", "create_model", "list_models", "load_checkpoint_file",
+           "load_weights"]
 
 _logger = logging.getLogger(__name__)
 
 _FEATURE_KWARGS = ("features_only", "out_indices", "feature_cls", "feature_cfg", "output_stride")
+#: The strides of the maps dense heads (UperNet, SegFormer, FPN, change heads) read.
+DENSE_STRIDES = (4, 8, 16, 32)
 
 # Model modules of this package; their timm registrations are what `list_models` reports.
 _MODEL_MODULES = ("lemevit.models.lemevit", "lemevit.models.lvt", "lemevit.models.vvt")
@@ -33,7 +39,7 @@ def load_checkpoint_file(path: str | Path) -> dict[str, torch.Tensor]:
     unwrapping the usual ``state_dict`` / ``model`` containers."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise DataError(f"checkpoint file {path} does not exist")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -42,12 +48,12 @@ def load_checkpoint_file(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any reader failure means the same thing to the user
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from e
+        raise DataError(f"cannot read checkpoint {path}: {e}") from e
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ValueError(f"checkpoint {path} holds no state dict of tensors")
+        raise DataError(f"checkpoint {path} holds no state dict of tensors")
     return state
 
 
@@ -60,10 +66,10 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
     """Load ``state_dict`` into ``model`` (or into the backbone of a ``features_only`` wrapper).
 
     The published layout is converted; a stem conv trained on another number of bands is adapted
-    (timm's ``adapt_input_conv``); a classifier of another size is left at its initialisation with a
-    warning. Any other missing or unexpected key is an error, except that keys in ``full_keys`` (the
-    state dict keys of the unpruned model, when ``model`` is a ``features_only`` one) may be present
-    in the checkpoint without being used.
+    (timm's ``adapt_input_conv``); a classifier of another size, or one the state dict lacks (the weights of a
+    backbone), is left at its initialisation with a warning. Any other missing or unexpected key is an error,
+    except that keys in ``full_keys`` (the state dict keys of the unpruned model, when ``model`` is a
+    ``features_only`` one) may be present in the checkpoint without being used.
     """
     target = getattr(model, "model", model) if isinstance(model, nn.ModuleDict) else model
     filter_fn = _filter_fn(target)
@@ -78,42 +84,53 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
         _logger.info("adapting %s from %d to %d input channels", key, state_dict[key].shape[1], own[key].shape[1])
         state_dict[key] = adapt_input_conv(own[key].shape[1], state_dict[key])
 
-    skipped = []
     classifier = cfg.get("classifier")
-    for name in ([classifier] if isinstance(classifier, str) else classifier or []):
-        for suffix in (".weight", ".bias"):
-            k = name + suffix
-            if k in state_dict and (k not in own or own[k].shape != state_dict[k].shape):
-                if k in own:
-                    skipped.append(k)
-                    _logger.warning("%s: %s has shape %s, model has %s; left at initialisation",
-                                    source, k, tuple(state_dict[k].shape), tuple(own[k].shape))
-                del state_dict[k]
+    head_keys = [name + suffix for name in ([classifier] if isinstance(classifier, str) else classifier or [])
+                 for suffix in (".weight", ".bias")]
+    for k in head_keys:
+        if k in state_dict and (k not in own or own[k].shape != state_dict[k].shape):
+            if k in own:
+                _logger.warning("%s: %s has shape %s, model has %s; left at initialisation",
+                                source, k, tuple(state_dict[k].shape), tuple(own[k].shape))
+            del state_dict[k]
+        elif k in own and k not in state_dict:
+            # The weights of a backbone (a dense task's encoder, say) bring no classifier.
+            _logger.warning("%s has no %s; left at initialisation", source, k)
 
     unexpected = [k for k in state_dict if k not in own and k not in (full_keys or ())]
-    missing = [k for k in own if k not in state_dict and k not in skipped]
+    missing = [k for k in own if k not in state_dict and k not in head_keys]
     if missing or unexpected:
-        raise RuntimeError(
+        raise DataError(
             f"{source} does not fit {type(target).__name__}: missing keys {missing[:10]}"
             f"{' ...' if len(missing) > 10 else ''}, unexpected keys {unexpected[:10]}"
             f"{' ...' if len(unexpected) > 10 else ''}")
     mismatched = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
                   for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
     if mismatched:
-        raise RuntimeError(f"{source} does not fit {type(target).__name__}: shape mismatch {mismatched[:10]}")
+        raise DataError(f"{source} does not fit {type(target).__name__}: shape mismatch {mismatched[:10]}")
     target.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
 
 
-def create_model(name: str, checkpoint: str | Path | None = None, **kwargs) -> nn.Module:
-    """``timm.create_model`` that also loads a local checkpoint file.
+def _timm_model(name: str, **kwargs) -> nn.Module:
+    try:
+        return timm.create_model(name, **kwargs)
+    except RuntimeError as e:
+        if str(e).startswith("Unknown model"):
+            raise ConfigError("model", f"unknown model {name!r}: not one of lemevit's (`lemevit models` lists them) "
+                                       "nor of timm's") from None
+        raise
+
+
+def create_model(name: str, checkpoint: str | Path | dict[str, torch.Tensor] | None = None, **kwargs) -> nn.Module:
+    """``timm.create_model`` that also loads local weights.
 
     Args:
         name: any model name timm knows (ours are registered on ``import lemevit``).
-        checkpoint: a ``.safetensors`` / torch file in our layout or in the published one.
+        checkpoint: a ``.safetensors`` / torch file in our layout or in the published one, or a state dict.
         **kwargs: passed to ``timm.create_model`` (``num_classes``, ``in_chans``, ``features_only``,
             ``drop_path_rate``, ...).
     """
-    model = timm.create_model(name, **kwargs)
+    model = _timm_model(name, **kwargs)
     if checkpoint is not None:
         full_keys = None
         if kwargs.get("features_only"):
@@ -121,5 +138,30 @@ def create_model(name: str, checkpoint: str | Path | None = None, **kwargs) -> n
             full_kwargs = {k: v for k, v in kwargs.items() if k not in _FEATURE_KWARGS}
             with torch.device("meta"):
                 full_keys = set(timm.create_model(name, **full_kwargs).state_dict())
-        load_weights(model, load_checkpoint_file(checkpoint), source=str(checkpoint), full_keys=full_keys)
+        state_dict = checkpoint if isinstance(checkpoint, dict) else load_checkpoint_file(checkpoint)
+        source = "the given state dict" if isinstance(checkpoint, dict) else str(checkpoint)
+        load_weights(model, dict(state_dict), source=source, full_keys=full_keys)
     return model
+
+
+def create_dense_encoder(name: str, in_chans: int = 3, strides: tuple[int, ...] = DENSE_STRIDES,
+                         checkpoint: str | Path | dict[str, torch.Tensor] | None = None,
+                         drop_path_rate: float = 0.0) -> nn.Module:
+    """The ``features_only`` model of ``name`` giving its deepest map at each of ``strides``: the encoder of every
+    dense task (segmentation, change detection, detection).
+
+    The feature layout is read from a copy built on the meta device, so that the real model is built once and
+    holds only the stages the chosen maps need. A model without a map at one of the strides is a
+    :class:`~lemevit.errors.ConfigError` naming the strides it has.
+    """
+    extra = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+    with torch.device("meta"):
+        probe = _timm_model(name, features_only=True, in_chans=in_chans, **extra)
+    reductions = list(probe.feature_info.reduction())
+    missing = [s for s in strides if s not in reductions]
+    if missing:
+        raise ConfigError("model", f"{name} has feature maps at strides {reductions}, none at {missing}; this head "
+                                   f"reads the maps at strides {list(strides)}")
+    out_indices = tuple(max(i for i, r in enumerate(reductions) if r == s) for s in strides)
+    return create_model(name, checkpoint=checkpoint, features_only=True, out_indices=out_indices,
+                        in_chans=in_chans, **extra)

@@ -26,13 +26,13 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms, box_iou
 
-from lemevit.models.factory import create_model
+from lemevit.errors import ConfigError
+from lemevit.models.factory import DENSE_STRIDES, create_dense_encoder
 from lemevit.ops.rotated import (
     box_to_hbox,
     box_to_quad,
@@ -44,23 +44,10 @@ from lemevit.ops.rotated import (
     wrap_angle,
 )
 
-__all__ = ["FPN", "MidpointOffsetCoder", "OrientedRCNN", "RotatedDeltaCoder", "backbone_levels"]
+__all__ = ["FPN", "MidpointOffsetCoder", "OrientedRCNN", "RotatedDeltaCoder"]
 
-BACKBONE_STRIDES = (4, 8, 16, 32)
 # exp() of a predicted log-scale is capped at 1000/16, as in mmdet's coders.
 _MAX_LOG_SCALE = abs(math.log(16 / 1000))
-
-
-def backbone_levels(name: str, in_chans: int = 3) -> list[int]:
-    """``out_indices`` of a timm ``features_only`` model giving its deepest maps at strides 4, 8, 16, 32."""
-    with torch.device("meta"):
-        probe = timm.create_model(name, features_only=True, in_chans=in_chans)
-    reductions = probe.feature_info.reduction()
-    missing = [s for s in BACKBONE_STRIDES if s not in reductions]
-    if missing:
-        raise ValueError(f"{name} has feature maps at strides {reductions}; Oriented R-CNN needs 4, 8, 16 and 32 "
-                         f"(missing {missing})")
-    return [max(i for i, r in enumerate(reductions) if r == s) for s in BACKBONE_STRIDES]
 
 
 class FPN(nn.Module):
@@ -199,19 +186,17 @@ class OrientedRCNN(nn.Module):
     """
 
     def __init__(self, backbone: str, num_classes: int, in_chans: int = 3, fpn_channels: int = 256,
-                 drop_path_rate: float = 0.0, backbone_checkpoint: str | Path | None = None,
+                 drop_path_rate: float = 0.0, backbone_checkpoint: str | Path | dict | None = None,
                  rpn_proposals: int = 2000, test_proposals: int = 2000, score_threshold: float = 0.05,
                  nms_threshold: float = 0.1, max_detections: int = 2000):
         super().__init__()
         self.num_classes = num_classes
         self.rpn_proposals, self.test_proposals = rpn_proposals, test_proposals
         self.score_threshold, self.nms_threshold, self.max_detections = score_threshold, nms_threshold, max_detections
-        levels = backbone_levels(backbone, in_chans)
-        kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
-        self.backbone = create_model(backbone, checkpoint=backbone_checkpoint, features_only=True,
-                                     out_indices=levels, in_chans=in_chans, **kwargs)
+        self.backbone = create_dense_encoder(backbone, in_chans, checkpoint=backbone_checkpoint,
+                                             drop_path_rate=drop_path_rate)
         self.fpn = FPN(self.backbone.feature_info.channels(), fpn_channels)
-        self.strides = (*BACKBONE_STRIDES, 64)
+        self.strides = (*DENSE_STRIDES, 64)
         self.ratios = (0.5, 1.0, 2.0)
         anchors = len(self.ratios)
         self.rpn_conv = nn.Conv2d(fpn_channels, fpn_channels, 3, padding=1)
@@ -355,7 +340,7 @@ class OrientedRCNN(nn.Module):
         anchors = self.anchors([p.shape[-2:] for p in pyramid], images.device)
         if self.training:
             if targets is None:
-                raise ValueError("OrientedRCNN in train mode needs targets (boxes and labels per image)")
+                raise ConfigError("targets", "OrientedRCNN in train mode needs targets (boxes and labels per image)")
             rpn_cls, rpn_reg = self._rpn_loss(logits, deltas, anchors, targets)
             proposals = self._proposals([lg.detach() for lg in logits], [d.detach() for d in deltas], anchors,
                                         self.rpn_proposals)

@@ -3,7 +3,7 @@ maps of any of our backbones or of any timm encoder.
 
 The decoders are segmentation_models_pytorch's (``UPerNetDecoder``: pyramid pooling on the stride-32 map
 plus an FPN, fused at stride 4; ``SegformerDecoder``: one linear layer per level, fused by a 1x1 conv).
-What it lacks is written here: picking the four levels out of any timm ``features_only`` model, the
+The encoder is :func:`~lemevit.models.factory.create_dense_encoder`'s. What smp lacks is written here: the
 classifier (dropout 0.1 and a 1x1 conv, as mmsegmentation's heads), and the auxiliary FCN head on the
 stride-16 map that the published UperNet configuration trains with (one 3x3 conv-BN-ReLU of 256 channels;
 loss weight 0.4, applied by the task).
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn.functional as F
 from segmentation_models_pytorch.base.modules import Conv2dReLU
@@ -20,27 +19,15 @@ from segmentation_models_pytorch.decoders.segformer.decoder import SegformerDeco
 from segmentation_models_pytorch.decoders.upernet.decoder import UPerNetDecoder
 from torch import nn
 
-from lemevit.models.factory import create_model
+from lemevit.errors import ConfigError
+from lemevit.layers.norm import allow_single_value_batch_norm
+from lemevit.models.factory import create_dense_encoder
 
-__all__ = ["HEADS", "FCNHead", "SegmentationModel", "feature_levels"]
+__all__ = ["HEADS", "FCNHead", "SegmentationModel"]
 
 #: Decoder heads and their default channel widths (mmsegmentation's UperNet: 512; SegFormer/LVT: 256).
 HEADS = {"upernet": 512, "segformer": 256}
-STRIDES = (4, 8, 16, 32)
 AUX_CHANNELS = 256
-
-
-def feature_levels(name: str, in_chans: int = 3) -> list[int]:
-    """The ``out_indices`` of a timm ``features_only`` model that give its deepest maps at strides 4, 8, 16
-    and 32. Raises ValueError naming the strides the model has when one is missing."""
-    with torch.device("meta"):
-        probe = timm.create_model(name, features_only=True, in_chans=in_chans)
-    reductions = probe.feature_info.reduction()
-    missing = [s for s in STRIDES if s not in reductions]
-    if missing:
-        raise ValueError(f"{name} has feature maps at strides {reductions}; segmentation needs 4, 8, 16 and 32 "
-                         f"(missing {missing})")
-    return [max(i for i, r in enumerate(reductions) if r == s) for s in STRIDES]
 
 
 class FCNHead(nn.Module):
@@ -75,16 +62,15 @@ class SegmentationModel(nn.Module):
 
     def __init__(self, backbone: str, head: str = "upernet", num_classes: int = 6, in_chans: int = 3,
                  decoder_channels: int | None = None, aux_head: bool | None = None, drop_path_rate: float = 0.0,
-                 backbone_checkpoint: str | Path | None = None, dropout: float = 0.1):
+                 backbone_checkpoint: str | Path | dict | None = None, dropout: float = 0.1):
         super().__init__()
         if head not in HEADS:
-            raise ValueError(f"unknown head {head!r}; the heads are {sorted(HEADS)}")
+            raise ConfigError("head", f"unknown head {head!r}; the heads are {sorted(HEADS)}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+            raise ConfigError("num_classes", f"must be a positive integer, got {num_classes!r}")
         self.num_classes, self.head_name = num_classes, head
-        extra = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
-        self.encoder = create_model(backbone, checkpoint=backbone_checkpoint, features_only=True,
-                                    out_indices=feature_levels(backbone, in_chans), in_chans=in_chans, **extra)
+        self.encoder = create_dense_encoder(backbone, in_chans, checkpoint=backbone_checkpoint,
+                                            drop_path_rate=drop_path_rate)
         channels = self.encoder.feature_info.channels()
         width = decoder_channels or HEADS[head]
         # smp's decoders take an encoder's maps from stride 1 on; strides 1 and 2 are not used by UperNet, and
@@ -97,11 +83,9 @@ class SegmentationModel(nn.Module):
         self.classifier = nn.Conv2d(width, num_classes, kernel_size=1)
         use_aux = head == "upernet" if aux_head is None else aux_head
         self.aux_head = FCNHead(channels[2], num_classes, dropout=dropout) if use_aux else None
-
-    def no_weight_decay(self) -> set[str]:
-        inner = getattr(self.encoder, "model", None)
-        names = inner.no_weight_decay() if hasattr(inner, "no_weight_decay") else ()
-        return {f"encoder.model.{n}" for n in names}
+        # A batch of one (or one crop per epoch) pools to a single value per channel in UperNet's global branch
+        # (and in a convolutional backbone's last stage, for small crops).
+        allow_single_value_batch_norm(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         size = x.shape[-2:]

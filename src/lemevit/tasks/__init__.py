@@ -1,2 +1,7 @@
-"""Lightning modules and the runs built on them: classification (scene recognition) and semantic
-segmentation."""
+"""The tasks: scene recognition, semantic segmentation, change detection and oriented object detection, each a
+LightningModule registered with :mod:`lemevit.tasks.registry`."""
+from lemevit.tasks import change, classification, detection, segmentation  # noqa: F401  (register the tasks)
+from lemevit.tasks.base import BaseTask
+from lemevit.tasks.registry import get_task, register_task, task_names
+
+__all__ = ["BaseTask", "get_task", "register_task", "task_names"]

@@ -1,116 +1,264 @@
-"""Change detection as a Lightning module, and its metrics (precision, recall, F1, IoU of the change class, OA)."""
+"""Change detection: BIT or a siamese difference UNet over any backbone, trained on random crops of co-registered
+pairs, evaluated and predicted on whole pairs by the blended sliding window of the dense tasks."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
-from lemevit.data.change import IGNORE_INDEX
-from lemevit.data.classification import seed_everything_quietly
-from lemevit.models.change import StackedPair, create_change_model
-from lemevit.tasks.classification import adamw_warmup_cosine
-from lemevit.tasks.segmentation import WholeImageEvaluation, segmentation_metrics, tile_confusion
-from lemevit.tasks.trainer import TASK_KEY
+from lemevit.data.change import (
+    IGNORE_INDEX,
+    ChangeCrops,
+    ChangePair,
+    ChangePairs,
+    check_pairs,
+    find_change_splits,
+    read_list_file,
+    scan_change_folder,
+)
+from lemevit.data.datamodule import SeededDataModule
+from lemevit.data.regions import read_region
+from lemevit.data.splits import Split, missing_files
+from lemevit.data.statistics import Normalisation
+from lemevit.engine.config import option
+from lemevit.errors import ConfigError, DataError
+from lemevit.inference.scene import predict_scene, preview_path
+from lemevit.inference.sliding_window import sliding_window_confusion, softmax_predictor
+from lemevit.io.paths import check_outputs_spare_inputs, check_writable_folder
+from lemevit.io.raster import OUTPUT_EXTENSIONS
+from lemevit.metrics.confusion import CHANGE_CLASS_NAMES, change_metrics
+from lemevit.models.change import CHANGE_HEADS, StackedPair, create_change_model
+from lemevit.tasks.base import initial_weights
+from lemevit.tasks.dense import (
+    CropTrainingConfig,
+    SceneJobs,
+    SlidingWindowTask,
+    WindowEvalOptions,
+    WindowPredictOptions,
+)
+from lemevit.tasks.registry import register_task
+from lemevit.viz import save_pair_preview
 
-__all__ = ["CLASS_NAMES", "ChangeTask", "change_metrics", "pair_confusion"]
+__all__ = ["CHANGE_VALUE", "ChangeConfig", "ChangePredictOptions", "ChangeTask"]
 
-CLASS_NAMES = ("no change", "change")
-
-
-def change_metrics(confusion: torch.Tensor) -> dict:
-    """Precision, recall, F1 and IoU of the change class and the overall accuracy, from the ``(2, 2)``
-    pixel confusion matrix (rows: true, columns: predicted; class 1 = change).
-
-    A value whose denominator is zero (no change in the ground truth nor in the prediction, say) is None.
-    """
-    metrics = segmentation_metrics(confusion, CLASS_NAMES)
-    change = metrics["per_class"]["change"]
-    return {key: change[key] for key in ("precision", "recall", "f1", "iou")} | {
-        "oa": metrics["oa"],
-        "num_pixels": metrics["num_pixels"],
-        "changed_pixels": change["support"],
-        "no_change": metrics["per_class"]["no change"],
-        "confusion_matrix": metrics["confusion_matrix"],
-        "class_names": list(CLASS_NAMES),
-    }
+#: Change maps hold 0 (no change) and 255 (change), as LEVIR-CD's labels: a map is itself a valid label.
+CHANGE_VALUE = 255
+# The GeoTIFF's colour table: black, and white for the change value.
+_PALETTE = [(0, 0, 0)] * CHANGE_VALUE + [(255, 255, 255)]
+_PREVIEW_SIDE = 1024
 
 
-def pair_confusion(net: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, target: torch.Tensor, window: int,
-                   stride: int, batch_size: int = 8) -> torch.Tensor:
-    """``(2, 2)`` confusion matrix of one normalised pair ``(C, H, W)`` × 2 against its mask ``(H, W)``,
-    predicted by the blended sliding window of segmentation, strip by strip."""
-    return tile_confusion(StackedPair(net), torch.cat([a, b]), target, len(CLASS_NAMES), window, stride, batch_size)
+@dataclass(kw_only=True)
+class ChangeConfig(CropTrainingConfig):
+    """A change-detection run. The pairs are split by ``split_files`` (``{"train": LIST, "val": LIST}``, names
+    one per line), else as the data comes (``list/*.txt`` or ``train/``, ``val/`` subfolders), else at random
+    with ``split`` of the pairs in training (1.0: validate on the training pairs). Training takes random
+    ``img_size`` crops, ``crops_per_pair`` per pair and epoch (default: enough to cover each pair once);
+    validation whole pairs by sliding window (``window``, default ``img_size``; ``stride``, default three
+    quarters of it)."""
+
+    task: str = option("change", "the task", cli=False)
+    data: str = option(None, "a folder with A/, B/ and label/ (LEVIR-CD, CDD; list/*.txt or train/, val/ "
+                             "subfolders, when present, are the split)")
+    split_files: dict[str, str] = option({}, "list files of each subset's pairs (names one per line) instead of a "
+                                             "split by `split`", nargs="+", metavar="SUBSET=FILE")
+    img_size: int = option(256, "side of the random training crops, in pixels")
+    epochs: int = option(100, "training epochs", resumable=True)
+    batch_size: int = option(8, "crops per batch and device; windows per batch at validation")
+    weight_decay: float = option(0.01, "AdamW weight decay (not on norms, biases, tokens and embeddings)")
+    drop_path_rate: float = option(0.0, "stochastic depth of the backbone")
+    head: str = option("bit", "the change head: BIT, or a siamese difference UNet", choices=CHANGE_HEADS)
+    crops_per_pair: int | None = option(None, "random crops per pair and epoch (default: enough to cover the pair "
+                                              "once)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_positive("crops_per_pair", allow_none=True)
 
 
-class ChangeTask(WholeImageEvaluation, pl.LightningModule):
+@dataclass(kw_only=True)
+class ChangePredictOptions(WindowPredictOptions):
+    pair: list[str] = option([], "the two dates (any size, the same size; GeoTIFF pairs give a GeoTIFF)", nargs=2,
+                             metavar=("A_IMAGE", "B_IMAGE"))
+    output: str = option(None, "OUT.tif or OUT.png: the change map (0 no change, 255 change; OUT_preview.png: "
+                               "A | B | change in red)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if len(self.pair) != 2 or self.inputs:
+            raise ConfigError("pair", "a change checkpoint predicts a pair: give the two dates to `pair`, and no "
+                                      "other images")
+        if Path(self.output).suffix.lower() not in OUTPUT_EXTENSIONS:
+            raise ConfigError("output", f"must end in {', '.join(OUTPUT_EXTENSIONS)}, got {self.output}")
+
+
+@register_task
+class ChangeTask(SlidingWindowTask):
     """Trains and evaluates a change network (:func:`~lemevit.models.change.create_change_model`).
 
-    Cross-entropy over no change / change, ignoring padding; AdamW (no weight decay on norms, biases,
-    BIT's positional embedding and the backbone's ``no_weight_decay`` parameters), warm-up then cosine
-    schedule per batch. Validation predicts each whole validation pair by sliding window (``window``,
-    default ``img_size``; ``stride``, default three quarters of it) and logs ``val/f1``, ``val/iou``,
-    ``val/precision``, ``val/recall`` (change class) and ``val/oa`` over all of them.
+    Cross-entropy over no change / change, ignoring padding. Validation predicts each whole validation pair by
+    sliding window and logs ``val/f1``, ``val/iou``, ``val/precision``, ``val/recall`` (change class) and
+    ``val/oa`` over all of them.
     """
 
-    def __init__(
-        self,
-        model: str = "lemevit_tiny",
-        head: str = "bit",
-        in_chans: int = 3,
-        img_size: int = 256,
-        window: int | None = None,
-        stride: int | None = None,
-        mean: Sequence[float] = (123.675, 116.28, 103.53),
-        std: Sequence[float] = (58.395, 57.12, 57.375),
-        lr: float = 1e-3,
-        weight_decay: float = 0.01,
-        warmup_epochs: float = 1.0,
-        min_lr_factor: float = 0.01,
-        drop_path_rate: float = 0.0,
-        init_checkpoint: str | None = None,
-        seed: int = 0,
-    ):
+    name = "change"
+    description = "change detection: co-registered pairs in A/, B/ and label/"
+    config = ChangeConfig
+    eval_options = WindowEvalOptions
+    predict_options = ChangePredictOptions
+    monitor = "val/f1"
+    logged_metrics = ("f1", "iou", "precision", "recall", "oa")
+    backbone_prefix = "model.encoder."
+    entry_type = ChangePair
+    find_unused_parameters = True
+
+    def __init__(self, model: str = "lemevit_tiny", head: str = "bit", in_chans: int = 3, img_size: int = 256,
+                 window: int | None = None, stride: int | None = None,
+                 mean: Sequence[float] = (123.675, 116.28, 103.53), std: Sequence[float] = (58.395, 57.12, 57.375),
+                 input_dtype: str | None = None, lr: float = 1e-3, weight_decay: float = 0.01,
+                 warmup_epochs: float = 1.0, min_lr_factor: float = 0.01, drop_path_rate: float = 0.0,
+                 init_checkpoint: str | None = None, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
-        self.window = window or img_size
-        self.stride = stride or max(1, self.window * 3 // 4)
-        self.net = create_change_model(head, model, in_chans=in_chans, checkpoint=init_checkpoint,
-                                       drop_path_rate=drop_path_rate)
-        self._confusion = None
+        self.set_window(window, stride)
+        self.model = create_change_model(head, model, in_chans=in_chans, checkpoint=initial_weights(init_checkpoint),
+                                         drop_path_rate=drop_path_rate)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.net(a, b)
+        return self.model(a, b)
 
-    def on_train_epoch_start(self) -> None:
-        seed_everything_quietly((self.hparams.seed * 1_000_003 + self.current_epoch * 7919 + self.global_rank + 1)
-                                % 2**32)
+    # --- training ---------------------------------------------------------------------------------------------
+    @classmethod
+    def prepare(cls, cfg: ChangeConfig, progress: bool = True) -> tuple[Split, list[dict]]:
+        root = Path(cfg.data)
+        subsets = find_change_splits(root, cfg.split, cfg.seed, cfg.split_files)
+        check_pairs(root, sorted({p for pairs in subsets.values() for p in pairs}, key=lambda p: p.a))
+        return Split(root, subsets), []
+
+    @classmethod
+    def training_images(cls, split: Split) -> list[Path]:
+        return [split.root / path for p in split.subsets["train"] for path in (p.a, p.b)]
+
+    @classmethod
+    def from_config(cls, cfg: ChangeConfig, split: Split, normalisation: Normalisation) -> ChangeTask:
+        return cls(cfg.model, cfg.head, in_chans=normalisation.bands, img_size=cfg.img_size, window=cfg.window,
+                   stride=cfg.stride, mean=normalisation.mean, std=normalisation.std,
+                   input_dtype=normalisation.dtype, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                   warmup_epochs=cfg.warmup_epochs, min_lr_factor=cfg.min_lr_factor,
+                   drop_path_rate=cfg.drop_path_rate, init_checkpoint=cfg.init_checkpoint, seed=cfg.seed)
+
+    def datamodule(self, cfg: ChangeConfig, split: Split) -> SeededDataModule:
+        hp = self.hparams
+        crops = ChangeCrops(split.root, split.subsets["train"], hp.img_size, hp.mean, hp.std,
+                            crops_per_pair=cfg.crops_per_pair, flip=cfg.flip, rotate90=cfg.rotate90)
+        evaluation = {name: self.evaluation_dataset(split.root, split.subsets[name])
+                      for name in ("val", "test") if split.subsets.get(name)}
+        self.inference_batch_size = cfg.batch_size
+        return SeededDataModule(crops, evaluation, cfg.batch_size, cfg.num_workers, cfg.seed, eval_batch_size=1)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         a, b, target = batch
-        loss = F.cross_entropy(self.net(a, b), target, ignore_index=IGNORE_INDEX)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=a.shape[0])
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        loss = F.cross_entropy(self.model(a, b), target, ignore_index=IGNORE_INDEX)
+        self.log_loss(loss, a.shape[0])
         return loss
 
-    def _start_evaluation(self) -> None:
-        self._confusion = torch.zeros(2, 2, dtype=torch.long)
+    # --- evaluation -------------------------------------------------------------------------------------------
+    def evaluation_dataset(self, root: Path, items: Sequence[ChangePair]) -> Dataset:
+        return _NamedPairs(ChangePairs(root, items, self.hparams.mean, self.hparams.std))
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
-        for a, b, target in zip(*batch, strict=True):
-            self._confusion += pair_confusion(self.net, a, b, target, self.window, self.stride)
+    def evaluation_items(self, data: Path | None, split: Split | None) -> tuple[Path, list[ChangePair]]:
+        if data is None:
+            missing = missing_files(split.root, [path for p in split.evaluation for path in (p.a, p.b, p.label)])
+            if missing:
+                raise DataError(f"{len(missing)} file(s) of the run's held-out pairs are gone, e.g. {missing[0]}")
+            return split.root, list(split.evaluation)
+        root = Path(data)
+        pairs = None
+        if not (root / "A").is_dir():
+            for subset in ("test", "val"):
+                if (root / subset / "A").is_dir():
+                    pairs = scan_change_folder(root / subset, prefix=f"{subset}/")
+                    break
+        if pairs is None:
+            pairs = scan_change_folder(root)
+            listed = root / "list" / "test.txt"
+            pairs = read_list_file(listed, pairs) if listed.is_file() else pairs
+        first = read_region(root / pairs[0].a, 0, 0, 1, 1)
+        self.check_input(root / pairs[0].a, first.shape[-1], first.dtype.name)
+        return root, pairs
 
-    def _finish_evaluation(self, stage: str) -> None:
-        confusion = self.trainer.strategy.reduce(self._confusion.to(self.device), reduce_op="sum").cpu()
-        metrics = change_metrics(confusion)
-        for key in ("f1", "iou", "precision", "recall", "oa"):
-            # An undefined score (nothing changed, nothing predicted) is logged as 0 so that checkpointing on
-            # val/f1 keeps working.
-            self.log(f"{stage}/{key}", metrics[key] or 0.0, prog_bar=key == "f1", sync_dist=False)
+    def evaluation_records(self, batch) -> list[tuple[int, tuple]]:
+        index, a, b, target, name = batch
+        confusion = sliding_window_confusion(softmax_predictor(StackedPair(self.model)), torch.cat([a[0], b[0]]),
+                                             target[0], len(CHANGE_CLASS_NAMES), self.window, self.stride,
+                                             self.inference_batch_size)
+        return [(int(index[0]), (name[0], confusion))]
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[TASK_KEY] = "change"
+    def summarize(self, records: list[tuple]) -> dict:
+        per_pair = []
+        for name, confusion in records:
+            scores = change_metrics(confusion)
+            per_pair.append({"name": name} | {k: scores[k] for k in ("f1", "iou", "precision", "recall",
+                                                                      "changed_pixels")})
+        metrics = change_metrics(torch.stack([c for _, c in records]).sum(dim=0))
+        metrics.update({"num_pairs": len(records), "window": self.window, "stride": self.stride,
+                        "per_pair": per_pair})
+        return metrics
 
-    def configure_optimizers(self):
-        return adamw_warmup_cosine(self, self.net)
+    def describe(self, metrics: dict) -> str:
+        scores = "  ".join(f"{k} {'n/a' if metrics[k] is None else format(metrics[k], '.2%')}"
+                           for k in ("f1", "iou", "precision", "recall", "oa"))
+        return f"change class: {scores}  on {metrics['num_pairs']} pairs"
+
+    # --- prediction -------------------------------------------------------------------------------------------
+    def check_prediction(self, options: ChangePredictOptions) -> None:
+        dates = [Path(p) for p in options.pair]
+        for date in dates:
+            if not date.is_file():
+                raise ConfigError("pair", f"{date} is a folder; give the two image files of the pair" if date.is_dir()
+                                  else f"{date} does not exist")
+        output = Path(options.output)
+        check_writable_folder(output.parent, "output")
+        check_outputs_spare_inputs(dates, [output, preview_path(output)])
+        self._pairs, self._outputs = [tuple(dates)], [output]
+
+    def prediction_dataset(self, options: ChangePredictOptions) -> Dataset:
+        return SceneJobs(list(zip(self._pairs, self._outputs, strict=True)))
+
+    def predict_step(self, batch, batch_idx: int) -> None:
+        index, dates, output = batch
+        hp = self.hparams
+        result = predict_scene(softmax_predictor(StackedPair(self.model)), dates, output, [*hp.mean, *hp.mean],
+                               [*hp.std, *hp.std], _PALETTE, window=self.window, stride=self.stride,
+                               batch_size=self.inference_batch_size,
+                               to_map=lambda probs: (probs.argmax(dim=0) == 1).to(torch.uint8) * CHANGE_VALUE,
+                               preview_side=_PREVIEW_SIDE, progress=self.show_progress,
+                               expected_dtype=hp.get("input_dtype"))
+        preview = None
+        if self.write_preview:
+            preview = preview_path(output)
+            save_pair_preview(*result.small_scenes, result.small_map == CHANGE_VALUE, preview)
+        self._records.append((index, {"output": str(output), "preview": str(preview) if preview else None,
+                                      "height": result.height, "width": result.width,
+                                      "changed_pixels": int(result.value_pixels[CHANGE_VALUE])}))
+
+    def finish_prediction(self, records: list[dict], options: ChangePredictOptions) -> list[str]:
+        return [f"wrote {r['output']}: {r['width']}x{r['height']} change map, {r['changed_pixels']:,} changed pixels"
+                + (f" (preview {r['preview']})" if r["preview"] else "") for r in records]
+
+
+class _NamedPairs(Dataset):
+    """``(a, b, mask, name)``: evaluation pairs with their name, for the per-pair scores."""
+
+    def __init__(self, pairs: ChangePairs):
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple:
+        return (*self.pairs[index], self.pairs.pairs[index].name)

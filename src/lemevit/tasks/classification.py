@@ -1,97 +1,164 @@
-"""Scene classification as a Lightning module: any model our registry or timm knows."""
+"""Scene recognition: any model of our registry or timm as a classifier of class-per-folder image sets."""
 from __future__ import annotations
 
-import math
+import csv
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
-import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2
-from timm.utils import ModelEmaV3
+from torch.utils.data import Dataset
 
-from lemevit.data.classification import seed_everything_quietly
+from lemevit.data.classification import Sample, SceneDataset, check_images, read_split_file, scan_class_folders
+from lemevit.data.datamodule import SeededDataModule
+from lemevit.data.files import PredictionFiles, collate_readable
+from lemevit.data.images import read_image
+from lemevit.data.splits import Split, missing_files, split_items
+from lemevit.data.statistics import Normalisation
+from lemevit.data.transforms import eval_transform, train_transform
+from lemevit.engine.config import PredictOptions, RunConfig, option
+from lemevit.errors import ConfigError, DataError
+from lemevit.io import atomic_path
+from lemevit.io.paths import check_outputs_spare_inputs, check_writable_folder, list_images
+from lemevit.metrics.classification import classification_metrics
 from lemevit.models import create_model
+from lemevit.tasks.base import BaseTask, initial_weights
+from lemevit.tasks.registry import register_task
 
-__all__ = ["ClassificationTask", "adamw_warmup_cosine", "warmup_cosine"]
-
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_factor: float = 0.01) -> float:
-    """Learning-rate factor: linear warm-up, then cosine decay to ``min_factor``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+__all__ = ["ClassificationConfig", "ClassificationPredictOptions", "ClassificationTask"]
 
 
-def adamw_warmup_cosine(task: pl.LightningModule, net: torch.nn.Module) -> dict:
-    """What every task's ``configure_optimizers`` returns: AdamW over ``net`` (timm's parameter groups: no weight
-    decay on norms, biases and ``no_weight_decay`` parameters) at ``task.hparams.lr`` and ``weight_decay``,
-    stepped per batch through :func:`warmup_cosine` (``warmup_epochs``, ``min_lr_factor``)."""
-    hparams = task.hparams
-    optimizer = create_optimizer_v2(net, "adamw", lr=hparams.lr, weight_decay=hparams.weight_decay)
-    total = max(1, int(task.trainer.estimated_stepping_batches))
-    epochs = max(1, task.trainer.max_epochs or 1)
-    warmup = min(total - 1, int(round(hparams.warmup_epochs * total / epochs)))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, max(warmup, 1), total, hparams.min_lr_factor))
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+@dataclass(kw_only=True)
+class ClassificationConfig(RunConfig):
+    """A scene-recognition run. The images are split by ``split_files`` (``{"train": LIST, "val": LIST}``, paths
+    ``<class>/<image>`` one per line) when given, else per class with ``split`` of them in training."""
+
+    task: str = option("classification", "the task", cli=False)
+    data: str = option(None, "class-per-folder image directory (UC Merced, AID, NWPU-RESISC45, your own)")
+    split_files: dict[str, str] = option({}, "list files of each subset's images (<class>/<image> one per line) "
+                                             "instead of a split by `split`", nargs="+", metavar="SUBSET=FILE")
+    img_size: int = option(224, "side of the training crops and of the resized evaluation images, in pixels")
+    epochs: int = option(30, "training epochs", resumable=True)
+    batch_size: int = option(32, "images per batch and device")
+    gradient_clip: float | None = option(1.0, "clip the gradient norm to this value")
+    label_smoothing: float = option(0.1, "label smoothing of the cross-entropy")
+    mixup: float = option(0.0, "mixup alpha (timm's Mixup; 0: off)")
+    cutmix: float = option(0.0, "cutmix alpha (timm's Mixup; 0: off)")
+    randaugment: str | None = option(None, "RandAugment as rand-m9-n2 (magnitude 0..30, operations), 8-bit RGB only")
+    crop_scale: list[float] = option([0.5, 1.0], "area range of the random resized crop, as fractions of the image",
+                                     nargs=2, metavar=("MIN", "MAX"))
+    rotate90: bool = option(True, "random 90-degree rotations (scenes without a canonical orientation)")
+    skip_bad: bool = option(False, "skip unreadable images and list them in RUN_DIR/bad_images.json instead of "
+                                   "stopping at the first")
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_non_negative("label_smoothing", "mixup", "cutmix")
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ConfigError("crop_scale", f"must be MIN MAX area fractions with 0 < MIN <= MAX <= 1, got "
+                                            f"{self.crop_scale}")
 
 
-class ClassificationTask(pl.LightningModule):
+@dataclass(kw_only=True)
+class ClassificationPredictOptions(PredictOptions):
+    output: str = option(None, "FILE.csv or FILE.json: the top classes of every image with their probabilities")
+    topk: int = option(5, "how many of the most probable classes to list per image")
+    batch_size: int = option(32, "images per batch and device")
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_positive("topk")
+        if Path(self.output).suffix.lower() not in (".csv", ".json"):
+            raise ConfigError("output", f"must end in .csv or .json, got {self.output}")
+
+
+@register_task
+class ClassificationTask(BaseTask):
     """Trains and evaluates an image classifier.
 
-    AdamW (no weight decay on norms, biases and the model's ``no_weight_decay`` parameters), warm-up then
-    cosine schedule stepped per batch, label smoothing, optional mixup/cutmix (timm) and EMA of the
-    weights (timm's ``ModelEmaV3``; validation and the saved model then use the EMA weights).
-
-    The random state is re-seeded from (seed, epoch, rank) at every epoch start, so that a run resumed from
-    an epoch boundary continues exactly as the uninterrupted run would have.
+    Cross-entropy with label smoothing, optional mixup/cutmix (timm's), AdamW with warm-up and cosine decay;
+    validation logs ``val/top1``, ``val/top5`` and ``val/loss`` over all validation images.
     """
 
-    def __init__(
-        self,
-        model: str,
-        num_classes: int,
-        class_names: Sequence[str] | None = None,
-        in_chans: int = 3,
-        img_size: int = 224,
-        mean: Sequence[float] = (123.675, 116.28, 103.53),
-        std: Sequence[float] = (58.395, 57.12, 57.375),
-        lr: float = 1e-3,
-        weight_decay: float = 0.05,
-        warmup_epochs: float = 1.0,
-        min_lr_factor: float = 0.01,
-        label_smoothing: float = 0.1,
-        mixup: float = 0.0,
-        cutmix: float = 0.0,
-        drop_path_rate: float = 0.1,
-        ema_decay: float | None = None,
-        init_checkpoint: str | None = None,
-        seed: int = 0,
-    ):
+    name = "classification"
+    description = "scene recognition: a class-per-folder image directory"
+    config = ClassificationConfig
+    predict_options = ClassificationPredictOptions
+    monitor = "val/top1"
+    logged_metrics = ("top1", "top5", "loss")
+    backbone_prefix = "model."
+    entry_type = Sample
+
+    def __init__(self, model: str, num_classes: int, class_names: Sequence[str] | None = None, in_chans: int = 3,
+                 img_size: int = 224, mean: Sequence[float] = (123.675, 116.28, 103.53),
+                 std: Sequence[float] = (58.395, 57.12, 57.375), input_dtype: str | None = None, lr: float = 1e-3,
+                 weight_decay: float = 0.05, warmup_epochs: float = 1.0, min_lr_factor: float = 0.01,
+                 label_smoothing: float = 0.1, mixup: float = 0.0, cutmix: float = 0.0, drop_path_rate: float = 0.1,
+                 init_checkpoint: str | None = None, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
-        self.model = create_model(model, num_classes=num_classes, in_chans=in_chans,
-                                  drop_path_rate=drop_path_rate, checkpoint=init_checkpoint)
-        self.ema = ModelEmaV3(self.model, decay=ema_decay, use_warmup=True) if ema_decay else None
+        self.model = create_model(model, num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate,
+                                  checkpoint=initial_weights(init_checkpoint))
         self.mixup = (Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing,
                             num_classes=num_classes) if mixup > 0 or cutmix > 0 else None)
         self.soft_loss = SoftTargetCrossEntropy()
 
     @property
-    def eval_model(self) -> torch.nn.Module:
-        """The weights that are evaluated and exported: the EMA ones when EMA is on."""
-        return self.ema.module if self.ema is not None else self.model
+    def class_names(self) -> list[str]:
+        return list(self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.eval_model(x)
+    # --- training ---------------------------------------------------------------------------------------------
+    @classmethod
+    def prepare(cls, cfg: ClassificationConfig, progress: bool = True) -> tuple[Split, list[dict]]:
+        root = Path(cfg.data)
+        class_names, samples = scan_class_folders(root)
+        if len(class_names) < 2:
+            raise DataError(f"{root} has one class folder ({class_names[0]}): a classifier needs two classes or more")
+        if cfg.split_files:
+            subsets = {name: read_split_file(path, root, class_names) for name, path in cfg.split_files.items()}
+        else:
+            subsets = split_items(samples, cfg.split, cfg.seed, key=lambda s: s.path, group=lambda s: s.label,
+                                  what=f"images in {root}")
+        bad = []
+        for name in subsets:
+            subsets[name], bad_here = check_images(root, subsets[name], cfg.skip_bad)
+            bad += bad_here
+        return Split(root, subsets, {"class_names": class_names}), bad
 
-    def on_train_epoch_start(self) -> None:
-        seed_everything_quietly((self.hparams.seed * 1_000_003 + self.current_epoch * 7919 + self.global_rank + 1)
-                                % 2**32)
+    @classmethod
+    def load_meta(cls, meta: dict, source: str) -> dict:
+        names = meta.get("class_names")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise DataError(f"{source}: \"meta\" must hold the class_names")
+        return meta
+
+    @classmethod
+    def training_images(cls, split: Split) -> list[Path]:
+        return [split.root / s.path for s in split.subsets["train"]]
+
+    @classmethod
+    def from_config(cls, cfg: ClassificationConfig, split: Split, normalisation: Normalisation) -> ClassificationTask:
+        names = split.meta["class_names"]
+        return cls(cfg.model, num_classes=len(names), class_names=names, in_chans=normalisation.bands,
+                   img_size=cfg.img_size, mean=normalisation.mean, std=normalisation.std,
+                   input_dtype=normalisation.dtype, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                   warmup_epochs=cfg.warmup_epochs, min_lr_factor=cfg.min_lr_factor,
+                   label_smoothing=cfg.label_smoothing, mixup=cfg.mixup, cutmix=cfg.cutmix,
+                   drop_path_rate=cfg.drop_path_rate, init_checkpoint=cfg.init_checkpoint, seed=cfg.seed)
+
+    def datamodule(self, cfg: ClassificationConfig, split: Split) -> SeededDataModule:
+        hp = self.hparams
+        augment = train_transform(hp.img_size, hp.mean, hp.std, scale=tuple(cfg.crop_scale), rot90=cfg.rotate90,
+                                  randaugment=cfg.randaugment)
+        evaluation = {name: self.evaluation_dataset(split.root, split.subsets[name])
+                      for name in ("val", "test") if split.subsets.get(name)}
+        return SeededDataModule(SceneDataset(split.root, split.subsets["train"], augment), evaluation,
+                                cfg.batch_size, cfg.num_workers, cfg.seed)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -100,36 +167,99 @@ class ClassificationTask(pl.LightningModule):
             loss = self.soft_loss(self.model(x), soft)
         else:
             loss = F.cross_entropy(self.model(x), y, label_smoothing=self.hparams.label_smoothing)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self.log_loss(loss, x.shape[0])
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.ema is not None:
-            self.ema.update(self.model, step=self.global_step)
+    # --- evaluation -------------------------------------------------------------------------------------------
+    def evaluation_dataset(self, root: Path, items: Sequence[Sample]) -> Dataset:
+        hp = self.hparams
+        return SceneDataset(root, items, eval_transform(hp.img_size, hp.mean, hp.std))
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
-        x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        k = min(5, logits.shape[1])
-        topk = logits.topk(k, dim=1).indices
-        top1 = (topk[:, 0] == y).float().mean()
-        top5 = (topk == y[:, None]).any(dim=1).float().mean()
-        n = x.shape[0]
-        self.log(f"{stage}/loss", loss, prog_bar=False, sync_dist=True, batch_size=n)
-        self.log(f"{stage}/top1", top1, prog_bar=True, sync_dist=True, batch_size=n)
-        self.log(f"{stage}/top5", top5, sync_dist=True, batch_size=n)
+    def run_meta(self) -> dict:
+        return {"class_names": self.class_names}
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+    def evaluation_items(self, data: Path | None, split: Split | None) -> tuple[Path, list[Sample]]:
+        if data is None:
+            missing = missing_files(split.root, [s.path for s in split.evaluation])
+            if missing:
+                raise DataError(f"{len(missing)} held-out image(s) of the run are gone, e.g. {missing[0]}")
+            return split.root, list(split.evaluation)
+        names, samples = scan_class_folders(data)
+        unknown = sorted(set(names) - set(self.class_names))
+        if unknown:
+            raise DataError(f"{data}: classes {unknown} are not among the model's classes {self.class_names}")
+        return Path(data), [Sample(s.path, self.class_names.index(names[s.label])) for s in samples]
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+    def evaluation_records(self, batch) -> list[tuple[int, tuple]]:
+        index, x, y = batch
+        logits = self(x).float()
+        losses = F.cross_entropy(logits, y, reduction="none")
+        return [(int(i), (p, int(label), float(loss)))
+                for i, p, label, loss in zip(index, logits.softmax(dim=1).cpu(), y, losses, strict=True)]
 
-    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(x).softmax(dim=1)
+    def summarize(self, records: list[tuple]) -> dict:
+        probs = torch.stack([r[0] for r in records])
+        labels = torch.tensor([r[1] for r in records])
+        metrics = classification_metrics(probs, labels, self.class_names)
+        metrics["loss"] = float(np.mean([r[2] for r in records]))
+        return metrics
 
-    def configure_optimizers(self):
-        return adamw_warmup_cosine(self, self.model)
+    def confusion_title(self, metrics: dict) -> str:
+        return f"top-1 {metrics['top1']:.1%} on {metrics['num_images']} images"
+
+    def describe(self, metrics: dict) -> str:
+        return (f"top-1 {metrics['top1']:.2%}  top-5 {metrics['top5']:.2%}  on {metrics['num_images']} images "
+                f"(chance {1 / len(metrics['class_names']):.2%})")
+
+    # --- prediction -------------------------------------------------------------------------------------------
+    def load_image(self, path: Path) -> torch.Tensor:
+        """An image file as the model's input: its bands and data type checked against the training images',
+        resized to the run's size and normalised."""
+        image = read_image(path)
+        self.check_input(path, image.shape[-1], image.dtype.name)
+        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+        hp = self.hparams
+        return eval_transform(hp.img_size, hp.mean, hp.std)(x)
+
+    def check_prediction(self, options: ClassificationPredictOptions) -> None:
+        if not options.inputs:
+            raise ConfigError("inputs", "give the images to predict (files, folders or glob patterns)")
+        self._inputs = list_images(options.inputs)
+        check_writable_folder(Path(options.output).parent)
+        check_outputs_spare_inputs(self._inputs, [Path(options.output)])
+
+    def prediction_dataset(self, options: ClassificationPredictOptions) -> Dataset:
+        return PredictionFiles(self._inputs, self.load_image, options.skip_bad)
+
+    prediction_collate = staticmethod(collate_readable)
+
+    def predict_step(self, batch, batch_idx: int) -> None:
+        indices, x, bad = batch
+        self._records += [(i, {"path": str(b.path), "error": b.reason}) for i, b in bad]
+        if x is None:
+            return
+        probs = self(x).float().softmax(dim=1).cpu()
+        self._records += [(i, {"path": str(self._inputs[i]), "probs": p}) for i, p in zip(indices, probs, strict=True)]
+
+    def finish_prediction(self, records: list[dict], options: ClassificationPredictOptions) -> list[str]:
+        names, k = self.class_names, min(options.topk, len(self.class_names))
+        rows, bad = [], [r for r in records if "error" in r]
+        for record in records:
+            if "probs" in record:
+                values, indices = record["probs"].topk(k)
+                rows.append({"path": record["path"], "top": [{"class": names[c], "prob": float(p)}
+                                                             for c, p in zip(indices.tolist(), values, strict=True)]})
+        output = Path(options.output)
+        with atomic_path(output) as tmp:
+            if output.suffix.lower() == ".json":
+                tmp.write_text(json.dumps(rows, indent=1))
+            else:
+                with tmp.open("w", newline="") as f:
+                    writer = csv.writer(f)
+                    writer.writerow(["path"] + [f"{key}_{r}" for r in range(1, k + 1) for key in ("class", "prob")])
+                    for row in rows:
+                        writer.writerow([row["path"]] + [x for t in row["top"] for x in (t["class"],
+                                                                                         f"{t['prob']:.6f}")])
+        lines = [f"predicted {len(rows)} images; wrote {output}"]
+        lines += [f"skipped {r['path']}: {r['error']}" for r in bad]
+        return lines

@@ -1,149 +1,310 @@
-"""Oriented object detection as a Lightning module, and DOTA's mean average precision."""
+"""Oriented object detection: Oriented R-CNN over any backbone, trained on windows of large images, evaluated
+with DOTA's protocol on whole images (window by window, merged), predicting DOTA Task-1 files, drawn boxes and,
+for georeferenced scenes, GeoJSON."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
-from lemevit.data.classification import seed_everything_quietly
+from lemevit.data.datamodule import SeededDataModule
+from lemevit.data.detection import (
+    DetectionImages,
+    ImageLabels,
+    PatchDataset,
+    collate_detection,
+    merge_patch_detections,
+    patch_windows,
+    scan_detection_folder,
+)
+from lemevit.data.files import BadFile, PredictionFiles
+from lemevit.data.images import IMAGE_EXTENSIONS, read_image
+from lemevit.data.splits import Split, split_items
+from lemevit.data.statistics import Normalisation
+from lemevit.engine.config import PredictOptions, RunConfig, option
+from lemevit.errors import ConfigError, DataError
+from lemevit.io import atomic_path
+from lemevit.io.paths import check_distinct_names, check_outputs_spare_inputs, check_writable_folder, list_images
+from lemevit.io.vector import write_detection_geojson
+from lemevit.metrics.detection import detection_map
 from lemevit.models.oriented_rcnn import OrientedRCNN
-from lemevit.ops.rotated import box_to_quad, convex_quad_iou
-from lemevit.tasks.classification import adamw_warmup_cosine
-from lemevit.tasks.trainer import TASK_KEY
+from lemevit.ops.rotated import box_to_quad
+from lemevit.tasks.base import BaseTask, initial_weights
+from lemevit.tasks.dense import first_item
+from lemevit.tasks.registry import register_task
 
-__all__ = ["DetectionTask", "average_precision", "detection_map"]
+__all__ = ["DetectionConfig", "DetectionPredictOptions", "DetectionTask", "LabelledImage", "default_overlap"]
 
-
-def average_precision(recall: np.ndarray, precision: np.ndarray, eleven_point: bool = True) -> float:
-    """VOC average precision: the mean of the best precision at recall >= 0, 0.1, ..., 1 (VOC2007's 11 points,
-    which DOTA's devkit and mmrotate use for DOTA), or the area under the interpolated curve."""
-    if eleven_point:
-        return float(np.mean([precision[recall >= t].max() if (recall >= t).any() else 0.0
-                              for t in np.linspace(0, 1, 11)]))
-    r = np.concatenate([[0.0], recall, [1.0]])
-    p = np.concatenate([[0.0], precision, [0.0]])
-    p = np.maximum.accumulate(p[::-1])[::-1]
-    steps = np.nonzero(r[1:] != r[:-1])[0]
-    return float(((r[steps + 1] - r[steps]) * p[steps + 1]).sum())
+#: Overlap of 1024-pixel windows in the published DOTA setting; other window sides overlap in proportion.
+_OVERLAP_OF_1024 = 200
 
 
-def detection_map(detections: Sequence[dict], ground_truths: Sequence[dict], class_names: Sequence[str],
-                  iou_threshold: float = 0.5, eleven_point: bool = True) -> dict:
-    """DOTA Task-1 evaluation.
+def default_overlap(window: int) -> int:
+    """The overlap of windows of side ``window`` when none is given: 200 px for 1024 px windows (the published
+    DOTA setting), in proportion for other sides (100 for 512)."""
+    return window * _OVERLAP_OF_1024 // 1024
 
-    ``detections[i]``: ``quads`` ``(n, 4, 2)``, ``scores``, ``labels`` of image ``i``; ``ground_truths[i]``:
-    ``quads``, ``labels``, ``difficult``. Per class, detections of all images are ranked by score; one is a
-    true positive when its polygon IoU with an unmatched object of its class in its image is the highest and
-    above ``iou_threshold``; a match with a difficult object counts neither way; difficult objects are not
-    counted in the recall. ``map50`` averages the classes that have objects.
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """An item of a detection split: an image (relative to the data root); its objects come from its label file."""
+
+    image: str
+
+
+@dataclass(kw_only=True)
+class DetectionConfig(RunConfig):
+    """A detection run. ``img_size`` is the side of the square windows the images are cut into, ``overlap``
+    the pixels neighbours share (default: in proportion to 200 for 1024)."""
+
+    task: str = option("detection", "the task", cli=False)
+    data: str = option(None, "DOTA (images/, labelTxt/) or DIOR-R (JPEGImages*/, Annotations/Oriented Bounding "
+                             "Boxes/)")
+    img_size: int = option(1024, "side of the windows the images are cut into, in pixels")
+    epochs: int = option(12, "training epochs", resumable=True)
+    batch_size: int = option(2, "windows per batch and device")
+    split: float = option(0.8, "fraction of the images in training (1.0: validate on the training images)")
+    lr: float = option(1e-4, "peak learning rate of AdamW")
+    gradient_clip: float | None = option(35.0, "clip the gradient norm to this value")
+    overlap: int | None = option(None, "pixels shared by neighbouring windows (default img_size * 200 / 1024)")
+    fpn_channels: int = option(256, "FPN width")
+    rpn_proposals: int = option(2000, "proposals per image in training")
+    test_proposals: int = option(2000, "proposals per window at inference")
+    augment: bool = option(True, "random flips and quarter turns of the training windows")
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_positive("fpn_channels", "rpn_proposals", "test_proposals")
+        if self.overlap is not None:
+            self.check_non_negative("overlap")
+            if self.overlap >= self.img_size:
+                raise ConfigError("overlap", f"{self.overlap} must be smaller than the windows ({self.img_size} px)")
+
+
+@dataclass(kw_only=True)
+class DetectionPredictOptions(PredictOptions):
+    output: str = option(None, "a folder: DOTA Task-1 files Task1_<class>.txt, <image>.png with the boxes drawn, "
+                               "<image>.geojson for georeferenced GeoTIFFs")
+    batch_size: int = option(4, "windows per batch and device")
+    draw_threshold: float = option(0.3, "boxes scoring at least this are drawn")
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_fraction("draw_threshold", low_open=False)
+        if Path(self.output).suffix.lower() in IMAGE_EXTENSIONS | {".txt", ".json", ".geojson"}:
+            raise ConfigError("output", f"is a folder for several files (Task-1 files, drawn images), got "
+                                        f"{self.output}")
+
+
+def _select(images: list[ImageLabels], root: Path, items: Sequence[LabelledImage]) -> list[ImageLabels]:
+    by_name = {i.image.relative_to(root).as_posix(): i for i in images}
+    missing = [item.image for item in items if item.image not in by_name]
+    if missing:
+        raise DataError(f"{root}: images of the run's split are missing or unlabelled: {missing[:5]}")
+    return [by_name[item.image] for item in items]
+
+
+@register_task
+class DetectionTask(BaseTask):
+    """Trains Oriented R-CNN on image windows; validation scores whole images with DOTA's protocol (window by
+    window, merged by class-wise rotated NMS) and logs ``val/map50``.
     """
-    per_class = {}
-    for c, name in enumerate(class_names):
-        scores, hits, used, num_gt, num_det = [], [], [], 0, 0
-        for det, gt in zip(detections, ground_truths, strict=True):
-            det_mask, gt_mask = np.asarray(det["labels"]) == c, np.asarray(gt["labels"]) == c
-            d_quads, d_scores = np.asarray(det["quads"])[det_mask], np.asarray(det["scores"])[det_mask]
-            g_quads, difficult = np.asarray(gt["quads"])[gt_mask], np.asarray(gt["difficult"])[gt_mask].astype(bool)
-            num_gt += int((~difficult).sum())
-            num_det += len(d_scores)
-            if len(d_scores) == 0:
-                continue
-            order = np.argsort(-d_scores, kind="stable")
-            d_quads, d_scores = d_quads[order], d_scores[order]
-            hit = np.zeros(len(d_scores), bool)
-            counted = np.ones(len(d_scores), bool)
-            if len(g_quads):
-                iou = convex_quad_iou(torch.as_tensor(d_quads, dtype=torch.float64),
-                                      torch.as_tensor(g_quads, dtype=torch.float64)).numpy()
-                best, match = iou.max(1), iou.argmax(1)
-                taken = np.zeros(len(g_quads), bool)
-                # Within one image, higher-scored detections claim their object first (sequential by nature).
-                for k in np.nonzero(best > iou_threshold)[0]:
-                    if difficult[match[k]]:
-                        counted[k] = False
-                    elif not taken[match[k]]:
-                        hit[k] = taken[match[k]] = True
-            scores.append(d_scores[counted])
-            hits.append(hit[counted])
-            used.append(counted.sum())
-        if num_gt == 0:
-            per_class[name] = {"ap": None, "num_gt": 0, "num_det": num_det}
-            continue
-        scores = np.concatenate(scores) if scores else np.zeros(0)
-        hits = np.concatenate(hits) if hits else np.zeros(0, bool)
-        order = np.argsort(-scores, kind="stable")
-        tp = np.cumsum(hits[order])
-        fp = np.cumsum(~hits[order])
-        recall = tp / num_gt
-        precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-        ap = average_precision(recall, precision, eleven_point) if len(scores) else 0.0
-        per_class[name] = {"ap": ap, "num_gt": num_gt, "num_det": num_det,
-                           "recall": float(recall[-1]) if len(recall) else 0.0}
-    aps = [v["ap"] for v in per_class.values() if v["ap"] is not None]
-    return {"map50": float(np.mean(aps)) if aps else 0.0, "iou_threshold": iou_threshold,
-            "ap_method": "voc07_11point" if eleven_point else "area", "per_class": per_class}
 
-
-class DetectionTask(pl.LightningModule):
-    """Trains Oriented R-CNN on image windows; validation reports DOTA mAP50 over the validation windows.
-
-    AdamW (no weight decay on norms and biases) with linear warm-up and cosine decay stepped per batch, the
-    usual recipe for transformer backbones in mmrotate configurations. Full images are evaluated window by
-    window and merged by :func:`lemevit.tasks.detection_run.evaluate`.
-    """
+    name = "detection"
+    description = "oriented object detection: DOTA or DIOR-R"
+    config = DetectionConfig
+    predict_options = DetectionPredictOptions
+    monitor = "val/map50"
+    logged_metrics = ("map50",)
+    backbone_prefix = "model.backbone."
+    entry_type = LabelledImage
+    find_unused_parameters = True
+    batches_whole_images = True
+    evaluation_collate = staticmethod(first_item)
 
     def __init__(self, model: str, num_classes: int, class_names: Sequence[str] | None = None, in_chans: int = 3,
-                 img_size: int = 1024, overlap: int = 200, mean: Sequence[float] = (123.675, 116.28, 103.53),
-                 std: Sequence[float] = (58.395, 57.12, 57.375), lr: float = 1e-4, weight_decay: float = 0.05,
-                 warmup_epochs: float = 1.0, min_lr_factor: float = 0.01, drop_path_rate: float = 0.1,
-                 fpn_channels: int = 256, rpn_proposals: int = 2000, test_proposals: int = 2000,
-                 init_checkpoint: str | None = None, seed: int = 0):
+                 img_size: int = 1024, overlap: int | None = None, mean: Sequence[float] = (123.675, 116.28, 103.53),
+                 std: Sequence[float] = (58.395, 57.12, 57.375), input_dtype: str | None = None, lr: float = 1e-4,
+                 weight_decay: float = 0.05, warmup_epochs: float = 1.0, min_lr_factor: float = 0.01,
+                 drop_path_rate: float = 0.1, fpn_channels: int = 256, rpn_proposals: int = 2000,
+                 test_proposals: int = 2000, init_checkpoint: str | None = None, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
-        self.detector = OrientedRCNN(model, num_classes, in_chans=in_chans, fpn_channels=fpn_channels,
-                                     drop_path_rate=drop_path_rate, backbone_checkpoint=init_checkpoint,
-                                     rpn_proposals=rpn_proposals, test_proposals=test_proposals)
-        self._val_detections: list[dict] = []
-        self._val_truths: list[dict] = []
+        self.overlap = default_overlap(img_size) if overlap is None else overlap
+        self.model = OrientedRCNN(model, num_classes, in_chans=in_chans, fpn_channels=fpn_channels,
+                                  drop_path_rate=drop_path_rate, backbone_checkpoint=initial_weights(init_checkpoint),
+                                  rpn_proposals=rpn_proposals, test_proposals=test_proposals)
 
-    def forward(self, images: torch.Tensor) -> list[dict]:
-        return self.detector(images)
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)])
 
-    def on_train_epoch_start(self) -> None:
-        seed_everything_quietly((self.hparams.seed * 1_000_003 + self.current_epoch * 7919 + self.global_rank + 1)
-                                % 2**32)
+    # --- training ---------------------------------------------------------------------------------------------
+    @classmethod
+    def prepare(cls, cfg: DetectionConfig, progress: bool = True) -> tuple[Split, list[dict]]:
+        root = Path(cfg.data)
+        class_names, images = scan_detection_folder(root)
+        items = [LabelledImage(i.image.relative_to(root).as_posix()) for i in images]
+        subsets = split_items(items, cfg.split, cfg.seed, key=lambda item: item.image,
+                              what=f"labelled images in {root}")
+        return Split(root, subsets, {"class_names": class_names}), []
+
+    @classmethod
+    def training_images(cls, split: Split) -> list[Path]:
+        return [split.root / item.image for item in split.subsets["train"]]
+
+    @classmethod
+    def from_config(cls, cfg: DetectionConfig, split: Split, normalisation: Normalisation) -> DetectionTask:
+        names = split.meta["class_names"]
+        return cls(cfg.model, num_classes=len(names), class_names=names, in_chans=normalisation.bands,
+                   img_size=cfg.img_size, overlap=cfg.overlap, mean=normalisation.mean, std=normalisation.std,
+                   input_dtype=normalisation.dtype, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                   warmup_epochs=cfg.warmup_epochs, min_lr_factor=cfg.min_lr_factor,
+                   drop_path_rate=cfg.drop_path_rate, fpn_channels=cfg.fpn_channels,
+                   rpn_proposals=cfg.rpn_proposals, test_proposals=cfg.test_proposals,
+                   init_checkpoint=cfg.init_checkpoint, seed=cfg.seed)
+
+    def _labels(self, root: Path, items: Sequence[LabelledImage]) -> list[ImageLabels]:
+        names, images = scan_detection_folder(root)
+        if names != self.class_names:
+            raise DataError(f"{root}: its classes {names} are not the model's {self.class_names}")
+        return _select(images, root, items)
+
+    def datamodule(self, cfg: DetectionConfig, split: Split) -> SeededDataModule:
+        hp = self.hparams
+        windows = PatchDataset(self._labels(split.root, split.subsets["train"]), size=hp.img_size,
+                               overlap=self.overlap, augment=cfg.augment, mean=hp.mean, std=hp.std)
+        evaluation = {name: self.evaluation_dataset(split.root, split.subsets[name])
+                      for name in ("val", "test") if split.subsets.get(name)}
+        self.inference_batch_size = cfg.batch_size
+        return SeededDataModule(windows, evaluation, cfg.batch_size, cfg.num_workers, cfg.seed, eval_batch_size=1,
+                                collate_fn=collate_detection, eval_collate_fn=first_item)
 
     def training_step(self, batch: tuple[torch.Tensor, list[dict]], batch_idx: int) -> torch.Tensor:
         images, targets = batch
-        losses = self.detector(images, targets)
+        losses = self.model(images, targets)
         loss = sum(losses.values())
-        n = images.shape[0]
-        for name, value in losses.items():
-            self.log(f"train/{name}", value, on_step=True, on_epoch=True, batch_size=n)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
+        self.log_loss(loss, images.shape[0], losses)
         return loss
 
-    def on_validation_epoch_start(self) -> None:
-        self._val_detections, self._val_truths = [], []
+    # --- detection over whole images --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def detect(self, image: np.ndarray, merge_iou: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Oriented boxes as corner quads ``(n, 4, 2)``, scores and labels over a whole ``(H, W, C)`` image:
+        detected window by window (the run's window side and overlap) and merged by class-wise rotated NMS."""
+        hp = self.hparams
+        height, width = image.shape[:2]
+        size = hp.img_size
+        windows = patch_windows(width, height, size, self.overlap)
+        mean = torch.tensor(hp.mean, dtype=torch.float32)[:, None, None]
+        std = torch.tensor(hp.std, dtype=torch.float32)[:, None, None]
+        device = next(self.model.parameters()).device
+        boxes, scores, labels = [], [], []
+        for start in range(0, len(windows), self.inference_batch_size):
+            chunk = windows[start:start + self.inference_batch_size]
+            batch = torch.zeros(len(chunk), image.shape[-1], size, size)
+            for k, (x0, y0) in enumerate(chunk):
+                piece = image[y0:y0 + size, x0:x0 + size]
+                batch[k, :, :piece.shape[0], :piece.shape[1]] = torch.from_numpy(
+                    np.ascontiguousarray(piece.transpose(2, 0, 1), dtype=np.float32))
+            batch = (batch - mean) / std  # padding normalised too, as in training
+            for det in self.model(batch.to(device)):
+                boxes.append(det["boxes"].float().cpu())
+                scores.append(det["scores"].float().cpu())
+                labels.append(det["labels"].cpu())
+        merged_boxes, merged_scores, merged_labels = merge_patch_detections(boxes, scores, labels, windows, merge_iou)
+        return box_to_quad(merged_boxes).numpy(), merged_scores.numpy(), merged_labels.numpy()
 
-    def validation_step(self, batch: tuple[torch.Tensor, list[dict]], batch_idx: int) -> None:
-        images, targets = batch
-        for det, target in zip(self(images), targets, strict=True):
-            self._val_detections.append({"quads": box_to_quad(det["boxes"]).cpu().numpy(),
-                                         "scores": det["scores"].cpu().numpy(), "labels": det["labels"].cpu().numpy()})
-            self._val_truths.append({"quads": box_to_quad(target["boxes"]).cpu().numpy(),
-                                     "labels": target["labels"].cpu().numpy(),
-                                     "difficult": target["difficult"].cpu().numpy()})
+    # --- evaluation -------------------------------------------------------------------------------------------
+    def evaluation_dataset(self, root: Path, items: Sequence[LabelledImage]) -> Dataset:
+        return DetectionImages(self._labels(root, items))
 
-    def on_validation_epoch_end(self) -> None:
-        names = self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)]
-        metrics = detection_map(self._val_detections, self._val_truths, names)
-        self.log("val/map50", metrics["map50"], prog_bar=True, sync_dist=True)
+    def run_meta(self) -> dict:
+        return {"class_names": self.class_names}
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[TASK_KEY] = "detection"
+    def evaluation_items(self, data: Path | None, split: Split | None) -> tuple[Path, list[LabelledImage]]:
+        if data is None:
+            return split.root, list(split.evaluation)
+        root = Path(data)
+        names, images = scan_detection_folder(root)
+        if names != self.class_names:
+            raise DataError(f"{root}: its classes {names} are not the model's {self.class_names}")
+        return root, [LabelledImage(i.image.relative_to(root).as_posix()) for i in images]
 
-    def configure_optimizers(self):
-        return adamw_warmup_cosine(self, self.detector)
+    def evaluation_records(self, batch) -> list[tuple[int, dict]]:
+        index, pixels, truth = batch
+        quads, scores, labels = self.detect(pixels)
+        return [(int(index), {"detections": {"quads": quads, "scores": scores, "labels": labels}, "truth": truth})]
+
+    def summarize(self, records: list[dict]) -> dict:
+        metrics = detection_map([r["detections"] for r in records], [r["truth"] for r in records], self.class_names)
+        metrics.update({"num_images": len(records), "window": self.hparams.img_size, "overlap": self.overlap})
+        return metrics
+
+    def describe(self, metrics: dict) -> str:
+        return (f"mAP50 {metrics['map50']:.2%} (DOTA: polygon IoU 0.5, difficult ignored) on {metrics['num_images']} "
+                "images")
+
+    # --- prediction -------------------------------------------------------------------------------------------
+    def _read_scene(self, path: Path) -> np.ndarray:
+        image = read_image(path)
+        self.check_input(path, image.shape[-1], image.dtype.name)
+        return image
+
+    def check_prediction(self, options: DetectionPredictOptions) -> None:
+        if not options.inputs:
+            raise ConfigError("inputs", "give the images to predict (files, folders or glob patterns)")
+        self._inputs = list_images(options.inputs)
+        check_distinct_names(self._inputs)
+        output = check_writable_folder(options.output)
+        planned = [output / f"Task1_{name}.txt" for name in self.class_names]
+        planned += [output / f"{p.stem}{suffix}" for p in self._inputs for suffix in (".png", ".geojson")]
+        check_outputs_spare_inputs(self._inputs, planned)
+
+    def prediction_dataset(self, options: DetectionPredictOptions) -> Dataset:
+        self._output, self._draw_threshold = Path(options.output), options.draw_threshold
+        return PredictionFiles(self._inputs, self._read_scene, options.skip_bad)
+
+    prediction_collate = staticmethod(first_item)
+
+    def predict_step(self, batch, batch_idx: int) -> None:
+        from lemevit.viz import draw_oriented_boxes
+
+        index, image = batch
+        path = self._inputs[index]
+        if isinstance(image, BadFile):
+            self._records.append((index, {"image": str(path), "error": image.reason}))
+            return
+        quads, scores, labels = self.detect(image)
+        shown = scores >= self._draw_threshold
+        png = self._output / f"{path.stem}.png"
+        draw_oriented_boxes(image, quads[shown], labels[shown], scores[shown], self.class_names, png)
+        geojson = self._output / f"{path.stem}.geojson"
+        located = write_detection_geojson(path, quads, labels, scores, self.class_names, geojson)
+        self._records.append((index, {"image": str(path), "quads": quads, "scores": scores, "labels": labels,
+                                      "png": str(png), "drawn": int(shown.sum()),
+                                      "geojson": str(geojson) if located else None}))
+
+    def finish_prediction(self, records: list[dict], options: DetectionPredictOptions) -> list[str]:
+        output = Path(options.output)
+        lines: dict[str, list[str]] = {name: [] for name in self.class_names}
+        printed = []
+        for record in records:
+            if "error" in record:
+                printed.append(f"skipped {record['image']}: {record['error']}")
+                continue
+            stem = Path(record["image"]).stem
+            for quad, score, label in zip(record["quads"], record["scores"], record["labels"], strict=True):
+                corners = " ".join(f"{v:.1f}" for v in quad.ravel())
+                lines[self.class_names[label]].append(f"{stem} {score:.4f} {corners}")
+            geo = f", {record['geojson']}" if record["geojson"] else ""
+            printed.append(f"{record['image']}: {len(record['scores'])} objects ({record['drawn']} drawn in "
+                           f"{record['png']}{geo})")
+        for name, rows in lines.items():
+            with atomic_path(output / f"Task1_{name}.txt") as tmp:
+                tmp.write_text("".join(row + "\n" for row in rows))
+        return printed + [f"wrote DOTA Task-1 files Task1_<class>.txt into {output}"]

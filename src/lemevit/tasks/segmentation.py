@@ -1,205 +1,288 @@
-"""Semantic segmentation as a Lightning module, and its metrics (OA, IoU, F1 from a confusion matrix)."""
+"""Semantic segmentation: UperNet or the SegFormer decoder over any backbone, trained on random crops of tiles
+of any size, evaluated and predicted on whole tiles and scenes by the blended sliding window."""
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
-from lemevit.data.classification import seed_everything_quietly
-from lemevit.data.segmentation import IGNORE_INDEX, LabelScheme
-from lemevit.models.segmentation import SegmentationModel
-from lemevit.predict_scene import blended_strips
-from lemevit.tasks.classification import adamw_warmup_cosine
-from lemevit.tasks.trainer import TASK_KEY
+from lemevit.data.datamodule import SeededDataModule
+from lemevit.data.regions import read_region
+from lemevit.data.segmentation import (
+    IGNORE_INDEX,
+    PRESETS,
+    LabelScheme,
+    SegmentationCrops,
+    SegmentationTiles,
+    TilePair,
+    check_pairs,
+    dataset_subsets,
+    resolve_labels,
+    scan_pairs,
+    split_tiles,
+)
+from lemevit.data.splits import Split, missing_files
+from lemevit.data.statistics import Normalisation
+from lemevit.engine.config import option
+from lemevit.errors import ConfigError, DataError
+from lemevit.inference.scene import predict_scene, preview_path
+from lemevit.inference.sliding_window import sliding_window_confusion, softmax_predictor
+from lemevit.io.paths import check_distinct_names, check_outputs_spare_inputs, check_writable_folder, list_images
+from lemevit.io.raster import OUTPUT_EXTENSIONS
+from lemevit.losses import dice_loss
+from lemevit.metrics.confusion import segmentation_metrics
+from lemevit.models.segmentation import HEADS, SegmentationModel
+from lemevit.tasks.base import initial_weights
+from lemevit.tasks.dense import (
+    CropTrainingConfig,
+    SceneJobs,
+    SlidingWindowTask,
+    WindowEvalOptions,
+    WindowPredictOptions,
+)
+from lemevit.tasks.registry import register_task
+from lemevit.viz import save_palette_png
 
-__all__ = ["SegmentationTask", "WholeImageEvaluation", "confusion_matrix", "dice_loss", "segmentation_metrics",
-           "tile_confusion"]
-
-
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``(K, K)`` int64 pixel counts, rows the true class and columns the predicted one; pixels whose target
-    is ``IGNORE_INDEX`` are left out."""
-    keep = target != IGNORE_INDEX
-    pairs = target[keep].long() * num_classes + pred[keep].long()
-    return torch.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def segmentation_metrics(confusion: torch.Tensor, class_names: Sequence[str]) -> dict:
-    """OA, mIoU, mF1, per-class IoU/F1/precision/recall/support and the confusion matrix.
-
-    A class that is neither in the ground truth nor predicted has no IoU or F1 (null): the means are over the
-    classes that have them, as mmsegmentation's ``nanmean``.
-    """
-    confusion = confusion.double()
-    tp = confusion.diag()
-    true_total, pred_total = confusion.sum(dim=1), confusion.sum(dim=0)
-    union = true_total + pred_total - tp
-
-    def ratio(num: torch.Tensor, den: torch.Tensor) -> list[float | None]:
-        return [float(n / d) if d > 0 else None for n, d in zip(num, den, strict=True)]
-
-    iou, f1 = ratio(tp, union), ratio(2 * tp, true_total + pred_total)
-    precision, recall = ratio(tp, pred_total), ratio(tp, true_total)
-    total = float(confusion.sum())
-
-    def mean(values: list[float | None]) -> float:
-        defined = [v for v in values if v is not None]
-        return sum(defined) / len(defined) if defined else math.nan
-
-    return {
-        "oa": float(tp.sum() / total) if total else math.nan,
-        "miou": mean(iou),
-        "mf1": mean(f1),
-        "num_pixels": int(total),
-        "per_class": {name: {"iou": iou[i], "f1": f1[i], "precision": precision[i], "recall": recall[i],
-                             "support": int(true_total[i])} for i, name in enumerate(class_names)},
-        "class_names": list(class_names),
-        "confusion_matrix": confusion.long().tolist(),
-    }
+__all__ = ["SegmentationConfig", "SegmentationPredictOptions", "SegmentationTask", "scene_outputs"]
 
 
-def tile_confusion(model: torch.nn.Module, image: torch.Tensor, target: torch.Tensor, num_classes: int,
-                   window: int, stride: int, batch_size: int = 8) -> torch.Tensor:
-    """Confusion matrix of one normalised tile ``(C, H, W)`` against its target ``(H, W)``, predicted by a
-    blended sliding window strip by strip (the tile's probabilities are never held whole)."""
-    device = next(model.parameters()).device
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+@dataclass(kw_only=True)
+class SegmentationConfig(CropTrainingConfig):
+    """A segmentation run. The labels come from ``preset``, else ``class_names`` (with ``ignore_value`` and
+    ``first_class_value``), else ``DATA/classes.yaml``. ``split`` is the fraction of tiles used for training
+    (1.0: validate on the training tiles) unless the data has ``train/`` and ``val/`` subfolders. The
+    sliding-window validation's ``window`` defaults to ``img_size``, its ``stride`` to three quarters of the
+    window."""
 
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        return model(x.to(device)).softmax(dim=1).cpu()
+    task: str = option("segmentation", "the task", cli=False)
+    data: str = option(None, "a folder with img_dir/ and ann_dir/ (masks of the same names; train/ and val/ "
+                             "subfolders, when present, are the split)")
+    img_size: int = option(512, "side of the random training crops, in pixels")
+    epochs: int = option(50, "training epochs", resumable=True)
+    batch_size: int = option(8, "crops per batch and device; windows per batch at validation")
+    split: float = option(0.8, "fraction of the tiles in training (1.0: validate on the training tiles)")
+    lr: float = option(4e-4, "peak learning rate of AdamW")
+    weight_decay: float = option(0.01, "AdamW weight decay (not on norms, biases, tokens and embeddings)")
+    head: str = option("upernet", "the decoder", choices=tuple(HEADS))
+    decoder_channels: int | None = option(None, "decoder width (default 512 UperNet, 256 SegFormer)")
+    aux_weight: float = option(0.4, "loss weight of UperNet's auxiliary FCN head on the stride-16 map (0: none)")
+    dice_weight: float = option(0.0, "weight of a Dice loss added to the cross-entropy")
+    preset: str | None = option(None, "class names, palette and mask encoding of a published data set",
+                                choices=tuple(PRESETS))
+    class_names: list[str] | None = option(None, "class names, stored in masks as first-class-value, +1, ... (else "
+                                                 "DATA/classes.yaml)", metavar="NAME")
+    ignore_value: int | None = option(None, "mask value of unlabelled pixels (default 255)")
+    first_class_value: int | None = option(None, "mask value of the first class (default 0)")
+    crops_per_tile: int | None = option(None, "random crops per tile and epoch (default: enough to cover the tile "
+                                              "once)")
+    class_balance: float = option(0.0, "fraction of crops placed on a class drawn uniformly from the tile's "
+                                       "classes, so that rare classes are learnt")
 
-    for top, probs in blended_strips(lambda a, b: image[:, a:b].cpu(), image.shape[1], image.shape[2], predict,
-                                     window, stride, batch_size):
-        confusion += confusion_matrix(probs.argmax(dim=0), target[top:top + probs.shape[1]].cpu(), num_classes)
-    return confusion
-
-
-def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """One minus the soft Dice coefficient of the softmax, averaged over the classes present in ``target``
-    ``(B, H, W)``; pixels whose target is ``IGNORE_INDEX`` are left out. Unlike cross-entropy, a class
-    weighs the same however few pixels it covers."""
-    num_classes = logits.shape[1]
-    keep = target != IGNORE_INDEX
-    probs = logits.float().softmax(dim=1)
-    classes = target[keep]
-    # Summed by class index rather than through a one-hot target: no (B, K, H, W) copies in the training step.
-    own = probs.gather(1, target.masked_fill(~keep, 0).unsqueeze(1)).squeeze(1)[keep]
-    intersection = own.new_zeros(num_classes).index_add(0, classes, own)
-    support = torch.bincount(classes, minlength=num_classes).to(own.dtype)
-    predicted = torch.einsum("bkhw,bhw->k", probs, keep.to(probs.dtype))
-    dice = 2 * intersection / (predicted + support).clamp_min(1e-6)
-    present = support > 0
-    return 1 - dice[present].mean() if present.any() else logits.sum() * 0
-
-
-class WholeImageEvaluation:
-    """Validation and test of a Lightning module that scores whole images (tiles, pairs) by sliding window,
-    one per batch: the task supplies ``_start_evaluation()``, ``_evaluate(batch)`` and
-    ``_finish_evaluation(stage)``, which logs ``stage/<metric>``."""
-
-    def on_validation_epoch_start(self) -> None:
-        self._start_evaluation()
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._finish_evaluation("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._start_evaluation()
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._finish_evaluation("test")
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_positive("decoder_channels", "crops_per_tile", allow_none=True)
+        self.check_non_negative("aux_weight", "dice_weight")
+        self.check_fraction("class_balance", low_open=False)
 
 
-class SegmentationTask(WholeImageEvaluation, pl.LightningModule):
+@dataclass(kw_only=True)
+class SegmentationPredictOptions(WindowPredictOptions):
+    output: str = option(None, "OUT.tif or OUT.png for one scene (GeoTIFF in, GeoTIFF out with its CRS and "
+                               "transform), a folder for several (OUT_preview.png: the classes in colour)")
+
+
+def scene_outputs(scenes: Sequence[Path], output: Path, argument: str = "output") -> list[Path]:
+    """Where each scene's map goes: one scene to a named file; several (or a folder) to ``output/<stem>.tif|.png``,
+    keeping the scene's format. Names that would collide, and outputs that would replace an input, are refused."""
+    if len(scenes) == 1 and output.suffix and not output.is_dir():
+        if output.suffix.lower() not in OUTPUT_EXTENSIONS:
+            raise ConfigError(argument, f"the class map of one scene is written as {', '.join(OUTPUT_EXTENSIONS)}, got "
+                                        f"{output}")
+        targets = [output]
+        check_writable_folder(output.parent, argument)
+    else:
+        if output.suffix.lower() in OUTPUT_EXTENSIONS or (output.exists() and not output.is_dir()):
+            raise ConfigError(argument, f"{len(scenes)} scenes need a folder, got the file {output}")
+        check_distinct_names(scenes, argument)
+        check_writable_folder(output, argument)
+        targets = [output / (s.stem + (".tif" if s.suffix.lower() in (".tif", ".tiff") else ".png")) for s in scenes]
+    check_outputs_spare_inputs(scenes, targets + [preview_path(t) for t in targets], argument)
+    return targets
+
+
+@register_task
+class SegmentationTask(SlidingWindowTask):
     """Trains and evaluates a :class:`~lemevit.models.segmentation.SegmentationModel`.
 
     Cross-entropy ignoring unlabelled pixels, plus ``dice_weight`` times the Dice loss (which lifts classes of
-    few pixels), plus ``aux_weight`` times the cross-entropy of the auxiliary head; AdamW
-    (no weight decay on norms, biases and the backbone's ``no_weight_decay`` parameters), warm-up then cosine
-    schedule per batch. Validation predicts each whole validation tile with the blended sliding window
-    (``window``, default ``img_size``; ``stride``, default three quarters of it) and logs ``val/miou``,
-    ``val/oa`` and ``val/mf1`` over all of them.
+    few pixels), plus ``aux_weight`` times the cross-entropy of the auxiliary head. Validation predicts each whole
+    validation tile by the blended sliding window and logs ``val/miou``, ``val/oa`` and ``val/mf1`` over all of
+    them.
     """
 
-    def __init__(
-        self,
-        model: str,
-        labels: dict,
-        head: str = "upernet",
-        decoder_channels: int | None = None,
-        aux_weight: float = 0.4,
-        dice_weight: float = 0.0,
-        in_chans: int = 3,
-        img_size: int = 512,
-        window: int | None = None,
-        stride: int | None = None,
-        mean: Sequence[float] = (123.675, 116.28, 103.53),
-        std: Sequence[float] = (58.395, 57.12, 57.375),
-        lr: float = 4e-4,
-        weight_decay: float = 0.01,
-        warmup_epochs: float = 1.0,
-        min_lr_factor: float = 0.01,
-        drop_path_rate: float = 0.1,
-        init_checkpoint: str | None = None,
-        seed: int = 0,
-    ):
+    name = "segmentation"
+    description = "semantic segmentation: img_dir/ and ann_dir/ tiles of any size"
+    config = SegmentationConfig
+    eval_options = WindowEvalOptions
+    predict_options = SegmentationPredictOptions
+    monitor = "val/miou"
+    logged_metrics = ("miou", "oa", "mf1")
+    backbone_prefix = "model.encoder."
+    entry_type = TilePair
+    find_unused_parameters = True
+
+    def __init__(self, model: str, labels: dict, head: str = "upernet", decoder_channels: int | None = None,
+                 aux_weight: float = 0.4, dice_weight: float = 0.0, in_chans: int = 3, img_size: int = 512,
+                 window: int | None = None, stride: int | None = None,
+                 mean: Sequence[float] = (123.675, 116.28, 103.53), std: Sequence[float] = (58.395, 57.12, 57.375),
+                 input_dtype: str | None = None, lr: float = 4e-4, weight_decay: float = 0.01,
+                 warmup_epochs: float = 1.0, min_lr_factor: float = 0.01, drop_path_rate: float = 0.1,
+                 init_checkpoint: str | None = None, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
         self.labels = LabelScheme.from_dict(labels)
-        # The published setting: windows of the training crop size, overlapping by a quarter (512 / 384).
-        self.window = window or img_size
-        self.stride = stride or max(1, self.window * 3 // 4)
-        self.net = SegmentationModel(model, head, self.labels.num_classes, in_chans=in_chans,
-                                     decoder_channels=decoder_channels, aux_head=aux_weight > 0,
-                                     drop_path_rate=drop_path_rate, backbone_checkpoint=init_checkpoint)
-        self._confusion = None
+        self.set_window(window, stride)
+        self.model = SegmentationModel(model, head, self.labels.num_classes, in_chans=in_chans,
+                                       decoder_channels=decoder_channels, aux_head=aux_weight > 0,
+                                       drop_path_rate=drop_path_rate,
+                                       backbone_checkpoint=initial_weights(init_checkpoint))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    # --- training ---------------------------------------------------------------------------------------------
+    @classmethod
+    def prepare(cls, cfg: SegmentationConfig, progress: bool = True) -> tuple[Split, list[dict]]:
+        root = Path(cfg.data)
+        labels = resolve_labels(root, cfg.preset, cfg.class_names, cfg.ignore_value, cfg.first_class_value)
+        subsets = split_tiles(root, cfg.split, cfg.seed)
+        train = check_pairs(root, subsets["train"], labels)
+        if sum(train["pixels_per_class"].values()) == 0:
+            raise DataError(f"{root}: every pixel of the training masks is unlabelled (value "
+                            f"{labels.ignore_value}); check the label scheme (`ignore_value`, `first_class_value`)")
+        others = sorted({p for pairs in subsets.values() for p in pairs} - set(subsets["train"]), key=lambda p: p.image)
+        if others:
+            held_out = check_pairs(root, others, labels)
+            if (held_out["bands"], held_out["dtype"]) != (train["bands"], train["dtype"]):
+                raise DataError(f"{root}: the held-out images have {held_out['bands']} band(s) of {held_out['dtype']}, "
+                                f"the training images {train['bands']} of {train['dtype']}; all must be alike")
+        return Split(root, subsets, {"labels": labels.to_dict()}), []
 
-    def on_train_epoch_start(self) -> None:
-        seed_everything_quietly((self.hparams.seed * 1_000_003 + self.current_epoch * 7919 + self.global_rank + 1)
-                                % 2**32)
+    @classmethod
+    def load_meta(cls, meta: dict, source: str) -> dict:
+        LabelScheme.from_dict(meta.get("labels"), source)
+        return meta
+
+    @classmethod
+    def training_images(cls, split: Split) -> list[Path]:
+        return [split.root / p.image for p in split.subsets["train"]]
+
+    @classmethod
+    def from_config(cls, cfg: SegmentationConfig, split: Split, normalisation: Normalisation) -> SegmentationTask:
+        return cls(cfg.model, split.meta["labels"], head=cfg.head, decoder_channels=cfg.decoder_channels,
+                   aux_weight=cfg.aux_weight, dice_weight=cfg.dice_weight, in_chans=normalisation.bands,
+                   img_size=cfg.img_size, window=cfg.window, stride=cfg.stride, mean=normalisation.mean,
+                   std=normalisation.std, input_dtype=normalisation.dtype, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                   warmup_epochs=cfg.warmup_epochs, min_lr_factor=cfg.min_lr_factor,
+                   drop_path_rate=cfg.drop_path_rate, init_checkpoint=cfg.init_checkpoint, seed=cfg.seed)
+
+    def datamodule(self, cfg: SegmentationConfig, split: Split) -> SeededDataModule:
+        hp = self.hparams
+        crops = SegmentationCrops(split.root, split.subsets["train"], self.labels, hp.img_size, hp.mean, hp.std,
+                                  crops_per_tile=cfg.crops_per_tile, flip=cfg.flip, rotate90=cfg.rotate90,
+                                  class_balance=cfg.class_balance)
+        evaluation = {name: self.evaluation_dataset(split.root, split.subsets[name])
+                      for name in ("val", "test") if split.subsets.get(name)}
+        self.inference_batch_size = cfg.batch_size
+        return SeededDataModule(crops, evaluation, cfg.batch_size, cfg.num_workers, cfg.seed, eval_batch_size=1)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        out = self.net(x)
+        out = self.model(x)
         logits, aux = out if isinstance(out, tuple) else (out, None)
-        loss = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
+        parts = {"ce": F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)}
         if self.hparams.dice_weight:
-            loss = loss + self.hparams.dice_weight * dice_loss(logits, y)
+            parts["dice"] = self.hparams.dice_weight * dice_loss(logits, y)
         if aux is not None:
-            loss = loss + self.hparams.aux_weight * F.cross_entropy(aux, y, ignore_index=IGNORE_INDEX)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+            parts["aux"] = self.hparams.aux_weight * F.cross_entropy(aux, y, ignore_index=IGNORE_INDEX)
+        loss = sum(parts.values())
+        self.log_loss(loss, x.shape[0])
         return loss
 
-    def _start_evaluation(self) -> None:
-        n = self.labels.num_classes
-        self._confusion = torch.zeros(n, n, dtype=torch.long)
+    # --- evaluation -------------------------------------------------------------------------------------------
+    def evaluation_dataset(self, root: Path, items: Sequence[TilePair]) -> Dataset:
+        hp = self.hparams
+        return SegmentationTiles(root, items, self.labels, hp.mean, hp.std)
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-        for image, target in zip(*batch, strict=True):
-            self._confusion += tile_confusion(self.net, image, target, self.labels.num_classes,
-                                              self.window, self.stride)
+    def run_meta(self) -> dict:
+        return {"labels": dict(self.hparams.labels)}
 
-    def _finish_evaluation(self, stage: str) -> None:
-        confusion = self.trainer.strategy.reduce(self._confusion.to(self.device), reduce_op="sum").cpu()
-        metrics = segmentation_metrics(confusion, self.labels.class_names)
-        for key in ("miou", "oa", "mf1"):
-            self.log(f"{stage}/{key}", metrics[key], prog_bar=key == "miou", sync_dist=False)
+    def evaluation_items(self, data: Path | None, split: Split | None) -> tuple[Path, list[TilePair]]:
+        if data is None:
+            missing = missing_files(split.root, [p.image for p in split.evaluation])
+            if missing:
+                raise DataError(f"{len(missing)} held-out tile(s) of the run are gone, e.g. {missing[0]}")
+            return split.root, list(split.evaluation)
+        subsets = dataset_subsets(data)
+        if subsets and "val" not in subsets:
+            raise DataError(f"{Path(data) / 'img_dir'} has subfolders {subsets} but no val/ to evaluate on")
+        pairs = scan_pairs(data, "val" if subsets else None)
+        first = read_region(Path(data) / pairs[0].image, 0, 0, 1, 1)
+        self.check_input(Path(data) / pairs[0].image, first.shape[-1], first.dtype.name)
+        return Path(data), pairs
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[TASK_KEY] = "segmentation"
+    def evaluation_records(self, batch) -> list[tuple[int, torch.Tensor]]:
+        index, image, target = batch
+        confusion = sliding_window_confusion(softmax_predictor(self.model), image[0], target[0],
+                                             self.labels.num_classes, self.window, self.stride,
+                                             self.inference_batch_size)
+        return [(int(index[0]), confusion)]
 
-    def configure_optimizers(self):
-        return adamw_warmup_cosine(self, self.net)
+    def summarize(self, records: list[torch.Tensor]) -> dict:
+        metrics = segmentation_metrics(torch.stack(records).sum(dim=0), self.labels.class_names)
+        metrics.update({"num_tiles": len(records), "window": self.window, "stride": self.stride})
+        return metrics
+
+    def confusion_title(self, metrics: dict) -> str:
+        return f"OA {metrics['oa']:.1%}, mIoU {metrics['miou']:.1%} on {metrics['num_pixels']:,} pixels"
+
+    def describe(self, metrics: dict) -> str:
+        return (f"OA {metrics['oa']:.2%}  mIoU {metrics['miou']:.2%}  mF1 {metrics['mf1']:.2%}  on "
+                f"{metrics['num_tiles']} tiles ({metrics['num_pixels']:,} labelled pixels)")
+
+    # --- prediction -------------------------------------------------------------------------------------------
+    def check_prediction(self, options: SegmentationPredictOptions) -> None:
+        if not options.inputs:
+            raise ConfigError("inputs", "give the scenes to predict (files, folders or glob patterns)")
+        self._scenes = list_images(options.inputs)
+        self._outputs = scene_outputs(self._scenes, Path(options.output))
+
+    def prediction_dataset(self, options: SegmentationPredictOptions) -> Dataset:
+        return SceneJobs(list(zip(self._scenes, self._outputs, strict=True)))
+
+    def predict_step(self, batch, batch_idx: int) -> None:
+        index, scene, output = batch
+        try:
+            self._records.append((index, self._predict_scene(scene, output)))
+        except DataError as e:
+            if not self.skip_bad:
+                raise
+            self._records.append((index, {"scene": str(scene), "error": str(e)}))
+
+    def _predict_scene(self, scene: Path, output: Path) -> dict:
+        result = predict_scene(softmax_predictor(self.model), [scene], output, self.hparams.mean, self.hparams.std,
+                               self.labels.palette, window=self.window, stride=self.stride,
+                               batch_size=self.inference_batch_size, progress=self.show_progress,
+                               expected_dtype=self.hparams.get("input_dtype"))
+        preview = None
+        if self.write_preview:
+            preview = preview_path(output)
+            save_palette_png(result.small_map, self.labels.palette, preview)
+        return {"output": str(output), "preview": str(preview) if preview else None, "height": result.height,
+                "width": result.width, "class_pixels": result.value_pixels[:self.labels.num_classes].tolist()}
+
+    def finish_prediction(self, records: list[dict], options: SegmentationPredictOptions) -> list[str]:
+        return [f"skipped {r['scene']}: {r['error']}" if "error" in r else
+                f"wrote {r['output']}: {r['width']}x{r['height']} class map"
+                + (f" (preview {r['preview']})" if r["preview"] else "") for r in records]

@@ -1,0 +1,45 @@
+"""The seeded order and augmentation of training items: functions of (seed, epoch) only, so that a run resumed
+at an epoch boundary draws the same batches as an uninterrupted one, on any number of workers and devices."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+__all__ = ["EpochShuffle", "epoch_seed", "reseed", "step_seed"]
+
+_EPOCH_STRIDE = 1_000_003  # a prime: the seeds of (seed, epoch) pairs do not collide for any realistic run
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch of a run seeded by ``seed``."""
+    return (seed * _EPOCH_STRIDE + epoch) % 2**63
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of the random state a process trains one step with (dropout, drop path, the sampling of an
+    Oriented R-CNN): distinct per step and per rank, and a function of them only, so that a resumed run draws what
+    an uninterrupted one draws whatever else used the random state in between."""
+    return (seed * _EPOCH_STRIDE + step * 7919 + rank + 1) % 2**32
+
+
+def reseed(seed: int) -> None:
+    """Seed Python, NumPy and torch (Lightning's ``seed_everything`` without its log line)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class EpochShuffle(torch.utils.data.Sampler[int]):
+    """A random order fixed by ``seed``: every iteration yields the same permutation (the data module builds one
+    per epoch)."""
+
+    def __init__(self, length: int, seed: int):
+        self.length, self.seed = length, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        return iter(torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed)).tolist())

@@ -1,0 +1,93 @@
+"""``eval`` and ``predict`` for every task: a run's checkpoint loaded safely, run on the devices asked for through
+Lightning's test and predict loops (several devices share the items out; the results are gathered), and the
+task's outputs written by the first process."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from lemevit.data.datamodule import Indexed
+from lemevit.engine.checkpoint import checkpoint_task, read_checkpoint
+from lemevit.engine.config import EvalOptions, PredictOptions
+from lemevit.engine.run import RunDirectory
+from lemevit.engine.trainer import build_inference_trainer
+from lemevit.errors import DataError
+from lemevit.io.paths import check_writable_folder
+from lemevit.tasks.base import BaseTask
+from lemevit.tasks.registry import get_task
+
+__all__ = ["evaluate", "evaluate_checkpoint", "load_task", "predict"]
+
+
+def load_task(checkpoint: str | Path) -> BaseTask:
+    """The task module of a run's checkpoint, with its weights (the EMA ones when the run kept an EMA), in eval
+    mode on the CPU. Nothing but tensors and plain values is unpickled."""
+    content = read_checkpoint(checkpoint)
+    task = get_task(checkpoint_task(content))
+    # The weights come from the checkpoint itself, not from the file the run was initialised from.
+    hparams = {**content["hyper_parameters"], "init_checkpoint": None}
+    try:
+        module = task(**hparams)
+    except TypeError as e:
+        raise DataError(f"{checkpoint}: a {task.name} checkpoint of another lemevit version ({e})") from None
+    try:
+        module.load_state_dict(content["state_dict"])
+    except RuntimeError as e:
+        raise DataError(f"{checkpoint}: its weights do not fit its own settings "
+                        f"({str(e).splitlines()[0]})") from None
+    return module.eval()
+
+
+def _loader(module: BaseTask, dataset, batch_size: int, num_workers: int, collate) -> DataLoader:
+    return DataLoader(dataset, batch_size=1 if module.batches_whole_images else batch_size, num_workers=num_workers,
+                      collate_fn=collate)
+
+
+def evaluate(options: EvalOptions, progress: bool = True) -> tuple[BaseTask, dict]:
+    """Score ``options.checkpoint`` on its run's held-out items (``options.data`` None) or on ``options.data``;
+    writes the task's ``metrics.json`` (and plots) into ``options.output``. Returns the task and the metrics."""
+    module = load_task(options.checkpoint)
+    module.configure_inference(options)
+    split = None
+    if options.data is None:
+        run = RunDirectory(Path(options.checkpoint).parent)
+        if not run.split_file.is_file():
+            raise DataError(f"{run.split_file} is missing: give the data to evaluate on with --data")
+        split = run.read_split(module.name)
+        if split.meta != module.run_meta():
+            raise DataError(f"{run.split_file} is not the split of {options.checkpoint}: their classes differ (was "
+                            "another run written into this folder?)")
+    root, items = module.evaluation_items(Path(options.data) if options.data else None, split)
+    output = check_writable_folder(options.output)
+    loader = _loader(module, Indexed(module.evaluation_dataset(root, items)), options.batch_size,
+                     options.num_workers, module.evaluation_collate)
+    trainer = build_inference_trainer(options.accelerator, options.devices, precision=options.precision,
+                                      progress=progress)
+    trainer.test(module, dataloaders=loader, verbose=False)
+    metrics = {**module.test_metrics, "checkpoint": str(Path(options.checkpoint).resolve()), "data": str(root)}
+    if trainer.is_global_zero:
+        module.write_evaluation(metrics, output)
+    return module, metrics
+
+
+def evaluate_checkpoint(checkpoint: str | Path, output: str | Path, progress: bool = True, **options) -> dict:
+    """:func:`evaluate` with the options of the checkpoint's task as keyword arguments (``data``, ``window``,
+    ``devices``, ...); returns the metrics."""
+    task = get_task(checkpoint_task(read_checkpoint(checkpoint)))
+    return evaluate(task.eval_options(checkpoint=str(checkpoint), output=str(output), **options), progress)[1]
+
+
+def predict(options: PredictOptions, progress: bool = True) -> list[str]:
+    """Predict with ``options.checkpoint`` what its task predicts (top classes, class maps, change maps, boxes)
+    into ``options.output``; returns the lines to print. Inputs and outputs are checked before any work."""
+    module = load_task(options.checkpoint)
+    module.configure_inference(options)
+    module.show_progress = progress
+    module.check_prediction(options)
+    trainer = build_inference_trainer(options.accelerator, options.devices, precision=options.precision,
+                                      progress=progress)
+    loader = _loader(module, module.prediction_dataset(options), options.batch_size,
+                     0 if module.batches_whole_images else options.num_workers, module.prediction_collate)
+    trainer.predict(module, dataloaders=loader, return_predictions=False)
+    return module.finish_prediction(module.prediction_records, options) if trainer.is_global_zero else []

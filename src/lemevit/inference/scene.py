@@ -1,0 +1,133 @@
+"""Whole-scene prediction of the dense tasks: the sliding window over one scene (segmentation) or a stack of
+co-registered scenes (the dates of a change pair) of any size, read and written strip by strip.
+
+GeoTIFF scenes are read and written through rasterio windows, so that neither the scene nor its class map is
+held in memory whole; the class map keeps the scene's CRS and transform.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lemevit.errors import ConfigError, DataError
+from lemevit.inference.sliding_window import blended_strips, window_starts
+from lemevit.io import atomic_path
+from lemevit.io.raster import OUTPUT_EXTENSIONS, ClassMapWriter, SceneStack, gdal_cache
+
+__all__ = ["ScenePrediction", "predict_scene", "preview_path"]
+
+# GDAL's block cache per open scene.
+_GDAL_CACHE_MB = 16
+
+
+def preview_path(output: str | Path) -> Path:
+    """Where the colour preview of the map ``output`` is written: ``<stem>_preview.png`` beside it."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}_preview.png")
+
+
+@dataclass
+class ScenePrediction:
+    """What :func:`predict_scene` wrote and saw: the map's size, its windows, the pixels of each map value, and,
+    for a preview, the map and each scene downsampled by ``preview_step`` (every ``step``-th row and column)."""
+
+    output: Path
+    height: int
+    width: int
+    windows: int
+    value_pixels: np.ndarray
+    preview_step: int
+    small_map: np.ndarray
+    small_scenes: list[np.ndarray]
+
+
+@torch.inference_mode()
+def predict_scene(predict: Callable[[torch.Tensor], torch.Tensor], scenes: Sequence[str | Path], output: str | Path,
+                  mean: Sequence[float], std: Sequence[float], palette: Sequence[Sequence[int]],
+                  window: int = 512, stride: int = 384, batch_size: int = 8,
+                  to_map: Callable[[torch.Tensor], torch.Tensor] | None = None, preview_side: int = 2048,
+                  progress: bool = True, expected_dtype: str | None = None) -> ScenePrediction:
+    """Write the map of a whole scene (any size) to ``output`` (.tif or .png, 8-bit).
+
+    Args:
+        predict: ``(B, C, window, window)`` normalised windows → ``(B, K, window, window)`` class probabilities.
+        scenes: one scene, or the co-registered scenes whose bands are stacked into the model's input (the
+            dates of a change pair).
+        mean, std: per band of the stacked input, in the scenes' own value scale.
+        palette: an RGB colour per map value: the GeoTIFF's colour table.
+        to_map: ``(K, rows, width)`` probabilities → ``(rows, width)`` uint8 map values (default: the most probable
+            class).
+        preview_side: the longest side of the downsampled map and scenes kept for a preview.
+        expected_dtype: the data type the model was trained on; a scene of another type is refused, since its
+            values would be normalised on the wrong scale.
+
+    A GeoTIFF scene gives a GeoTIFF with the same CRS and transform. Memory: one strip of ``window`` rows (the
+    probabilities of every class and the scene's bands, over the full width) plus a batch of windows, for any
+    scene height; a PNG output also holds the map, one byte a pixel.
+    """
+    paths, output = [Path(s) for s in scenes], Path(output)
+    if output.suffix.lower() not in OUTPUT_EXTENSIONS:
+        raise ConfigError("output", f"must end in {', '.join(OUTPUT_EXTENSIONS)}, got {output}")
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"scene {path} does not exist" if not path.exists() else f"scene {path} is not a file")
+    if not 1 <= len(palette) <= 256:
+        raise ConfigError("palette", f"maps are written as 8-bit images: at most 256 values, got {len(palette)}")
+    to_map = to_map or (lambda probs: probs.argmax(dim=0).to(torch.uint8))
+    mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+    std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
+    with gdal_cache(_GDAL_CACHE_MB * len(paths)):
+        source = SceneStack(paths)
+        try:
+            if source.bands != len(mean):
+                raise DataError(f"{' and '.join(map(str, paths))}: {source.bands} band(s), the model expects "
+                                f"{len(mean)}")
+            if expected_dtype is not None:
+                odd = [(p, d) for p, d in zip(paths, source.dtypes, strict=True) if d != expected_dtype]
+                if odd:
+                    raise DataError(f"{odd[0][0]} holds {odd[0][1]} values, the model was trained on {expected_dtype} "
+                                    f"images: its values would be normalised on the wrong scale; convert it to "
+                                    f"{expected_dtype} first")
+            height, width = source.height, source.width
+            step = max(1, math.ceil(max(height, width) / preview_side))
+            small_shape = (math.ceil(height / step), math.ceil(width / step))
+            small_map = np.zeros(small_shape, np.uint8)
+            small_scenes = [np.zeros((*small_shape, s.bands), s.dtype) for s in source.scenes]
+            counts = np.zeros(256, np.int64)
+            windows = len(window_starts(height, window, stride)) * len(window_starts(width, window, stride))
+
+            def read_rows(top: int, bottom: int) -> torch.Tensor:
+                rows = source.read(top, bottom)
+                first = -top % step
+                start = 0
+                for scene, small in zip(source.scenes, small_scenes, strict=True):
+                    kept = rows[start:start + scene.bands, first::step, ::step].transpose(1, 2, 0)
+                    small[(top + first) // step:(top + first) // step + len(kept)] = kept
+                    start += scene.bands
+                return torch.from_numpy(rows)
+
+            def normalise(batch: torch.Tensor) -> torch.Tensor:
+                return batch.float().sub_(mean_t).div_(std_t)
+
+            with atomic_path(output) as tmp, tqdm(total=windows, desc=f"predicting {paths[0].name}", unit="window",
+                                                  disable=not progress) as bar:
+                writer = ClassMapWriter(output, tmp, source, palette)
+                for top, probs in blended_strips(read_rows, height, width, predict, window, stride, batch_size,
+                                                 bar.update, normalise):
+                    values = to_map(probs).numpy()
+                    writer.write(top, values)
+                    counts += np.bincount(values.ravel(), minlength=256)
+                    # The preview keeps the rows and columns whose index is a multiple of the step.
+                    first = -top % step
+                    kept = values[first::step, ::step]
+                    small_map[(top + first) // step:(top + first) // step + len(kept)] = kept
+                writer.close()
+        finally:
+            source.close()
+    return ScenePrediction(output, height, width, windows, counts, step, small_map, small_scenes)

@@ -1,0 +1,269 @@
+"""The LightningModule every task subclasses (in the manner of torchgeo's ``BaseTask``), and what a task
+declares so that ``train``, ``eval``, ``predict`` and the command line work through it alone."""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
+from torch.utils.data import Dataset
+
+from lemevit.data.sampling import reseed, step_seed
+from lemevit.data.splits import Split
+from lemevit.data.statistics import Normalisation
+from lemevit.engine.checkpoint import TASK_KEY, backbone_state_dict, checkpoint_task, read_checkpoint
+from lemevit.engine.config import EvalOptions, PredictOptions, RunConfig
+from lemevit.errors import DataError
+from lemevit.io import atomic_path
+from lemevit.viz import save_confusion_png
+
+__all__ = ["BaseTask", "initial_weights", "nested_no_weight_decay", "warmup_cosine"]
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_factor: float = 0.01) -> float:
+    """Learning-rate factor: linear warm-up, then cosine decay to ``min_factor``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def nested_no_weight_decay(model: torch.nn.Module) -> set[str]:
+    """The ``no_weight_decay`` names of ``model`` and of every submodule (a backbone's meta tokens inside a
+    segmentation network, say), prefixed with their paths: timm's optimizer factory asks the top module only."""
+    names = set()
+    for prefix, module in model.named_modules():
+        if hasattr(module, "no_weight_decay"):
+            names |= {f"{prefix}.{name}" if prefix else name for name in module.no_weight_decay()}
+    return names
+
+
+def initial_weights(path: str | Path | None) -> str | dict[str, torch.Tensor] | None:
+    """What ``init_checkpoint`` names, ready for :func:`lemevit.models.create_model`: a weights file as it is, or
+    the backbone of a lemevit run checkpoint of any task."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.suffix.lower() != ".ckpt":
+        return str(path)
+    from lemevit.tasks.registry import get_task
+
+    content = read_checkpoint(path)
+    return backbone_state_dict(content, get_task(checkpoint_task(content)).backbone_prefix)
+
+
+class BaseTask(pl.LightningModule):
+    """A task's LightningModule, with what all tasks share.
+
+    - **Seeding**: the random state is re-seeded from (seed, step, rank) before every training step, so that a run
+      resumed from an epoch boundary continues exactly as the uninterrupted run would have (the data's order
+      and augmentation are seeded by (seed, epoch) in :class:`~lemevit.data.SeededDataModule`).
+    - **Optimizer**: AdamW over ``self.model`` without weight decay on norms, biases and the ``no_weight_decay``
+      parameters of any submodule, at ``lr`` with linear warm-up for ``warmup_epochs`` then cosine decay to
+      ``min_lr_factor`` of it, stepped per batch.
+    - **Evaluation**: validation and test collect ``(index, record)`` pairs per item (``evaluation_records``),
+      gather them from every process, drop the repeats a distributed sampler adds, and score them together
+      (``summarize``): the metrics of a run on several devices are those of one process over all items.
+    - **The checkpoint's task key**, which ``eval`` and ``predict`` dispatch on.
+
+    A subclass declares, as class attributes, its ``name`` (the registry key and ``--task``), its ``config``
+    (a :class:`~lemevit.engine.config.RunConfig` subclass), its ``eval_options`` and ``predict_options``, the
+    metric ``monitor`` that picks ``best.ckpt``, the ``logged_metrics`` of validation, and ``backbone_prefix``
+    (where its backbone's weights are in the state dict); and implements the class methods ``prepare``
+    (scan, split and check the data), ``training_images`` and ``from_config``, and the methods below.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    config: ClassVar[type[RunConfig]]
+    eval_options: ClassVar[type[EvalOptions]] = EvalOptions
+    predict_options: ClassVar[type[PredictOptions]] = PredictOptions
+    monitor: ClassVar[str]
+    logged_metrics: ClassVar[tuple[str, ...]]
+    backbone_prefix: ClassVar[str]
+    entry_type: ClassVar[type]
+    #: Evaluation and prediction take one whole image (tile, pair, scene) per batch, whose windows the task
+    #: batches itself, rather than batches of images.
+    batches_whole_images: ClassVar[bool] = False
+    evaluation_collate: ClassVar[Any] = None
+    prediction_collate: ClassVar[Any] = None
+    #: DDP must look for parameters without a gradient (a LeMeViT backbone's meta-token branch after its last
+    #: Dual Cross-Attention block does not reach the dense features).
+    find_unused_parameters: ClassVar[bool] = False
+
+    model: torch.nn.Module
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._records: list[tuple[int, Any]] = []
+        #: The metrics of the last ``test`` (what ``eval`` writes).
+        self.test_metrics: dict | None = None
+        #: Items (or windows of a whole image) per forward pass at evaluation and prediction.
+        self.inference_batch_size = 8
+        #: Whether work inside a step (the windows of a scene) shows a progress bar.
+        self.show_progress = True
+
+    # --- what a task declares ---------------------------------------------------------------------------------
+    @classmethod
+    def prepare(cls, cfg: RunConfig, progress: bool = True) -> tuple[Split, list[dict]]:
+        """Scan ``cfg.data``, split it as ``cfg`` says and check every item; returns the split and the items
+        left out as bad (``{"path", "reason"}``, only where the task skips bad items)."""
+        raise NotImplementedError
+
+    @classmethod
+    def load_meta(cls, meta: dict, source: str) -> dict:
+        """Check the ``meta`` a split file stores for this task (class names, a label scheme)."""
+        return meta
+
+    @classmethod
+    def training_images(cls, split: Split) -> list[Path]:
+        """The image files of the training items, for the band statistics."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, split: Split, normalisation: Normalisation) -> BaseTask:
+        raise NotImplementedError
+
+    def datamodule(self, cfg: RunConfig, split: Split) -> pl.LightningDataModule:
+        raise NotImplementedError
+
+    def evaluation_dataset(self, root: Path, items: Sequence) -> Dataset:
+        """The dataset validation and ``eval`` score (whole items, with their truth)."""
+        raise NotImplementedError
+
+    def run_meta(self) -> dict:
+        """The ``meta`` of the split this module was trained on (what a run's split must match)."""
+        return {}
+
+    def evaluation_items(self, data: Path | None, split: Split | None) -> tuple[Path, list]:
+        """What ``eval`` scores: the run's own held-out items (``data`` None), or those of ``data``."""
+        raise NotImplementedError
+
+    def configure_inference(self, options: EvalOptions) -> None:
+        """Take the options of ``eval`` or ``predict`` that change how the model is run (window, stride)."""
+        self.inference_batch_size = options.batch_size
+
+    def evaluation_records(self, batch: Any) -> list[tuple[int, Any]]:
+        raise NotImplementedError
+
+    def summarize(self, records: list[Any]) -> dict:
+        """The metrics of the records of every item, in index order."""
+        raise NotImplementedError
+
+    def confusion_title(self, metrics: dict) -> str | None:
+        """The title of the confusion matrix picture ``eval`` draws (None: the task draws none)."""
+        return None
+
+    def write_evaluation(self, metrics: dict, output: Path) -> list[Path]:
+        """Write ``metrics.json`` and, for tasks with a confusion matrix, ``confusion_matrix.png`` into ``output``;
+        returns the files written."""
+        written = [output / "metrics.json"]
+        with atomic_path(written[0]) as tmp:
+            tmp.write_text(json.dumps(metrics, indent=1))
+        title = self.confusion_title(metrics)
+        if title is not None:
+            written.append(output / "confusion_matrix.png")
+            save_confusion_png(metrics["confusion_matrix"], metrics["class_names"], written[1], title)
+        return written
+
+    def describe(self, metrics: dict) -> str:
+        """One line of the scores, for the command line."""
+        raise NotImplementedError
+
+    def prediction_dataset(self, options: PredictOptions) -> Dataset:
+        """What ``predict`` reads, item by item (after its outputs were checked)."""
+        raise NotImplementedError
+
+    def check_prediction(self, options: PredictOptions) -> None:
+        """Refuse, before any work, options and outputs that ``predict`` cannot honour."""
+
+    def finish_prediction(self, records: list[Any], options: PredictOptions) -> list[str]:
+        """Write what gathers every item's prediction (a CSV, DOTA Task-1 files); returns lines to print."""
+        raise NotImplementedError
+
+    # --- shared behaviour -------------------------------------------------------------------------------------
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        return self.model(*inputs)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        reseed(step_seed(self.hparams.seed, self.global_step, self.global_rank))
+
+    def configure_optimizers(self) -> dict:
+        hparams = self.hparams
+        groups = param_groups_weight_decay(self.model, hparams.weight_decay, nested_no_weight_decay(self.model))
+        optimizer = create_optimizer_v2(groups, "adamw", lr=hparams.lr, weight_decay=hparams.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = max(1, self.trainer.max_epochs or 1)
+        warmup = min(total - 1, int(round(hparams.warmup_epochs * total / epochs)))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, max(warmup, 1), total, hparams.min_lr_factor))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def log_loss(self, loss: torch.Tensor, batch_size: int, parts: dict[str, torch.Tensor] | None = None) -> None:
+        for name, value in (parts or {}).items():
+            self.log(f"train/{name}", value, on_step=True, on_epoch=True, batch_size=batch_size)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[TASK_KEY] = self.name
+
+    def gather_records(self, records: list[tuple[int, Any]]) -> list[Any]:
+        """The records of every process, each item once, in index order."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            everyone: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(everyone, records)
+            records = [r for part in everyone for r in part]
+        return [record for _, record in sorted(dict(records).items())]
+
+    def _finish(self, stage: str) -> dict:
+        metrics = self.summarize(self.gather_records(self._records))
+        self._records = []
+        for i, key in enumerate(self.logged_metrics):
+            # Every process computed the same value from the same records. An undefined score (nothing changed,
+            # nothing predicted) is logged as 0 so that choosing best.ckpt on it keeps working.
+            value = metrics.get(key)
+            self.log(f"{stage}/{key}", 0.0 if value is None or value != value else float(value), prog_bar=i == 0,
+                     sync_dist=False)
+        return metrics
+
+    def on_validation_epoch_start(self) -> None:
+        self._records = []
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._records.extend(self.evaluation_records(batch))
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._records = []
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._records.extend(self.evaluation_records(batch))
+
+    def on_test_epoch_end(self) -> None:
+        self.test_metrics = self._finish("test")
+
+    def on_predict_epoch_start(self) -> None:
+        self._records = []
+
+    def on_predict_epoch_end(self) -> None:
+        self.prediction_records = self.gather_records(self._records)
+        self._records = []
+
+    def check_input(self, path: Path | str, bands: int, dtype: str | None = None) -> None:
+        """Refuse an input whose band count, or data type, differs from the training images': its values would be
+        normalised on the wrong scale (a uint16 copy of a uint8 scene, say)."""
+        if bands != self.hparams.in_chans:
+            raise DataError(f"{path} has {bands} band(s), the model expects {self.hparams.in_chans}")
+        trained = self.hparams.get("input_dtype")
+        if dtype is not None and trained is not None and dtype != trained:
+            raise DataError(f"{path} holds {dtype} values, the model was trained on {trained} images: its values "
+                            f"would be normalised on the wrong scale; convert it to {trained} first")

@@ -1,0 +1,109 @@
+"""What the tasks that predict whole images by the sliding window share (segmentation, change detection):
+window and stride options, and running the model over whole tiles and scenes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from lemevit.engine.config import EvalOptions, Options, PredictOptions, RunConfig, option
+from lemevit.errors import ConfigError
+from lemevit.inference.sliding_window import default_stride
+from lemevit.tasks.base import BaseTask
+
+__all__ = ["CropTrainingConfig", "SceneJobs", "SlidingWindowTask", "WindowEvalOptions", "WindowPredictOptions",
+           "check_window", "first_item"]
+
+
+def check_window(options: Options) -> None:
+    """A positive ``window`` and ``stride``, the stride no larger than the window."""
+    window, stride = options.window, options.stride
+    if window is not None:
+        options.check_positive("window")
+    if stride is not None:
+        options.check_positive("stride")
+        if window is not None and stride > window:
+            raise ConfigError("stride", f"{stride} is larger than the window ({window}): pixels between windows "
+                                        "would never be predicted")
+
+
+@dataclass(kw_only=True)
+class CropTrainingConfig(RunConfig):
+    """A run of a task that trains on random crops and validates whole images by the sliding window."""
+
+    window: int | None = option(None, "sliding window of the validation (default img_size)")
+    stride: int | None = option(None, "its stride (default 3/4 of the window)")
+    flip: bool = option(True, "random flips of the crops")
+    rotate90: bool = option(True, "random 90-degree rotations of the crops")
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_window(self)
+
+
+@dataclass(kw_only=True)
+class WindowEvalOptions(EvalOptions):
+    window: int | None = option(None, "sliding window (default: the run's)")
+    stride: int | None = option(None, "its stride (default: 3/4 of the window given, else the run's)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_window(self)
+
+
+@dataclass(kw_only=True)
+class WindowPredictOptions(PredictOptions):
+    window: int | None = option(None, "sliding window (default: the run's)")
+    stride: int | None = option(None, "its stride (default: 3/4 of the window given, else the run's)")
+    preview: bool = option(True, "write OUT_preview.png beside each map, downsampled for a look")
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_window(self)
+
+
+class SceneJobs(Dataset):
+    """``(index, *job)``: the scene-by-scene work of ``predict`` (a scene and its output), shared out over the
+    devices."""
+
+    def __init__(self, jobs: list[tuple]):
+        self.jobs = jobs
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, index: int) -> tuple:
+        return (index, *self.jobs[index])
+
+
+def first_item(batch: list):
+    """The one item of a batch of scene jobs, uncollated."""
+    return batch[0]
+
+
+class SlidingWindowTask(BaseTask):
+    """A task that scores and predicts whole images by the blended sliding window: ``window`` defaults to the
+    training crop size, ``stride`` to three quarters of the window (the published 512 / 384)."""
+
+    batches_whole_images = True
+    prediction_collate = staticmethod(first_item)
+
+    def set_window(self, window: int | None, stride: int | None) -> None:
+        self.window = window or self.hparams.img_size
+        self.stride = stride or default_stride(self.window)
+
+    def configure_inference(self, options: EvalOptions) -> None:
+        super().configure_inference(options)
+        if options.window is not None:
+            # A stride not given follows the window given, not the run's window.
+            self.set_window(options.window, options.stride)
+        elif options.stride is not None:
+            if options.stride > self.window:
+                raise ConfigError("stride", f"{options.stride} is larger than the run's window ({self.window})")
+            self.stride = options.stride
+        self.write_preview = getattr(options, "preview", False)
+        self.skip_bad = getattr(options, "skip_bad", False)
+
+    def evaluation_dataset(self, root: Path, items: list) -> Dataset:
+        raise NotImplementedError

@@ -1,0 +1,142 @@
+"""Change-detection data: the LEVIR-CD layout, splits, masks, joint crops and bad pairs named in errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import FIXTURES
+from PIL import Image
+
+from lemevit.data.change import (
+    IGNORE_INDEX,
+    ChangeCrops,
+    check_pairs,
+    find_change_splits,
+    read_change_label,
+    read_list_file,
+    scan_change_folder,
+)
+from lemevit.errors import DataError
+
+LEVIR = FIXTURES / "levir_cd"
+
+
+def make_pairs(root: Path, names=("p0", "p1", "p2"), size=(40, 56), seed=0) -> Path:
+    """Pairs whose second date is the negative of the first and whose mask is ``first date's red > 127``:
+    relations that any crop, flip or rotation applied alike to the three must keep."""
+    rng = np.random.default_rng(seed)
+    for folder in ("A", "B", "label"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for name in names:
+        a = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        Image.fromarray(a).save(root / "A" / f"{name}.png")
+        Image.fromarray(255 - a).save(root / "B" / f"{name}.png")
+        Image.fromarray(np.where(a[..., 0] > 127, 255, 0).astype(np.uint8)).save(root / "label" / f"{name}.png")
+    return root
+
+
+def test_the_levir_cd_samples_are_read_as_pairs():
+    pairs = scan_change_folder(LEVIR)
+    assert len(pairs) == 11
+    assert pairs[0].a == "A/test_102_0512_0000.png" and pairs[0].label == "label/test_102_0512_0000.png"
+    demo = read_list_file(LEVIR / "list" / "demo.txt", pairs)
+    assert len(demo) == 7 and all(p in pairs for p in demo)
+    assert check_pairs(LEVIR, pairs) == (3, "uint8")
+    masks = {p.name: read_change_label(LEVIR / p.label) for p in pairs}
+    assert masks["train_386_0512_0768"].max() == 0  # the one mask without change
+    assert all(set(np.unique(m)) <= {0, 1} for m in masks.values())
+    assert sum(int(m.sum()) for m in masks.values()) > 0
+
+
+def test_splits_from_list_files_subfolders_or_at_random(tmp_path):
+    root = make_pairs(tmp_path / "listed", names=[f"p{i}" for i in range(6)])
+    (root / "list").mkdir()
+    (root / "list" / "train.txt").write_text("p0.png\np1.png\np2\np3.png\n")
+    (root / "list" / "val.txt").write_text("# held out\np4.png\np5.png\n")
+    splits = find_change_splits(root)
+    assert [p.name for p in splits["train"]] == ["p0", "p1", "p2", "p3"]
+    assert [p.name for p in splits["val"]] == ["p4", "p5"]
+
+    release = tmp_path / "release"
+    make_pairs(release / "train", names=["t0", "t1"])
+    make_pairs(release / "val", names=["v0"])
+    splits = find_change_splits(release)
+    assert [p.a for p in splits["val"]] == ["val/A/v0.png"] and len(splits["train"]) == 2
+
+    plain = make_pairs(tmp_path / "plain", names=[f"p{i}" for i in range(10)])
+    first, again = find_change_splits(plain, 0.8, seed=1), find_change_splits(plain, 0.8, seed=1)
+    assert first == again and len(first["train"]) == 8 and len(first["val"]) == 2
+    assert not {p.name for p in first["train"]} & {p.name for p in first["val"]}
+    assert first != find_change_splits(plain, 0.8, seed=2)
+
+
+def test_a_pair_missing_a_file_is_named(tmp_path):
+    root = make_pairs(tmp_path / "data")
+    (root / "B" / "p1.png").unlink()
+    with pytest.raises(DataError, match=r"pair 'p1' is incomplete: .*A/p1\.png has no counterpart in .*B/"):
+        scan_change_folder(root)
+    (root / "A" / "p1.png").unlink()
+    with pytest.raises(DataError, match=r"label/p1\.png has no counterpart in .*A/, .*B/"):
+        scan_change_folder(root)
+
+
+def test_dates_of_different_sizes_are_named(tmp_path):
+    root = make_pairs(tmp_path / "data")
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(root / "B" / "p2.png")
+    pairs = scan_change_folder(root)
+    with pytest.raises(DataError, match=r"A/p2\.png is 56x40, .*B/p2\.png is 50x40"):
+        check_pairs(root, pairs)
+    with pytest.raises(DataError, match=r"pair 'p2' must have the same size: .*A/p2\.png is 56x40, .*B/p2\.png"):
+        ChangeCrops(root, pairs, img_size=32, mean=[0, 0, 0], std=[1, 1, 1])
+
+
+def test_masks_are_binary_or_refused(tmp_path):
+    zero_one = tmp_path / "zero_one.png"
+    Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8)).save(zero_one)
+    assert read_change_label(zero_one).tolist() == [[0, 1], [1, 0]]
+    jpeg = tmp_path / "cdd.jpg"
+    Image.fromarray(np.kron(np.array([[0, 255], [255, 0]], np.uint8), np.ones((8, 8), np.uint8))).save(jpeg)
+    decoded = read_change_label(jpeg)
+    assert decoded[:8, :8].max() == 0 and decoded[:8, 8:].min() == 1
+    classes = tmp_path / "classes.png"
+    Image.fromarray(np.array([[0, 1], [2, 0]], np.uint8)).save(classes)
+    with pytest.raises(DataError, match=r"classes\.png holds the values 0, 1, 2; expected a binary mask"):
+        read_change_label(classes)
+
+
+def test_crops_flips_and_rotations_are_the_same_for_both_dates_and_the_mask(tmp_path):
+    root = make_pairs(tmp_path / "data")
+    pairs = scan_change_folder(root)
+    crops = ChangeCrops(root, pairs, img_size=32, mean=[0, 0, 0], std=[1, 1, 1], crops_per_pair=8, augment_seed=5)
+    assert len(crops) == 3 * 8
+    originals = [np.asarray(Image.open(root / p.a)) for p in pairs]
+    moved = 0
+    for index in range(len(crops)):
+        a, b, label = crops[index]
+        assert a.shape == b.shape == (3, 32, 32) and label.shape == (32, 32)
+        torch.testing.assert_close(b, 255 - a)
+        assert torch.equal(label, (a[0] > 127).long())
+        # The crop is a window of its pair's first date, flipped and turned: no pixel is resampled.
+        window = a.permute(1, 2, 0).numpy().astype(np.uint8)
+        source = originals[index // 8]
+        views = [np.rot90(v, k) for v in (window, window[::-1], window[:, ::-1], window[::-1, ::-1]) for k in range(4)]
+        found = [(v, y, x) for v in views for y in range(source.shape[0] - 31) for x in range(source.shape[1] - 31)
+                 if np.array_equal(source[y:y + 32, x:x + 32], v)]
+        assert found, f"crop {index} is not a window of its pair"
+        moved += not np.array_equal(found[0][0], window)
+    assert moved > 0  # some crops were flipped or turned
+    for first, second in zip(crops[3], crops[3], strict=True):
+        assert torch.equal(first, second)  # a crop is a function of (augment_seed, index)
+
+
+def test_pairs_smaller_than_the_crop_are_padded_with_the_ignored_label(tmp_path):
+    root = make_pairs(tmp_path / "data", names=["small"], size=(20, 24))
+    crops = ChangeCrops(root, scan_change_folder(root), img_size=32, mean=[0, 0, 0], std=[1, 1, 1],
+                        flip=False, rotate90=False, augment_seed=0)
+    assert len(crops) == 1
+    a, b, label = crops[0]
+    assert (label[20:] == IGNORE_INDEX).all() and (label[:, 24:] == IGNORE_INDEX).all()
+    assert set(label[:20, :24].unique().tolist()) <= {0, 1}
+    assert (a[:, 20:] == 0).all() and (b[:, :, 24:] == 0).all()

@@ -1,0 +1,54 @@
+"""Scores of every task on hand-made cases."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lemevit.data.segmentation import IGNORE_INDEX
+from lemevit.metrics import change_metrics, classification_metrics, confusion_matrix, segmentation_metrics
+
+CLASSES = ("Farmland", "Forest", "Port")
+
+
+def test_classification_metrics_on_a_hand_made_case():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.5, 0.4, 0.1], [0.2, 0.3, 0.5]])
+    labels = torch.tensor([0, 1, 1, 2])
+    m = classification_metrics(probs, labels, list(CLASSES))
+    assert m["top1"] == pytest.approx(0.75)
+    assert m["top5"] == pytest.approx(1.0)
+    assert m["confusion_matrix"] == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    assert m["per_class"]["Farmland"] == pytest.approx({"precision": 0.5, "recall": 1.0, "f1": 2 / 3, "support": 1})
+    assert m["per_class"]["Forest"] == pytest.approx({"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2})
+
+
+def test_segmentation_metrics_on_a_hand_made_case_with_ignored_pixels():
+    target = torch.tensor([[0, 0, 1, 1],
+                           [2, 2, IGNORE_INDEX, IGNORE_INDEX]])
+    pred = torch.tensor([[0, 1, 1, 1],
+                         [2, 0, 2, 0]])  # the ignored pixels' predictions must not count
+    confusion = confusion_matrix(pred, target, 4)
+    assert confusion.tolist() == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
+    m = segmentation_metrics(confusion, ["a", "b", "c", "d"])
+    assert m["oa"] == pytest.approx(4 / 6) and m["num_pixels"] == 6
+    # a: tp 1, fp 1, fn 1 -> IoU 1/3, F1 1/2; b: tp 2, fp 1 -> IoU 2/3, F1 4/5; c: tp 1, fn 1 -> IoU 1/2, F1 2/3
+    assert m["per_class"]["a"] == pytest.approx({"iou": 1 / 3, "f1": 1 / 2, "precision": 1 / 2, "recall": 1 / 2,
+                                                 "support": 2})
+    assert m["per_class"]["b"]["iou"] == pytest.approx(2 / 3) and m["per_class"]["b"]["f1"] == pytest.approx(4 / 5)
+    assert m["per_class"]["c"]["iou"] == pytest.approx(1 / 2) and m["per_class"]["c"]["f1"] == pytest.approx(2 / 3)
+    assert m["per_class"]["d"]["iou"] is None  # neither present nor predicted: left out of the means
+    assert m["miou"] == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
+    assert m["mf1"] == pytest.approx((1 / 2 + 4 / 5 + 2 / 3) / 3)
+
+
+def test_change_metrics_on_a_hand_computed_case():
+    target = torch.tensor([[1, 1, 0, 0, 255], [1, 0, 0, 0, 255]])
+    pred = torch.tensor([[1, 0, 1, 0, 1], [1, 0, 0, 0, 0]])
+    m = change_metrics(confusion_matrix(pred, target, 2))
+    # tp 2, fn 1 (top row, 2nd), fp 1 (top row, 3rd), tn 4; the last column is not labelled
+    assert m["confusion_matrix"] == [[4, 1], [1, 2]]
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3) and m["iou"] == pytest.approx(2 / 4)
+    assert m["oa"] == pytest.approx(6 / 8) and m["num_pixels"] == 8 and m["changed_pixels"] == 3
+
+    nothing = change_metrics(confusion_matrix(torch.zeros(3, 3), torch.zeros(3, 3, dtype=torch.long), 2))
+    assert nothing["f1"] is None and nothing["iou"] is None and nothing["oa"] == 1.0

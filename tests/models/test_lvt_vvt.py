@@ -1,0 +1,72 @@
+"""What only LVT and VVT have: LVT's dense backbone with per-stage norms and its final norm on the last map,
+logits that do not change with the training mode, and the smp decoders over both. The checks every model
+passes are in test_models.py."""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import lemevit.models.lvt  # noqa: F401  (registers lvt, lvt_backbone)
+import lemevit.models.vvt  # noqa: F401  (registers vvt_tiny/small/medium/large)
+
+NUM_CLASSES = 10
+
+
+def test_lvt_features_only_is_the_dense_backbone_with_per_stage_norms():
+    with torch.device("meta"):
+        model = timm.create_model("lvt", features_only=True)
+        # The classifier's own stage outputs on request: no per-stage norms, no class-token layers left over.
+        plain = timm.create_model("lvt", features_only=True, dense_backbone=False)
+    assert model.model.dense_backbone and len(model.model.stage_norms) == 4
+    assert model.model.cls_token is None and len(model.model.post_blocks) == 0
+    # It is the published dense backbone, parameter for parameter.
+    assert sum(p.numel() for p in model.parameters()) == 3_430_180
+    assert any(k.startswith("model.stage_norms.") for k in model.state_dict())
+    assert plain.model.stage_norms is None
+    assert not any(k.startswith(("cls_token", "post_blocks", "norm.", "head", "aux_head"))
+                   for k in plain.model.state_dict())
+
+
+def test_lvt_forward_intermediates_norm_applies_the_final_norm_to_the_last_map():
+    torch.manual_seed(0)
+    model = timm.create_model("lvt", num_classes=NUM_CLASSES).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        raw = model.forward_intermediates(x, indices=[3], intermediates_only=True)[0]
+        normed = model.forward_intermediates(x, indices=[3], norm=True, intermediates_only=True)[0]
+        torch.testing.assert_close(normed, model.norm(raw.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+        with pytest.raises(ValueError, match="intermediates_only=True"):
+            model.forward_intermediates(x, indices=[1], stop_early=True)
+
+
+@pytest.mark.parametrize("name", ["lvt", "vvt_tiny"])
+def test_training_mode_gives_the_inference_logits(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=NUM_CLASSES)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        eval_logits = model.eval()(x)
+        logits = model.train()(x)
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, NUM_CLASSES)
+    # Without dropout, training and inference compute the same logits (LVT: head(cls) + 0.5 max aux).
+    torch.testing.assert_close(logits, eval_logits)
+
+
+@pytest.mark.parametrize("arch, encoder", [("UPerNet", "tu-vvt_tiny"), ("Segformer", "tu-lvt")])
+def test_segmentation_model_builds_and_trains_one_step(arch, encoder):
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    torch.manual_seed(0)
+    model = getattr(smp, arch)(encoder_name=encoder, encoder_weights=None, classes=6).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x, target = torch.randn(2, 3, 128, 128), torch.randint(0, 6, (2, 128, 128))
+    out = model(x)
+    assert out.shape == (2, 6, 128, 128)
+    loss = F.cross_entropy(out, target)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.encoder.parameters())
+    before = model.encoder.model.model.stages[0].patch_embed.proj.weight.detach().clone()
+    optimizer.step()
+    assert not torch.equal(before, model.encoder.model.model.stages[0].patch_embed.proj.weight)

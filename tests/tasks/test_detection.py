@@ -1,0 +1,145 @@
+"""Detection through the command line: train, eval (metrics.json) and predict (Task-1 files, PNG, GeoJSON)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from resumption import check_kill_and_resume
+
+from lemevit.cli import main
+
+
+@pytest.fixture(scope="module")
+def dota_folder(tmp_path_factory):
+    """A 180x128 scene (two 128 windows) with a plane and a ship drawn in, DOTA layout."""
+    root = tmp_path_factory.mktemp("dota")
+    (root / "images").mkdir()
+    (root / "labelTxt").mkdir()
+    picture = np.full((128, 180, 3), 40, np.uint8)
+    picture[30:50, 20:70] = 220
+    picture[80:120, 120:140] = (30, 200, 30)
+    Image.fromarray(picture).save(root / "images" / "S1.png")
+    (root / "labelTxt" / "S1.txt").write_text(
+        "imagesource:synthetic\ngsd:1.0\n20 30 70 30 70 50 20 50 plane 0\n120 80 140 80 140 120 120 120 ship 1\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(dota_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "det"
+    code = main(["train", "--task", "detection", "--data", str(dota_folder), "--model", "resnet10t",
+                 "--img-size", "128", "--overlap", "32", "--epochs", "1", "--batch-size", "2", "--split", "1.0",
+                 "--fpn-channels", "32", "--rpn-proposals", "100", "--test-proposals", "50", "--num-workers", "0",
+                 "--accelerator", "cpu", "--output", str(out)])
+    assert code == 0
+    return out
+
+
+def test_train_writes_a_detection_run(run):
+    for name in ("best.ckpt", "last.ckpt", "split.json", "config.yaml"):
+        assert (run / name).is_file()
+    assert json.loads((run / "split.json").read_text())["splits"]["train"] == [{"image": "images/S1.png"}]
+
+
+def test_eval_writes_map_and_per_class_ap(run, dota_folder, tmp_path):
+    assert main(["eval", "--checkpoint", str(run / "last.ckpt"), "--data", str(dota_folder),
+                 "--output", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0.0 <= metrics["map50"] <= 1.0
+    assert metrics["per_class"]["plane"]["num_gt"] == 1
+    assert metrics["per_class"]["ship"]["num_gt"] == 0  # its only ship is difficult
+    assert metrics["per_class"]["harbor"]["ap"] is None
+
+
+def test_predict_writes_task1_files_png_and_geojson(run, dota_folder, tmp_path):
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    picture = np.asarray(Image.open(dota_folder / "images" / "S1.png")).transpose(2, 0, 1)
+    tif = tmp_path / "scene.tif"
+    with rasterio.open(tif, "w", driver="GTiff", width=180, height=128, count=3, dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(500000, 4600000, 0.5, 0.5)) as dst:
+        dst.write(picture)
+    out = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(run / "last.ckpt"), str(tif), "--output", str(out)]) == 0
+    assert (out / "scene.png").is_file()
+    assert Image.open(out / "scene.png").size == (180, 128)
+    assert len(list(out.glob("Task1_*.txt"))) == 15
+    rows = [line.split() for f in out.glob("Task1_*.txt") for line in f.read_text().splitlines()]
+    assert all(len(r) == 10 and r[0] == "scene" for r in rows)
+    collection = json.loads((out / "scene.geojson").read_text())
+    assert collection["crs"]["properties"]["name"] == "EPSG:32633"
+    assert len(collection["features"]) == len(rows)
+    for feature in collection["features"]:
+        for x, y in feature["geometry"]["coordinates"][0]:
+            assert 500000 - 100 <= x <= 500000 + 200 and 4600000 - 180 <= y <= 4600000 + 100
+
+
+def test_malformed_label_is_one_line_naming_file_and_line(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labelTxt").mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "images" / "A.png")
+    (tmp_path / "labelTxt" / "A.txt").write_text("1 2 3 4 5 6 7 8 plane 0\n1 2 3 4 5 6 7 8 blimp 0\n")
+    code = main(["train", "--task", "detection", "--data", str(tmp_path), "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "A.txt:2:" in err[0] and "blimp" in err[0]
+
+
+def synthetic_dota(root: Path, count: int, seed: int = 0) -> Path:
+    """``count`` 160x160 scenes with two to four bright upright boxes each (planes and ships), DOTA layout."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "labelTxt").mkdir()
+    for i in range(count):
+        picture = rng.integers(20, 60, (160, 160, 3)).astype(np.uint8)
+        lines = ["imagesource:synthetic", "gsd:1.0"]
+        for _ in range(int(rng.integers(2, 5))):
+            w, h = int(rng.integers(24, 48)), int(rng.integers(12, 24))
+            x, y = int(rng.integers(0, 160 - w)), int(rng.integers(0, 160 - h))
+            plane = bool(rng.integers(2))
+            picture[y:y + h, x:x + w] = (230, 230, 230) if plane else (30, 210, 30)
+            lines.append(f"{x} {y} {x + w} {y} {x + w} {y + h} {x} {y + h} {'plane' if plane else 'ship'} 0")
+        Image.fromarray(picture).save(root / "images" / f"S{i}.png")
+        (root / "labelTxt" / f"S{i}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+DETECTION_ARGS = ["--task", "detection", "--model", "resnet10t", "--img-size", "128", "--overlap", "32",
+                  "--batch-size", "2", "--fpn-channels", "32", "--rpn-proposals", "100", "--test-proposals", "50",
+                  "--num-workers", "0", "--accelerator", "cpu", "--lr", "1e-3"]
+
+
+def test_a_killed_detection_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
+    data = synthetic_dota(tmp_path / "dota", 3)
+    args = ["train", "--data", str(data), *DETECTION_ARGS, "--epochs", "3", "--split", "0.67", "--seed", "2"]
+    check_kill_and_resume(args, tmp_path, epochs=3, monitor="val/map50")
+
+
+@pytest.mark.slow
+def test_validation_map_on_two_processes_is_that_of_one_process_over_all_images(tmp_path):
+    data = synthetic_dota(tmp_path / "dota", 5, seed=1)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), *DETECTION_ARGS, "--epochs", "4", "--split", "1.0",
+                 "--output", str(run)]) == 0
+    results = {}
+    for devices in ("1", "2"):  # 5 images: the ranks hold 3 and 2 (one repeated to even them out)
+        out = tmp_path / f"eval{devices}"
+        done = subprocess.run([sys.executable, "-m", "lemevit.cli", "eval", "--checkpoint", str(run / "last.ckpt"),
+                               "--data", str(data), "--output", str(out), "--accelerator", "cpu", "--devices",
+                               devices, "--num-workers", "0"], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[devices] = json.loads((out / "metrics.json").read_text())
+    one, two = results["1"], results["2"]
+    assert one["num_images"] == two["num_images"] == 5
+    assert sum(c["num_det"] for c in one["per_class"].values()) > 0, "the model detects nothing: a vacuous test"
+    for name, scores in one["per_class"].items():  # every class's AP, count of detections and of objects
+        assert two["per_class"][name].keys() == scores.keys(), name
+        for key, value in scores.items():
+            assert two["per_class"][name][key] == (value if value is None else pytest.approx(value)), (name, key)
+    assert two["map50"] == pytest.approx(one["map50"]) and one["map50"] > 0

@@ -1,0 +1,111 @@
+"""Semantic segmentation through the CLI: train, resume, evaluate, predict; metrics on a hand-made case."""
+from __future__ import annotations
+
+import csv
+import json
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from lemevit.cli import main
+from lemevit.engine import training_minutes
+
+POTSDAM = Path(str(files("lemevit") / "demo_data" / "potsdam_seg"))
+NAMES = ("impervious_surface", "building", "low_vegetation", "tree", "car", "clutter")
+
+
+def make_tiles(root: Path, size: int = 64, corners=((0, 0), (200, 120), (380, 300))) -> Path:
+    """Crops of the shipped Potsdam tile, stored as in its MANIFEST (1..6 classes, 0 unlabelled), with the
+    label scheme in the data folder's classes.yaml."""
+    image = np.asarray(Image.open(POTSDAM / "img_dir" / "2_10_0_0_512_512.png"))
+    mask = np.asarray(Image.open(POTSDAM / "ann_dir" / "2_10_0_0_512_512.png"))
+    for folder in ("img_dir", "ann_dir"):
+        (root / folder).mkdir(parents=True)
+    for i, (top, left) in enumerate(corners):
+        Image.fromarray(image[top:top + size, left:left + size]).save(root / "img_dir" / f"tile{i}.png")
+        Image.fromarray(mask[top:top + size, left:left + size]).save(root / "ann_dir" / f"tile{i}.png")
+    (root / "classes.yaml").write_text(f"class_names: {list(NAMES)}\nignore_value: 0\nfirst_class_value: 1\n")
+    return root
+
+
+def train_args(data: Path, out: Path, epochs: int = 1, **extra) -> list[str]:
+    args = ["train", "--task", "segmentation", "--data", str(data), "--output", str(out), "--model", "lemevit_tiny",
+            "--img-size", "32", "--epochs", str(epochs), "--batch-size", "2", "--num-workers", "0", "--seed", "1",
+            "--decoder-channels", "16", "--split", "0.67"]
+    for key, value in extra.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
+def test_train_resume_evaluate_and_predict_a_scene_through_the_cli(tmp_path, capsys):
+    data = make_tiles(tmp_path / "tiles")
+    run = tmp_path / "run"
+    assert main(train_args(data, run, class_balance=0.5, dice_weight=0.5)) == 0
+    for name in ("best.ckpt", "last.ckpt", "split.json", "config.yaml", "logs/metrics.csv"):
+        assert (run / name).is_file(), name
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert (config["class_balance"], config["dice_weight"]) == (0.5, 0.5)
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["splits"]["train"]) == 2 and len(split["splits"]["val"]) == 1
+    assert split["meta"]["labels"]["class_names"] == list(NAMES)
+    logged = (run / "logs" / "metrics.csv").read_text().splitlines()[0]
+    assert "val/miou" in logged and "val/oa" in logged
+
+    # --resume finds the task and the settings in the run's config.yaml, and carries on its training time: say
+    # the first epoch took an hour.
+    last = torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)
+    first_epoch = training_minutes(run / "last.ckpt")
+    assert 0 < first_epoch < 5
+    last["callbacks"]["Timer"]["time_elapsed"]["train"] = 3600.0
+    torch.save(last, run / "last.ckpt")
+    assert main(["train", "--output", str(run), "--resume", "--epochs", "2"]) == 0
+    resumed = torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)
+    assert resumed["global_step"] == 2 * last["global_step"]
+    assert 60 < training_minutes(run / "last.ckpt") < 65
+    with open(run / "logs" / "metrics.csv", newline="") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f) if r["val/miou"]] == [0, 1]
+
+    out = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", str(run / "best.ckpt"), "--data", str(data), "--output", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["per_class"]) == set(NAMES) and metrics["num_tiles"] == 3
+    labelled = sum(int((np.asarray(Image.open(p)) > 0).sum()) for p in (data / "ann_dir").iterdir())
+    assert metrics["num_pixels"] == labelled == np.array(metrics["confusion_matrix"]).sum()
+    assert 0 <= metrics["miou"] <= 1 and 0 <= metrics["oa"] <= 1 and 0 <= metrics["mf1"] <= 1
+    assert (metrics["window"], metrics["stride"]) == (32, 24)  # the run's crop size, 3/4 of it
+    assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert "mIoU" in capsys.readouterr().out
+
+    assert main(["eval", "--checkpoint", str(run / "best.ckpt"), "--output", str(tmp_path / "own")]) == 0
+    assert json.loads((tmp_path / "own" / "metrics.json").read_text())["num_tiles"] == 1  # the held-out tile
+
+    scene = tmp_path / "scene.png"
+    Image.fromarray(np.asarray(Image.open(POTSDAM / "img_dir" / "2_10_0_0_512_512.png"))[:90, :77]).save(scene)
+    target = tmp_path / "scene_classes.png"
+    assert main(["predict", "--checkpoint", str(run / "best.ckpt"), str(scene), "--output", str(target),
+                 "--window", "48", "--stride", "40"]) == 0
+    classes = np.asarray(Image.open(target))
+    assert classes.shape == (90, 77) and classes.max() < len(NAMES)
+    assert Image.open(tmp_path / "scene_classes_preview.png").mode == "P"
+
+
+def test_bad_segmentation_input_is_one_line_naming_the_file_or_option(tmp_path, capsys):
+    data = make_tiles(tmp_path / "tiles", corners=((0, 0), (64, 64)))
+    (data / "ann_dir" / "tile1.png").unlink()
+    assert main(train_args(data, tmp_path / "a")) == 2
+    assert "no mask for image" in capsys.readouterr().err and not (tmp_path / "a" / "last.ckpt").exists()
+
+    Image.fromarray(np.full((64, 64), 9, np.uint8)).save(data / "ann_dir" / "tile1.png")
+    assert main(train_args(data, tmp_path / "b")) == 2
+    assert "tile1.png: value(s) [9] are neither a class (1..6) nor the ignore value 0" in capsys.readouterr().err
+
+    (data / "classes.yaml").unlink()
+    assert main(train_args(data, tmp_path / "c")) == 2
+    assert "classes.yaml" in capsys.readouterr().err
+
+    assert main(train_args(data, tmp_path / "d", preset="potsdam", mixup=0.2)) == 2
+    assert "--mixup do(es) not apply to --task segmentation" in capsys.readouterr().err
