@@ -36,11 +36,12 @@ def main() -> None:
     p.add_argument("--overlap", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--val-every", type=int, default=5, help="validation scores the five full images: a minute")
+    p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--fpn-channels", type=int, default=256)
+    p.add_argument("--fpn-channels", type=int, default=128)
     p.add_argument("--rpn-proposals", type=int, default=1000)
-    p.add_argument("--test-proposals", type=int, default=1000)
+    p.add_argument("--test-proposals", type=int, default=500)
     p.add_argument("--name", default="detection_overfit")
     p.add_argument("--runs", type=Path, default=HERE / "runs")
     args = p.parse_args()
@@ -48,7 +49,8 @@ def main() -> None:
     run = args.runs / args.name
     # split 1.0: validation and the evaluation are on the training images, which is what overfitting measures.
     cfg = DetectionConfig(data=args.data, output=str(run), model=args.model, img_size=args.img_size,
-                          overlap=args.overlap, batch_size=args.batch_size, epochs=args.epochs, split=1.0,
+                          overlap=args.overlap, batch_size=args.batch_size, epochs=args.epochs,
+                          val_every=args.val_every, split=1.0,
                           lr=args.lr, warmup_epochs=args.warmup_epochs, drop_path_rate=0.0,
                           fpn_channels=args.fpn_channels, rpn_proposals=args.rpn_proposals,
                           test_proposals=args.test_proposals, num_workers=0, accelerator="cpu", devices=1)

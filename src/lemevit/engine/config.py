@@ -151,6 +151,8 @@ class RunConfig(Options):
                                                "layout, or a lemevit run's checkpoint of any task (its backbone)")
     img_size: int = option(224, "side of the training images or crops, in pixels")
     epochs: int = option(30, "training epochs", resumable=True)
+    val_every: int = option(1, "validate (and choose best.ckpt) every this many epochs; a multiple of it as "
+                               "--epochs validates the last one", resumable=True)
     batch_size: int = option(32, "items per batch and device")
     split: float = option(0.8, "fraction of the data in training, the rest validates (1.0: validate on the "
                                "training data, for overfitting checks and tiny sets)")
@@ -176,7 +178,7 @@ class RunConfig(Options):
         for name in ("data", "output"):
             if not getattr(self, name):
                 raise ConfigError(name, "is required")
-        self.check_positive("img_size", "epochs", "batch_size", "num_nodes")
+        self.check_positive("img_size", "epochs", "val_every", "batch_size", "num_nodes")
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise ConfigError("num_workers", f"must be a non-negative integer, got {self.num_workers!r}")
         devices = self.devices

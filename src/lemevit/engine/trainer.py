@@ -174,13 +174,14 @@ def _trainer(**kwargs) -> pl.Trainer:
 
 def build_trainer(run_dir: str | Path, monitor: str, max_epochs: int, accelerator: str = "auto",
                   devices: int | str = "auto", num_nodes: int = 1, precision: str = "fp32",
-                  gradient_clip: float | None = None, ema_decay: float | None = None, progress: bool = True,
-                  find_unused_parameters: bool = False, **kwargs) -> pl.Trainer:
+                  gradient_clip: float | None = None, ema_decay: float | None = None, val_every: int = 1,
+                  progress: bool = True, find_unused_parameters: bool = False, **kwargs) -> pl.Trainer:
     """A Trainer writing ``best.ckpt`` (best ``monitor``), ``last.ckpt`` (every epoch), CSV and TensorBoard logs
     into ``run_dir``. DDP is used when more than one device or node is asked for (also under torchrun, whose
     environment Lightning reads); ``find_unused_parameters`` is for models some of whose parameters get no
     gradient (a LeMeViT backbone's meta-token branch after its last Dual Cross-Attention block does not reach
-    the dense features). ``ema_decay`` adds :class:`ExponentialMovingAverage`."""
+    the dense features). ``ema_decay`` adds :class:`ExponentialMovingAverage`; ``val_every`` validates every that
+    many epochs, for validations that cost much (DOTA's full images)."""
     _quiet_lightning()
     run_dir = Path(run_dir)
     best = ModelCheckpoint(dirpath=run_dir, filename="best", monitor=monitor, mode="max", save_top_k=1,
@@ -188,7 +189,7 @@ def build_trainer(run_dir: str | Path, monitor: str, max_epochs: int, accelerato
     # A checkpoint of its own rather than save_last, which writes last.ckpt only when best.ckpt is written: a run
     # whose score stopped improving would resume from its best epoch instead of its last.
     last = ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, enable_version_counter=False,
-                           auto_insert_metric_name=False)
+                           auto_insert_metric_name=False, save_on_train_epoch_end=True)
     # Timer's elapsed time is saved in each checkpoint and carried on by a resume (training_minutes).
     callbacks = [best, last, LearningRateMonitor(logging_interval="step"), Timer(), _ResumableLog()]
     if ema_decay:
@@ -202,6 +203,7 @@ def build_trainer(run_dir: str | Path, monitor: str, max_epochs: int, accelerato
         strategy=_strategy(devices, num_nodes, find_unused_parameters),
         precision=resolve_precision(precision, accelerator),
         gradient_clip_val=gradient_clip,
+        check_val_every_n_epoch=val_every,
         callbacks=callbacks,
         logger=[ContinuedCSVLogger(run_dir, name="logs", version=""),
                 TensorBoardLogger(run_dir, name="logs", version="")],
