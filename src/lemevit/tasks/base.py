@@ -23,7 +23,7 @@ from lemevit.errors import DataError
 from lemevit.io import atomic_path
 from lemevit.viz import save_confusion_png
 
-__all__ = ["BaseTask", "initial_weights", "nested_no_weight_decay", "warmup_cosine"]
+__all__ = ["BaseTask", "NamedClasses", "initial_weights", "nested_no_weight_decay", "warmup_cosine"]
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_factor: float = 0.01) -> float:
@@ -267,3 +267,21 @@ class BaseTask(pl.LightningModule):
         if dtype is not None and trained is not None and dtype != trained:
             raise DataError(f"{path} holds {dtype} values, the model was trained on {trained} images: its values "
                             f"would be normalised on the wrong scale; convert it to {trained} first")
+
+
+class NamedClasses:
+    """For tasks whose labels are a list of class names (``hparams.class_names``, kept in the split's meta)."""
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)])
+
+    @classmethod
+    def load_meta(cls, meta: dict, source: str) -> dict:
+        names = meta.get("class_names")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise DataError(f"{source}: \"meta\" must hold the class_names")
+        return meta
+
+    def run_meta(self) -> dict:
+        return {"class_names": self.class_names}

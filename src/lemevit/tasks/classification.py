@@ -27,7 +27,7 @@ from lemevit.io import atomic_path
 from lemevit.io.paths import check_outputs_spare_inputs, check_writable_folder, list_images
 from lemevit.metrics.classification import classification_metrics
 from lemevit.models import create_model
-from lemevit.tasks.base import BaseTask, initial_weights
+from lemevit.tasks.base import BaseTask, NamedClasses, initial_weights
 from lemevit.tasks.registry import register_task
 
 __all__ = ["ClassificationConfig", "ClassificationPredictOptions", "ClassificationTask"]
@@ -78,7 +78,7 @@ class ClassificationPredictOptions(PredictOptions):
 
 
 @register_task
-class ClassificationTask(BaseTask):
+class ClassificationTask(NamedClasses, BaseTask):
     """Trains and evaluates an image classifier.
 
     Cross-entropy with label smoothing, optional mixup/cutmix (timm's), AdamW with warm-up and cosine decay;
@@ -108,10 +108,6 @@ class ClassificationTask(BaseTask):
                             num_classes=num_classes) if mixup > 0 or cutmix > 0 else None)
         self.soft_loss = SoftTargetCrossEntropy()
 
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)])
-
     # --- training ---------------------------------------------------------------------------------------------
     @classmethod
     def prepare(cls, cfg: ClassificationConfig, progress: bool = True) -> tuple[Split, list[dict]]:
@@ -129,13 +125,6 @@ class ClassificationTask(BaseTask):
             subsets[name], bad_here = check_images(root, subsets[name], cfg.skip_bad)
             bad += bad_here
         return Split(root, subsets, {"class_names": class_names}), bad
-
-    @classmethod
-    def load_meta(cls, meta: dict, source: str) -> dict:
-        names = meta.get("class_names")
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-            raise DataError(f"{source}: \"meta\" must hold the class_names")
-        return meta
 
     @classmethod
     def training_images(cls, split: Split) -> list[Path]:
@@ -174,9 +163,6 @@ class ClassificationTask(BaseTask):
     def evaluation_dataset(self, root: Path, items: Sequence[Sample]) -> Dataset:
         hp = self.hparams
         return SceneDataset(root, items, eval_transform(hp.img_size, hp.mean, hp.std))
-
-    def run_meta(self) -> dict:
-        return {"class_names": self.class_names}
 
     def evaluation_items(self, data: Path | None, split: Split | None) -> tuple[Path, list[Sample]]:
         if data is None:

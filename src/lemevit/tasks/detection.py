@@ -33,7 +33,7 @@ from lemevit.io.vector import write_detection_geojson
 from lemevit.metrics.detection import detection_map
 from lemevit.models.oriented_rcnn import OrientedRCNN
 from lemevit.ops.rotated import box_to_quad
-from lemevit.tasks.base import BaseTask, initial_weights
+from lemevit.tasks.base import BaseTask, NamedClasses, initial_weights
 from lemevit.tasks.dense import first_item
 from lemevit.tasks.registry import register_task
 
@@ -109,7 +109,7 @@ def _select(images: list[ImageLabels], root: Path, items: Sequence[LabelledImage
 
 
 @register_task
-class DetectionTask(BaseTask):
+class DetectionTask(NamedClasses, BaseTask):
     """Trains Oriented R-CNN on image windows; validation scores whole images with DOTA's protocol (window by
     window, merged by class-wise rotated NMS) and logs ``val/map50``.
     """
@@ -138,10 +138,6 @@ class DetectionTask(BaseTask):
         self.model = OrientedRCNN(model, num_classes, in_chans=in_chans, fpn_channels=fpn_channels,
                                   drop_path_rate=drop_path_rate, backbone_checkpoint=initial_weights(init_checkpoint),
                                   rpn_proposals=rpn_proposals, test_proposals=test_proposals)
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)])
 
     # --- training ---------------------------------------------------------------------------------------------
     @classmethod
@@ -222,9 +218,6 @@ class DetectionTask(BaseTask):
     # --- evaluation -------------------------------------------------------------------------------------------
     def evaluation_dataset(self, root: Path, items: Sequence[LabelledImage]) -> Dataset:
         return DetectionImages(self._labels(root, items))
-
-    def run_meta(self) -> dict:
-        return {"class_names": self.class_names}
 
     def evaluation_items(self, data: Path | None, split: Split | None) -> tuple[Path, list[LabelledImage]]:
         if data is None:
