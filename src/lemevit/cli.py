@@ -150,7 +150,9 @@ def _checkpoint_parser(command: str, argv: list[str], context: dict):
     pre = _pre_parse(argv, "--checkpoint")
     if pre.checkpoint is None:
         options = EvalOptions if command == "eval" else PredictOptions
-        _TaskParser(command, options, "").parser.parse_args(argv)  # --help, or the usage error
+        generic = _TaskParser(command, options, "", epilog="These are the options of every task; give --checkpoint "
+                                                           "with --help for those of its task.")
+        generic.parser.parse_args(argv)  # --help, or the usage error
         raise ConfigError("checkpoint", "is required")
     context["flags"] = {"checkpoint": "--checkpoint"}
     task = get_task(checkpoint_task(read_checkpoint(pre.checkpoint)))

@@ -18,7 +18,7 @@ import yaml
 from lemevit.errors import ConfigError, DataError
 from lemevit.io import atomic_path
 
-__all__ = ["EvalOptions", "Options", "PredictOptions", "RunConfig", "add_options", "flag", "option",
+__all__ = ["EvalOptions", "InferenceOptions", "Options", "PredictOptions", "RunConfig", "add_options", "flag", "option",
            "read_yaml_mapping"]
 
 
@@ -224,18 +224,16 @@ class RunConfig(Options):
 
 
 @dataclass(kw_only=True)
-class EvalOptions(Options):
-    """``lemevit eval`` of a checkpoint of any task."""
+class InferenceOptions(Options):
+    """What ``eval`` and ``predict`` share: the checkpoint, where the results go, and how the model is run."""
 
     checkpoint: str = option(None, "a checkpoint of a run of any task (the task is read from it)")
-    data: str | None = option(None, "data in the layout the run was trained on (default: the run's own held-out "
-                                    "split)")
-    output: str = option(None, "folder for metrics.json (and the plots)")
+    output: str = option(None, "where the results go")
     batch_size: int = option(8, "images, or windows of a whole image, per batch and device")
     precision: str = option("fp32", "fp32, or autocast to bf16 or fp16", choices=("fp32", "bf16", "fp16"))
     accelerator: str = option("auto", "auto (a GPU when there is one), cpu or gpu",
                               choices=("auto", "cpu", "gpu", "cuda"))
-    devices: int | str = option(1, "devices (several: the evaluation is shared out and gathered)")
+    devices: int | str = option(1, "devices (several share the items out; the results are gathered)")
     num_workers: int = option(2, "data loading worker processes per device")
 
     def __post_init__(self):
@@ -250,7 +248,16 @@ class EvalOptions(Options):
 
 
 @dataclass(kw_only=True)
-class PredictOptions(EvalOptions):
+class EvalOptions(InferenceOptions):
+    """``lemevit eval`` of a checkpoint of any task."""
+
+    data: str | None = option(None, "data in the layout the run was trained on (default: the run's own held-out "
+                                    "split)")
+    output: str = option(None, "folder for metrics.json (and the plots)")
+
+
+@dataclass(kw_only=True)
+class PredictOptions(InferenceOptions):
     """``lemevit predict`` with a checkpoint of any task."""
 
     inputs: list[str] = option([], "image files, folders (searched as train searches them) or glob patterns",

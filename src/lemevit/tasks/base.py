@@ -18,7 +18,7 @@ from lemevit.data.sampling import reseed, step_seed
 from lemevit.data.splits import Split
 from lemevit.data.statistics import Normalisation
 from lemevit.engine.checkpoint import TASK_KEY, backbone_state_dict, checkpoint_task, read_checkpoint
-from lemevit.engine.config import EvalOptions, PredictOptions, RunConfig
+from lemevit.engine.config import EvalOptions, InferenceOptions, PredictOptions, RunConfig
 from lemevit.errors import DataError
 from lemevit.io import atomic_path
 from lemevit.viz import save_confusion_png
@@ -145,7 +145,7 @@ class BaseTask(pl.LightningModule):
         """What ``eval`` scores: the run's own held-out items (``data`` None), or those of ``data``."""
         raise NotImplementedError
 
-    def configure_inference(self, options: EvalOptions) -> None:
+    def configure_inference(self, options: InferenceOptions) -> None:
         """Take the options of ``eval`` or ``predict`` that change how the model is run (window, stride)."""
         self.inference_batch_size = options.batch_size
 

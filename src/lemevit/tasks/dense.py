@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from lemevit.engine.config import EvalOptions, Options, PredictOptions, RunConfig, option
+from lemevit.engine.config import EvalOptions, InferenceOptions, Options, PredictOptions, RunConfig, option
 from lemevit.errors import ConfigError
 from lemevit.inference.sliding_window import default_stride
 from lemevit.tasks.base import BaseTask
@@ -93,7 +93,7 @@ class SlidingWindowTask(BaseTask):
         self.window = window or self.hparams.img_size
         self.stride = stride or default_stride(self.window)
 
-    def configure_inference(self, options: EvalOptions) -> None:
+    def configure_inference(self, options: InferenceOptions) -> None:
         super().configure_inference(options)
         if options.window is not None:
             # A stride not given follows the window given, not the run's window.
