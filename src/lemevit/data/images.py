@@ -147,7 +147,7 @@ def read_image(path: str | Path) -> np.ndarray:
             if tiff and getattr(im, "n_frames", 1) > 1:
                 raise ImageReadError(path, f"multi-page TIFF ({im.n_frames} pages); {_GEO_HINT}")
             im.load()  # decode now: Image.open reads only the header, so truncation would pass unseen
-            return _pil_to_array(im, path, tiff)
+            arr = _pil_to_array(im, path, tiff)
     except ImageReadError:
         raise
     except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError... for bad files
@@ -155,3 +155,8 @@ def read_image(path: str | Path) -> np.ndarray:
         if tiff:
             reason += f" (PIL reads only 8/16-bit TIFF with at most 4 bands; {_GEO_HINT})"
         raise ImageReadError(path, reason) from e
+    if header is not None and header[0] == 16 and arr.dtype == np.int32:
+        # Older Pillow releases (10.0 among them) open 16-bit grey PNG as 32-bit integers ("I"); the values are
+        # 16-bit.
+        arr = arr.astype(np.uint16)
+    return arr
