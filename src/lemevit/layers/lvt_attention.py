@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lemevit.layers.format import nchw, nhwc
+from lemevit.ops.export import fold as export_fold
+from lemevit.ops.export import is_exporting
 
 __all__ = ["AtrousDepthwiseConv", "ClassAttention", "ConvolutionalSelfAttention", "RecursiveAtrousSelfAttention"]
 
@@ -66,7 +68,8 @@ class ConvolutionalSelfAttention(nn.Module):
         v = v.view(kk, B, L, heads, C // heads).permute(1, 3, 2, 0, 4)  # (B, heads, L, kk, hd)
 
         out = (attn @ v).permute(0, 1, 4, 3, 2).reshape(B, C * kk, L)
-        out = F.fold(out, (H, W), k, padding=k // 2, stride=self.stride)
+        fold = export_fold if is_exporting() else F.fold
+        out = fold(out, (H, W), k, padding=k // 2, stride=self.stride)
         return self.proj_drop(self.proj(nhwc(out)))
 
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lemevit.ops.export import is_exporting
+
 __all__ = ["MetaCrossAttention", "DualCrossAttention", "TokenSelfAttention", "attend"]
 
 
@@ -99,7 +101,15 @@ class DualCrossAttention(_Capturable):
         q_meta, k_meta, v_meta = _heads(self.qkv_meta(c), 3, self.num_heads)
         # log_N(M) is undefined for a single image token (inputs under 16 px); the published code
         # divides by zero there, we use N = 2 instead.
-        scale_img = math.log(M) / math.log(max(N, 2)) * self.scale
+        if is_exporting():
+            # A traced graph would keep log_N(M) of the export size as a constant: compute it in the graph from
+            # the token counts so that the exported model is right at every input size.
+            n = torch.ones_like(x[0, :, 0]).sum().clamp(min=2)
+            m = torch.ones_like(c[0, :, 0]).sum()
+            q_img = q_img * (m.log() / n.log())
+            scale_img = self.scale
+        else:
+            scale_img = math.log(M) / math.log(max(N, 2)) * self.scale
         x = attend(q_img, k_meta, v_meta, scale_img, self.attn_drop, self, "image_to_meta")
         c = attend(q_meta, k_img, v_img, self.scale, self.attn_drop, self, "meta_to_image")
         return (self.proj_drop(self.proj_img(_merge_heads(x))),

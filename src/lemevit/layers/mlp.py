@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lemevit.ops.export import is_exporting
+
 __all__ = ["Mlp"]
 
 
@@ -36,7 +38,8 @@ class Mlp(nn.Module):
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
 
     def _use_chunks(self, x: torch.Tensor) -> bool:
-        return not (x.device.type != "cpu" or self.training or torch.is_grad_enabled()
+        # A traced graph would keep the chunk boundaries of the export size: exports take the plain form.
+        return not (x.device.type != "cpu" or self.training or torch.is_grad_enabled() or is_exporting()
                     or torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu")
                     or x.numel() // x.shape[-1] * self.fc1.out_features * x.element_size() <= self.chunk_above_bytes)
 
