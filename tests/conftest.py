@@ -19,7 +19,6 @@ SHARED = TESTS.parent.parent / "shared"
 SHARED_PARITY = SHARED / "fixtures" / "parity"
 
 
-
 @pytest.fixture(scope="session")
 def mini_configs() -> dict:
     return json.loads((MINI_PARITY / "configs.json").read_text())
@@ -35,3 +34,51 @@ def shared_parity(name: str) -> Path:
 
 def load_io(path: Path) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in load_file(str(path)).items()}
+
+
+def mini_parity_model(name: str, configs: dict) -> torch.nn.Module:
+    """A mini configuration of the published code (``lemevit_mini``, ``lvt_backbone_mini``, ``vvt_mini``), built with
+    our constructors and loaded strictly from its published-layout checkpoint, in eval mode."""
+    import lemevit.models.lemevit as lemevit_module
+    import lemevit.models.lvt as lvt_module
+    import lemevit.models.vvt as vvt_module
+    from lemevit.models import LVT, VVT, LeMeViT
+    from lemevit.models.factory import load_checkpoint_file
+
+    cfg = configs[name]
+    if name == "lemevit_mini":
+        model = LeMeViT(depths=cfg["depths"], dims=cfg["dims"], attn_types=cfg["attention_types"],
+                        head_dim=cfg["head_dim"], num_meta_tokens=cfg["num_meta_tokens"], mlp_ratio=cfg["mlp_ratio"],
+                        num_classes=cfg["num_classes"], in_chans=cfg["in_chans"])
+        filter_fn = lemevit_module.checkpoint_filter_fn
+    elif name == "lvt_backbone_mini":
+        model = LVT(depths=cfg["depths"], dims=cfg["dims"], num_heads=cfg["num_heads"], mlp_ratios=cfg["mlp_ratios"],
+                    attn_types=cfg["attention"], conv_mlp=cfg["mlp_dwconv"], sr_ratios=cfg["sr_ratios"],
+                    atrous_rates=cfg["rasa"]["atrous_rates"], recursions=cfg["rasa"]["recursions"],
+                    dense_backbone=True, num_classes=0, in_chans=cfg["in_chans"])
+        filter_fn = lvt_module.checkpoint_filter_fn
+    else:
+        model = VVT(depths=cfg["depths"], dims=cfg["dims"], num_heads=cfg["num_heads"], mlp_ratios=cfg["mlp_ratios"],
+                    feature_reduction=cfg["feature_reduction"], qkv_bias=cfg["qkv_bias"],
+                    num_classes=cfg["num_classes"], in_chans=cfg["in_chans"])
+        filter_fn = vvt_module.checkpoint_filter_fn
+    state = filter_fn(load_checkpoint_file(MINI_PARITY / f"{name}.official_state_dict.safetensors"))
+    result = model.load_state_dict(state, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def scene_run(tmp_path_factory):
+    """A one-epoch scene-recognition run on :func:`sample_data.make_scenes` (the data and the run folder), shared by
+    the tests that only need some trained run."""
+    from sample_data import make_scenes
+
+    from lemevit.cli import main
+
+    root = tmp_path_factory.mktemp("scene_run")
+    data = make_scenes(root / "scenes")
+    run = root / "run"
+    assert main(["train", "--data", str(data), "--output", str(run), "--model", "lemevit_tiny", "--img-size", "32",
+                 "--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--split", "0.75"]) == 0
+    return data, run

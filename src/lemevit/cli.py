@@ -143,7 +143,7 @@ def cmd_train(argv: list[str], context: dict) -> int:
 
 def _checkpoint_parser(command: str, argv: list[str], context: dict):
     """The parser of the task of ``--checkpoint`` (the generic options when none is given)."""
-    from lemevit.engine.checkpoint import checkpoint_task, read_checkpoint
+    from lemevit.engine.checkpoint import trained_model_task
     from lemevit.engine.config import EvalOptions, PredictOptions
     from lemevit.tasks import get_task
 
@@ -155,7 +155,7 @@ def _checkpoint_parser(command: str, argv: list[str], context: dict):
         generic.parser.parse_args(argv)  # --help, or the usage error
         raise ConfigError("checkpoint", "is required")
     context["flags"] = {"checkpoint": "--checkpoint"}
-    task = get_task(checkpoint_task(read_checkpoint(pre.checkpoint)))
+    task = get_task(trained_model_task(pre.checkpoint))
     options = task.eval_options if command == "eval" else task.predict_options
     what = "Evaluate a checkpoint: metrics.json (and plots)" if command == "eval" else \
         "Predict with a checkpoint"
@@ -182,6 +182,21 @@ def cmd_predict(argv: list[str], context: dict) -> int:
     _, given = parser.parse(argv, f"{checkpoint}, a {task.name} checkpoint")
     for line in predict(options(**given)):
         print(line)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lemevit.export import export_model
+
+    result = export_model(args.output, checkpoint=args.checkpoint, model=args.model, weights=args.weights,
+                          features_only=args.features_only, in_chans=args.in_chans, num_classes=args.num_classes,
+                          img_size=args.img_size, formats=tuple(dict.fromkeys(["safetensors", args.format])),
+                          opset=args.opset)
+    print("wrote " + ", ".join(str(p) for p in result.files))
+    if result.deviation is not None:
+        size = "x".join(map(str, result.deviation.size))
+        fixed = f" (the graph's size is fixed: {result.fixed_size})" if result.fixed_size else ""
+        print(f"onnxruntime against PyTorch at {size}{fixed}: largest deviation {result.deviation.largest:.2e}")
     return 0
 
 
@@ -234,6 +249,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("eval", help="evaluate a checkpoint of any task: metrics.json and plots", add_help=False)
     sub.add_parser("predict", help="predict with a checkpoint: top classes (CSV/JSON), class maps, change maps or "
                                    "oriented boxes of whole scenes", add_help=False)
+
+    exp = sub.add_parser("export", help="a run of any task, or a bare model, as a portable model file "
+                                        "(model.safetensors + config.json) and optionally ONNX",
+                         description="Writes DIR/model.safetensors and DIR/config.json, which eval, predict, "
+                                     "lemevit.create_model and timm load without unpickling; with --format onnx also "
+                                     "DIR/model.onnx (dynamic batch, height and width), checked with onnxruntime "
+                                     "against PyTorch at a size other than the export size.")
+    source = exp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a run's checkpoint (RUN/best.ckpt) or model file, of any task")
+    source.add_argument("--model", help="a bare model by name (`lemevit models`), random or with --weights")
+    exp.add_argument("--weights", help="with --model: weights of ours or of the published layout")
+    exp.add_argument("--features-only", action="store_true",
+                     help="with --model: the backbone's stride-4/8/16/32 feature maps instead of the classifier")
+    exp.add_argument("--num-classes", type=int, help="with --model: classifier size (default the model's)")
+    exp.add_argument("--in-chans", type=int, default=3, help="with --model: input bands (default 3)")
+    exp.add_argument("--img-size", type=int, help="export size (default the run's training size, or the model's)")
+    exp.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors",
+                     help="onnx: also model.onnx (needs the export extra)")
+    exp.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    exp.add_argument("--output", required=True, help="the model file folder")
+    exp.set_defaults(func=cmd_export)
 
     ex = sub.add_parser("explain", help="meta-token attention maps of a LeMeViT scene-recognition run over an "
                                         "image (PNG)")

@@ -10,7 +10,7 @@ import json
 import pytest
 import timm
 import torch
-from conftest import MINI_PARITY, load_io, shared_parity
+from conftest import MINI_PARITY, load_io, mini_parity_model, shared_parity
 
 import lemevit
 import lemevit.models.lemevit as lemevit_module
@@ -19,8 +19,6 @@ import lemevit.models.vvt as vvt_module
 from lemevit.errors import DataError
 from lemevit.models.factory import load_checkpoint_file
 from lemevit.models.lemevit import LeMeViT
-from lemevit.models.lvt import LVT
-from lemevit.models.vvt import VVT
 
 ATOL = 1e-4
 FILTERS = {"lemevit": lemevit_module.checkpoint_filter_fn, "lvt": lvt_module.checkpoint_filter_fn,
@@ -41,49 +39,29 @@ def _assert_lemevit_outputs(model, io):
     _assert_features(feats, io)
 
 
-def _load_strict(model, filter_fn, path):
-    result = model.load_state_dict(filter_fn(load_checkpoint_file(path)), strict=True)
-    assert not result.missing_keys and not result.unexpected_keys
-
-
 # The mini configurations (shipped with the tests).
 
 def test_lemevit_mini_matches_published_outputs(mini_configs):
-    cfg = mini_configs["lemevit_mini"]
-    model = LeMeViT(depths=cfg["depths"], dims=cfg["dims"], attn_types=cfg["attention_types"],
-                    head_dim=cfg["head_dim"], num_meta_tokens=cfg["num_meta_tokens"], mlp_ratio=cfg["mlp_ratio"],
-                    num_classes=cfg["num_classes"], in_chans=cfg["in_chans"])
-    assert sum(p.numel() for p in model.parameters()) == cfg["num_params"]
-    ckpt = MINI_PARITY / "lemevit_mini.official_state_dict.safetensors"
-    _load_strict(model, lemevit_module.checkpoint_filter_fn, ckpt)
-    _assert_lemevit_outputs(model.eval(), load_io(MINI_PARITY / "lemevit_mini.io.safetensors"))
+    model = mini_parity_model("lemevit_mini", mini_configs)
+    assert sum(p.numel() for p in model.parameters()) == mini_configs["lemevit_mini"]["num_params"]
+    _assert_lemevit_outputs(model, load_io(MINI_PARITY / "lemevit_mini.io.safetensors"))
 
 
 def test_lvt_backbone_mini_matches_published_features(mini_configs):
-    cfg = mini_configs["lvt_backbone_mini"]
-    assert cfg["dense_backbone"]
-    model = LVT(depths=cfg["depths"], dims=cfg["dims"], num_heads=cfg["num_heads"], mlp_ratios=cfg["mlp_ratios"],
-                attn_types=cfg["attention"], conv_mlp=cfg["mlp_dwconv"], sr_ratios=cfg["sr_ratios"],
-                atrous_rates=cfg["rasa"]["atrous_rates"], recursions=cfg["rasa"]["recursions"],
-                dense_backbone=True, num_classes=0, in_chans=cfg["in_chans"])
-    assert sum(p.numel() for p in model.parameters()) == cfg["num_params"]
-    ckpt = MINI_PARITY / "lvt_backbone_mini.official_state_dict.safetensors"
-    _load_strict(model, lvt_module.checkpoint_filter_fn, ckpt)
+    assert mini_configs["lvt_backbone_mini"]["dense_backbone"]
+    model = mini_parity_model("lvt_backbone_mini", mini_configs)
+    assert sum(p.numel() for p in model.parameters()) == mini_configs["lvt_backbone_mini"]["num_params"]
     io = load_io(MINI_PARITY / "lvt_backbone_mini.io.safetensors")
     with torch.no_grad():
-        _assert_features(model.eval().forward_intermediates(io["input"], intermediates_only=True), io)
+        _assert_features(model.forward_intermediates(io["input"], intermediates_only=True), io)
 
 
 def test_vvt_mini_matches_published_logits(mini_configs):
-    cfg = mini_configs["vvt_mini"]
-    model = VVT(depths=cfg["depths"], dims=cfg["dims"], num_heads=cfg["num_heads"], mlp_ratios=cfg["mlp_ratios"],
-                feature_reduction=cfg["feature_reduction"], qkv_bias=cfg["qkv_bias"],
-                num_classes=cfg["num_classes"], in_chans=cfg["in_chans"])
-    assert sum(p.numel() for p in model.parameters()) == cfg["num_params"]
-    _load_strict(model, vvt_module.checkpoint_filter_fn, MINI_PARITY / "vvt_mini.official_state_dict.safetensors")
+    model = mini_parity_model("vvt_mini", mini_configs)
+    assert sum(p.numel() for p in model.parameters()) == mini_configs["vvt_mini"]["num_params"]
     io = load_io(MINI_PARITY / "vvt_mini.io.safetensors")
     with torch.no_grad():
-        torch.testing.assert_close(model.eval()(io["input"]), io["logits"], atol=ATOL, rtol=0)
+        torch.testing.assert_close(model(io["input"]), io["logits"], atol=ATOL, rtol=0)
 
 
 def test_lemevit_checkpoint_with_other_classifier_size_keeps_backbone_and_warns(caplog):

@@ -12,22 +12,9 @@ import pytest
 import torch
 from PIL import Image
 from resumption import check_kill_and_resume
+from sample_data import CLASSES, make_scenes
 
 from lemevit.cli import main
-
-CLASSES = ("Farmland", "Forest", "Port")
-
-
-def make_scenes(root: Path, per_class: int = 6, size: int = 40) -> Path:
-    """Tiny class-per-folder set whose classes differ in colour, so a model can learn them."""
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(CLASSES):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            image = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-            image[..., c] += 150
-            Image.fromarray(image).save(root / name / f"{name.lower()}_{i}.png")
-    return root
 
 
 def train_args(data: Path, out: Path, epochs: int = 2, **extra) -> list[str]:

@@ -3,33 +3,16 @@ from __future__ import annotations
 
 import csv
 import json
-from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 from PIL import Image
+from sample_data import NAMES, POTSDAM, make_tiles
 
 from lemevit.cli import main
 from lemevit.engine import training_minutes
-
-POTSDAM = Path(str(files("lemevit") / "demo_data" / "potsdam_seg"))
-NAMES = ("impervious_surface", "building", "low_vegetation", "tree", "car", "clutter")
-
-
-def make_tiles(root: Path, size: int = 64, corners=((0, 0), (200, 120), (380, 300))) -> Path:
-    """Crops of the shipped Potsdam tile, stored as in its MANIFEST (1..6 classes, 0 unlabelled), with the
-    label scheme in the data folder's classes.yaml."""
-    image = np.asarray(Image.open(POTSDAM / "img_dir" / "2_10_0_0_512_512.png"))
-    mask = np.asarray(Image.open(POTSDAM / "ann_dir" / "2_10_0_0_512_512.png"))
-    for folder in ("img_dir", "ann_dir"):
-        (root / folder).mkdir(parents=True)
-    for i, (top, left) in enumerate(corners):
-        Image.fromarray(image[top:top + size, left:left + size]).save(root / "img_dir" / f"tile{i}.png")
-        Image.fromarray(mask[top:top + size, left:left + size]).save(root / "ann_dir" / f"tile{i}.png")
-    (root / "classes.yaml").write_text(f"class_names: {list(NAMES)}\nignore_value: 0\nfirst_class_value: 1\n")
-    return root
 
 
 def train_args(data: Path, out: Path, epochs: int = 1, **extra) -> list[str]:

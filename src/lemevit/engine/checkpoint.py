@@ -1,18 +1,22 @@
-"""Reading lemevit run checkpoints safely: tensors and plain values only (``weights_only``), never code.
+"""Reading trained models safely: run checkpoints with tensors and plain values only (``weights_only``), never
+code, and portable model files (:mod:`lemevit.io.model_file`).
 
 A Lightning checkpoint written by someone else can run code when unpickled in full; lemevit reads every
 checkpoint with ``torch.load(weights_only=True)``, which allows tensors, numbers, strings and containers only.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lemevit.errors import DataError
+from lemevit.io.model_file import model_file_folder, read_model_file, weights_under
 
-__all__ = ["TASK_KEY", "backbone_state_dict", "checkpoint_task", "read_checkpoint", "training_minutes"]
+__all__ = ["TASK_KEY", "TrainedModel", "backbone_state_dict", "checkpoint_task", "read_checkpoint",
+           "read_trained_model", "trained_model_task", "training_minutes"]
 
 #: Key naming the task in a checkpoint, so that ``lemevit eval`` and ``predict`` know what they load.
 TASK_KEY = "lemevit_task"
@@ -21,6 +25,9 @@ TASK_KEY = "lemevit_task"
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The content of a lemevit run checkpoint, loaded on the CPU without unpickling any code."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a folder but not a lemevit model file (it needs a config.json with a lemevit "
+                        "section beside model.safetensors)")
     if not path.is_file():
         raise DataError(f"checkpoint {path} {'is not a file' if path.exists() else 'does not exist'}")
     try:
@@ -53,11 +60,41 @@ def training_minutes(path: str | Path) -> float:
 
 def backbone_state_dict(content: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
     """The weights under ``prefix`` of a run checkpoint's state dict (``model.encoder.`` for a segmentation run's
-    backbone, say), with the prefix and a ``features_only`` wrapper's own ``model.`` removed: a state dict that
-    :func:`lemevit.models.create_model` loads into the backbone of any task."""
-    state = {k[len(prefix):]: v for k, v in content["state_dict"].items() if k.startswith(prefix)}
-    if not state:
-        raise DataError(f"the checkpoint holds no weights under {prefix!r}")
-    if all(k.startswith("model.") for k in state):
-        state = {k[len("model."):]: v for k, v in state.items()}
-    return state
+    backbone, say), as :func:`lemevit.models.create_model` loads them into the backbone of any task."""
+    return weights_under(content["state_dict"], prefix, "the checkpoint")
+
+
+@dataclass
+class TrainedModel:
+    """What rebuilds a trained task module, read from a run checkpoint or a model file: the task, its
+    hyper-parameters and the module's state dict."""
+
+    task: str
+    hyper_parameters: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+
+
+def _task_of_model_file(path: str | Path) -> str:
+    model_file = read_model_file(path)
+    if model_file.task is None:
+        raise DataError(f"{path} is a bare {model_file.architecture} model (no task, no head): eval and predict "
+                        "take the model file of a run (lemevit export --checkpoint RUN/best.ckpt)")
+    return model_file.task
+
+
+def trained_model_task(path: str | Path) -> str:
+    """The task of the run checkpoint or model file ``path``."""
+    if model_file_folder(path) is not None:
+        return _task_of_model_file(path)
+    return checkpoint_task(read_checkpoint(path))
+
+
+def read_trained_model(path: str | Path) -> TrainedModel:
+    """The trained task module a run checkpoint (``.ckpt``) or a model file folder holds; nothing is unpickled."""
+    if model_file_folder(path) is not None:
+        task = _task_of_model_file(path)
+        model_file = read_model_file(path)
+        return TrainedModel(task, model_file.hyper_parameters,
+                            {f"model.{k}": v for k, v in model_file.state_dict().items()})
+    content = read_checkpoint(path)
+    return TrainedModel(checkpoint_task(content), dict(content["hyper_parameters"]), content["state_dict"])

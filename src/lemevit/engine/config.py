@@ -148,7 +148,8 @@ class RunConfig(Options):
     output: str = option(None, "the run directory (created; --resume continues the run in it)")
     model: str = option("lemevit_tiny", "any model name of lemevit (`lemevit models`) or timm")
     init_checkpoint: str | None = option(None, "start from these weights: a weights file of ours or of the published "
-                                               "layout, or a lemevit run's checkpoint of any task (its backbone)")
+                                               "layout, or a lemevit run's checkpoint or model file of any task (its "
+                                               "backbone)")
     img_size: int = option(224, "side of the training images or crops, in pixels")
     epochs: int = option(30, "training epochs", resumable=True)
     val_every: int = option(1, "validate (and choose best.ckpt) every this many epochs; a multiple of it as "
@@ -227,7 +228,8 @@ class RunConfig(Options):
 class InferenceOptions(Options):
     """What ``eval`` and ``predict`` share: the checkpoint, where the results go, and how the model is run."""
 
-    checkpoint: str = option(None, "a checkpoint of a run of any task (the task is read from it)")
+    checkpoint: str = option(None, "a run's checkpoint (RUN/best.ckpt) or its model file folder (lemevit "
+                                         "export), of any task: the task is read from it")
     output: str = option(None, "where the results go")
     batch_size: int = option(8, "images, or windows of a whole image, per batch and device")
     precision: str = option("fp32", "fp32, or autocast to bf16 or fp16", choices=("fp32", "bf16", "fp16"))
@@ -235,6 +237,9 @@ class InferenceOptions(Options):
                               choices=("auto", "cpu", "gpu", "cuda"))
     devices: int | str = option(1, "devices (several share the items out; the results are gathered)")
     num_workers: int = option(2, "data loading worker processes per device")
+    runtime: str = option("torch", "torch, or onnxruntime on the CPU (the model file's model.onnx, or an export of the "
+                                   "checkpoint made on first use and kept beside it as .onnx)",
+                          choices=("torch", "onnxruntime"))
 
     def __post_init__(self):
         for name in ("checkpoint", "output"):
@@ -245,6 +250,11 @@ class InferenceOptions(Options):
         devices = self.devices
         if devices != "auto" and (isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):
             raise ConfigError("devices", f"must be a positive number of devices or 'auto', got {devices!r}")
+        if self.runtime == "onnxruntime":
+            if self.accelerator in ("gpu", "cuda"):
+                raise ConfigError("runtime", "onnxruntime runs on the CPU here: use `accelerator` cpu, or the torch "
+                                             "runtime on the GPU")
+            self.accelerator = "cpu"
 
 
 @dataclass(kw_only=True)

@@ -8,11 +8,12 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from lemevit.data.datamodule import Indexed
-from lemevit.engine.checkpoint import checkpoint_task, read_checkpoint
+from lemevit.engine.checkpoint import read_trained_model, trained_model_task
 from lemevit.engine.config import EvalOptions, PredictOptions
 from lemevit.engine.run import RunDirectory
 from lemevit.engine.trainer import build_inference_trainer
-from lemevit.errors import DataError
+from lemevit.errors import ConfigError, DataError
+from lemevit.io.model_file import model_file_folder
 from lemevit.io.paths import check_writable_folder
 from lemevit.tasks.base import BaseTask
 from lemevit.tasks.registry import get_task
@@ -21,18 +22,18 @@ __all__ = ["evaluate", "evaluate_checkpoint", "load_task", "predict"]
 
 
 def load_task(checkpoint: str | Path) -> BaseTask:
-    """The task module of a run's checkpoint, with its weights (the EMA ones when the run kept an EMA), in eval
-    mode on the CPU. Nothing but tensors and plain values is unpickled."""
-    content = read_checkpoint(checkpoint)
-    task = get_task(checkpoint_task(content))
+    """The task module of a run's checkpoint or of a model file, with its weights (the EMA ones when the run kept
+    an EMA), in eval mode on the CPU. Nothing but tensors and plain values is read."""
+    trained = read_trained_model(checkpoint)
+    task = get_task(trained.task)
     # The weights come from the checkpoint itself, not from the file the run was initialised from.
-    hparams = {**content["hyper_parameters"], "init_checkpoint": None}
+    hparams = {**trained.hyper_parameters, "init_checkpoint": None}
     try:
         module = task(**hparams)
     except TypeError as e:
-        raise DataError(f"{checkpoint}: a {task.name} checkpoint of another lemevit version ({e})") from None
+        raise DataError(f"{checkpoint}: a {task.name} model of another lemevit version ({e})") from None
     try:
-        module.load_state_dict(content["state_dict"])
+        module.load_state_dict(trained.state_dict)
     except RuntimeError as e:
         raise DataError(f"{checkpoint}: its weights do not fit its own settings "
                         f"({str(e).splitlines()[0]})") from None
@@ -49,8 +50,12 @@ def evaluate(options: EvalOptions, progress: bool = True) -> tuple[BaseTask, dic
     writes the task's ``metrics.json`` (and plots) into ``options.output``. Returns the task and the metrics."""
     module = load_task(options.checkpoint)
     module.configure_inference(options)
+    module.use_runtime(options.runtime, options.checkpoint)
     split = None
     if options.data is None:
+        if model_file_folder(options.checkpoint) is not None:
+            raise ConfigError("data", f"is required: {options.checkpoint} is a model file, which holds no split of "
+                                      "held-out items")
         run = RunDirectory(Path(options.checkpoint).parent)
         if not run.split_file.is_file():
             raise DataError(f"{run.split_file} is missing: give the data to evaluate on with --data")
@@ -74,7 +79,7 @@ def evaluate(options: EvalOptions, progress: bool = True) -> tuple[BaseTask, dic
 def evaluate_checkpoint(checkpoint: str | Path, output: str | Path, progress: bool = True, **options) -> dict:
     """:func:`evaluate` with the options of the checkpoint's task as keyword arguments (``data``, ``window``,
     ``devices``, ...); returns the metrics."""
-    task = get_task(checkpoint_task(read_checkpoint(checkpoint)))
+    task = get_task(trained_model_task(checkpoint))
     return evaluate(task.eval_options(checkpoint=str(checkpoint), output=str(output), **options), progress)[1]
 
 
@@ -83,6 +88,7 @@ def predict(options: PredictOptions, progress: bool = True) -> list[str]:
     into ``options.output``; returns the lines to print. Inputs and outputs are checked before any work."""
     module = load_task(options.checkpoint)
     module.configure_inference(options)
+    module.use_runtime(options.runtime, options.checkpoint)
     module.show_progress = progress
     module.check_prediction(options)
     trainer = build_inference_trainer(options.accelerator, options.devices, precision=options.precision,

@@ -12,6 +12,7 @@ from timm.models import adapt_input_conv
 from torch import nn
 
 from lemevit.errors import ConfigError, DataError
+from lemevit.io.model_file import model_file_folder, read_model_file
 
 __all__ = ["DENSE_STRIDES", "create_dense_encoder", "create_model", "list_models", "load_checkpoint_file",
            "load_weights"]
@@ -36,7 +37,10 @@ def list_models() -> list[str]:
 
 def load_checkpoint_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.safetensors`` or a torch file (``.pth``, ``.pt``, ``.bin``, ``.ckpt``),
-    unwrapping the usual ``state_dict`` / ``model`` containers."""
+    unwrapping the usual ``state_dict`` / ``model`` containers; from a lemevit model file (its folder or a file in
+    it), the backbone's weights."""
+    if model_file_folder(path) is not None:
+        return read_model_file(path).backbone_state_dict()
     path = Path(path)
     if not path.is_file():
         raise DataError(f"checkpoint file {path} does not exist")
@@ -126,7 +130,8 @@ def create_model(name: str, checkpoint: str | Path | dict[str, torch.Tensor] | N
 
     Args:
         name: any model name timm knows (ours are registered on ``import lemevit``).
-        checkpoint: a ``.safetensors`` / torch file in our layout or in the published one, or a state dict.
+        checkpoint: a ``.safetensors`` / torch file in our layout or in the published one, a lemevit model file
+            (the backbone of any task's), or a state dict.
         **kwargs: passed to ``timm.create_model`` (``num_classes``, ``in_chans``, ``features_only``,
             ``drop_path_rate``, ...).
     """

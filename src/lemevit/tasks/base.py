@@ -19,8 +19,10 @@ from lemevit.data.splits import Split
 from lemevit.data.statistics import Normalisation
 from lemevit.engine.checkpoint import TASK_KEY, backbone_state_dict, checkpoint_task, read_checkpoint
 from lemevit.engine.config import EvalOptions, InferenceOptions, PredictOptions, RunConfig
-from lemevit.errors import DataError
+from lemevit.errors import ConfigError, DataError
+from lemevit.export.onnx import OnnxGraph
 from lemevit.io import atomic_path
+from lemevit.io.model_file import model_file_folder, read_model_file
 from lemevit.viz import save_confusion_png
 
 __all__ = ["BaseTask", "NamedClasses", "initial_weights", "nested_no_weight_decay", "warmup_cosine"]
@@ -46,9 +48,11 @@ def nested_no_weight_decay(model: torch.nn.Module) -> set[str]:
 
 def initial_weights(path: str | Path | None) -> str | dict[str, torch.Tensor] | None:
     """What ``init_checkpoint`` names, ready for :func:`lemevit.models.create_model`: a weights file as it is, or
-    the backbone of a lemevit run checkpoint of any task."""
+    the backbone of a lemevit run checkpoint or model file of any task."""
     if path is None:
         return None
+    if model_file_folder(path) is not None:
+        return read_model_file(path).backbone_state_dict()
     path = Path(path)
     if path.suffix.lower() != ".ckpt":
         return str(path)
@@ -97,6 +101,9 @@ class BaseTask(pl.LightningModule):
     #: Dual Cross-Attention block does not reach the dense features).
     find_unused_parameters: ClassVar[bool] = False
 
+    #: The network is a timm classifier: its model file loads with ``timm.create_model`` alone.
+    network_is_timm_model: ClassVar[bool] = False
+
     model: torch.nn.Module
 
     def __init__(self) -> None:
@@ -108,6 +115,8 @@ class BaseTask(pl.LightningModule):
         self.inference_batch_size = 8
         #: Whether work inside a step (the windows of a scene) shows a progress bar.
         self.show_progress = True
+        #: What runs the network in eval and predict instead of ``model`` (onnxruntime on its export), if anything.
+        self.runtime_network: torch.nn.Module | None = None
 
     # --- what a task declares ---------------------------------------------------------------------------------
     @classmethod
@@ -187,9 +196,31 @@ class BaseTask(pl.LightningModule):
         """Write what gathers every item's prediction (a CSV, DOTA Task-1 files); returns lines to print."""
         raise NotImplementedError
 
+    def label_names(self) -> list[str]:
+        """The names of the classes the network outputs, in order (what a model file records)."""
+        raise NotImplementedError
+
+    def onnx_graph(self) -> OnnxGraph:
+        """The network as it is exported to ONNX: its inputs and outputs, named, at the training size."""
+        raise ConfigError("format", f"ONNX export of {self.name} models is not available")
+
     # --- shared behaviour -------------------------------------------------------------------------------------
     def forward(self, *inputs: torch.Tensor) -> Any:
-        return self.model(*inputs)
+        return (self.model if self.runtime_network is None else self.runtime_network)(*inputs)
+
+    def use_runtime(self, runtime: str, checkpoint: str | Path) -> None:
+        """Run the network of ``eval`` and ``predict`` on ``runtime``: ``torch``, or ``onnxruntime`` on the ONNX
+        export of ``checkpoint`` (exported and cached beside it on first use)."""
+        if runtime == "torch":
+            self.runtime_network = None
+            return
+        from lemevit.inference.runtime import OnnxNetwork
+
+        try:
+            graph = self.onnx_graph()
+        except ConfigError as e:
+            raise ConfigError("runtime", f"onnxruntime: {e.message}") from None
+        self.runtime_network = OnnxNetwork.for_checkpoint(checkpoint, graph)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         reseed(step_seed(self.hparams.seed, self.global_step, self.global_rank))
@@ -285,3 +316,6 @@ class NamedClasses:
 
     def run_meta(self) -> dict:
         return {"class_names": self.class_names}
+
+    def label_names(self) -> list[str]:
+        return self.class_names

@@ -26,8 +26,9 @@ from lemevit.data.splits import Split, missing_files
 from lemevit.data.statistics import Normalisation
 from lemevit.engine.config import option
 from lemevit.errors import ConfigError, DataError
+from lemevit.export.onnx import OnnxGraph, Probabilities
 from lemevit.inference.scene import predict_scene, preview_path
-from lemevit.inference.sliding_window import sliding_window_confusion, softmax_predictor
+from lemevit.inference.sliding_window import sliding_window_confusion
 from lemevit.io.paths import check_outputs_spare_inputs, check_writable_folder
 from lemevit.io.raster import OUTPUT_EXTENSIONS
 from lemevit.metrics.confusion import CHANGE_CLASS_NAMES, change_metrics
@@ -193,7 +194,7 @@ class ChangeTask(SlidingWindowTask):
 
     def evaluation_records(self, batch) -> list[tuple[int, tuple]]:
         index, a, b, target, name = batch
-        confusion = sliding_window_confusion(softmax_predictor(StackedPair(self.model)), torch.cat([a[0], b[0]]),
+        confusion = sliding_window_confusion(self.window_predictor(StackedPair(self.model)), torch.cat([a[0], b[0]]),
                                              target[0], len(CHANGE_CLASS_NAMES), self.window, self.stride,
                                              self.inference_batch_size)
         return [(int(index[0]), (name[0], confusion))]
@@ -214,6 +215,13 @@ class ChangeTask(SlidingWindowTask):
                            for k in ("f1", "iou", "precision", "recall", "oa"))
         return f"change class: {scores}  on {metrics['num_pairs']} pairs"
 
+    def label_names(self) -> list[str]:
+        return ["no change", "change"]
+
+    def onnx_graph(self) -> OnnxGraph:
+        return OnnxGraph(Probabilities(self.model), ("image_a", "image_b"), ("probabilities",),
+                         self.hparams.in_chans, self.window)
+
     # --- prediction -------------------------------------------------------------------------------------------
     def check_prediction(self, options: ChangePredictOptions) -> None:
         dates = [Path(p) for p in options.pair]
@@ -232,7 +240,7 @@ class ChangeTask(SlidingWindowTask):
     def predict_step(self, batch, batch_idx: int) -> None:
         index, dates, output = batch
         hp = self.hparams
-        result = predict_scene(softmax_predictor(StackedPair(self.model)), dates, output, [*hp.mean, *hp.mean],
+        result = predict_scene(self.window_predictor(StackedPair(self.model)), dates, output, [*hp.mean, *hp.mean],
                                [*hp.std, *hp.std], _PALETTE, window=self.window, stride=self.stride,
                                batch_size=self.inference_batch_size,
                                to_map=lambda probs: (probs.argmax(dim=0) == 1).to(torch.uint8) * CHANGE_VALUE,

@@ -23,6 +23,7 @@ from lemevit.data.statistics import Normalisation
 from lemevit.data.transforms import eval_transform, train_transform
 from lemevit.engine.config import PredictOptions, RunConfig, option
 from lemevit.errors import ConfigError, DataError
+from lemevit.export.onnx import OnnxGraph
 from lemevit.io import atomic_path
 from lemevit.io.paths import check_outputs_spare_inputs, check_writable_folder, list_images
 from lemevit.metrics.classification import classification_metrics
@@ -89,6 +90,7 @@ class ClassificationTask(NamedClasses, BaseTask):
     description = "scene recognition: a class-per-folder image directory"
     config = ClassificationConfig
     predict_options = ClassificationPredictOptions
+    network_is_timm_model = True
     monitor = "val/top1"
     logged_metrics = ("top1", "top5", "loss")
     backbone_prefix = "model."
@@ -196,6 +198,9 @@ class ClassificationTask(NamedClasses, BaseTask):
     def describe(self, metrics: dict) -> str:
         return (f"top-1 {metrics['top1']:.2%}  top-5 {metrics['top5']:.2%}  on {metrics['num_images']} images "
                 f"(chance {1 / len(metrics['class_names']):.2%})")
+
+    def onnx_graph(self) -> OnnxGraph:
+        return OnnxGraph(self.model, ("image",), ("logits",), self.hparams.in_chans, self.hparams.img_size)
 
     # --- prediction -------------------------------------------------------------------------------------------
     def load_image(self, path: Path) -> torch.Tensor:

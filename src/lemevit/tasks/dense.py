@@ -2,14 +2,16 @@
 window and stride options, and running the model over whole tiles and scenes."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch.utils.data import Dataset
 
 from lemevit.engine.config import EvalOptions, InferenceOptions, Options, PredictOptions, RunConfig, option
 from lemevit.errors import ConfigError
-from lemevit.inference.sliding_window import default_stride
+from lemevit.inference.sliding_window import default_stride, softmax_predictor
 from lemevit.tasks.base import BaseTask
 
 __all__ = ["CropTrainingConfig", "SceneJobs", "SlidingWindowTask", "WindowEvalOptions", "WindowPredictOptions",
@@ -104,6 +106,11 @@ class SlidingWindowTask(BaseTask):
             self.stride = options.stride
         self.write_preview = getattr(options, "preview", False)
         self.skip_bad = getattr(options, "skip_bad", False)
+
+    def window_predictor(self, network: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Windows ``(B, C, h, w)`` → class probabilities on the CPU: ``network``'s softmax, or the probabilities of
+        the ONNX graph when eval or predict run on onnxruntime."""
+        return softmax_predictor(network) if self.runtime_network is None else self.runtime_network
 
     def evaluation_dataset(self, root: Path, items: list) -> Dataset:
         raise NotImplementedError

@@ -29,8 +29,9 @@ from lemevit.data.splits import Split, missing_files
 from lemevit.data.statistics import Normalisation
 from lemevit.engine.config import option
 from lemevit.errors import ConfigError, DataError
+from lemevit.export.onnx import OnnxGraph, Probabilities
 from lemevit.inference.scene import predict_scene, preview_path
-from lemevit.inference.sliding_window import sliding_window_confusion, softmax_predictor
+from lemevit.inference.sliding_window import sliding_window_confusion
 from lemevit.io.paths import check_distinct_names, check_outputs_spare_inputs, check_writable_folder, list_images
 from lemevit.io.raster import OUTPUT_EXTENSIONS
 from lemevit.losses import dice_loss
@@ -234,7 +235,7 @@ class SegmentationTask(SlidingWindowTask):
 
     def evaluation_records(self, batch) -> list[tuple[int, torch.Tensor]]:
         index, image, target = batch
-        confusion = sliding_window_confusion(softmax_predictor(self.model), image[0], target[0],
+        confusion = sliding_window_confusion(self.window_predictor(self.model), image[0], target[0],
                                              self.labels.num_classes, self.window, self.stride,
                                              self.inference_batch_size)
         return [(int(index[0]), confusion)]
@@ -250,6 +251,16 @@ class SegmentationTask(SlidingWindowTask):
     def describe(self, metrics: dict) -> str:
         return (f"OA {metrics['oa']:.2%}  mIoU {metrics['miou']:.2%}  mF1 {metrics['mf1']:.2%}  on "
                 f"{metrics['num_tiles']} tiles ({metrics['num_pixels']:,} labelled pixels)")
+
+    def label_names(self) -> list[str]:
+        return list(self.labels.class_names)
+
+    def onnx_graph(self) -> OnnxGraph:
+        # UPerNet pools its deepest map into 1, 2, 3 and 6 bins: adaptive pooling has no ONNX form for a size
+        # unknown at export, so its graph keeps the window's size.
+        fixed = "UPerNet's pyramid pooling" if self.hparams.head == "upernet" else None
+        return OnnxGraph(Probabilities(self.model), ("image",), ("probabilities",), self.hparams.in_chans,
+                         self.window, fixed_size=fixed)
 
     # --- prediction -------------------------------------------------------------------------------------------
     def check_prediction(self, options: SegmentationPredictOptions) -> None:
@@ -271,7 +282,7 @@ class SegmentationTask(SlidingWindowTask):
             self._records.append((index, {"scene": str(scene), "error": str(e)}))
 
     def _predict_scene(self, scene: Path, output: Path) -> dict:
-        result = predict_scene(softmax_predictor(self.model), [scene], output, self.hparams.mean, self.hparams.std,
+        result = predict_scene(self.window_predictor(self.model), [scene], output, self.hparams.mean, self.hparams.std,
                                self.labels.palette, window=self.window, stride=self.stride,
                                batch_size=self.inference_batch_size, progress=self.show_progress,
                                expected_dtype=self.hparams.get("input_dtype"))

@@ -1,0 +1,124 @@
+"""``lemevit export``: a run of any task, or a bare model, as a portable model file, and optionally as ONNX."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import lemevit
+from lemevit.errors import ConfigError
+from lemevit.export.onnx import ONNX_FILE, Deviation, OnnxGraph, check_onnx, export_onnx, require_onnxruntime
+from lemevit.io.model_file import write_model_file
+from lemevit.io.paths import check_writable_folder
+
+__all__ = ["ExportResult", "export_model", "timm_config"]
+
+FORMATS = ("safetensors", "onnx")
+
+
+def timm_config(architecture: str, *, num_classes: int, in_chans: int, img_size: int,
+                mean: list[float] | None = None, std: list[float] | None = None, interpolation: str = "bicubic",
+                label_names: list[str] | None = None, model_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The timm fields of ``config.json`` (``timm.create_model("local-dir:DIR")`` reads them). ``mean`` and ``std``
+    are fractions of the full scale (timm's convention for 8-bit images)."""
+    pretrained = {"input_size": [in_chans, img_size, img_size], "interpolation": interpolation, "crop_pct": 1.0,
+                  "num_classes": num_classes}
+    if mean is not None:
+        pretrained.update(mean=list(mean), std=list(std))
+    if label_names:
+        pretrained["label_names"] = list(label_names)
+    return {"architecture": architecture, "num_classes": num_classes, "pretrained_cfg": pretrained,
+            "model_args": {"in_chans": in_chans, "num_classes": num_classes, **(model_args or {})}}
+
+
+def _task_model_file(module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    hparams = {**dict(module.hparams), "init_checkpoint": None}
+    state = module.state_dict()
+    foreign = [k for k in state if not k.startswith("model.")]
+    if foreign:
+        raise ConfigError("checkpoint", f"{module.name} module holds weights outside its network: {foreign[:5]}")
+    labels = module.label_names()
+    eight_bit = hparams.get("input_dtype") in (None, "uint8")
+    config = timm_config(
+        hparams["model"], num_classes=len(labels) if module.network_is_timm_model else 0,
+        in_chans=hparams["in_chans"], img_size=hparams["img_size"],
+        mean=[m / 255 for m in hparams["mean"]] if eight_bit else None,
+        std=[s / 255 for s in hparams["std"]] if eight_bit else None,
+        label_names=labels)
+    config["lemevit"] = {"task": module.name, "lemevit_version": lemevit.__version__,
+                         "backbone_prefix": module.backbone_prefix[len("model."):], "hyper_parameters": hparams}
+    return {k[len("model."):]: v for k, v in state.items()}, config
+
+
+def _bare_model_file(name: str, weights: str | None, features_only: bool, in_chans: int, num_classes: int | None,
+                     img_size: int | None) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any], OnnxGraph]:
+    kwargs: dict[str, Any] = {"in_chans": in_chans}
+    if features_only:
+        kwargs["features_only"] = True
+    elif num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    model = lemevit.create_model(name, checkpoint=weights, **kwargs).eval()
+    base = getattr(model, "model", model) if features_only else model
+    cfg = dict(getattr(base, "pretrained_cfg", None) or {})
+    size = img_size or int((cfg.get("input_size") or (3, 224, 224))[-1])
+    classes = 0 if features_only else int(getattr(base, "num_classes", num_classes or 0))
+    state = model.state_dict()
+    if features_only and all(k.startswith("model.") for k in state):
+        state = {k[len("model."):]: v for k, v in state.items()}
+    config = timm_config(name, num_classes=classes, in_chans=in_chans, img_size=size, mean=cfg.get("mean"),
+                         std=cfg.get("std"), interpolation=cfg.get("interpolation", "bicubic"),
+                         model_args={"features_only": True} if features_only else None)
+    config["lemevit"] = {"task": None, "lemevit_version": lemevit.__version__, "backbone_prefix": "",
+                         "weights": str(Path(weights).resolve()) if weights else None}
+    outputs = (tuple(f"features.{i}" for i in range(len(model.feature_info))) if features_only else ("logits",))
+    return model, state, config, OnnxGraph(model, ("image",), outputs, in_chans, size)
+
+
+@dataclass
+class ExportResult:
+    """The files written and, for ONNX, the deviation from PyTorch measured at a second size."""
+
+    files: list[Path]
+    deviation: Deviation | None = None
+    fixed_size: str | None = None
+
+
+def export_model(output: str | Path, *, checkpoint: str | Path | None = None, model: str | None = None,
+                 weights: str | Path | None = None, features_only: bool = False, in_chans: int = 3,
+                 num_classes: int | None = None, img_size: int | None = None, formats: tuple[str, ...] = FORMATS[:1],
+                 opset: int = 18) -> ExportResult:
+    """Write the model file of a run (``checkpoint``: its ``.ckpt`` or model file) or of a bare ``model`` (random,
+    or with ``weights`` of ours or of the published layout) into ``output``; with ``"onnx"`` in ``formats`` also
+    ``model.onnx``, checked against PyTorch with onnxruntime at a size other than the export size."""
+    if (checkpoint is None) == (model is None):
+        raise ConfigError("checkpoint", "give either `checkpoint` (a run of any task) or `model` (a bare model)")
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ConfigError("format", f"unknown format(s) {unknown}; the formats are {', '.join(FORMATS)}")
+    if "onnx" in formats:
+        require_onnxruntime()
+    output = check_writable_folder(output)
+    if checkpoint is not None:
+        if features_only or weights is not None or num_classes is not None:
+            raise ConfigError("checkpoint", "a run's export takes its network as trained: `features_only`, "
+                                            "`weights` and `num_classes` go with `model`")
+        from lemevit.engine.inference import load_task
+
+        module = load_task(checkpoint)
+        state, config = _task_model_file(module)
+        graph = module.onnx_graph() if "onnx" in formats else None
+        if graph is not None and img_size:
+            graph.size = img_size
+    else:
+        _, state, config, graph = _bare_model_file(model, weights, features_only, in_chans, num_classes, img_size)
+    files = write_model_file(output, state, config)
+    result = ExportResult(files)
+    if "onnx" in formats:
+        path = export_onnx(graph, output / ONNX_FILE, opset=opset)
+        result.files.append(path)
+        result.deviation = check_onnx(graph, path)
+        result.fixed_size = graph.fixed_size
+    return result
