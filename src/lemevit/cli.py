@@ -223,7 +223,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     cfg = BenchmarkConfig(models=args.models, img_sizes=args.img_sizes, batch_sizes=args.batch_sizes,
                           dtypes=args.dtypes, modes=modes, device=args.device, channels_last=args.channels_last,
                           compile=args.compile, latency=not args.no_latency, memory=not args.no_memory,
-                          rounds=args.rounds, warmup=args.warmup, pairs=args.pairs)
+                          rounds=args.rounds, warmup=args.warmup, pairs=args.pairs, runtimes=args.runtimes)
     record = run_benchmark(cfg, progress=not args.quiet)
     if record["ratios"]:
         print(format_ratios(record["ratios"]))
@@ -293,7 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="inference batches, training steps (forward, backward, AdamW) or both")
     be.add_argument("--channels-last", action="store_true")
     be.add_argument("--compile", action="store_true", help="torch.compile every model (compiled against compiled)")
-    be.add_argument("--pairs", nargs="*", default=[], metavar="OURS:PEER", help="report per-round speed ratios")
+    be.add_argument("--runtimes", nargs="+", default=["torch"], choices=["torch", "onnxruntime"],
+                    help="onnxruntime: also each model exported to ONNX, measured as NAME@onnxruntime (CPU, fp32 "
+                         "inference; needs the export extra)")
+    be.add_argument("--pairs", nargs="*", default=[], metavar="OURS:PEER",
+                    help="report per-round speed ratios (NAME@onnxruntime for an onnxruntime entry)")
     be.add_argument("--rounds", type=int, default=10)
     be.add_argument("--warmup", type=int, default=2)
     be.add_argument("--no-latency", action="store_true", help="skip the batch-1 latency runs")

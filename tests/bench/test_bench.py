@@ -115,3 +115,25 @@ def test_cli_writes_tables_and_plots_for_every_model_and_setting(tmp_path, capsy
     for name in ("throughput_vs_cost.png", "scaling.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| lemevit_tiny / resnet10t |" in (out / "benchmark.md").read_text()
+
+
+def test_the_runtime_axis_measures_onnxruntime_entries_beside_eager_ones(tmp_path):
+    pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxruntime) is not installed")
+    with pytest.raises(ValueError, match="NAME@onnxruntime"):
+        BenchmarkConfig(models=["resnet10t"], pairs=["resnet10t@onnxruntime:resnet10t"])
+    with pytest.raises(ValueError, match="runtimes"):
+        BenchmarkConfig(models=["resnet10t"], runtimes=["tensorrt"])
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--models", "resnet10t", "--runtimes", "torch", "onnxruntime", "--img-sizes", "32",
+                 "--batch-sizes", "2", "--mode", "both", "--rounds", "2", "--warmup", "1", "--no-latency",
+                 "--pairs", "resnet10t@onnxruntime:resnet10t", "--quiet", "--output", str(out)]) == 0
+    record = json.loads((out / "benchmark.json").read_text())
+    rows = {(r["model"], r["measure"]): r for r in record["rows"]}
+    assert rows["resnet10t@onnxruntime", "inference"]["runtime"] == "onnxruntime"
+    assert rows["resnet10t@onnxruntime", "inference"]["img_per_s"] > 0
+    assert "fp32 inference only" in rows["resnet10t@onnxruntime", "train"]["error"]
+    assert rows["resnet10t", "train"]["img_per_s"] > 0
+    assert [(r["ours"], r["peer"], r["measure"]) for r in record["ratios"]] == [
+        ("resnet10t@onnxruntime", "resnet10t", "inference")]
+    header = (out / "benchmark.csv").read_text().splitlines()[0].split(",")
+    assert header == CSV_COLUMNS and "runtime" in header

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import platform
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,17 +31,19 @@ from lemevit.bench.throughput import (
     MODES,
     Measurement,
     build_model,
+    build_onnxruntime_step,
     build_step,
     check_dtype,
     describe_error,
     measure_interleaved,
 )
-from lemevit.errors import ConfigError
+from lemevit.errors import ConfigError, LemevitError
+from lemevit.inference.runtime import RUNTIMES
 from lemevit.io import atomic_path
 
 __all__ = ["CSV_COLUMNS", "BenchmarkConfig", "format_table", "run_benchmark", "write_outputs"]
 
-CSV_COLUMNS = ["model", "measure", "img_size", "batch_size", "dtype", "device", "channels_last", "compile",
+CSV_COLUMNS = ["model", "runtime", "measure", "img_size", "batch_size", "dtype", "device", "channels_last", "compile",
                "params", "gmacs", "img_per_s", "ms_median", "ms_p10", "ms_p90", "peak_mib", "error"]
 
 
@@ -62,6 +65,12 @@ class BenchmarkConfig:
     rounds: int = 10
     warmup: int = 2
     pairs: list[str] = field(default_factory=list)
+    runtimes: list[str] = field(default_factory=lambda: ["torch"])
+
+    def labels(self) -> dict[str, tuple[str, str]]:
+        """Each measured entry's label and its (model, runtime): ``name`` on torch, ``name@onnxruntime``."""
+        return {name if runtime == "torch" else f"{name}@{runtime}": (name, runtime)
+                for name in dict.fromkeys(self.models) for runtime in self.runtimes}
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -79,9 +88,10 @@ class BenchmarkConfig:
         for pair in self.pairs:
             if pair.count(":") != 1 or not all(pair.split(":")):
                 raise ConfigError("pairs", f"{pair!r} is not of the form ours:peer")
-            absent = [name for name in pair.split(":") if name not in self.models]
+            absent = [name for name in pair.split(":") if name not in self.labels()]
             if absent:
-                raise ConfigError("pairs", f"{pair!r} names {', '.join(absent)}, which `models` does not measure")
+                raise ConfigError("pairs", f"{pair!r} names {', '.join(absent)}, which `models` and `runtimes` do "
+                                           "not measure (onnxruntime entries are NAME@onnxruntime)")
         if self.device == "auto":
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
         kind = torch.device(self.device).type
@@ -89,6 +99,11 @@ class BenchmarkConfig:
             raise ConfigError("device", f"{self.device}: no CUDA device is available here; use cpu")
         if kind not in ("cpu", "cuda"):
             raise ConfigError("device", f"{self.device}: expected cpu, cuda, cuda:N or auto")
+        bad = [r for r in self.runtimes if r not in RUNTIMES]
+        if bad or not self.runtimes:
+            raise ConfigError("runtimes", f"{bad or 'nothing given'}; expected some of {list(RUNTIMES)}")
+        if "onnxruntime" in self.runtimes and kind != "cpu":
+            raise ConfigError("runtimes", "onnxruntime is measured on the CPU: use `device` cpu")
 
 
 def _unknown_model_message(name: str) -> str:
@@ -112,9 +127,9 @@ def _environment(device: str) -> dict:
 
 
 def _row(cfg: BenchmarkConfig, model: str, measure: str, img_size: int, batch_size: int, dtype: str,
-         cost: dict) -> dict:
-    return {"model": model, "measure": measure, "img_size": img_size, "batch_size": batch_size, "dtype": dtype,
-            "device": cfg.device, "channels_last": cfg.channels_last, "compile": cfg.compile,
+         cost: dict, runtime: str = "torch") -> dict:
+    return {"model": model, "runtime": runtime, "measure": measure, "img_size": img_size, "batch_size": batch_size,
+            "dtype": dtype, "device": cfg.device, "channels_last": cfg.channels_last, "compile": cfg.compile,
             "params": cost.get("params"), "gmacs": cost.get("macs", {}).get(img_size, 0) / 1e9 or None,
             "img_per_s": None, "ms_median": None, "ms_p10": None, "ms_p90": None, "peak_mib": None,
             "error": None, "seconds": []}
@@ -125,32 +140,43 @@ def _fill(row: dict, m: Measurement) -> None:
                ms_p90=1e3 * m.quantile(0.9), seconds=list(m.seconds))
 
 
-def _measure_setting(cfg: BenchmarkConfig, models: list[str], measure: str, mode: str, img_size: int,
-                     batch_size: int, dtype: str, costs: dict, progress: bool) -> tuple[list[dict], dict]:
-    rows = {name: _row(cfg, name, measure, img_size, batch_size, dtype, costs[name]) for name in models}
+def _measure_setting(cfg: BenchmarkConfig, labels: dict[str, tuple[str, str]], measure: str, mode: str,
+                     img_size: int, batch_size: int, dtype: str, costs: dict, progress: bool
+                     ) -> tuple[list[dict], dict]:
+    rows = {label: _row(cfg, label, measure, img_size, batch_size, dtype, costs[name], runtime)
+            for label, (name, runtime) in labels.items()}
     errors: dict[str, str] = {}
     runners = {}
-    for name in models:
-        try:
-            runners[name] = build_step(name, batch_size, img_size, cfg.device, dtype, cfg.channels_last,
-                                       cfg.compile, freezing=cfg.device == "cpu", mode=mode)
-        except (RuntimeError, ValueError, TypeError, AssertionError, torch.OutOfMemoryError) as e:
-            errors[name] = describe_error(e, batch_size, img_size)
-    results = measure_interleaved(runners, batch_size, img_size, cfg.rounds, cfg.warmup, progress, errors)
-    del runners
+    with tempfile.TemporaryDirectory(prefix="lemevit-benchmark-") as exports:
+        for label, (name, runtime) in labels.items():
+            try:
+                if runtime == "onnxruntime":
+                    if mode != "inference" or dtype != "fp32" or cfg.channels_last or cfg.compile:
+                        errors[label] = "onnxruntime is measured in fp32 inference only"
+                        continue
+                    runners[label] = build_onnxruntime_step(name, batch_size, img_size, exports)
+                else:
+                    runners[label] = build_step(name, batch_size, img_size, cfg.device, dtype, cfg.channels_last,
+                                                cfg.compile, freezing=cfg.device == "cpu", mode=mode)
+            except (RuntimeError, ValueError, TypeError, AssertionError, LemevitError,
+                    torch.OutOfMemoryError) as e:
+                errors[label] = describe_error(e, batch_size, img_size)
+        results = measure_interleaved(runners, batch_size, img_size, cfg.rounds, cfg.warmup, progress, errors)
+        del runners
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    for name, m in results.items():
-        _fill(rows[name], m)
-        if cfg.memory and measure != "latency":
+    for label, m in results.items():
+        _fill(rows[label], m)
+        name, runtime = labels[label]
+        if cfg.memory and measure != "latency" and runtime == "torch":
             try:
-                rows[name]["peak_mib"] = peak_memory_mib(name, img_size, batch_size, cfg.device, dtype,
-                                                         cfg.channels_last, mode)
+                rows[label]["peak_mib"] = peak_memory_mib(name, img_size, batch_size, cfg.device, dtype,
+                                                          cfg.channels_last, mode)
             except RuntimeError as e:
-                rows[name]["error"] = f"peak memory: {describe_error(e, batch_size, img_size)}"
-    for name, message in errors.items():
-        rows[name]["error"] = message
+                rows[label]["error"] = f"peak memory: {describe_error(e, batch_size, img_size)}"
+    for label, message in errors.items():
+        rows[label]["error"] = message
     return list(rows.values()), results
 
 
@@ -205,7 +231,8 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True, log=print) -> dic
         mode = "inference" if measure == "latency" else measure
         log(f"{measure}: batch {batch}, {size} px, {dtype}, {cfg.device}"
             f"{', channels_last' if cfg.channels_last else ''}{', compiled' if cfg.compile else ''}")
-        rows, results = _measure_setting(cfg, known, measure, mode, size, batch, dtype, costs, progress)
+        labels = {label: entry for label, entry in cfg.labels().items() if entry[0] in known}
+        rows, results = _measure_setting(cfg, labels, measure, mode, size, batch, dtype, costs, progress)
         record["rows"] += rows
         record["ratios"] += _ratios(cfg, {"measure": measure, "img_size": size, "batch_size": batch,
                                           "dtype": dtype}, results)

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import timm
 import torch
@@ -80,6 +81,27 @@ def check_dtype(dtype: str, device: str) -> None:
         raise ConfigError("dtypes", f"{dtype}: autocast to it fails on {device}: {e}") from e
     if out.dtype != amp:
         raise ConfigError("dtypes", f"{dtype}: autocast on {device} does not compute matrix products in {dtype}")
+
+
+def build_onnxruntime_step(name: str, batch_size: int, img_size: int, folder: str | Path) -> Callable[[], object]:
+    """A no-argument callable running one inference batch of model ``name`` on onnxruntime's CPU provider, with
+    as many threads as torch uses: the model exported to ``folder`` (dynamic sizes, checked at a second one)."""
+    from lemevit.export.onnx import OnnxGraph, check_onnx, export_onnx, require_onnxruntime
+
+    onnxruntime = require_onnxruntime()
+    model = build_model(name, img_size).eval()
+    graph = OnnxGraph(model, ("image",), ("logits",), 3, img_size)
+    path = export_onnx(graph, Path(folder) / f"{name}-{img_size}.onnx")
+    check_onnx(graph, path)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    x = torch.randn(batch_size, 3, img_size, img_size).numpy()
+
+    def step() -> object:
+        return session.run(None, {"image": x})
+
+    return step
 
 
 def build_step(name: str, batch_size: int, img_size: int, device: str = "cpu", dtype: str = "fp32",

@@ -236,6 +236,7 @@ class InferenceOptions(Options):
     accelerator: str = option("auto", "auto (a GPU when there is one), cpu or gpu",
                               choices=("auto", "cpu", "gpu", "cuda"))
     devices: int | str = option(1, "devices (several share the items out; the results are gathered)")
+    num_nodes: int = option(1, "nodes (DDP over several machines, as torchrun or SLURM launch them)")
     num_workers: int = option(2, "data loading worker processes per device")
     runtime: str = option("torch", "torch, or onnxruntime on the CPU (the model file's model.onnx, or an export of the "
                                    "checkpoint made on first use and kept beside it as .onnx)",
@@ -245,7 +246,7 @@ class InferenceOptions(Options):
         for name in ("checkpoint", "output"):
             if not getattr(self, name):
                 raise ConfigError(name, "is required")
-        self.check_positive("batch_size")
+        self.check_positive("batch_size", "num_nodes")
         self.check_non_negative("num_workers")
         devices = self.devices
         if devices != "auto" and (isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):

@@ -67,7 +67,7 @@ def evaluate(options: EvalOptions, progress: bool = True) -> tuple[BaseTask, dic
     output = check_writable_folder(options.output)
     loader = _loader(module, Indexed(module.evaluation_dataset(root, items)), options.batch_size,
                      options.num_workers, module.evaluation_collate)
-    trainer = build_inference_trainer(options.accelerator, options.devices, precision=options.precision,
+    trainer = build_inference_trainer(options.accelerator, options.devices, options.num_nodes, options.precision,
                                       progress=progress)
     trainer.test(module, dataloaders=loader, verbose=False)
     metrics = {**module.test_metrics, "checkpoint": str(Path(options.checkpoint).resolve()), "data": str(root)}
@@ -91,9 +91,13 @@ def predict(options: PredictOptions, progress: bool = True) -> list[str]:
     module.use_runtime(options.runtime, options.checkpoint)
     module.show_progress = progress
     module.check_prediction(options)
-    trainer = build_inference_trainer(options.accelerator, options.devices, precision=options.precision,
+    trainer = build_inference_trainer(options.accelerator, options.devices, options.num_nodes, options.precision,
                                       progress=progress)
-    loader = _loader(module, module.prediction_dataset(options), options.batch_size,
-                     0 if module.batches_whole_images else options.num_workers, module.prediction_collate)
-    trainer.predict(module, dataloaders=loader, return_predictions=False)
+    dataset = module.prediction_dataset(options)
+    if len(dataset):
+        loader = _loader(module, dataset, options.batch_size, 0 if module.batches_whole_images else options.num_workers,
+                         module.prediction_collate)
+        trainer.predict(module, dataloaders=loader, return_predictions=False)
+    else:
+        module.prediction_records = []
     return module.finish_prediction(module.prediction_records, options) if trainer.is_global_zero else []

@@ -36,7 +36,6 @@ from lemevit.models.change import CHANGE_HEADS, StackedPair, create_change_model
 from lemevit.tasks.base import initial_weights
 from lemevit.tasks.dense import (
     CropTrainingConfig,
-    SceneJobs,
     SlidingWindowTask,
     WindowEvalOptions,
     WindowPredictOptions,
@@ -235,7 +234,7 @@ class ChangeTask(SlidingWindowTask):
         self._pairs, self._outputs = [tuple(dates)], [output]
 
     def prediction_dataset(self, options: ChangePredictOptions) -> Dataset:
-        return SceneJobs(list(zip(self._pairs, self._outputs, strict=True)))
+        return self.pending_jobs(list(zip(self._pairs, self._outputs, strict=True)), options)
 
     def predict_step(self, batch, batch_idx: int) -> None:
         index, dates, output = batch
@@ -256,7 +255,8 @@ class ChangeTask(SlidingWindowTask):
 
     def finish_prediction(self, records: list[dict], options: ChangePredictOptions) -> list[str]:
         return [f"wrote {r['output']}: {r['width']}x{r['height']} change map, {r['changed_pixels']:,} changed pixels"
-                + (f" (preview {r['preview']})" if r["preview"] else "") for r in records]
+                + (f" (preview {r['preview']})" if r["preview"] else "") for r in records] + \
+            [self.prediction_summary(records)]
 
 
 class _NamedPairs(Dataset):

@@ -2,6 +2,7 @@
 window and stride options, and running the model over whole tiles and scenes."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from torch.utils.data import Dataset
 
 from lemevit.engine.config import EvalOptions, InferenceOptions, Options, PredictOptions, RunConfig, option
 from lemevit.errors import ConfigError
+from lemevit.inference.scene import preview_path
 from lemevit.inference.sliding_window import default_stride, softmax_predictor
 from lemevit.tasks.base import BaseTask
 
@@ -59,6 +61,8 @@ class WindowPredictOptions(PredictOptions):
     window: int | None = option(None, "sliding window (default: the run's)")
     stride: int | None = option(None, "its stride (default: 3/4 of the window given, else the run's)")
     preview: bool = option(True, "write OUT_preview.png beside each map, downsampled for a look")
+    overwrite: bool = option(False, "predict again the scenes whose outputs exist (by default they are kept, so that "
+                                    "a predict that was stopped resumes where it was)")
 
     def __post_init__(self):
         super().__post_init__()
@@ -106,6 +110,40 @@ class SlidingWindowTask(BaseTask):
             self.stride = options.stride
         self.write_preview = getattr(options, "preview", False)
         self.skip_bad = getattr(options, "skip_bad", False)
+
+    def pending_jobs(self, jobs: list[tuple], options: WindowPredictOptions) -> SceneJobs:
+        """The jobs (their output last) still to do: every job with ``overwrite``, else those whose map (and preview,
+        when asked for) are not there yet. Outputs are written atomically, so one that exists is complete."""
+        self._kept = []
+        self._prediction_seconds = 0.0
+        if options.overwrite:
+            return SceneJobs(jobs)
+        pending = []
+        for job in jobs:
+            output = Path(job[-1])
+            if output.is_file() and (not self.write_preview or preview_path(output).is_file()):
+                self._kept.append(output)
+            else:
+                pending.append(job)
+        return SceneJobs(pending)
+
+    def on_predict_epoch_start(self) -> None:
+        super().on_predict_epoch_start()
+        self._started = time.perf_counter()
+
+    def on_predict_epoch_end(self) -> None:
+        super().on_predict_epoch_end()
+        # After the gather, which waits for every process: the wall-clock time of the whole prediction.
+        self._prediction_seconds = time.perf_counter() - self._started
+
+    def prediction_summary(self, records: list[dict]) -> str:
+        """One line: the scenes predicted and kept, their pixels, the time and the throughput."""
+        done = [r for r in records if "height" in r]
+        pixels = sum(r["height"] * r["width"] for r in done) / 1e6
+        seconds = self._prediction_seconds
+        kept = f", {len(self._kept)} kept from an earlier run (--overwrite predicts them again)" if self._kept else ""
+        rate = f" ({pixels / seconds:.2f} Mpx/s)" if done and seconds > 0 else ""
+        return f"{len(done)} scene(s) predicted{kept}: {pixels:.1f} Mpx in {seconds:.1f} s{rate}"
 
     def window_predictor(self, network: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         """Windows ``(B, C, h, w)`` → class probabilities on the CPU: ``network``'s softmax, or the probabilities of

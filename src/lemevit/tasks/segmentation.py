@@ -40,7 +40,6 @@ from lemevit.models.segmentation import HEADS, SegmentationModel
 from lemevit.tasks.base import initial_weights
 from lemevit.tasks.dense import (
     CropTrainingConfig,
-    SceneJobs,
     SlidingWindowTask,
     WindowEvalOptions,
     WindowPredictOptions,
@@ -270,7 +269,7 @@ class SegmentationTask(SlidingWindowTask):
         self._outputs = scene_outputs(self._scenes, Path(options.output))
 
     def prediction_dataset(self, options: SegmentationPredictOptions) -> Dataset:
-        return SceneJobs(list(zip(self._scenes, self._outputs, strict=True)))
+        return self.pending_jobs(list(zip(self._scenes, self._outputs, strict=True)), options)
 
     def predict_step(self, batch, batch_idx: int) -> None:
         index, scene, output = batch
@@ -296,4 +295,5 @@ class SegmentationTask(SlidingWindowTask):
     def finish_prediction(self, records: list[dict], options: SegmentationPredictOptions) -> list[str]:
         return [f"skipped {r['scene']}: {r['error']}" if "error" in r else
                 f"wrote {r['output']}: {r['width']}x{r['height']} class map"
-                + (f" (preview {r['preview']})" if r["preview"] else "") for r in records]
+                + (f" (preview {r['preview']})" if r["preview"] else "") for r in records] + \
+            [self.prediction_summary(records)]
