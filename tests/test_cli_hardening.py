@@ -425,7 +425,8 @@ def test_16_messages_say_what_is_wrong(cls_run, seg_run, change_run, det_run, tm
     capsys.readouterr()
     assert main(["benchmark", "--models", "resnet10t", "--pairs", "resnet10t:pvt_v2_b1", "--output",
                  str(tmp_path / "b")]) == 2
-    assert "--pairs: 'resnet10t:pvt_v2_b1' names pvt_v2_b1, which --models does not measure" in error_of(capsys)
+    assert "--pairs: 'resnet10t:pvt_v2_b1' names pvt_v2_b1, which --models and --runtimes do not measure" \
+        in error_of(capsys)
     assert main(["train", "--epochs", "many"]) == 2
     assert "--epochs: invalid int value: 'many'" in error_of(capsys)
     with pytest.raises(SystemExit) as usage:

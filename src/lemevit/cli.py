@@ -197,6 +197,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         size = "x".join(map(str, result.deviation.size))
         fixed = f" (the graph's size is fixed: {result.fixed_size})" if result.fixed_size else ""
         print(f"onnxruntime against PyTorch at {size}{fixed}: largest deviation {result.deviation.largest:.2e}")
+    if result.int8_deviation is not None:
+        print(f"int8 graph against PyTorch: largest deviation {result.int8_deviation.largest:.2e} (quantization "
+              "error, not bounded)")
     return 0
 
 
@@ -265,8 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--num-classes", type=int, help="with --model: classifier size (default the model's)")
     exp.add_argument("--in-chans", type=int, default=3, help="with --model: input bands (default 3)")
     exp.add_argument("--img-size", type=int, help="export size (default the run's training size, or the model's)")
-    exp.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors",
-                     help="onnx: also model.onnx (needs the export extra)")
+    exp.add_argument("--format", choices=["safetensors", "onnx", "onnx-int8"], default="safetensors",
+                     help="onnx: also model.onnx (needs the export extra); onnx-int8: also model.int8.onnx, "
+                          "onnxruntime's dynamic int8 quantization of it")
     exp.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     exp.add_argument("--output", required=True, help="the model file folder")
     exp.set_defaults(func=cmd_export)
@@ -293,9 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="inference batches, training steps (forward, backward, AdamW) or both")
     be.add_argument("--channels-last", action="store_true")
     be.add_argument("--compile", action="store_true", help="torch.compile every model (compiled against compiled)")
-    be.add_argument("--runtimes", nargs="+", default=["torch"], choices=["torch", "onnxruntime"],
+    be.add_argument("--runtimes", nargs="+", default=["torch"], choices=["torch", "onnxruntime", "onnxruntime-int8"],
                     help="onnxruntime: also each model exported to ONNX, measured as NAME@onnxruntime (CPU, fp32 "
-                         "inference; needs the export extra)")
+                         "inference; needs the export extra); onnxruntime-int8: its dynamic int8 quantization")
     be.add_argument("--pairs", nargs="*", default=[], metavar="OURS:PEER",
                     help="report per-round speed ratios (NAME@onnxruntime for an onnxruntime entry)")
     be.add_argument("--rounds", type=int, default=10)

@@ -40,7 +40,7 @@ def test_two_processes_write_the_maps_one_process_writes(segmentation_run, tmp_p
     for name in one:
         np.testing.assert_array_equal(one[name], two[name])
     assert done.stdout.count("scene(s) predicted") == 1
-    assert "4 scene(s) predicted: " in done.stdout and "Mpx/s" in done.stdout
+    assert "4 scene(s) predicted: " in done.stdout and "Mpx/s; the network" in done.stdout
 
 
 def test_a_stopped_predict_resumes_without_redoing_finished_scenes(segmentation_run, tmp_path, capsys):

@@ -59,3 +59,20 @@ def test_segmentation_maps_on_onnxruntime_equal_torch_s(tmp_path):
     maps = [np.asarray(Image.open(tmp_path / r / "tile0.png")) for r in ("torch", "onnxruntime")]
     assert maps[0].shape == (96, 96)
     assert (maps[0] == maps[1]).mean() >= 0.999
+
+
+def test_int8_is_an_export_format_and_a_runtime(scene_run, tmp_path, capsys):
+    data, run = scene_run
+    checkpoint = tmp_path / "best.ckpt"
+    shutil.copy(run / "best.ckpt", checkpoint)
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx-int8", "--output",
+                 str(tmp_path / "model")]) == 0
+    assert "int8 graph against PyTorch: largest deviation" in capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "model").iterdir()} >= {"model.onnx", "model.int8.onnx"}
+    for source in (checkpoint, tmp_path / "model"):
+        out = tmp_path / f"int8_{source.name}"
+        assert main(["eval", "--checkpoint", str(source), "--data", str(data), "--output", str(out),
+                     "--runtime", "onnxruntime-int8"]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["num_images"] == 18 and 0 <= metrics["top1"] <= 1
+    assert (tmp_path / "best.int8.onnx").is_file() and (tmp_path / "best.onnx").is_file()

@@ -102,7 +102,7 @@ class BenchmarkConfig:
         bad = [r for r in self.runtimes if r not in RUNTIMES]
         if bad or not self.runtimes:
             raise ConfigError("runtimes", f"{bad or 'nothing given'}; expected some of {list(RUNTIMES)}")
-        if "onnxruntime" in self.runtimes and kind != "cpu":
+        if any(r.startswith("onnxruntime") for r in self.runtimes) and kind != "cpu":
             raise ConfigError("runtimes", "onnxruntime is measured on the CPU: use `device` cpu")
 
 
@@ -150,11 +150,12 @@ def _measure_setting(cfg: BenchmarkConfig, labels: dict[str, tuple[str, str]], m
     with tempfile.TemporaryDirectory(prefix="lemevit-benchmark-") as exports:
         for label, (name, runtime) in labels.items():
             try:
-                if runtime == "onnxruntime":
+                if runtime.startswith("onnxruntime"):
                     if mode != "inference" or dtype != "fp32" or cfg.channels_last or cfg.compile:
                         errors[label] = "onnxruntime is measured in fp32 inference only"
                         continue
-                    runners[label] = build_onnxruntime_step(name, batch_size, img_size, exports)
+                    runners[label] = build_onnxruntime_step(name, batch_size, img_size, exports,
+                                                            int8=runtime == "onnxruntime-int8")
                 else:
                     runners[label] = build_step(name, batch_size, img_size, cfg.device, dtype, cfg.channels_last,
                                                 cfg.compile, freezing=cfg.device == "cpu", mode=mode)

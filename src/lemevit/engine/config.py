@@ -239,8 +239,8 @@ class InferenceOptions(Options):
     num_nodes: int = option(1, "nodes (DDP over several machines, as torchrun or SLURM launch them)")
     num_workers: int = option(2, "data loading worker processes per device")
     runtime: str = option("torch", "torch, or onnxruntime on the CPU (the model file's model.onnx, or an export of the "
-                                   "checkpoint made on first use and kept beside it as .onnx)",
-                          choices=("torch", "onnxruntime"))
+                                   "checkpoint made on first use and kept beside it as .onnx); onnxruntime-int8: its "
+                                   "dynamic int8 quantization", choices=("torch", "onnxruntime", "onnxruntime-int8"))
 
     def __post_init__(self):
         for name in ("checkpoint", "output"):
@@ -251,7 +251,7 @@ class InferenceOptions(Options):
         devices = self.devices
         if devices != "auto" and (isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):
             raise ConfigError("devices", f"must be a positive number of devices or 'auto', got {devices!r}")
-        if self.runtime == "onnxruntime":
+        if self.runtime.startswith("onnxruntime"):
             if self.accelerator in ("gpu", "cuda"):
                 raise ConfigError("runtime", "onnxruntime runs on the CPU here: use `accelerator` cpu, or the torch "
                                              "runtime on the GPU")

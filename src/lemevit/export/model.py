@@ -10,13 +10,22 @@ from torch import nn
 
 import lemevit
 from lemevit.errors import ConfigError
-from lemevit.export.onnx import ONNX_FILE, Deviation, OnnxGraph, check_onnx, export_onnx, require_onnxruntime
+from lemevit.export.onnx import (
+    INT8_ONNX_FILE,
+    ONNX_FILE,
+    Deviation,
+    OnnxGraph,
+    check_onnx,
+    export_onnx,
+    quantize_onnx,
+    require_onnxruntime,
+)
 from lemevit.io.model_file import write_model_file
 from lemevit.io.paths import check_writable_folder
 
 __all__ = ["ExportResult", "export_model", "timm_config"]
 
-FORMATS = ("safetensors", "onnx")
+FORMATS = ("safetensors", "onnx", "onnx-int8")
 
 
 def timm_config(architecture: str, *, num_classes: int, in_chans: int, img_size: int,
@@ -84,6 +93,7 @@ class ExportResult:
     files: list[Path]
     deviation: Deviation | None = None
     fixed_size: str | None = None
+    int8_deviation: Deviation | None = None
 
 
 def export_model(output: str | Path, *, checkpoint: str | Path | None = None, model: str | None = None,
@@ -92,12 +102,15 @@ def export_model(output: str | Path, *, checkpoint: str | Path | None = None, mo
                  opset: int = 18) -> ExportResult:
     """Write the model file of a run (``checkpoint``: its ``.ckpt`` or model file) or of a bare ``model`` (random,
     or with ``weights`` of ours or of the published layout) into ``output``; with ``"onnx"`` in ``formats`` also
-    ``model.onnx``, checked against PyTorch with onnxruntime at a size other than the export size."""
+    ``model.onnx``, checked against PyTorch with onnxruntime at a size other than the export size; with
+    ``"onnx-int8"`` also ``model.int8.onnx``, its dynamic int8 quantization (the deviation measured, not bounded)."""
     if (checkpoint is None) == (model is None):
         raise ConfigError("checkpoint", "give either `checkpoint` (a run of any task) or `model` (a bare model)")
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ConfigError("format", f"unknown format(s) {unknown}; the formats are {', '.join(FORMATS)}")
+    if "onnx-int8" in formats and "onnx" not in formats:
+        formats = (*formats, "onnx")
     if "onnx" in formats:
         require_onnxruntime()
     output = check_writable_folder(output)
@@ -121,4 +134,8 @@ def export_model(output: str | Path, *, checkpoint: str | Path | None = None, mo
         result.files.append(path)
         result.deviation = check_onnx(graph, path)
         result.fixed_size = graph.fixed_size
+    if "onnx-int8" in formats:
+        path = quantize_onnx(output / ONNX_FILE, output / INT8_ONNX_FILE)
+        result.files.append(path)
+        result.int8_deviation = check_onnx(graph, path, tolerance=None)
     return result

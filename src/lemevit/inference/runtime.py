@@ -9,19 +9,33 @@ import numpy as np
 import torch
 from torch import nn
 
-from lemevit.export.onnx import ONNX_FILE, OnnxGraph, check_onnx, export_onnx, require_onnxruntime
+from lemevit.export.onnx import (
+    INT8_ONNX_FILE,
+    ONNX_FILE,
+    OnnxGraph,
+    check_onnx,
+    export_onnx,
+    quantize_onnx,
+    require_onnxruntime,
+)
 from lemevit.io.model_file import model_file_folder
 
 __all__ = ["RUNTIMES", "OnnxNetwork", "cached_onnx_path"]
 
-RUNTIMES = ("torch", "onnxruntime")
+RUNTIMES = ("torch", "onnxruntime", "onnxruntime-int8")
 
 
-def cached_onnx_path(checkpoint: str | Path) -> Path:
-    """Where the ONNX export of ``checkpoint`` is: ``model.onnx`` of a model file, else ``RUN/best.onnx`` beside
-    ``RUN/best.ckpt``."""
+def cached_onnx_path(checkpoint: str | Path, int8: bool = False) -> Path:
+    """Where the ONNX export of ``checkpoint`` is: ``model.onnx`` (``model.int8.onnx``) of a model file, else
+    ``RUN/best.onnx`` (``RUN/best.int8.onnx``) beside ``RUN/best.ckpt``."""
     folder = model_file_folder(checkpoint)
-    return folder / ONNX_FILE if folder is not None else Path(checkpoint).with_suffix(".onnx")
+    if folder is not None:
+        return folder / (INT8_ONNX_FILE if int8 else ONNX_FILE)
+    return Path(checkpoint).with_suffix(".int8.onnx" if int8 else ".onnx")
+
+
+def _stale(path: Path, source: Path) -> bool:
+    return not path.is_file() or path.stat().st_mtime < source.stat().st_mtime
 
 
 class OnnxNetwork(nn.Module):
@@ -45,13 +59,19 @@ class OnnxNetwork(nn.Module):
         return torch.from_numpy(self.session.run(None, feed)[0])
 
     @classmethod
-    def for_checkpoint(cls, checkpoint: str | Path, graph: OnnxGraph) -> OnnxNetwork:
-        """The onnxruntime network of ``checkpoint``: its cached export, exported (and checked) first when it is
-        missing or older than the checkpoint."""
+    def for_checkpoint(cls, checkpoint: str | Path, graph: OnnxGraph, int8: bool = False) -> OnnxNetwork:
+        """The onnxruntime network of ``checkpoint``: its cached export (or its int8 quantization), made first (and
+        the export checked) when it is missing or older than the checkpoint."""
         path = cached_onnx_path(checkpoint)
         source = Path(checkpoint)
-        if not path.is_file() or (model_file_folder(checkpoint) is None
-                                  and path.stat().st_mtime < source.stat().st_mtime):
+        if model_file_folder(checkpoint) is not None:
+            source = path.parent / "model.safetensors"
+        if _stale(path, source):
             export_onnx(graph, path)
             check_onnx(graph, path)
+        if int8:
+            quantized = cached_onnx_path(checkpoint, int8=True)
+            if _stale(quantized, path):
+                quantize_onnx(path, quantized)
+            path = quantized
         return cls(path, graph)

@@ -210,7 +210,8 @@ class BaseTask(pl.LightningModule):
 
     def use_runtime(self, runtime: str, checkpoint: str | Path) -> None:
         """Run the network of ``eval`` and ``predict`` on ``runtime``: ``torch``, or ``onnxruntime`` on the ONNX
-        export of ``checkpoint`` (exported and cached beside it on first use)."""
+        export of ``checkpoint`` (exported and cached beside it on first use), or ``onnxruntime-int8`` on its dynamic
+        int8 quantization."""
         if runtime == "torch":
             self.runtime_network = None
             return
@@ -220,7 +221,7 @@ class BaseTask(pl.LightningModule):
             graph = self.onnx_graph()
         except ConfigError as e:
             raise ConfigError("runtime", f"onnxruntime: {e.message}") from None
-        self.runtime_network = OnnxNetwork.for_checkpoint(checkpoint, graph)
+        self.runtime_network = OnnxNetwork.for_checkpoint(checkpoint, graph, int8=runtime == "onnxruntime-int8")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         reseed(step_seed(self.hparams.seed, self.global_step, self.global_rank))

@@ -239,6 +239,7 @@ class ChangeTask(SlidingWindowTask):
     def predict_step(self, batch, batch_idx: int) -> None:
         index, dates, output = batch
         hp = self.hparams
+        model_seconds = self.model_seconds
         result = predict_scene(self.window_predictor(StackedPair(self.model)), dates, output, [*hp.mean, *hp.mean],
                                [*hp.std, *hp.std], _PALETTE, window=self.window, stride=self.stride,
                                batch_size=self.inference_batch_size,
@@ -251,7 +252,8 @@ class ChangeTask(SlidingWindowTask):
             save_pair_preview(*result.small_scenes, result.small_map == CHANGE_VALUE, preview)
         self._records.append((index, {"output": str(output), "preview": str(preview) if preview else None,
                                       "height": result.height, "width": result.width,
-                                      "changed_pixels": int(result.value_pixels[CHANGE_VALUE])}))
+                                      "changed_pixels": int(result.value_pixels[CHANGE_VALUE]),
+                                      "model_seconds": self.model_seconds - model_seconds}))
 
     def finish_prediction(self, records: list[dict], options: ChangePredictOptions) -> list[str]:
         return [f"wrote {r['output']}: {r['width']}x{r['height']} change map, {r['changed_pixels']:,} changed pixels"

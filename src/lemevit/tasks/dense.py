@@ -95,6 +95,9 @@ class SlidingWindowTask(BaseTask):
     batches_whole_images = True
     prediction_collate = staticmethod(first_item)
 
+    #: Seconds spent running the network on windows (and moving them to and from its device), summed.
+    model_seconds: float = 0.0
+
     def set_window(self, window: int | None, stride: int | None) -> None:
         self.window = window or self.hparams.img_size
         self.stride = stride or default_stride(self.window)
@@ -137,18 +140,30 @@ class SlidingWindowTask(BaseTask):
         self._prediction_seconds = time.perf_counter() - self._started
 
     def prediction_summary(self, records: list[dict]) -> str:
-        """One line: the scenes predicted and kept, their pixels, the time and the throughput."""
+        """One line: the scenes predicted and kept, their pixels, the time and the throughput, and the share of the
+        time the network took (over every process: the rest is reading, normalising, blending and writing)."""
         done = [r for r in records if "height" in r]
         pixels = sum(r["height"] * r["width"] for r in done) / 1e6
         seconds = self._prediction_seconds
         kept = f", {len(self._kept)} kept from an earlier run (--overwrite predicts them again)" if self._kept else ""
-        rate = f" ({pixels / seconds:.2f} Mpx/s)" if done and seconds > 0 else ""
+        rate = ""
+        if done and seconds > 0:
+            share = sum(r["model_seconds"] for r in done) / (seconds * self.trainer.world_size)
+            rate = f" ({pixels / seconds:.2f} Mpx/s; the network {share:.0%} of the time)"
         return f"{len(done)} scene(s) predicted{kept}: {pixels:.1f} Mpx in {seconds:.1f} s{rate}"
 
     def window_predictor(self, network: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         """Windows ``(B, C, h, w)`` → class probabilities on the CPU: ``network``'s softmax, or the probabilities of
-        the ONNX graph when eval or predict run on onnxruntime."""
-        return softmax_predictor(network) if self.runtime_network is None else self.runtime_network
+        the ONNX graph when eval or predict run on onnxruntime. The time spent in it adds to ``model_seconds``."""
+        predict = softmax_predictor(network) if self.runtime_network is None else self.runtime_network
+
+        def timed(windows: torch.Tensor) -> torch.Tensor:
+            started = time.perf_counter()
+            probabilities = predict(windows)
+            self.model_seconds += time.perf_counter() - started
+            return probabilities
+
+        return timed
 
     def evaluation_dataset(self, root: Path, items: list) -> Dataset:
         raise NotImplementedError

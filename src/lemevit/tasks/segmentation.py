@@ -281,6 +281,7 @@ class SegmentationTask(SlidingWindowTask):
             self._records.append((index, {"scene": str(scene), "error": str(e)}))
 
     def _predict_scene(self, scene: Path, output: Path) -> dict:
+        model_seconds = self.model_seconds
         result = predict_scene(self.window_predictor(self.model), [scene], output, self.hparams.mean, self.hparams.std,
                                self.labels.palette, window=self.window, stride=self.stride,
                                batch_size=self.inference_batch_size, progress=self.show_progress,
@@ -290,7 +291,8 @@ class SegmentationTask(SlidingWindowTask):
             preview = preview_path(output)
             save_palette_png(result.small_map, self.labels.palette, preview)
         return {"output": str(output), "preview": str(preview) if preview else None, "height": result.height,
-                "width": result.width, "class_pixels": result.value_pixels[:self.labels.num_classes].tolist()}
+                "width": result.width, "class_pixels": result.value_pixels[:self.labels.num_classes].tolist(),
+                "model_seconds": self.model_seconds - model_seconds}
 
     def finish_prediction(self, records: list[dict], options: SegmentationPredictOptions) -> list[str]:
         return [f"skipped {r['scene']}: {r['error']}" if "error" in r else
