@@ -13,6 +13,7 @@ from sample_data import CLASSES, make_tiles
 import lemevit
 from lemevit.cli import main
 from lemevit.engine import load_task
+from lemevit.tasks.base import initial_weights
 
 
 def test_an_exported_run_evaluates_and_predicts_as_its_checkpoint(scene_run, tmp_path):
@@ -72,6 +73,11 @@ def test_a_dense_run_exports_with_onnx_and_gives_its_backbone_to_other_models(tm
     backbone = lemevit.create_model("lemevit_tiny", features_only=True, checkpoint=exported)
     for key, value in trained.state_dict().items():
         torch.testing.assert_close(backbone.state_dict()[key], value)
+    # What --init-checkpoint gives a run of any task: the same backbone weights, from the file or the checkpoint.
+    from_file, from_checkpoint = initial_weights(exported), initial_weights(run / "best.ckpt")
+    assert from_file.keys() == from_checkpoint.keys()
+    for key, value in from_checkpoint.items():
+        torch.testing.assert_close(from_file[key], value)
 
     # The model file is also what another run starts from (its backbone), and what eval reads.
     assert main(["eval", "--checkpoint", str(exported), "--data", str(data), "--output", str(tmp_path / "e1")]) == 0
