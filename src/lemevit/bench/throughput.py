@@ -88,18 +88,15 @@ def build_onnxruntime_step(name: str, batch_size: int, img_size: int, folder: st
     """A no-argument callable running one inference batch of model ``name`` on onnxruntime's CPU provider, with
     as many threads as torch uses: the model exported to ``folder`` (dynamic sizes, checked at a second one), or
     its dynamic int8 quantization."""
-    from lemevit.export.onnx import OnnxGraph, check_onnx, export_onnx, quantize_onnx, require_onnxruntime
+    from lemevit.export.onnx import OnnxGraph, check_onnx, export_onnx, onnx_session, quantize_onnx
 
-    onnxruntime = require_onnxruntime()
     model = build_model(name, img_size).eval()
     graph = OnnxGraph(model, ("image",), ("logits",), 3, img_size)
     path = export_onnx(graph, Path(folder) / f"{name}-{img_size}.onnx")
     check_onnx(graph, path)
     if int8:
         path = quantize_onnx(path, path.with_suffix(".int8.onnx"))
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(path, torch.get_num_threads())
     x = torch.randn(batch_size, 3, img_size, img_size).numpy()
 
     def step() -> object:

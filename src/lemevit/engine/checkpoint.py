@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from lemevit.errors import DataError
-from lemevit.io.model_file import model_file_folder, read_model_file, weights_under
+from lemevit.io.model_file import ModelFile, model_file_folder, read_model_file, weights_under
 
 __all__ = ["TASK_KEY", "TrainedModel", "backbone_state_dict", "checkpoint_task", "read_checkpoint",
            "read_trained_model", "trained_model_task", "training_minutes"]
@@ -74,27 +74,27 @@ class TrainedModel:
     state_dict: dict[str, torch.Tensor]
 
 
-def _task_of_model_file(path: str | Path) -> str:
+def _run_model_file(path: str | Path) -> ModelFile:
+    """The model file ``path`` names, which must be a run's (a bare model has no task)."""
     model_file = read_model_file(path)
     if model_file.task is None:
         raise DataError(f"{path} is a bare {model_file.architecture} model (no task, no head): eval and predict "
                         "take the model file of a run (lemevit export --checkpoint RUN/best.ckpt)")
-    return model_file.task
+    return model_file
 
 
 def trained_model_task(path: str | Path) -> str:
     """The task of the run checkpoint or model file ``path``."""
     if model_file_folder(path) is not None:
-        return _task_of_model_file(path)
+        return _run_model_file(path).task
     return checkpoint_task(read_checkpoint(path))
 
 
 def read_trained_model(path: str | Path) -> TrainedModel:
     """The trained task module a run checkpoint (``.ckpt``) or a model file folder holds; nothing is unpickled."""
     if model_file_folder(path) is not None:
-        task = _task_of_model_file(path)
-        model_file = read_model_file(path)
-        return TrainedModel(task, model_file.hyper_parameters,
+        model_file = _run_model_file(path)
+        return TrainedModel(model_file.task, model_file.hyper_parameters,
                             {f"model.{k}": v for k, v in model_file.state_dict().items()})
     content = read_checkpoint(path)
     return TrainedModel(checkpoint_task(content), dict(content["hyper_parameters"]), content["state_dict"])

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 import lemevit
 from lemevit.errors import ConfigError
@@ -63,7 +62,7 @@ def _task_model_file(module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 def _bare_model_file(name: str, weights: str | None, features_only: bool, in_chans: int, num_classes: int | None,
-                     img_size: int | None) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any], OnnxGraph]:
+                     img_size: int | None) -> tuple[dict[str, torch.Tensor], dict[str, Any], OnnxGraph]:
     kwargs: dict[str, Any] = {"in_chans": in_chans}
     if features_only:
         kwargs["features_only"] = True
@@ -83,7 +82,7 @@ def _bare_model_file(name: str, weights: str | None, features_only: bool, in_cha
     config["lemevit"] = {"task": None, "lemevit_version": lemevit.__version__, "backbone_prefix": "",
                          "weights": str(Path(weights).resolve()) if weights else None}
     outputs = (tuple(f"features.{i}" for i in range(len(model.feature_info))) if features_only else ("logits",))
-    return model, state, config, OnnxGraph(model, ("image",), outputs, in_chans, size)
+    return state, config, OnnxGraph(model, ("image",), outputs, in_chans, size)
 
 
 @dataclass
@@ -126,7 +125,7 @@ def export_model(output: str | Path, *, checkpoint: str | Path | None = None, mo
         if graph is not None and img_size:
             graph.size = img_size
     else:
-        _, state, config, graph = _bare_model_file(model, weights, features_only, in_chans, num_classes, img_size)
+        state, config, graph = _bare_model_file(model, weights, features_only, in_chans, num_classes, img_size)
     files = write_model_file(output, state, config)
     result = ExportResult(files)
     if "onnx" in formats:

@@ -13,8 +13,8 @@ from lemevit.errors import ConfigError, DataError
 from lemevit.io.atomic import atomic_path
 from lemevit.ops.export import with_fixed_size_pooling
 
-__all__ = ["INT8_ONNX_FILE", "ONNX_FILE", "OnnxGraph", "Probabilities", "check_onnx", "export_onnx", "quantize_onnx",
-           "require_onnxruntime"]
+__all__ = ["INT8_ONNX_FILE", "ONNX_FILE", "OnnxGraph", "Probabilities", "check_onnx", "export_onnx", "onnx_session",
+           "quantize_onnx", "require_onnxruntime"]
 
 ONNX_FILE = "model.onnx"
 INT8_ONNX_FILE = "model.int8.onnx"
@@ -73,6 +73,16 @@ class OnnxGraph:
         return height, self.size + self.multiple
 
 
+def onnx_session(path: str | Path, threads: int | None = None):
+    """An onnxruntime session of the graph ``path`` on the CPU provider, with ``threads`` intra-op threads (None:
+    onnxruntime's default)."""
+    onnxruntime = require_onnxruntime()
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def export_onnx(graph: OnnxGraph, path: str | Path, opset: int = 18) -> Path:
     """Write ``graph`` to ``path`` (atomically) with dynamic batch, height and width (batch only for a graph of
     fixed size)."""
@@ -108,12 +118,8 @@ def check_onnx(graph: OnnxGraph, path: str | Path, size: tuple[int, int] | None 
     """Run the exported ``path`` with onnxruntime on random inputs of ``size`` (default: not the export size, unless
     the graph's size is fixed) and of another batch than the export's, and compare with ``graph.module``; a
     deviation above ``tolerance`` (None: any, for a quantized graph) is a :class:`DataError` naming the output."""
-    onnxruntime = require_onnxruntime()
     size = size or graph.check_size()
-    options = onnxruntime.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(path, threads)
     inputs = graph.examples(*size, batch=batch, seed=1)
     with torch.no_grad():
         expected = graph.module.eval()(*inputs)

@@ -15,8 +15,8 @@ from lemevit.export.onnx import (
     OnnxGraph,
     check_onnx,
     export_onnx,
+    onnx_session,
     quantize_onnx,
-    require_onnxruntime,
 )
 from lemevit.io.model_file import model_file_folder
 
@@ -45,10 +45,7 @@ class OnnxNetwork(nn.Module):
 
     def __init__(self, path: str | Path, graph: OnnxGraph, threads: int | None = None):
         super().__init__()
-        onnxruntime = require_onnxruntime()
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(path, threads or len(os.sched_getaffinity(0)))
         self.inputs = graph.inputs
 
     def forward(self, *images: torch.Tensor) -> torch.Tensor:
