@@ -193,13 +193,12 @@ def cmd_export(args: argparse.Namespace) -> int:
                           img_size=args.img_size, formats=tuple(dict.fromkeys(["safetensors", args.format])),
                           opset=args.opset)
     print("wrote " + ", ".join(str(p) for p in result.files))
-    if result.deviation is not None:
-        size = "x".join(map(str, result.deviation.size))
-        fixed = f" (the graph's size is fixed: {result.fixed_size})" if result.fixed_size else ""
-        print(f"onnxruntime against PyTorch at {size}{fixed}: largest deviation {result.deviation.largest:.2e}")
-    if result.int8_deviation is not None:
-        print(f"int8 graph against PyTorch: largest deviation {result.int8_deviation.largest:.2e} (quantization "
-              "error, not bounded)")
+    for check in result.checks:
+        size = "x".join(map(str, check.deviation.size))
+        fixed = f" (the graph's size is fixed: {check.fixed_size})" if check.fixed_size else ""
+        bound = " (quantization error, not bounded)" if check.int8 else ""
+        print(f"{check.path.name}: onnxruntime against PyTorch at {size}{fixed}: largest deviation "
+              f"{check.deviation.largest:.2e}{bound}")
     return 0
 
 
@@ -257,8 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(model.safetensors + config.json) and optionally ONNX",
                          description="Writes DIR/model.safetensors and DIR/config.json, which eval, predict, "
                                      "lemevit.create_model and timm load without unpickling; with --format onnx also "
-                                     "DIR/model.onnx (dynamic batch, height and width), checked with onnxruntime "
-                                     "against PyTorch at a size other than the export size.")
+                                     "DIR/model.onnx (dynamic batch, height and width; a detector also "
+                                     "DIR/model.box_head.onnx), checked with onnxruntime against PyTorch at a size "
+                                     "other than the export size.")
     source = exp.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a run's checkpoint (RUN/best.ckpt) or model file, of any task")
     source.add_argument("--model", help="a bare model by name (`lemevit models`), random or with --weights")

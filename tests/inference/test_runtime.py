@@ -67,7 +67,7 @@ def test_int8_is_an_export_format_and_a_runtime(scene_run, tmp_path, capsys):
     shutil.copy(run / "best.ckpt", checkpoint)
     assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx-int8", "--output",
                  str(tmp_path / "model")]) == 0
-    assert "int8 graph against PyTorch: largest deviation" in capsys.readouterr().out
+    assert "model.int8.onnx: onnxruntime against PyTorch" in capsys.readouterr().out
     assert {p.name for p in (tmp_path / "model").iterdir()} >= {"model.onnx", "model.int8.onnx"}
     for source in (checkpoint, tmp_path / "model"):
         out = tmp_path / f"int8_{source.name}"

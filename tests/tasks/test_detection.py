@@ -80,6 +80,23 @@ def test_predict_writes_task1_files_png_and_geojson(run, dota_folder, tmp_path):
             assert 500000 - 100 <= x <= 500000 + 200 and 4600000 - 180 <= y <= 4600000 + 100
 
 
+def test_detection_on_onnxruntime_finds_what_torch_finds(run, dota_folder, tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxruntime) is not installed")
+    assert main(["export", "--checkpoint", str(run / "last.ckpt"), "--format", "onnx", "--output",
+                 str(tmp_path / "model")]) == 0
+    printed = capsys.readouterr().out
+    assert "model.onnx: onnxruntime against PyTorch" in printed and "model.box_head.onnx: onnxruntime" in printed
+    metrics = {}
+    for runtime, source in (("torch", run / "last.ckpt"), ("onnxruntime", tmp_path / "model")):
+        assert main(["eval", "--checkpoint", str(source), "--data", str(dota_folder), "--output",
+                     str(tmp_path / runtime), "--runtime", runtime, "--num-workers", "0"]) == 0
+        metrics[runtime] = json.loads((tmp_path / runtime / "metrics.json").read_text())
+    assert abs(metrics["torch"]["map50"] - metrics["onnxruntime"]["map50"]) <= 0.005
+    detections = {r: {c: v["num_det"] for c, v in m["per_class"].items()} for r, m in metrics.items()}
+    assert detections["torch"] == detections["onnxruntime"]
+    assert sum(detections["torch"].values()) > 0
+
+
 def test_malformed_label_is_one_line_naming_file_and_line(tmp_path, capsys):
     (tmp_path / "images").mkdir()
     (tmp_path / "labelTxt").mkdir()

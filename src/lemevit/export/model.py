@@ -1,7 +1,7 @@
 """``lemevit export``: a run of any task, or a bare model, as a portable model file, and optionally as ONNX."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +10,12 @@ import torch
 import lemevit
 from lemevit.errors import ConfigError
 from lemevit.export.onnx import (
-    INT8_ONNX_FILE,
-    ONNX_FILE,
+    NETWORK,
     Deviation,
     OnnxGraph,
     check_onnx,
     export_onnx,
+    graph_file,
     quantize_onnx,
     require_onnxruntime,
 )
@@ -86,13 +86,21 @@ def _bare_model_file(name: str, weights: str | None, features_only: bool, in_cha
 
 
 @dataclass
+class GraphCheck:
+    """An ONNX file written and its deviation from PyTorch (at a second size, unless ``fixed_size`` says why not)."""
+
+    path: Path
+    deviation: Deviation
+    fixed_size: str | None = None
+    int8: bool = False
+
+
+@dataclass
 class ExportResult:
-    """The files written and, for ONNX, the deviation from PyTorch measured at a second size."""
+    """The files written and, for ONNX, the check of each graph."""
 
     files: list[Path]
-    deviation: Deviation | None = None
-    fixed_size: str | None = None
-    int8_deviation: Deviation | None = None
+    checks: list[GraphCheck] = field(default_factory=list)
 
 
 def export_model(output: str | Path, *, checkpoint: str | Path | None = None, model: str | None = None,
@@ -101,8 +109,9 @@ def export_model(output: str | Path, *, checkpoint: str | Path | None = None, mo
                  opset: int = 18) -> ExportResult:
     """Write the model file of a run (``checkpoint``: its ``.ckpt`` or model file) or of a bare ``model`` (random,
     or with ``weights`` of ours or of the published layout) into ``output``; with ``"onnx"`` in ``formats`` also
-    ``model.onnx``, checked against PyTorch with onnxruntime at a size other than the export size; with
-    ``"onnx-int8"`` also ``model.int8.onnx``, its dynamic int8 quantization (the deviation measured, not bounded)."""
+    ``model.onnx`` (and a detector's ``model.box_head.onnx``), each checked against PyTorch with onnxruntime at a
+    size other than the export size; with ``"onnx-int8"`` also ``model.int8.onnx`` (``model.box_head.int8.onnx``), their
+    dynamic int8 quantization (the deviation measured, not bounded)."""
     if (checkpoint is None) == (model is None):
         raise ConfigError("checkpoint", "give either `checkpoint` (a run of any task) or `model` (a bare model)")
     unknown = [f for f in formats if f not in FORMATS]
@@ -121,20 +130,20 @@ def export_model(output: str | Path, *, checkpoint: str | Path | None = None, mo
 
         module = load_task(checkpoint)
         state, config = _task_model_file(module)
-        graph = module.onnx_graph() if "onnx" in formats else None
-        if graph is not None and img_size:
-            graph.size = img_size
+        graphs = module.onnx_graphs() if "onnx" in formats else {}
+        if graphs and img_size:
+            graphs[NETWORK].size = img_size
     else:
         state, config, graph = _bare_model_file(model, weights, features_only, in_chans, num_classes, img_size)
-    files = write_model_file(output, state, config)
-    result = ExportResult(files)
-    if "onnx" in formats:
-        path = export_onnx(graph, output / ONNX_FILE, opset=opset)
+        graphs = {NETWORK: graph} if "onnx" in formats else {}
+    result = ExportResult(write_model_file(output, state, config))
+    for part, graph in graphs.items():
+        path = export_onnx(graph, graph_file(output / "model", part), opset=opset)
         result.files.append(path)
-        result.deviation = check_onnx(graph, path)
-        result.fixed_size = graph.fixed_size
-    if "onnx-int8" in formats:
-        path = quantize_onnx(output / ONNX_FILE, output / INT8_ONNX_FILE)
-        result.files.append(path)
-        result.int8_deviation = check_onnx(graph, path, tolerance=None)
+        result.checks.append(GraphCheck(path, check_onnx(graph, path), graph.fixed_size))
+        if "onnx-int8" in formats:
+            quantized = quantize_onnx(path, graph_file(output / "model", part, int8=True))
+            result.files.append(quantized)
+            result.checks.append(GraphCheck(quantized, check_onnx(graph, quantized, tolerance=None), graph.fixed_size,
+                                            int8=True))
     return result

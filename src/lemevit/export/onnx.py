@@ -13,11 +13,12 @@ from lemevit.errors import ConfigError, DataError
 from lemevit.io.atomic import atomic_path
 from lemevit.ops.export import with_fixed_size_pooling
 
-__all__ = ["INT8_ONNX_FILE", "ONNX_FILE", "OnnxGraph", "Probabilities", "check_onnx", "export_onnx", "onnx_session",
-           "quantize_onnx", "require_onnxruntime"]
+__all__ = ["NETWORK", "ONNX_FILE", "GraphOf", "OnnxGraph", "Probabilities", "check_onnx", "export_onnx", "graph_file",
+           "onnx_session", "quantize_onnx", "require_onnxruntime"]
 
 ONNX_FILE = "model.onnx"
-INT8_ONNX_FILE = "model.int8.onnx"
+#: The part of a task's export that takes the images (a detector has a second one, its box head).
+NETWORK = "network"
 #: Largest deviation from PyTorch an exported graph may show (outputs are O(1)).
 TOLERANCE = 1e-4
 
@@ -31,6 +32,31 @@ def require_onnxruntime():
         raise ConfigError("format", "onnx needs the export extra: pip install 'lemevit[export]' (onnx, "
                                     "onnxruntime)") from None
     return onnxruntime
+
+
+def graph_file(base: str | Path, part: str = NETWORK, int8: bool = False) -> Path:
+    """The ONNX file of the graph ``part`` among the files named ``base`` (``DIR/model``, ``RUN/best``):
+    ``base.onnx`` for the network, ``base.PART.onnx`` for another part, ``.int8`` before ``.onnx`` when quantized."""
+    base = Path(base)
+    return base.with_name(base.name + ("" if part == NETWORK else f".{part}") + (".int8" if int8 else "") + ".onnx")
+
+
+def flat_outputs(outputs) -> list[torch.Tensor]:
+    """A network's outputs (a tensor, or nested tuples and lists of them) as the flat list a graph outputs."""
+    if isinstance(outputs, torch.Tensor):
+        return [outputs]
+    return [t for item in outputs for t in flat_outputs(item)]
+
+
+class GraphOf(nn.Module):
+    """The method ``method`` of ``module`` as a module to export, its nested outputs flattened in order."""
+
+    def __init__(self, module: nn.Module, method: str):
+        super().__init__()
+        self.module, self.method = module, method
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(flat_outputs(getattr(self.module, self.method)(*inputs)))
 
 
 class Probabilities(nn.Module):
@@ -122,8 +148,7 @@ def check_onnx(graph: OnnxGraph, path: str | Path, size: tuple[int, int] | None 
     session = onnx_session(path, threads)
     inputs = graph.examples(*size, batch=batch, seed=1)
     with torch.no_grad():
-        expected = graph.module.eval()(*inputs)
-    expected = list(expected) if isinstance(expected, (list, tuple)) else [expected]
+        expected = flat_outputs(graph.module.eval()(*inputs))
     got = session.run(None, {name: x.numpy() for name, x in zip(graph.inputs, inputs, strict=True)})
     deviation = Deviation(size, {name: float((torch.from_numpy(g) - e).abs().max())
                                  for name, g, e in zip(graph.outputs, got, expected, strict=True)})

@@ -44,7 +44,7 @@ from lemevit.ops.rotated import (
     wrap_angle,
 )
 
-__all__ = ["FPN", "MidpointOffsetCoder", "OrientedRCNN", "RotatedDeltaCoder"]
+__all__ = ["FPN", "MidpointOffsetCoder", "OrientedRCNN", "RotatedDeltaCoder", "StagesOnRuntime"]
 
 # exp() of a predicted log-scale is capped at 1000/16, as in mmdet's coders.
 _MAX_LOG_SCALE = abs(math.log(16 / 1000))
@@ -292,10 +292,14 @@ class OrientedRCNN(nn.Module):
                 out[mask] = rotated_roi_align(pyramid[i], rois[mask], 7, 1 / self.strides[i], 2)
         return out
 
-    def _box_head(self, pyramid: list[torch.Tensor], proposals: list[torch.Tensor]):
-        rois = torch.cat([torch.cat([p.new_full((len(p), 1), b), p], dim=1) for b, p in enumerate(proposals)])
-        hidden = self.box_fc(self._roi_features(pyramid, rois))
+    def box_head(self, roi_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(K, C, 7, 7)`` RoI features -> class logits ``(K, classes + 1)`` and box deltas ``(K, 5)``."""
+        hidden = self.box_fc(roi_features)
         return self.box_cls(hidden), self.box_reg(hidden)
+
+    def _box_head(self, pyramid: list[torch.Tensor], proposals: list[torch.Tensor], box_head=None):
+        rois = torch.cat([torch.cat([p.new_full((len(p), 1), b), p], dim=1) for b, p in enumerate(proposals)])
+        return (box_head or self.box_head)(self._roi_features(pyramid, rois))
 
     def _roi_loss(self, pyramid: list[torch.Tensor], proposals: list[torch.Tensor],
                   targets: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,8 +324,8 @@ class OrientedRCNN(nn.Module):
         return cls_loss, reg_loss
 
     @torch.no_grad()
-    def _detect(self, pyramid: list[torch.Tensor], proposals: list[torch.Tensor]) -> list[dict]:
-        scores, deltas = self._box_head(pyramid, proposals)
+    def _detect(self, pyramid: list[torch.Tensor], proposals: list[torch.Tensor], box_head=None) -> list[dict]:
+        scores, deltas = self._box_head(pyramid, proposals, box_head)
         probs = scores.float().softmax(1)[:, :-1]
         boxes = self.roi_coder.decode(torch.cat(proposals), deltas.float())
         out, start = [], 0
@@ -334,17 +338,53 @@ class OrientedRCNN(nn.Module):
             out.append({"boxes": cand_boxes[keep], "scores": cand_scores[keep], "labels": cls[keep]})
         return out
 
-    def forward(self, images: torch.Tensor, targets: Sequence[dict] | None = None):
+    def trunk(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """What runs on the whole image: the pyramid P2..P6 and, per level, the RPN's objectness and deltas."""
         pyramid = self.fpn(self.backbone(images))
         logits, deltas = self._rpn(pyramid)
-        anchors = self.anchors([p.shape[-2:] for p in pyramid], images.device)
-        if self.training:
-            if targets is None:
-                raise ConfigError("targets", "OrientedRCNN in train mode needs targets (boxes and labels per image)")
-            rpn_cls, rpn_reg = self._rpn_loss(logits, deltas, anchors, targets)
-            proposals = self._proposals([lg.detach() for lg in logits], [d.detach() for d in deltas], anchors,
-                                        self.rpn_proposals)
-            roi_cls, roi_reg = self._roi_loss(pyramid, proposals, targets)
-            return {"rpn_cls": rpn_cls, "rpn_reg": rpn_reg, "roi_cls": roi_cls, "roi_reg": roi_reg}
+        return pyramid, logits, deltas
+
+    @torch.no_grad()
+    def detect_from(self, pyramid: list[torch.Tensor], logits: list[torch.Tensor], deltas: list[torch.Tensor],
+                    box_head=None) -> list[dict]:
+        """Detections from the trunk's outputs: proposals decoded and filtered, rotated RoI Align, the box head
+        (``box_head``: what runs it, by default :meth:`box_head`; an exported graph on another runtime), and the
+        class-wise rotated NMS."""
+        anchors = self.anchors([p.shape[-2:] for p in pyramid], pyramid[0].device)
         proposals = self._proposals(logits, deltas, anchors, self.test_proposals)
-        return self._detect(pyramid, proposals)
+        return self._detect(pyramid, proposals, box_head)
+
+    def forward(self, images: torch.Tensor, targets: Sequence[dict] | None = None):
+        pyramid, logits, deltas = self.trunk(images)
+        if not self.training:
+            return self.detect_from(pyramid, logits, deltas)
+        if targets is None:
+            raise ConfigError("targets", "OrientedRCNN in train mode needs targets (boxes and labels per image)")
+        anchors = self.anchors([p.shape[-2:] for p in pyramid], images.device)
+        rpn_cls, rpn_reg = self._rpn_loss(logits, deltas, anchors, targets)
+        proposals = self._proposals([lg.detach() for lg in logits], [d.detach() for d in deltas], anchors,
+                                    self.rpn_proposals)
+        roi_cls, roi_reg = self._roi_loss(pyramid, proposals, targets)
+        return {"rpn_cls": rpn_cls, "rpn_reg": rpn_reg, "roi_cls": roi_cls, "roi_reg": roi_reg}
+
+
+class StagesOnRuntime:
+    """An :class:`OrientedRCNN` whose two network stages, :meth:`~OrientedRCNN.trunk` (its outputs flattened:
+    pyramid, objectness, deltas, a tensor per level each) and :meth:`~OrientedRCNN.box_head`, run elsewhere (their
+    ONNX graphs on onnxruntime); the decoding, RoI Align and NMS between and after them stay ``model``'s."""
+
+    def __init__(self, model: OrientedRCNN, trunk, box_head):
+        self.model, self.trunk, self.box_head = model, trunk, box_head
+
+    def _box_head(self, roi_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(roi_features) == 0:
+            return roi_features.new_zeros(0, self.model.num_classes + 1), roi_features.new_zeros(0, 5)
+        return self.box_head(roi_features)
+
+    def __call__(self, images: torch.Tensor) -> list[dict]:
+        outputs = list(self.trunk(images))
+        levels = len(self.model.strides)
+        if len(outputs) != 3 * levels:
+            raise ValueError(f"the trunk gave {len(outputs)} outputs; an Oriented R-CNN trunk gives {3 * levels}")
+        return self.model.detect_from(outputs[:levels], outputs[levels:2 * levels], outputs[2 * levels:],
+                                      box_head=self._box_head)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,7 +20,7 @@ from lemevit.data.statistics import Normalisation
 from lemevit.engine.checkpoint import TASK_KEY, backbone_state_dict, checkpoint_task, read_checkpoint
 from lemevit.engine.config import EvalOptions, InferenceOptions, PredictOptions, RunConfig
 from lemevit.errors import ConfigError, DataError
-from lemevit.export.onnx import OnnxGraph
+from lemevit.export.onnx import NETWORK, OnnxGraph
 from lemevit.io import atomic_path
 from lemevit.io.model_file import model_file_folder, read_model_file
 from lemevit.viz import save_confusion_png
@@ -116,7 +116,7 @@ class BaseTask(pl.LightningModule):
         #: Whether work inside a step (the windows of a scene) shows a progress bar.
         self.show_progress = True
         #: What runs the network in eval and predict instead of ``model`` (onnxruntime on its export), if anything.
-        self.runtime_network: torch.nn.Module | None = None
+        self.runtime_network: Callable[..., Any] | None = None
 
     # --- what a task declares ---------------------------------------------------------------------------------
     @classmethod
@@ -204,6 +204,15 @@ class BaseTask(pl.LightningModule):
         """The network as it is exported to ONNX: its inputs and outputs, named, at the training size."""
         raise ConfigError("format", f"ONNX export of {self.name} models is not available")
 
+    def onnx_graphs(self) -> dict[str, OnnxGraph]:
+        """The graphs of the export by part name: the network alone, unless part of the model stays in Python
+        between two graphs (a detector's proposals)."""
+        return {NETWORK: self.onnx_graph()}
+
+    def network_on_runtime(self, networks: dict[str, torch.nn.Module]) -> Any:
+        """What runs in place of ``model`` given a network per part of :meth:`onnx_graphs` on another runtime."""
+        return networks[NETWORK]
+
     # --- shared behaviour -------------------------------------------------------------------------------------
     def forward(self, *inputs: torch.Tensor) -> Any:
         return (self.model if self.runtime_network is None else self.runtime_network)(*inputs)
@@ -215,13 +224,14 @@ class BaseTask(pl.LightningModule):
         if runtime == "torch":
             self.runtime_network = None
             return
-        from lemevit.inference.runtime import OnnxNetwork
+        from lemevit.inference.runtime import onnx_networks
 
         try:
-            graph = self.onnx_graph()
+            graphs = self.onnx_graphs()
         except ConfigError as e:
             raise ConfigError("runtime", f"onnxruntime: {e.message}") from None
-        self.runtime_network = OnnxNetwork.for_checkpoint(checkpoint, graph, int8=runtime == "onnxruntime-int8")
+        self.runtime_network = self.network_on_runtime(onnx_networks(checkpoint, graphs,
+                                                                     int8=runtime == "onnxruntime-int8"))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         reseed(step_seed(self.hparams.seed, self.global_step, self.global_rank))

@@ -27,11 +27,12 @@ from lemevit.data.splits import Split, split_items
 from lemevit.data.statistics import Normalisation
 from lemevit.engine.config import PredictOptions, RunConfig, option
 from lemevit.errors import ConfigError, DataError
+from lemevit.export.onnx import NETWORK, GraphOf, OnnxGraph
 from lemevit.io import atomic_path
 from lemevit.io.paths import check_distinct_names, check_outputs_spare_inputs, check_writable_folder, list_images
 from lemevit.io.vector import write_detection_geojson
 from lemevit.metrics.detection import detection_map
-from lemevit.models.oriented_rcnn import OrientedRCNN
+from lemevit.models.oriented_rcnn import OrientedRCNN, StagesOnRuntime
 from lemevit.ops.rotated import box_to_quad
 from lemevit.tasks.base import BaseTask, NamedClasses, initial_weights
 from lemevit.tasks.dense import first_item
@@ -208,12 +209,26 @@ class DetectionTask(NamedClasses, BaseTask):
                 batch[k, :, :piece.shape[0], :piece.shape[1]] = torch.from_numpy(
                     np.ascontiguousarray(piece.transpose(2, 0, 1), dtype=np.float32))
             batch = (batch - mean) / std  # padding normalised too, as in training
-            for det in self.model(batch.to(device)):
+            for det in self(batch.to(device)):
                 boxes.append(det["boxes"].float().cpu())
                 scores.append(det["scores"].float().cpu())
                 labels.append(det["labels"].cpu())
         merged_boxes, merged_scores, merged_labels = merge_patch_detections(boxes, scores, labels, windows, merge_iou)
         return box_to_quad(merged_boxes).numpy(), merged_scores.numpy(), merged_labels.numpy()
+
+    def onnx_graphs(self) -> dict[str, OnnxGraph]:
+        """The trunk (image -> pyramid P2..P6, then per level the RPN's objectness and deltas) and the box head (RoI
+        features -> class logits and deltas): the proposals between them and the NMS after stay in Python."""
+        hp, levels = self.hparams, range(len(self.model.strides))
+        outputs = (*(f"pyramid.{i}" for i in levels), *(f"rpn_objectness.{i}" for i in levels),
+                   *(f"rpn_deltas.{i}" for i in levels))
+        return {NETWORK: OnnxGraph(GraphOf(self.model, "trunk"), ("image",), outputs, hp.in_chans, hp.img_size),
+                "box_head": OnnxGraph(GraphOf(self.model, "box_head"), ("roi_features",),
+                                      ("class_logits", "box_deltas"), hp.fpn_channels, 7,
+                                      fixed_size="RoI features are 7x7; the number of RoIs varies")}
+
+    def network_on_runtime(self, networks: dict[str, torch.nn.Module]) -> StagesOnRuntime:
+        return StagesOnRuntime(self.model, networks[NETWORK], networks["box_head"])
 
     # --- evaluation -------------------------------------------------------------------------------------------
     def evaluation_dataset(self, root: Path, items: Sequence[LabelledImage]) -> Dataset:
