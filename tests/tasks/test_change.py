@@ -61,6 +61,33 @@ def test_predict_writes_a_change_map_and_a_preview(levir_run, tmp_path):
     assert preview.height == 256 and preview.width > 3 * 256  # A | B | overlay
 
 
+def test_predict_over_a_folder_of_pairs_maps_each_as_a_single_pair(levir_run, tmp_path, capsys):
+    pairs = tmp_path / "pairs"
+    names = ["test_2_0000_0000.png", "test_7_0256_0512.png"]
+    for date in ("A", "B"):
+        (pairs / date).mkdir(parents=True)
+        for name in names:
+            shutil.copy(LEVIR / date / name, pairs / date / name)
+    predict = ["predict", "--checkpoint", str(levir_run / "best.ckpt")]
+    assert main(predict + ["--pairs", str(pairs), "--output", str(tmp_path / "maps")]) == 0
+    assert "2 scene(s) predicted" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == sorted(
+        [*names, *(n.replace(".png", "_preview.png") for n in names)])
+    assert main(predict + ["--pair", str(pairs / "A" / names[1]), str(pairs / "B" / names[1]), "--output",
+                           str(tmp_path / "one.png")]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "maps" / names[1])),
+                                  np.asarray(Image.open(tmp_path / "one.png")))
+    assert main(predict + ["--pairs", str(pairs), "--output", str(tmp_path / "maps")]) == 0
+    assert "2 kept from an earlier run" in capsys.readouterr().out
+
+    (pairs / "B" / names[0]).unlink()
+    assert main(predict + ["--pairs", str(pairs), "--output", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and names[0] in err and "B" in err
+    assert main(predict + ["--pairs", str(pairs), "--pair", "a.png", "b.png", "--output", str(tmp_path / "x")]) == 2
+    assert "--pair" in capsys.readouterr().err
+
+
 def _write_geotiff(path: Path, image: np.ndarray, transform, crs: str = "EPSG:32633") -> None:
     import rasterio
 

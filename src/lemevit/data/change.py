@@ -56,7 +56,7 @@ class ChangePair:
     name: str  # the file name shared by the pair, without extension
     a: str  # paths relative to the dataset root, POSIX separators
     b: str
-    label: str
+    label: str | None  # None for a pair to predict
 
 
 def _images_by_stem(folder: Path) -> dict[str, str]:
@@ -72,20 +72,23 @@ def _images_by_stem(folder: Path) -> dict[str, str]:
     return found
 
 
-def scan_change_folder(root: str | Path, prefix: str = "") -> list[ChangePair]:
-    """Every pair of ``root/A``, ``root/B`` and ``root/label``, sorted by name.
+def scan_change_folder(root: str | Path, prefix: str = "", labels: bool = True) -> list[ChangePair]:
+    """Every pair of ``root/A``, ``root/B`` and ``root/label`` (without ``labels``, of ``A`` and ``B`` only: the
+    pairs to predict), sorted by name.
 
-    A file in one of the three folders without its counterpart in the others is an error naming it.
+    A file in one of the folders without its counterpart in the others is an error naming it.
     ``prefix`` is prepended to the stored paths (the subset folder of the LEVIR-CD release layout).
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"change-detection dataset {root} is not a folder")
-    folders = (*DATE_FOLDERS, LABEL_FOLDER)
+    folders = (*DATE_FOLDERS, LABEL_FOLDER) if labels else DATE_FOLDERS
     absent = [f for f in folders if not (root / f).is_dir()]
     if absent:
+        holds = "A/ (first date), B/ (second date) and label/ (0/255 change masks)" if labels else \
+            "A/ (first date) and B/ (second date), a pair's two images under the same name"
         raise DataError(f"{root} has no {', '.join(f + '/' for f in absent)} folder; a change-detection dataset "
-                         f"holds A/ (first date), B/ (second date) and label/ (0/255 change masks)")
+                        f"holds {holds}")
     files = {f: _images_by_stem(root / f) for f in folders}
     names = sorted(set().union(*files.values()))
     if not names:
@@ -97,7 +100,8 @@ def scan_change_folder(root: str | Path, prefix: str = "") -> list[ChangePair]:
         if lacking:
             raise DataError(f"pair {name!r} is incomplete: {root / have[0] / files[have[0]][name]} has no "
                              f"counterpart in {', '.join(str(root / f) + '/' for f in lacking)}")
-        pairs.append(ChangePair(name, *(f"{prefix}{f}/{files[f][name]}" for f in folders)))
+        paths = [f"{prefix}{f}/{files[f][name]}" for f in folders]
+        pairs.append(ChangePair(name, *paths) if labels else ChangePair(name, *paths, label=None))
     return pairs
 
 

@@ -2,6 +2,7 @@
 (a graph that kept a shape of the export size as a constant is wrong elsewhere, and this finds it)."""
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,7 +167,13 @@ def quantize_onnx(path: str | Path, output: str | Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     output = Path(output)
-    with atomic_path(output) as tmp, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*pre-process.*")
-        quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8)
+    # onnxruntime logs a suggestion to pre-process the graph on the root logger; it is not the user's concern.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with atomic_path(output) as tmp:
+            quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
     return output

@@ -18,9 +18,10 @@ from tqdm.auto import tqdm
 from lemevit.errors import ConfigError, DataError
 from lemevit.inference.sliding_window import blended_strips, window_starts
 from lemevit.io import atomic_path
+from lemevit.io.paths import check_distinct_names, check_outputs_spare_inputs, check_writable_folder
 from lemevit.io.raster import OUTPUT_EXTENSIONS, ClassMapWriter, SceneStack, gdal_cache
 
-__all__ = ["ScenePrediction", "predict_scene", "preview_path"]
+__all__ = ["ScenePrediction", "predict_scene", "preview_path", "scene_outputs"]
 
 # GDAL's block cache per open scene.
 _GDAL_CACHE_MB = 16
@@ -30,6 +31,27 @@ def preview_path(output: str | Path) -> Path:
     """Where the colour preview of the map ``output`` is written: ``<stem>_preview.png`` beside it."""
     output = Path(output)
     return output.with_name(f"{output.stem}_preview.png")
+
+
+def scene_outputs(scenes: Sequence[Path], output: Path, argument: str = "output",
+                  inputs: Sequence[Path] | None = None) -> list[Path]:
+    """Where each scene's map goes: one scene to a named file; several (or a folder) to ``output/<stem>.tif|.png``,
+    keeping the scene's format. Names that would collide, and outputs (maps and previews) that would replace one of
+    the ``inputs`` (default: the scenes), are refused."""
+    if len(scenes) == 1 and output.suffix and not output.is_dir():
+        if output.suffix.lower() not in OUTPUT_EXTENSIONS:
+            raise ConfigError(argument, f"the map of one scene is written as {', '.join(OUTPUT_EXTENSIONS)}, got "
+                                        f"{output}")
+        targets = [output]
+        check_writable_folder(output.parent, argument)
+    else:
+        if output.suffix.lower() in OUTPUT_EXTENSIONS or (output.exists() and not output.is_dir()):
+            raise ConfigError(argument, f"{len(scenes)} scenes need a folder, got the file {output}")
+        check_distinct_names(scenes, argument)
+        check_writable_folder(output, argument)
+        targets = [output / (s.stem + (".tif" if s.suffix.lower() in (".tif", ".tiff") else ".png")) for s in scenes]
+    check_outputs_spare_inputs(inputs or scenes, targets + [preview_path(t) for t in targets], argument)
+    return targets
 
 
 @dataclass

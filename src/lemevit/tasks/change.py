@@ -27,10 +27,8 @@ from lemevit.data.statistics import Normalisation
 from lemevit.engine.config import option
 from lemevit.errors import ConfigError, DataError
 from lemevit.export.onnx import OnnxGraph, Probabilities
-from lemevit.inference.scene import predict_scene, preview_path
+from lemevit.inference.scene import predict_scene, preview_path, scene_outputs
 from lemevit.inference.sliding_window import sliding_window_confusion
-from lemevit.io.paths import check_outputs_spare_inputs, check_writable_folder
-from lemevit.io.raster import OUTPUT_EXTENSIONS
 from lemevit.metrics.confusion import CHANGE_CLASS_NAMES, change_metrics
 from lemevit.models.change import CHANGE_HEADS, StackedPair, create_change_model
 from lemevit.tasks.base import initial_weights
@@ -84,16 +82,16 @@ class ChangeConfig(CropTrainingConfig):
 class ChangePredictOptions(WindowPredictOptions):
     pair: list[str] = option([], "the two dates (any size, the same size; GeoTIFF pairs give a GeoTIFF)", nargs=2,
                              metavar=("A_IMAGE", "B_IMAGE"))
-    output: str = option(None, "OUT.tif or OUT.png: the change map (0 no change, 255 change; OUT_preview.png: "
-                               "A | B | change in red)")
+    pairs: str | None = option(None, "instead of --pair, a folder of pairs: A/ and B/ holding each pair's dates under "
+                                     "one name (the training layout; label/ is not needed)")
+    output: str = option(None, "with --pair, OUT.tif or OUT.png: the change map (0 no change, 255 change; "
+                               "OUT_preview.png: A | B | change in red); with --pairs, a folder of NAME.tif|png maps")
 
     def __post_init__(self):
         super().__post_init__()
-        if len(self.pair) != 2 or self.inputs:
-            raise ConfigError("pair", "a change checkpoint predicts a pair: give the two dates to `pair`, and no "
-                                      "other images")
-        if Path(self.output).suffix.lower() not in OUTPUT_EXTENSIONS:
-            raise ConfigError("output", f"must end in {', '.join(OUTPUT_EXTENSIONS)}, got {self.output}")
+        if self.inputs or (len(self.pair) == 2) == (self.pairs is not None):
+            raise ConfigError("pair", "a change checkpoint predicts pairs: give the two dates to `pair`, or a folder "
+                                      "of pairs (A/, B/) to `pairs`, and no other images")
 
 
 @register_task
@@ -223,15 +221,21 @@ class ChangeTask(SlidingWindowTask):
 
     # --- prediction -------------------------------------------------------------------------------------------
     def check_prediction(self, options: ChangePredictOptions) -> None:
-        dates = [Path(p) for p in options.pair]
-        for date in dates:
-            if not date.is_file():
-                raise ConfigError("pair", f"{date} is a folder; give the two image files of the pair" if date.is_dir()
-                                  else f"{date} does not exist")
-        output = Path(options.output)
-        check_writable_folder(output.parent, "output")
-        check_outputs_spare_inputs(dates, [output, preview_path(output)])
-        self._pairs, self._outputs = [tuple(dates)], [output]
+        if options.pairs is not None:
+            root = Path(options.pairs)
+            pairs = [(root / p.a, root / p.b) for p in scan_change_folder(root, labels=False)]
+        else:
+            pairs = [tuple(Path(p) for p in options.pair)]
+            for date in pairs[0]:
+                if date.is_dir():
+                    raise ConfigError("pair", f"{date} is a folder; give the two image files of the pair, or the "
+                                              "folder of pairs to `pairs`")
+                if not date.is_file():
+                    raise ConfigError("pair", f"{date} does not exist")
+        # A pair's map is named after its first date.
+        self._outputs = scene_outputs([a for a, _ in pairs], Path(options.output),
+                                      inputs=[date for pair in pairs for date in pair])
+        self._pairs = pairs
 
     def prediction_dataset(self, options: ChangePredictOptions) -> Dataset:
         return self.pending_jobs(list(zip(self._pairs, self._outputs, strict=True)), options)

@@ -30,10 +30,9 @@ from lemevit.data.statistics import Normalisation
 from lemevit.engine.config import option
 from lemevit.errors import ConfigError, DataError
 from lemevit.export.onnx import OnnxGraph, Probabilities
-from lemevit.inference.scene import predict_scene, preview_path
+from lemevit.inference.scene import predict_scene, preview_path, scene_outputs
 from lemevit.inference.sliding_window import sliding_window_confusion
-from lemevit.io.paths import check_distinct_names, check_outputs_spare_inputs, check_writable_folder, list_images
-from lemevit.io.raster import OUTPUT_EXTENSIONS
+from lemevit.io.paths import list_images
 from lemevit.losses import dice_loss
 from lemevit.metrics.confusion import segmentation_metrics
 from lemevit.models.segmentation import HEADS, SegmentationModel
@@ -47,7 +46,7 @@ from lemevit.tasks.dense import (
 from lemevit.tasks.registry import register_task
 from lemevit.viz import save_palette_png
 
-__all__ = ["SegmentationConfig", "SegmentationPredictOptions", "SegmentationTask", "scene_outputs"]
+__all__ = ["SegmentationConfig", "SegmentationPredictOptions", "SegmentationTask"]
 
 
 @dataclass(kw_only=True)
@@ -93,25 +92,6 @@ class SegmentationConfig(CropTrainingConfig):
 class SegmentationPredictOptions(WindowPredictOptions):
     output: str = option(None, "OUT.tif or OUT.png for one scene (GeoTIFF in, GeoTIFF out with its CRS and "
                                "transform), a folder for several (OUT_preview.png: the classes in colour)")
-
-
-def scene_outputs(scenes: Sequence[Path], output: Path, argument: str = "output") -> list[Path]:
-    """Where each scene's map goes: one scene to a named file; several (or a folder) to ``output/<stem>.tif|.png``,
-    keeping the scene's format. Names that would collide, and outputs that would replace an input, are refused."""
-    if len(scenes) == 1 and output.suffix and not output.is_dir():
-        if output.suffix.lower() not in OUTPUT_EXTENSIONS:
-            raise ConfigError(argument, f"the class map of one scene is written as {', '.join(OUTPUT_EXTENSIONS)}, got "
-                                        f"{output}")
-        targets = [output]
-        check_writable_folder(output.parent, argument)
-    else:
-        if output.suffix.lower() in OUTPUT_EXTENSIONS or (output.exists() and not output.is_dir()):
-            raise ConfigError(argument, f"{len(scenes)} scenes need a folder, got the file {output}")
-        check_distinct_names(scenes, argument)
-        check_writable_folder(output, argument)
-        targets = [output / (s.stem + (".tif" if s.suffix.lower() in (".tif", ".tiff") else ".png")) for s in scenes]
-    check_outputs_spare_inputs(scenes, targets + [preview_path(t) for t in targets], argument)
-    return targets
 
 
 @register_task
