@@ -42,3 +42,19 @@ def test_train_and_predict_a_scene_on_the_gpu_in_bf16(tmp_path):
                      str(tmp_path / name), *extra]) == 0
     cpu, gpu = (np.asarray(Image.open(tmp_path / n / "tile0.png")) for n in ("cpu", "gpu"))
     assert (cpu == gpu).mean() >= 0.99
+
+
+def test_eval_and_predict_run_the_network_channels_last_on_cuda_only(tmp_path):
+    from lemevit.engine.inference import load_task
+
+    data = make_tiles(tmp_path / "tiles", size=64)
+    run = tmp_path / "run"
+    assert main(["train", "--task", "segmentation", "--data", str(data), "--output", str(run), "--model",
+                 "lemevit_tiny", "--img-size", "32", "--epochs", "1", "--batch-size", "2", "--num-workers", "0",
+                 "--decoder-channels", "16", "--split", "0.67", "--accelerator", "cpu"]) == 0
+    module = load_task(run / "best.ckpt")
+    module.on_predict_start()
+    conv = next(m for m in module.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous()
+    module.cuda().on_predict_start()
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
