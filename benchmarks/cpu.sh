@@ -21,3 +21,14 @@ lemevit benchmark --device cpu --mode both --batch-sizes 16 --rounds 3 --warmup 
 # Time and memory against resolution: VVT's linear attention against quadratic peers, batch 1.
 lemevit benchmark --device cpu --models vvt_tiny pvt_v2_b1 deit_small_patch16_224 --img-sizes 224 448 896 1344 \
     --batch-sizes 1 --rounds 3 --warmup 1 --no-latency --output results/cpu_vvt_scaling
+
+# Runtimes: each model also exported to ONNX and run by onnxruntime (fp32, and its dynamic int8 quantization),
+# interleaved with eager PyTorch; batch 16, 224 px, random weights.
+lemevit benchmark --device cpu --models lemevit_tiny lemevit_small pvt_v2_b1 pvt_v2_b2 \
+    --runtimes torch onnxruntime onnxruntime-int8 --batch-sizes 16 --rounds 10 --warmup 1 --no-memory --no-latency \
+    --pairs lemevit_tiny@onnxruntime:lemevit_tiny lemevit_tiny@onnxruntime:pvt_v2_b1 \
+            lemevit_tiny@onnxruntime:pvt_v2_b1@onnxruntime lemevit_small@onnxruntime:lemevit_small \
+            lemevit_small@onnxruntime:pvt_v2_b2 lemevit_small@onnxruntime:pvt_v2_b2@onnxruntime \
+            pvt_v2_b1@onnxruntime:pvt_v2_b1 lemevit_tiny:pvt_v2_b1 \
+            lemevit_tiny@onnxruntime-int8:lemevit_tiny@onnxruntime \
+    --output results/cpu_runtimes_b16_fp32

@@ -123,6 +123,9 @@ def export_onnx(graph: OnnxGraph, path: str | Path, opset: int = 18) -> Path:
         # takes minutes; its deprecation notice is not the user's concern.
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*Constant folding.*")
+        # The tracer warns of every size it reads as a number; the check at a second size finds the ones that
+        # matter, and a fixed-size graph keeps its sizes on purpose.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(module, graph.examples(graph.size, graph.size), str(tmp), input_names=list(graph.inputs),
                           output_names=list(graph.outputs), dynamic_axes=dynamic, opset_version=opset, dynamo=False)
     return path
@@ -161,8 +164,9 @@ def check_onnx(graph: OnnxGraph, path: str | Path, size: tuple[int, int] | None 
 
 
 def quantize_onnx(path: str | Path, output: str | Path) -> Path:
-    """onnxruntime's dynamic int8 quantization of the graph ``path`` (weights int8, activations quantized per batch
-    at run time) into ``output``, atomically. Whether it is faster depends on the CPU's int8 instructions (VNNI)."""
+    """onnxruntime's dynamic int8 quantization of the matrix products of the graph ``path`` (weights int8,
+    activations quantized per batch at run time; convolutions stay fp32) into ``output``, atomically. Whether it is
+    faster depends on the CPU's int8 instructions (VNNI)."""
     require_onnxruntime()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -173,7 +177,10 @@ def quantize_onnx(path: str | Path, output: str | Path) -> Path:
     root.setLevel(logging.ERROR)
     try:
         with atomic_path(output) as tmp:
-            quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8)
+            # Matrix products only: onnxruntime's int8 convolution (ConvInteger) is several times slower than its
+            # fp32 one on this project's CPUs, and onnxruntime 1.20 (the declared floor) has no kernel for its int8
+            # weights.
+            quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
     finally:
         root.setLevel(level)
     return output
