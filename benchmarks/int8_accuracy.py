@@ -1,4 +1,5 @@
-"""What the runtimes change in accuracy: each run evaluated by ``lemevit eval`` on its own held-out split with
+"""What the runtimes change in accuracy: each run evaluated by ``lemevit eval`` on its evaluation split (held out,
+or the training tiles of a run of split 1.0) with
 ``--runtime torch``, ``onnxruntime`` and ``onnxruntime-int8`` (dynamic int8 quantization of the matrix products).
 
     lemevit demo --output runs/demo                    # the demo's classifier and its held-out split
@@ -45,7 +46,7 @@ def main() -> None:
         change = scores["onnxruntime-int8"][first] - scores["torch"][first]
         results[str(checkpoint)] = {"task": task, "scores": scores, f"int8_minus_torch_{first}": change}
         print(f"{checkpoint} ({task}): " + ", ".join(f"{r} {first} {s[first]:.4f}" for r, s in scores.items()))
-    record = {"what": "lemevit eval of each run on its held-out split, per runtime", "results": results,
+    record = {"what": "lemevit eval of each run on its evaluation split, per runtime", "results": results,
               "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
               "machine": f"{platform.machine()}, {platform.processor() or 'unknown cpu'}"}
     output = HERE / "results" / "int8_accuracy.json"
