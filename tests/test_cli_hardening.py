@@ -409,7 +409,7 @@ def test_16_messages_say_what_is_wrong(cls_run, seg_run, change_run, det_run, tm
     assert f"{a_file} is a file, so {a_file} cannot be a folder" in error_of(capsys)
     assert main(["predict", "--checkpoint", str(seg_run / "best.ckpt"), str(scene), "--output",
                  str(tmp_path / "map.jpg")]) == 2
-    assert "the class map of one scene is written as .tif, .tiff, .png, got" in error_of(capsys)
+    assert "the map of one scene is written as .tif, .tiff, .png, got" in error_of(capsys)
     assert main(["predict", "--checkpoint", str(change_run / "best.ckpt"), "--pair", str(LEVIR / "A"),
                  str(LEVIR / "B"), "--output", str(tmp_path / "c.png")]) == 2
     assert "is a folder; give the two image files of the pair" in error_of(capsys)

@@ -22,10 +22,12 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
             **{f"raw.{k}": v for k, v in checkpoint.get("current_model_state", {}).items()}}
 
 
-def check_kill_and_resume(args: list[str], tmp_path: Path, epochs: int, monitor: str) -> dict[str, torch.Tensor]:
+def check_kill_and_resume(args: list[str], tmp_path: Path, epochs: int, monitor: str,
+                          steps_per_epoch: int | None = None) -> dict[str, torch.Tensor]:
     """Train ``args`` (a ``train`` command without ``--output``) uninterrupted and, in a second directory, killed
     once its first checkpoint exists, then resumed; assert that both end with the same weights and that the
-    resumed log validated every epoch once (``monitor`` is a validation column). Returns the final weights."""
+    resumed log validated every epoch once (``monitor`` is a validation column). With ``steps_per_epoch``, assert
+    that the checkpoint it resumed from was written within an epoch. Returns the final weights."""
     reference, killed = tmp_path / "uninterrupted", tmp_path / "killed"
     assert main(args + ["--output", str(reference)]) == 0
 
@@ -36,8 +38,10 @@ def check_kill_and_resume(args: list[str], tmp_path: Path, epochs: int, monitor:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    epoch_at_kill = torch.load(killed / "last.ckpt", map_location="cpu", weights_only=True)["epoch"]
-    assert epoch_at_kill < epochs - 1, "the run finished before it could be killed"
+    at_kill = torch.load(killed / "last.ckpt", map_location="cpu", weights_only=True)
+    assert at_kill["epoch"] < epochs - 1, "the run finished before it could be killed"
+    if steps_per_epoch:
+        assert at_kill["global_step"] % steps_per_epoch, f"killed at an epoch's end (step {at_kill['global_step']})"
 
     assert main(["train", "--output", str(killed), "--resume"]) == 0
     with open(killed / "logs" / "metrics.csv", newline="") as f:

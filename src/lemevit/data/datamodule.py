@@ -2,6 +2,7 @@
 fixed by (seed, epoch), and evaluation items (images, or whole tiles, pairs, scenes one per batch)."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import lightning.pytorch as pl
@@ -29,9 +30,10 @@ class SeededDataModule(pl.LightningDataModule):
 
     The training order and each item's augmentation are functions of (seed, epoch) only, and Lightning rebuilds
     the training loader every epoch (``reload_dataloaders_every_n_epochs=1`` in the run's Trainer): a run
-    resumed at an epoch boundary draws the same batches as an uninterrupted one. Under DDP, Lightning shards
-    that order over the ranks. Evaluation loaders keep the dataset's order; ``eval_batch_size`` is 1 for
-    tasks that score whole images of different sizes.
+    resumed at an epoch boundary draws the same batches as an uninterrupted one, and one resumed from a checkpoint
+    written within an epoch (``checkpoint_steps``) the batches of that epoch it had not trained on. Under DDP,
+    Lightning shards that order over the ranks. Evaluation loaders keep the dataset's order; ``eval_batch_size``
+    is 1 for tasks that score whole images of different sizes.
     """
 
     def __init__(self, train_set: Dataset, evaluation_sets: dict[str, Dataset], batch_size: int, num_workers: int,
@@ -46,14 +48,36 @@ class SeededDataModule(pl.LightningDataModule):
         self.collate_fn, self.eval_collate_fn = collate_fn, eval_collate_fn
 
     def train_dataloader(self) -> DataLoader:
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        trainer = self.trainer
+        epoch = trainer.current_epoch if trainer is not None else 0
+        world_size = trainer.world_size if trainer is not None else 1
         self.train_set.augment_seed = epoch_seed(self.seed, epoch)
+        done = 0 if trainer is None else self.batches_done(trainer.global_step, epoch, world_size)
         return DataLoader(self.train_set, batch_size=self.batch_size,
-                          sampler=EpochShuffle(len(self.train_set), epoch_seed(self.seed, epoch)),
-                          # A batch of one gives no batch statistics; dropping the remainder costs nothing when there
-                          # is more than one batch.
-                          drop_last=len(self.train_set) > self.batch_size, num_workers=self.num_workers,
-                          collate_fn=self.collate_fn, pin_memory=torch.cuda.is_available())
+                          sampler=EpochShuffle(len(self.train_set), epoch_seed(self.seed, epoch),
+                                               done * self.batch_size * world_size),
+                          drop_last=self.drop_last, num_workers=self.num_workers, collate_fn=self.collate_fn,
+                          pin_memory=torch.cuda.is_available())
+
+    @property
+    def drop_last(self) -> bool:
+        # A batch of one gives no batch statistics; dropping the remainder costs nothing when there is more than one.
+        return len(self.train_set) > self.batch_size
+
+    def steps_per_epoch(self, world_size: int = 1) -> int:
+        """Training batches each of ``world_size`` processes takes per epoch (one optimizer step each). Known
+        without building the loader, which Lightning would otherwise build before a resumed run's progress is
+        restored."""
+        per_process = math.ceil(len(self.train_set) / world_size)
+        return per_process // self.batch_size if self.drop_last else math.ceil(per_process / self.batch_size)
+
+    def batches_done(self, global_step: int, epoch: int, world_size: int) -> int:
+        """How many batches of ``epoch`` each process has trained on at ``global_step``: 0 at an epoch's start, more
+        when the run resumes from a checkpoint written within the epoch. Under DDP the processes take the epoch's
+        order in turn, so the first ``done * batch_size * world_size`` items of it are the ones trained on."""
+        batches = self.steps_per_epoch(world_size)
+        done = global_step - epoch * batches
+        return done if 0 < done < batches else 0
 
     def _evaluation(self, subset: str) -> DataLoader:
         return DataLoader(self.evaluation_sets[subset], batch_size=self.eval_batch_size, num_workers=self.num_workers,

@@ -1,5 +1,5 @@
-"""The seeded order and augmentation of training items: functions of (seed, epoch) only, so that a run resumed
-at an epoch boundary draws the same batches as an uninterrupted one, on any number of workers and devices."""
+"""The seeded order and augmentation of training items: functions of (seed, epoch) only, so that a resumed run
+draws the same batches as an uninterrupted one, on any number of workers and devices."""
 from __future__ import annotations
 
 import random
@@ -33,13 +33,16 @@ def reseed(seed: int) -> None:
 
 class EpochShuffle(torch.utils.data.Sampler[int]):
     """A random order fixed by ``seed``: every iteration yields the same permutation (the data module builds one
-    per epoch)."""
+    per epoch). With ``start``, the permutation is rotated to begin at its ``start``-th item: a run resumed within
+    an epoch takes the items it has not trained on first, and its epoch ends before the rotated ones come round
+    (the length stays the epoch's, which is what Lightning and a distributed sampler count with)."""
 
-    def __init__(self, length: int, seed: int):
-        self.length, self.seed = length, seed
+    def __init__(self, length: int, seed: int, start: int = 0):
+        self.length, self.seed, self.start = length, seed, start % max(length, 1)
 
     def __len__(self) -> int:
         return self.length
 
     def __iter__(self):
-        return iter(torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed)).tolist())
+        order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed))
+        return iter(torch.cat([order[self.start:], order[:self.start]]).tolist())

@@ -164,6 +164,10 @@ class RunConfig(Options):
     min_lr_factor: float = option(0.01, "the cosine decay ends at this fraction of the peak learning rate")
     drop_path_rate: float = option(0.1, "stochastic depth of the backbone")
     gradient_clip: float | None = option(None, "clip the gradient norm to this value")
+    checkpoint_steps: int | None = option(None, "also write last.ckpt every this many training steps, for epochs "
+                                                "long enough that losing one hurts: a killed run resumes there, "
+                                                "with the batches of the epoch it had not trained on",
+                                          resumable=True)
     ema_decay: float | None = option(None, "keep an exponential moving average of the weights with this decay "
                                            "(e.g. 0.999); validation and the checkpoints use it")
     precision: str = option("fp32", "fp32, or autocast to bf16 or fp16", resumable=True,
@@ -190,6 +194,8 @@ class RunConfig(Options):
         if split_files and not {"train", "val"} <= set(split_files):
             raise ConfigError("split_files", f"needs the train and val lists, got {sorted(split_files)}")
         self.check_non_negative("lr", "weight_decay", "warmup_epochs", "drop_path_rate", "gradient_clip")
+        if self.checkpoint_steps is not None:
+            self.check_positive("checkpoint_steps")
         self.check_fraction("min_lr_factor", low_open=False)
         if self.ema_decay is not None:
             self.check_fraction("ema_decay", high_open=True)

@@ -129,7 +129,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, given: di
         trainer = build_trainer(run.path, task.monitor, max_epochs=cfg.epochs, accelerator=cfg.accelerator,
                                 devices=cfg.devices, num_nodes=cfg.num_nodes, precision=cfg.precision,
                                 gradient_clip=cfg.gradient_clip, ema_decay=cfg.ema_decay, val_every=cfg.val_every,
-                                progress=progress,
+                                checkpoint_steps=cfg.checkpoint_steps, progress=progress,
                                 find_unused_parameters=task.find_unused_parameters)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(run.last) if resume else None, weights_only=True)
     return run.path

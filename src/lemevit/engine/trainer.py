@@ -152,7 +152,9 @@ def _quiet_lightning() -> None:
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for message in (r"Checkpoint directory .* exists and is not empty", r"predict returned None",
-                    r".*isinstance\(treespec, LeafSpec\)"):
+                    r".*isinstance\(treespec, LeafSpec\)",
+                    # The data module itself skips what a run resumed within an epoch has trained on.
+                    r"You're resuming from a checkpoint that ended before the epoch ended"):
         warnings.filterwarnings("ignore", message=message)
 
 
@@ -175,13 +177,15 @@ def _trainer(**kwargs) -> pl.Trainer:
 def build_trainer(run_dir: str | Path, monitor: str, max_epochs: int, accelerator: str = "auto",
                   devices: int | str = "auto", num_nodes: int = 1, precision: str = "fp32",
                   gradient_clip: float | None = None, ema_decay: float | None = None, val_every: int = 1,
-                  progress: bool = True, find_unused_parameters: bool = False, **kwargs) -> pl.Trainer:
+                  checkpoint_steps: int | None = None, progress: bool = True, find_unused_parameters: bool = False,
+                  **kwargs) -> pl.Trainer:
     """A Trainer writing ``best.ckpt`` (best ``monitor``), ``last.ckpt`` (every epoch), CSV and TensorBoard logs
     into ``run_dir``. DDP is used when more than one device or node is asked for (also under torchrun, whose
     environment Lightning reads); ``find_unused_parameters`` is for models some of whose parameters get no
     gradient (a LeMeViT backbone's meta-token branch after its last Dual Cross-Attention block does not reach
     the dense features). ``ema_decay`` adds :class:`ExponentialMovingAverage`; ``val_every`` validates every that
-    many epochs, for validations that cost much (DOTA's full images)."""
+    many epochs, for validations that cost much (DOTA's full images); ``checkpoint_steps`` also writes
+    ``last.ckpt`` every that many steps within an epoch."""
     _quiet_lightning()
     run_dir = Path(run_dir)
     best = ModelCheckpoint(dirpath=run_dir, filename="best", monitor=monitor, mode="max", save_top_k=1,
@@ -192,6 +196,9 @@ def build_trainer(run_dir: str | Path, monitor: str, max_epochs: int, accelerato
                            auto_insert_metric_name=False, save_on_train_epoch_end=True)
     # Timer's elapsed time is saved in each checkpoint and carried on by a resume (training_minutes).
     callbacks = [best, last, LearningRateMonitor(logging_interval="step"), Timer(), _ResumableLog()]
+    if checkpoint_steps:
+        callbacks.append(ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, enable_version_counter=False,
+                                         auto_insert_metric_name=False, every_n_train_steps=checkpoint_steps))
     if ema_decay:
         callbacks.append(ExponentialMovingAverage(ema_decay))
     return _trainer(

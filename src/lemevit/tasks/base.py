@@ -240,7 +240,9 @@ class BaseTask(pl.LightningModule):
         hparams = self.hparams
         groups = param_groups_weight_decay(self.model, hparams.weight_decay, nested_no_weight_decay(self.model))
         optimizer = create_optimizer_v2(groups, "adamw", lr=hparams.lr, weight_decay=hparams.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        # From the data module rather than trainer.estimated_stepping_batches, which builds the training loader
+        # before a resumed run's progress is restored (and the loader then misses where the run stopped).
+        total = max(1, self.trainer.max_epochs * self.trainer.datamodule.steps_per_epoch(self.trainer.world_size))
         epochs = max(1, self.trainer.max_epochs or 1)
         warmup = min(total - 1, int(round(hparams.warmup_epochs * total / epochs)))
         schedule = torch.optim.lr_scheduler.LambdaLR(
