@@ -87,12 +87,16 @@ def _pre_parse(argv: list[str], *names: str) -> argparse.Namespace:
 
 
 def _train_task(pre: argparse.Namespace) -> str:
-    """--task, else the task of --config, else that of the run being resumed, else classification."""
+    """--task, else the task of --recipe or of --config, else that of the run being resumed, else classification."""
     from lemevit.engine.config import read_yaml_mapping
     from lemevit.engine.run import CONFIG_FILE
 
     if pre.task:
         return pre.task
+    if pre.recipe:
+        from lemevit.recipes import get_recipe
+
+        return get_recipe(pre.recipe).task
     if pre.config:
         return read_yaml_mapping(pre.config).get("task", "classification")
     if pre.resume and pre.output and (Path(pre.output) / CONFIG_FILE).is_file():
@@ -105,7 +109,7 @@ def cmd_train(argv: list[str], context: dict) -> int:
     from lemevit.engine.run import CONFIG_FILE
     from lemevit.tasks import get_task, task_names
 
-    pre = _pre_parse(argv, "--task", "--config", "--output", "--resume")
+    pre = _pre_parse(argv, "--task", "--config", "--recipe", "--output", "--resume")
     task = get_task(_train_task(pre))
     names = task_names()
 
@@ -114,6 +118,11 @@ def cmd_train(argv: list[str], context: dict) -> int:
                                                           "the run given to --resume")
         parser.add_argument("--config", help="YAML file whose keys are these options (underscored, as in a run's "
                                              "config.yaml); options given here override it")
+        parser.add_argument("--recipe", help="a published experiment's settings (`lemevit recipes` lists them); "
+                                             "--config and options given here override them")
+        parser.add_argument("--print-config", action="store_true",
+                            help="print the resolved configuration (and the learning rates of its global batch) "
+                                 "and exit")
         parser.add_argument("--resume", action="store_true", help="continue the run in --output from its last.ckpt "
                                                                   "(only --epochs, devices, workers and a moved --data "
                                                                   "may differ)")
@@ -134,10 +143,52 @@ def cmd_train(argv: list[str], context: dict) -> int:
         cfg = task.config.from_yaml(config_file, output=str(Path(args.output).resolve()))
         run = train(cfg, resume=True, given=given)
     else:
-        cfg = task.config.from_yaml(args.config, **given) if args.config else task.config(**given)
+        base = {}
+        if args.recipe:
+            from lemevit.recipes import get_recipe
+
+            base = dict(get_recipe(args.recipe).config)
+        if args.config:
+            base.update(task.config.yaml_values(args.config))
+        if args.print_config:
+            # Data and output are the user's; the configuration can be read without them.
+            given = {"data": "DATA", "output": "RUN", **given}
+        cfg = task.config(**{**base, **given})
+        if args.print_config:
+            print(_resolved_config(cfg), end="")
+            return 0
         run = train(cfg)
     if _leader():
         print(f"run written to {run}: best.ckpt, last.ckpt, split.json, config.yaml, logs/")
+    return 0
+
+
+def _resolved_config(cfg) -> str:
+    """``cfg`` as the YAML of a run's config.yaml, followed by the learning rates of its global batch."""
+    import yaml
+
+    devices = cfg.devices if isinstance(cfg.devices, int) else 1
+    batch = cfg.batch_size * devices * cfg.num_nodes
+    opt = cfg.optimization()
+    peak = opt.peak_lr(batch)
+    resolved = {"global_batch": batch, "peak_lr": peak, "warmup_start_lr": peak * opt.warmup_lr_factor,
+                "min_lr": peak * opt.min_lr_factor}
+    note = "" if isinstance(cfg.devices, int) else f"  # with --devices {cfg.devices} counted as 1"
+    return (yaml.safe_dump(cfg.to_dict(), sort_keys=False) + f"# resolved{note}\n"
+            + yaml.safe_dump(resolved, sort_keys=False))
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from lemevit.recipes import get_recipe, recipe_names
+
+    recipes = [get_recipe(n) for n in recipe_names() if args.filter in n]
+    width = max((len(r.name) for r in recipes), default=6)
+    print(f"{'recipe':<{width}}  {'task':<14}  {'published':<14}  {'GPU h':>6}  data")
+    for r in recipes:
+        result = ", ".join(f"{k} {v}" for k, v in r.result.items())
+        print(f"{r.name:<{width}}  {r.task:<14}  {result:<14}  {r.gpu_hours:>6g}  {r.data}")
+    print("GPU h: a rough estimate of A100 hours (the recipe's notes say what the sources left unstated); "
+          "lemevit train --recipe NAME --print-config shows a recipe's settings")
     return 0
 
 
@@ -244,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--filter", default="", help="only names containing this text")
     models.add_argument("--num-classes", type=int, default=1000, help="classifier size for the count (default 1000)")
     models.set_defaults(func=cmd_models)
+
+    recipes = sub.add_parser("recipes", help="list the papers' experiments as recipes for lemevit train --recipe")
+    recipes.add_argument("--filter", default="", help="only names containing this text")
+    recipes.set_defaults(func=cmd_recipes)
 
     # These three parse their own arguments, which depend on the task (see main).
     sub.add_parser("train", help="train a model of any task into a run directory (resumable); "

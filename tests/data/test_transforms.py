@@ -1,8 +1,11 @@
 """Training and evaluation transforms of scene images of any band count."""
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
+from torchvision.transforms import v2
 
 from lemevit.data import IMAGENET_RGB_MEAN_STD, eval_transform, train_transform
 
@@ -43,7 +46,7 @@ def test_randaugment_and_argument_checks():
     assert out.shape == (3, 32, 32) and out.dtype == torch.float32
     with pytest.raises(ValueError, match="3-band"):
         train_transform(32, [0.0] * 5, [1.0] * 5, randaugment="rand-m9-n2")
-    with pytest.raises(ValueError, match="rand-m9-n2"):
+    with pytest.raises(ValueError, match="rand-m9-mstd0.5-inc1"):
         train_transform(32, mean, std, randaugment="augmix-m5")
     with pytest.raises(ValueError, match="0..255"):
         train_transform(32, mean, std, randaugment="rand")(image * 100)
@@ -51,3 +54,44 @@ def test_randaugment_and_argument_checks():
         eval_transform(32, [0.0, 0.0], [1.0, 0.0])
     with pytest.raises(ValueError, match="same length"):
         eval_transform(32, [0.0, 0.0], [1.0])
+
+
+def _fixed(**kwargs):
+    """A training transform whose crop, flips and rotations change nothing, to see what the others do."""
+    mean, std = IMAGENET_RGB_MEAN_STD
+    return train_transform(32, mean, std, hflip=0.0, vflip=0.0, rot90=False, scale=(1.0, 1.0), ratio=(1.0, 1.0),
+                           **kwargs)
+
+
+def test_timm_randaugment_is_a_function_of_torch_seed_and_leaves_python_random_alone():
+    image = torch.randint(0, 256, (3, 32, 32)).float()
+    transform = _fixed(randaugment="rand-m9-mstd0.5-inc1")
+    random.seed(5)
+    expected_next = random.random()
+    random.seed(5)
+    outputs = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        outputs.append(transform(image))
+    assert random.random() == expected_next
+    assert torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[0], outputs[2])
+
+
+def test_colour_jitter_random_erasing_and_bicubic():
+    image = torch.randint(0, 256, (3, 32, 32)).float()
+    torch.manual_seed(0)
+    plain = _fixed()(image)
+    assert not torch.equal(_fixed(color_jitter=0.4)(image), plain)
+    erased = _fixed(random_erasing=1.0)(image)
+    changed = (erased != plain).any(0)
+    assert 0 < changed.float().mean() < 1  # a rectangle, not the whole image
+    # As timm does, colour jitter gives way to RandAugment.
+    assert not any(isinstance(step.operation, v2.ColorJitter) for step in
+                   _fixed(randaugment="rand-m9", color_jitter=0.4).transforms if hasattr(step, "operation"))
+    mean, std = IMAGENET_RGB_MEAN_STD
+    big = torch.randint(0, 256, (3, 50, 50)).float()
+    assert not torch.equal(eval_transform(32, mean, std, "bicubic")(big), eval_transform(32, mean, std)(big))
+    with pytest.raises(ValueError, match="interpolation: must be one of bilinear, bicubic"):
+        eval_transform(32, mean, std, "lanczos")
+    with pytest.raises(ValueError, match="color_jitter: works on 3-band"):
+        train_transform(32, [0.0] * 4, [1.0] * 4, color_jitter=0.4)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lemevit.engine.optimization import nested_no_weight_decay
 from lemevit.errors import ConfigError
 from lemevit.models.change import BIT, SemanticTokenizer, SiamUNet, StackedPair, create_change_model
-from lemevit.tasks.base import nested_no_weight_decay
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lemevit.engine.optimization import nested_no_weight_decay
 from lemevit.errors import ConfigError
 from lemevit.models import create_dense_encoder
 from lemevit.models.segmentation import SegmentationModel
-from lemevit.tasks.base import nested_no_weight_decay
 
 
 @pytest.mark.parametrize(("backbone", "head"), [("lemevit_tiny", "upernet"), ("lvt", "segformer"),

@@ -180,7 +180,9 @@ class SceneDataset(Dataset):
         image = read_image(self.root / self.samples[index].path)
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        # An (index, copy) key is one of the copies of repeated augmentation, each augmented in its own way.
+        index, copy = key if isinstance(key, tuple) else (key, 0)
         image = self.load(index)
         if self.transform is not None:
             if self.augment_seed is None:
@@ -188,7 +190,7 @@ class SceneDataset(Dataset):
             # torchvision's transforms draw from torch's global generator: seed a copy of it, leaving the
             # caller's random state (the model's, when there are no workers) as it was.
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed((self.augment_seed * 1_000_003 + index) % 2**63)
+                torch.manual_seed((self.augment_seed * 1_000_003 + index + copy * 7_919_113) % 2**63)
                 image = self.transform(image)
         return image, self.samples[index].label
 

@@ -32,13 +32,14 @@ class SeededDataModule(pl.LightningDataModule):
     the training loader every epoch (``reload_dataloaders_every_n_epochs=1`` in the run's Trainer): a run
     resumed at an epoch boundary draws the same batches as an uninterrupted one, and one resumed from a checkpoint
     written within an epoch (``checkpoint_steps``) the batches of that epoch it had not trained on. Under DDP,
-    Lightning shards that order over the ranks. Evaluation loaders keep the dataset's order; ``eval_batch_size``
-    is 1 for tasks that score whole images of different sizes.
+    Lightning shards that order over the ranks. With ``repeats`` (repeated augmentation) the training set is
+    indexed by ``(index, copy)`` keys (:class:`~lemevit.data.sampling.EpochShuffle`). Evaluation loaders
+    keep the dataset's order; ``eval_batch_size`` is 1 for tasks that score whole images of different sizes.
     """
 
     def __init__(self, train_set: Dataset, evaluation_sets: dict[str, Dataset], batch_size: int, num_workers: int,
                  seed: int, eval_batch_size: int | None = None, collate_fn: Callable | None = None,
-                 eval_collate_fn: Callable | None = None):
+                 eval_collate_fn: Callable | None = None, repeats: int = 1):
         super().__init__()
         check_loader_args(batch_size, num_workers)
         self.train_set = train_set
@@ -46,6 +47,7 @@ class SeededDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.eval_batch_size = eval_batch_size or batch_size
         self.collate_fn, self.eval_collate_fn = collate_fn, eval_collate_fn
+        self.repeats = repeats
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
@@ -55,7 +57,7 @@ class SeededDataModule(pl.LightningDataModule):
         done = 0 if trainer is None else self.batches_done(trainer.global_step, epoch, world_size)
         return DataLoader(self.train_set, batch_size=self.batch_size,
                           sampler=EpochShuffle(len(self.train_set), epoch_seed(self.seed, epoch),
-                                               done * self.batch_size * world_size),
+                                               done * self.batch_size * world_size, self.repeats),
                           drop_last=self.drop_last, num_workers=self.num_workers, collate_fn=self.collate_fn,
                           pin_memory=torch.cuda.is_available())
 

@@ -2,6 +2,7 @@
 draws the same batches as an uninterrupted one, on any number of workers and devices."""
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -35,14 +36,22 @@ class EpochShuffle(torch.utils.data.Sampler[int]):
     """A random order fixed by ``seed``: every iteration yields the same permutation (the data module builds one
     per epoch). With ``start``, the permutation is rotated to begin at its ``start``-th item: a run resumed within
     an epoch takes the items it has not trained on first, and its epoch ends before the rotated ones come round
-    (the length stays the epoch's, which is what Lightning and a distributed sampler count with)."""
+    (the length stays the epoch's, which is what Lightning and a distributed sampler count with). With ``repeats``,
+    the items come as ``(index, copy)`` keys, each index ``repeats`` times in a row."""
 
-    def __init__(self, length: int, seed: int, start: int = 0):
-        self.length, self.seed, self.start = length, seed, start % max(length, 1)
+    def __init__(self, length: int, seed: int, start: int = 0, repeats: int = 1):
+        self.length, self.seed, self.start, self.repeats = length, seed, start % max(length, 1), repeats
 
     def __len__(self) -> int:
         return self.length
 
     def __iter__(self):
         order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed))
+        if self.repeats > 1:
+            # DeiT's repeated augmentation: each item ``repeats`` times in a row, as (index, copy) keys that the
+            # dataset augments each in its own way; the epoch keeps its length, so it holds 1/repeats of the items.
+            # A distributed sampler deals consecutive keys to consecutive ranks: the copies land on different ones.
+            keys = [(index, copy) for index in order[:math.ceil(self.length / self.repeats)].tolist()
+                    for copy in range(self.repeats)][:self.length]
+            return iter(keys[self.start:] + keys[:self.start])
         return iter(torch.cat([order[self.start:], order[:self.start]]).tolist())

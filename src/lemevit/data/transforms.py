@@ -3,28 +3,29 @@
 The transforms take the ``(C, H, W)`` float32 tensors :class:`~lemevit.data.SceneDataset` gives, in the
 image's own value scale (0..255 for 8-bit data, 0..65535 for 16-bit, ...), and normalise them with a
 per-band mean and std given in that same scale (:func:`~lemevit.data.band_statistics` computes them).
-All augmentations are torchvision's ``transforms.v2`` operations.
+The augmentations are torchvision's ``transforms.v2`` operations and timm's RandAugment.
 """
 from __future__ import annotations
 
-import re
+import random
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import v2
 
 from lemevit.errors import ConfigError, DataError
 
-__all__ = ["IMAGENET_RGB_MEAN_STD", "eval_transform", "normalised_tensor", "train_transform"]
+__all__ = ["IMAGENET_RGB_MEAN_STD", "INTERPOLATIONS", "eval_transform", "normalised_tensor", "train_transform"]
 
 #: ImageNet's RGB mean and std in the 0..255 scale of 8-bit images: ``mean, std = IMAGENET_RGB_MEAN_STD``.
 IMAGENET_RGB_MEAN_STD: tuple[tuple[float, ...], tuple[float, ...]] = (
     tuple(255.0 * m for m in IMAGENET_DEFAULT_MEAN), tuple(255.0 * s for s in IMAGENET_DEFAULT_STD))
 
-# timm's policy-string spelling, reduced to the two settings torchvision's RandAugment has: "rand-m9-n2".
-_RANDAUGMENT_PART = re.compile(r"(?P<key>[mn])(?P<value>\d+)")
+#: Resampling of the random resized crop and of the evaluation resize.
+INTERPOLATIONS = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
 
 
 def _check_mean_std(mean: Sequence[float], std: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -45,47 +46,58 @@ def _check_img_size(img_size: int) -> int:
     return img_size
 
 
-class _ToUint8Range(torch.nn.Module):
-    """Float image in the 0..255 scale -> uint8 tensor, for torchvision's RandAugment, whose colour
-    operations assume the value range of the dtype (0..1 for float, 0..255 for uint8)."""
+class _EightBitRGB(torch.nn.Module):
+    """Runs ``operation`` (a PIL-image augmentation of timm's, or torchvision's colour jitter) on a float image in
+    the 0..255 scale, converted to 8 bits and back. timm's RandAugment draws from Python's and NumPy's generators:
+    they are seeded from torch's for the call (and restored after it), so that the augmentation stays a function
+    of the item's seed like every other one."""
+
+    def __init__(self, operation, what: str, pil: bool):
+        super().__init__()
+        self.operation, self.what, self.pil = operation, what, pil
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         top = float(image.max())
         # Resampling with antialias can overshoot the input range by a little; anything more is not 8-bit.
         if top > 256.0:
-            raise DataError(f"RandAugment needs images in the 0..255 scale of 8-bit data; got a value of "
-                             f"{top:g}. Turn randaugment off for data of another scale.")
-        return image.round().clamp_(0, 255).to(torch.uint8)
+            raise DataError(f"{self.what} needs images in the 0..255 scale of 8-bit data; got a value of {top:g}. "
+                            f"Turn it off for data of another scale.")
+        pixels = image.round().clamp_(0, 255).to(torch.uint8)
+        if not self.pil:
+            return self.operation(pixels).to(torch.float32)
+        seed = int(torch.randint(0, 2**31 - 1, ()))
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        random.seed(seed)
+        np.random.seed(seed)
+        try:
+            out = self.operation(Image.fromarray(pixels.permute(1, 2, 0).numpy()))
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+        return torch.from_numpy(np.asarray(out, dtype=np.float32).transpose(2, 0, 1).copy())
 
 
-class _ToFloat(torch.nn.Module):
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return image.to(torch.float32)
+def _randaugment(spec: str, img_size: int, mean: Sequence[float]):
+    """timm's RandAugment of ``spec`` (``rand-m9-mstd0.5-inc1``), with the hyperparameters timm's
+    ``create_transform`` gives it."""
+    from timm.data.auto_augment import rand_augment_transform
 
-
-def _parse_randaugment(spec: str) -> dict:
-    """``"rand"``, ``"rand-m9"``, ``"rand-m9-n2"`` (timm's spelling) -> RandAugment keyword arguments."""
-    parts = spec.split("-")
-    if parts[0] != "rand":
-        raise ConfigError("randaugment", f"must look like 'rand-m9-n2' (m: magnitude 0..30, n: number of operations), "
-                         f"got {spec!r}")
-    kwargs = {}
-    for part in parts[1:]:
-        match = _RANDAUGMENT_PART.fullmatch(part)
-        if match is None:
-            raise ConfigError("randaugment", f"{spec!r}: cannot use {part!r}; torchvision's RandAugment takes only m "
-                             "(magnitude 0..30) and n (number of operations), e.g. 'rand-m9-n2'")
-        kwargs["magnitude" if match["key"] == "m" else "num_ops"] = int(match["value"])
-    if not 0 <= kwargs.get("magnitude", 0) <= 30:
-        raise ConfigError("randaugment", f"{spec!r}: magnitude must be in 0..30")
-    return kwargs
+    if not spec.startswith("rand"):
+        raise ConfigError("randaugment", f"must be a timm RandAugment policy such as 'rand-m9-mstd0.5-inc1', got "
+                                         f"{spec!r}")
+    hparams = {"translate_const": int(img_size * 0.45), "img_mean": tuple(round(m) for m in mean)}
+    try:
+        return rand_augment_transform(spec, hparams)
+    except (ValueError, AssertionError, KeyError) as e:
+        raise ConfigError("randaugment", f"{spec!r} is not a timm RandAugment policy: {e}") from None
 
 
 def train_transform(img_size: int, mean: Sequence[float], std: Sequence[float], hflip: float = 0.5,
                     vflip: float = 0.5, rot90: bool = True, scale: tuple[float, float] = (0.5, 1.0),
-                    randaugment: str | None = None,
-                    ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> v2.Compose:
-    """Random resized crop, flips, random multiple-of-90° rotation, optional RandAugment, normalisation.
+                    randaugment: str | None = None, color_jitter: float = 0.0, random_erasing: float = 0.0,
+                    interpolation: str = "bilinear", ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> v2.Compose:
+    """Random resized crop, flips, random multiple-of-90° rotation, RandAugment or colour jitter, normalisation,
+    random erasing: the order of timm's ``create_transform``.
 
     Aerial scenes have no canonical orientation, hence vertical flips and 90° rotations by default;
     the rotations are exact (no interpolation) because the crop is square.
@@ -96,19 +108,26 @@ def train_transform(img_size: int, mean: Sequence[float], std: Sequence[float], 
         hflip, vflip: probabilities of a horizontal / vertical flip.
         rot90: rotate by 0, 90, 180 or 270 degrees, each with probability 1/4.
         scale: range of the crop's area as a fraction of the image's (``RandomResizedCrop``).
-        randaugment: torchvision's RandAugment, spelt as timm does: ``"rand-m9-n2"`` (magnitude 9, two
-            operations; ``"rand"`` alone uses torchvision's defaults). Only for 3-band images in the
-            0..255 scale; it is a ValueError for other band counts.
+        randaugment: timm's RandAugment policy (``"rand-m9-mstd0.5-inc1"``: magnitude 9 of 10, its standard
+            deviation 0.5, increasing severity). 3-band 8-bit images only.
+        color_jitter: brightness, contrast and saturation jitter of this strength (torchvision's); as in timm,
+            not applied with ``randaugment``. 3-band 8-bit images only.
+        random_erasing: probability of erasing a random rectangle with per-pixel normal noise after normalisation
+            (torchvision's ``RandomErasing``, timm's "pixel" mode).
+        interpolation: ``"bilinear"`` or ``"bicubic"`` resampling of the crop.
         ratio: range of the crop's aspect ratio before it is resized to a square.
     """
     img_size = _check_img_size(img_size)
     mean, std = _check_mean_std(mean, std)
-    for name, p in (("hflip", hflip), ("vflip", vflip)):
+    for name, p in (("hflip", hflip), ("vflip", vflip), ("random_erasing", random_erasing)):
         if not 0.0 <= p <= 1.0:
             raise ConfigError(name, f"is a probability and must be in [0, 1], got {p!r}")
     if not (len(scale) == 2 and 0.0 < scale[0] <= scale[1] <= 1.0):
         raise ConfigError("scale", f"must be (min, max) area fractions with 0 < min <= max <= 1, got {scale!r}")
-    steps: list = [v2.RandomResizedCrop(img_size, scale=tuple(scale), ratio=tuple(ratio), antialias=True)]
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError("interpolation", f"must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    steps: list = [v2.RandomResizedCrop(img_size, scale=tuple(scale), ratio=tuple(ratio), antialias=True,
+                                        interpolation=INTERPOLATIONS[interpolation])]
     if hflip > 0:
         steps.append(v2.RandomHorizontalFlip(p=hflip))
     if vflip > 0:
@@ -117,21 +136,31 @@ def train_transform(img_size: int, mean: Sequence[float], std: Sequence[float], 
         # On a square image torchvision's rotation by a multiple of 90° (nearest sampling) moves pixels
         # exactly; the tests check this, so no resampling blur is introduced.
         steps.append(v2.RandomChoice([v2.Identity()] + [v2.RandomRotation((a, a)) for a in (90, 180, 270)]))
+    for name, value in (("randaugment", randaugment), ("color_jitter", color_jitter)):
+        if value and len(mean) != 3:
+            raise ConfigError(name, f"works on 3-band (RGB) 8-bit images only; these have {len(mean)} bands. "
+                                    "Leave it unset for multispectral data.")
     if randaugment:
-        if len(mean) != 3:
-            raise ConfigError("randaugment", f"works on 3-band (RGB) 8-bit images only; these have {len(mean)} bands. "
-                             "Leave randaugment unset for multispectral data.")
-        steps += [_ToUint8Range(), v2.RandAugment(**_parse_randaugment(randaugment)), _ToFloat()]
+        steps.append(_EightBitRGB(_randaugment(randaugment, img_size, mean), "RandAugment", pil=True))
+    elif color_jitter:
+        jitter = v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter)
+        steps.append(_EightBitRGB(jitter, "colour jitter", pil=False))
     steps.append(v2.Normalize(mean, std))
+    if random_erasing:
+        steps.append(v2.RandomErasing(p=random_erasing, value="random"))
     return v2.Compose(steps)
 
 
-def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float],
+                   interpolation: str = "bilinear") -> v2.Compose:
     """Resize the whole scene to ``img_size`` × ``img_size`` (no crop: the label describes the whole
     image, and a centre crop could cut away what defines the class) and normalise."""
     img_size = _check_img_size(img_size)
     mean, std = _check_mean_std(mean, std)
-    return v2.Compose([v2.Resize((img_size, img_size), antialias=True), v2.Normalize(mean, std)])
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError("interpolation", f"must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    return v2.Compose([v2.Resize((img_size, img_size), antialias=True, interpolation=INTERPOLATIONS[interpolation]),
+                       v2.Normalize(mean, std)])
 
 
 def normalised_tensor(image: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from typing import Any, Union
 
 import yaml
 
+from lemevit.engine.optimization import SCHEDULES, Optimization
 from lemevit.errors import ConfigError, DataError
 from lemevit.io import atomic_path
 
@@ -77,11 +78,14 @@ def _int_or_auto(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
 
 
-def _key_value(text: str) -> tuple[str, str]:
+def _key_value(text: str, kind: type = str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, value
+    try:
+        return key, kind(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a {kind.__name__} value, got {text!r}") from None
 
 
 class _KeyValues(argparse.Action):
@@ -100,11 +104,16 @@ class Options:
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> Options:
         """The options in the YAML file ``path`` (keys are field names), with ``overrides`` on top."""
+        return cls(**{**cls.yaml_values(path), **overrides})
+
+    @classmethod
+    def yaml_values(cls, path: str | Path) -> dict[str, Any]:
+        """The fields the YAML file ``path`` sets; an unknown key is a :class:`DataError` naming the file."""
         values = read_yaml_mapping(path)
         unknown = sorted(set(values) - set(cls.fields()))
         if unknown:
             raise DataError(f"config {path}: unknown keys {unknown}; the keys of this task are {sorted(cls.fields())}")
-        return cls(**{**values, **overrides})
+        return values
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -152,6 +161,8 @@ class RunConfig(Options):
                                                "backbone)")
     img_size: int = option(224, "side of the training images or crops, in pixels")
     epochs: int = option(30, "training epochs", resumable=True)
+    iterations: int | None = option(None, "training budget in optimizer steps instead of epochs (the schedule's "
+                                          "epoch quantities then count steps)", resumable=True)
     val_every: int = option(1, "validate (and choose best.ckpt) every this many epochs; a multiple of it as "
                                "--epochs validates the last one", resumable=True)
     batch_size: int = option(32, "items per batch and device")
@@ -160,8 +171,23 @@ class RunConfig(Options):
     seed: int = option(0, "seed of the split, the initialisation, the data order and the augmentations")
     lr: float = option(1e-3, "peak learning rate of AdamW")
     weight_decay: float = option(0.05, "AdamW weight decay (not on norms, biases, tokens and embeddings)")
-    warmup_epochs: float = option(1.0, "epochs of linear warm-up before the cosine decay")
-    min_lr_factor: float = option(0.01, "the cosine decay ends at this fraction of the peak learning rate")
+    lr_batch: int | None = option(None, "the global batch `lr` is given for: the rate is scaled by the run's "
+                                        "global batch over this (the linear rule); unset, `lr` is used as given")
+    schedule: str = option("cosine", "the learning rate after the warm-up: cosine (down to `min_lr_factor`), poly "
+                                     "(power `poly_power`; 1.0 is linear), multistep (times `decay_rate` at each of "
+                                     "`milestones`) or constant", choices=SCHEDULES)
+    warmup_epochs: float = option(1.0, "epochs of linear warm-up")
+    warmup_iterations: int | None = option(None, "optimizer steps of linear warm-up, instead of `warmup_epochs`")
+    warmup_lr_factor: float = option(0.0, "the warm-up starts at this fraction of the peak learning rate")
+    min_lr_factor: float = option(0.01, "the decay ends at this fraction of the peak learning rate")
+    cooldown_epochs: float = option(0.0, "the last this many epochs of the budget stay at the minimum rate")
+    poly_power: float = option(1.0, "power of the poly schedule")
+    milestones: list[float] = option([], "multistep: the epochs (steps with `iterations`) at which the rate drops")
+    decay_rate: float = option(0.1, "multistep: the factor of each drop")
+    lr_multipliers: dict[str, float] = option({}, "learning-rate multipliers of modules of the network (a head at "
+                                                  "x10: decoder=10)", metavar="MODULE=FACTOR")
+    no_weight_decay: list[str] = option([], "no weight decay either on parameters whose names contain one of "
+                                            "these (norms, biases and tokens never have it)")
     drop_path_rate: float = option(0.1, "stochastic depth of the backbone")
     gradient_clip: float | None = option(None, "clip the gradient norm to this value")
     checkpoint_steps: int | None = option(None, "also write last.ckpt every this many training steps, for epochs "
@@ -178,6 +204,7 @@ class RunConfig(Options):
     num_nodes: int = option(1, "nodes (DDP over several machines, as torchrun or SLURM launch them)",
                             resumable=True)
     num_workers: int = option(2, "data loading worker processes per device", resumable=True)
+    sync_bn: bool = option(False, "synchronise the batch norms' statistics across processes under DDP")
 
     def __post_init__(self):
         for name in ("data", "output"):
@@ -193,12 +220,33 @@ class RunConfig(Options):
         split_files = getattr(self, "split_files", None)
         if split_files and not {"train", "val"} <= set(split_files):
             raise ConfigError("split_files", f"needs the train and val lists, got {sorted(split_files)}")
-        self.check_non_negative("lr", "weight_decay", "warmup_epochs", "drop_path_rate", "gradient_clip")
+        self.check_non_negative("lr", "weight_decay", "warmup_epochs", "drop_path_rate", "gradient_clip",
+                                "cooldown_epochs", "poly_power", "decay_rate", "warmup_iterations")
+        self.check_positive("iterations", "lr_batch", allow_none=True)
+        self.check_fraction("warmup_lr_factor", low_open=False)
+        if sorted(self.milestones) != list(self.milestones) or any(m <= 0 for m in self.milestones):
+            raise ConfigError("milestones", f"must be positive and increasing, got {self.milestones}")
+        if self.schedule == "multistep" and not self.milestones:
+            raise ConfigError("milestones", "are needed by the multistep schedule")
+        bad = {k: v for k, v in self.lr_multipliers.items() if isinstance(v, bool) or not isinstance(v, (int, float))
+               or v < 0}
+        if bad:
+            raise ConfigError("lr_multipliers", f"must be non-negative numbers, got {bad}")
         if self.checkpoint_steps is not None:
             self.check_positive("checkpoint_steps")
         self.check_fraction("min_lr_factor", low_open=False)
         if self.ema_decay is not None:
             self.check_fraction("ema_decay", high_open=True)
+
+    def optimization(self) -> Optimization:
+        """The optimiser and schedule settings, as the task module keeps them."""
+        return Optimization(
+            lr=self.lr, weight_decay=self.weight_decay, schedule=self.schedule, warmup_epochs=self.warmup_epochs,
+            warmup_iterations=self.warmup_iterations, warmup_lr_factor=self.warmup_lr_factor,
+            min_lr_factor=self.min_lr_factor, cooldown_epochs=self.cooldown_epochs, poly_power=self.poly_power,
+            milestones=tuple(self.milestones), decay_rate=self.decay_rate, lr_batch=self.lr_batch,
+            lr_multipliers={k: float(v) for k, v in self.lr_multipliers.items()},
+            no_weight_decay=tuple(self.no_weight_decay))
 
     def absolute(self) -> RunConfig:
         """This config with its paths made absolute, so that the run's files stay valid from any directory."""
@@ -313,7 +361,9 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, optio
                 kwargs.update(action="store_true")
             kwargs.pop("metavar", None)
         elif typing.get_origin(kind) is dict:
-            kwargs.update(nargs=meta.get("nargs") or "+", type=_key_value, action=_KeyValues)
+            value_kind = typing.get_args(kind)[1]
+            kwargs.update(nargs=meta.get("nargs") or "+", type=lambda text, k=value_kind: _key_value(text, k),
+                          action=_KeyValues)
         elif typing.get_origin(kind) is list:
             (item,) = typing.get_args(kind)
             kwargs.update(nargs=meta.get("nargs") or "+", type=item)

@@ -126,10 +126,11 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, given: di
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         module = task.from_config(cfg, split, normalisation)
         datamodule = module.datamodule(cfg, split)
-        trainer = build_trainer(run.path, task.monitor, max_epochs=cfg.epochs, accelerator=cfg.accelerator,
+        budget = dict(max_epochs=-1, max_steps=cfg.iterations) if cfg.iterations else dict(max_epochs=cfg.epochs)
+        trainer = build_trainer(run.path, task.monitor, **budget, accelerator=cfg.accelerator,
                                 devices=cfg.devices, num_nodes=cfg.num_nodes, precision=cfg.precision,
                                 gradient_clip=cfg.gradient_clip, ema_decay=cfg.ema_decay, val_every=cfg.val_every,
                                 checkpoint_steps=cfg.checkpoint_steps, progress=progress,
-                                find_unused_parameters=task.find_unused_parameters)
+                                find_unused_parameters=task.find_unused_parameters, sync_batchnorm=cfg.sync_bn)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(run.last) if resume else None, weights_only=True)
     return run.path

@@ -114,6 +114,15 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return names[precision]
 
 
+class _ValidateAtBudgetEnd(pl.Callback):
+    """With a budget in steps (``max_steps``), ends the run through ``should_stop`` at its last step, which makes
+    Lightning validate there (and write best.ckpt) even when the step falls within an epoch."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        if trainer.global_step >= trainer.max_steps:
+            trainer.should_stop = True
+
+
 class ExponentialMovingAverage(WeightAveraging):
     """Lightning's weight averaging with an exponential moving average of decay ``decay``, warmed up as timm's
     ``ModelEmaV3`` does: the ``n``-th update uses ``min(decay, 1 - (1 + n) ** -2/3)``, so that the average
@@ -201,6 +210,8 @@ def build_trainer(run_dir: str | Path, monitor: str, max_epochs: int, accelerato
                                          auto_insert_metric_name=False, every_n_train_steps=checkpoint_steps))
     if ema_decay:
         callbacks.append(ExponentialMovingAverage(ema_decay))
+    if kwargs.get("max_steps", -1) > 0:
+        callbacks.append(_ValidateAtBudgetEnd())
     return _trainer(
         default_root_dir=run_dir,
         max_epochs=max_epochs,

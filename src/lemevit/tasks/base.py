@@ -3,7 +3,6 @@ declares so that ``train``, ``eval``, ``predict`` and the command line work thro
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -11,7 +10,6 @@ from typing import Any, ClassVar
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
-from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from torch.utils.data import Dataset
 
 from lemevit.data.sampling import reseed, step_seed
@@ -19,31 +17,14 @@ from lemevit.data.splits import Split
 from lemevit.data.statistics import Normalisation
 from lemevit.engine.checkpoint import TASK_KEY, backbone_state_dict, checkpoint_task, read_checkpoint
 from lemevit.engine.config import EvalOptions, InferenceOptions, PredictOptions, RunConfig
+from lemevit.engine.optimization import Optimization, ScheduleSteps, build_optimizer, build_scheduler
 from lemevit.errors import ConfigError, DataError
 from lemevit.export.onnx import NETWORK, OnnxGraph
 from lemevit.io import atomic_path
 from lemevit.io.model_file import model_file_folder, read_model_file
 from lemevit.viz import save_confusion_png
 
-__all__ = ["BaseTask", "NamedClasses", "initial_weights", "nested_no_weight_decay", "warmup_cosine"]
-
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_factor: float = 0.01) -> float:
-    """Learning-rate factor: linear warm-up, then cosine decay to ``min_factor``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def nested_no_weight_decay(model: torch.nn.Module) -> set[str]:
-    """The ``no_weight_decay`` names of ``model`` and of every submodule (a backbone's meta tokens inside a
-    segmentation network, say), prefixed with their paths: timm's optimizer factory asks the top module only."""
-    names = set()
-    for prefix, module in model.named_modules():
-        if hasattr(module, "no_weight_decay"):
-            names |= {f"{prefix}.{name}" if prefix else name for name in module.no_weight_decay()}
-    return names
+__all__ = ["BaseTask", "NamedClasses", "initial_weights"]
 
 
 def initial_weights(path: str | Path | None) -> str | dict[str, torch.Tensor] | None:
@@ -68,9 +49,8 @@ class BaseTask(pl.LightningModule):
     - **Seeding**: the random state is re-seeded from (seed, step, rank) before every training step, so that a run
       resumed from an epoch boundary continues exactly as the uninterrupted run would have (the data's order
       and augmentation are seeded by (seed, epoch) in :class:`~lemevit.data.SeededDataModule`).
-    - **Optimizer**: AdamW over ``self.model`` without weight decay on norms, biases and the ``no_weight_decay``
-      parameters of any submodule, at ``lr`` with linear warm-up for ``warmup_epochs`` then cosine decay to
-      ``min_lr_factor`` of it, stepped per batch.
+    - **Optimizer**: AdamW over ``self.model`` and its schedule, stepped per batch, from the ``optimization``
+      hyperparameter (:mod:`lemevit.engine.optimization`).
     - **Evaluation**: validation and test collect ``(index, record)`` pairs per item (``evaluation_records``),
       gather them from every process, drop the repeats a distributed sampler adds, and score them together
       (``summarize``): the metrics of a run on several devices are those of one process over all items.
@@ -237,17 +217,23 @@ class BaseTask(pl.LightningModule):
         reseed(step_seed(self.hparams.seed, self.global_step, self.global_rank))
 
     def configure_optimizers(self) -> dict:
-        hparams = self.hparams
-        groups = param_groups_weight_decay(self.model, hparams.weight_decay, nested_no_weight_decay(self.model))
-        optimizer = create_optimizer_v2(groups, "adamw", lr=hparams.lr, weight_decay=hparams.weight_decay)
+        opt = Optimization.from_dict(self.hparams.optimization)
+        trainer, datamodule = self.trainer, self.trainer.datamodule
+        world = trainer.world_size
+        optimizer = build_optimizer(self.model, opt, datamodule.batch_size * world)
         # From the data module rather than trainer.estimated_stepping_batches, which builds the training loader
         # before a resumed run's progress is restored (and the loader then misses where the run stopped).
-        total = max(1, self.trainer.max_epochs * self.trainer.datamodule.steps_per_epoch(self.trainer.world_size))
-        epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = min(total - 1, int(round(hparams.warmup_epochs * total / epochs)))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, max(warmup, 1), total, hparams.min_lr_factor))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        per_epoch = max(1, datamodule.steps_per_epoch(world))
+        if trainer.max_steps > 0:
+            steps = ScheduleSteps.of(opt, trainer.max_steps, 1)
+        else:
+            steps = ScheduleSteps.of(opt, trainer.max_epochs * per_epoch, per_epoch)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": build_scheduler(optimizer, opt, steps), "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        # timm's schedulers are set from the number of updates done, which also makes a resumed run's rate exact.
+        scheduler.step_update(self.global_step)
 
     def log_loss(self, loss: torch.Tensor, batch_size: int, parts: dict[str, torch.Tensor] | None = None) -> None:
         for name, value in (parts or {}).items():

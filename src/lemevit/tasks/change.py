@@ -117,8 +117,7 @@ class ChangeTask(SlidingWindowTask):
     def __init__(self, model: str = "lemevit_tiny", head: str = "bit", in_chans: int = 3, img_size: int = 256,
                  window: int | None = None, stride: int | None = None,
                  mean: Sequence[float] = (123.675, 116.28, 103.53), std: Sequence[float] = (58.395, 57.12, 57.375),
-                 input_dtype: str | None = None, lr: float = 1e-3, weight_decay: float = 0.01,
-                 warmup_epochs: float = 1.0, min_lr_factor: float = 0.01, drop_path_rate: float = 0.0,
+                 input_dtype: str | None = None, optimization: dict | None = None, drop_path_rate: float = 0.0,
                  init_checkpoint: str | None = None, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
@@ -145,8 +144,7 @@ class ChangeTask(SlidingWindowTask):
     def from_config(cls, cfg: ChangeConfig, split: Split, normalisation: Normalisation) -> ChangeTask:
         return cls(cfg.model, cfg.head, in_chans=normalisation.bands, img_size=cfg.img_size, window=cfg.window,
                    stride=cfg.stride, mean=normalisation.mean, std=normalisation.std,
-                   input_dtype=normalisation.dtype, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                   warmup_epochs=cfg.warmup_epochs, min_lr_factor=cfg.min_lr_factor,
+                   input_dtype=normalisation.dtype, optimization=cfg.optimization().to_dict(),
                    drop_path_rate=cfg.drop_path_rate, init_checkpoint=cfg.init_checkpoint, seed=cfg.seed)
 
     def datamodule(self, cfg: ChangeConfig, split: Split) -> SeededDataModule:

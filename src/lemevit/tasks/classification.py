@@ -20,7 +20,7 @@ from lemevit.data.files import PredictionFiles, collate_readable
 from lemevit.data.images import read_image
 from lemevit.data.splits import Split, missing_files, split_items
 from lemevit.data.statistics import Normalisation
-from lemevit.data.transforms import eval_transform, train_transform
+from lemevit.data.transforms import INTERPOLATIONS, eval_transform, train_transform
 from lemevit.engine.config import PredictOptions, RunConfig, option
 from lemevit.errors import ConfigError, DataError
 from lemevit.export.onnx import OnnxGraph
@@ -40,7 +40,8 @@ class ClassificationConfig(RunConfig):
     ``<class>/<image>`` one per line) when given, else per class with ``split`` of them in training."""
 
     task: str = option("classification", "the task", cli=False)
-    data: str = option(None, "class-per-folder image directory (UC Merced, AID, NWPU-RESISC45, your own)")
+    data: str = option(None, "class-per-folder image directory (UC Merced, AID, NWPU-RESISC45, your own), or one "
+                             "with train/ and val/ such directories (ImageNet's layout), which are the split")
     split_files: dict[str, str] = option({}, "list files of each subset's images (<class>/<image> one per line) "
                                              "instead of a split by `split`", nargs="+", metavar="SUBSET=FILE")
     img_size: int = option(224, "side of the training crops and of the resized evaluation images, in pixels")
@@ -50,16 +51,30 @@ class ClassificationConfig(RunConfig):
     label_smoothing: float = option(0.1, "label smoothing of the cross-entropy")
     mixup: float = option(0.0, "mixup alpha (timm's Mixup; 0: off)")
     cutmix: float = option(0.0, "cutmix alpha (timm's Mixup; 0: off)")
-    randaugment: str | None = option(None, "RandAugment as rand-m9-n2 (magnitude 0..30, operations), 8-bit RGB only")
+    randaugment: str | None = option(None, "timm's RandAugment policy, e.g. rand-m9-mstd0.5-inc1 (8-bit RGB only)")
+    color_jitter: float = option(0.0, "brightness, contrast and saturation jitter of this strength (8-bit RGB only; "
+                                      "as in timm, not applied with `randaugment`)")
+    random_erasing: float = option(0.0, "probability of erasing a random rectangle of a training image with noise "
+                                        "(timm's pixel mode)")
+    repeated_augmentation: int = option(1, "take each training image this many times in a row, each copy augmented "
+                                           "anew, in epochs as long as the data (DeiT's repeated augmentation: 3); "
+                                           "under DDP the copies go to different processes")
+    interpolation: str = option("bilinear", "resampling of the training crops and of the evaluation resize",
+                                choices=tuple(INTERPOLATIONS))
     crop_scale: list[float] = option([0.5, 1.0], "area range of the random resized crop, as fractions of the image",
                                      nargs=2, metavar=("MIN", "MAX"))
+    vflip: float = option(0.5, "probability of a vertical flip (scenes without a canonical orientation; the "
+                               "horizontal one is 0.5)")
     rotate90: bool = option(True, "random 90-degree rotations (scenes without a canonical orientation)")
     skip_bad: bool = option(False, "skip unreadable images and list them in RUN_DIR/bad_images.json instead of "
                                    "stopping at the first")
 
     def __post_init__(self):
         super().__post_init__()
-        self.check_non_negative("label_smoothing", "mixup", "cutmix")
+        self.check_non_negative("label_smoothing", "mixup", "cutmix", "color_jitter")
+        self.check_fraction("random_erasing", low_open=False)
+        self.check_fraction("vflip", low_open=False)
+        self.check_positive("repeated_augmentation")
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise ConfigError("crop_scale", f"must be MIN MAX area fractions with 0 < MIN <= MAX <= 1, got "
                                             f"{self.crop_scale}")
@@ -98,9 +113,9 @@ class ClassificationTask(NamedClasses, BaseTask):
 
     def __init__(self, model: str, num_classes: int, class_names: Sequence[str] | None = None, in_chans: int = 3,
                  img_size: int = 224, mean: Sequence[float] = (123.675, 116.28, 103.53),
-                 std: Sequence[float] = (58.395, 57.12, 57.375), input_dtype: str | None = None, lr: float = 1e-3,
-                 weight_decay: float = 0.05, warmup_epochs: float = 1.0, min_lr_factor: float = 0.01,
-                 label_smoothing: float = 0.1, mixup: float = 0.0, cutmix: float = 0.0, drop_path_rate: float = 0.1,
+                 std: Sequence[float] = (58.395, 57.12, 57.375), input_dtype: str | None = None,
+                 optimization: dict | None = None, label_smoothing: float = 0.1, mixup: float = 0.0,
+                 cutmix: float = 0.0, drop_path_rate: float = 0.1, interpolation: str = "bilinear",
                  init_checkpoint: str | None = None, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
@@ -114,10 +129,19 @@ class ClassificationTask(NamedClasses, BaseTask):
     @classmethod
     def prepare(cls, cfg: ClassificationConfig, progress: bool = True) -> tuple[Split, list[dict]]:
         root = Path(cfg.data)
-        class_names, samples = scan_class_folders(root)
+        presplit = not cfg.split_files and all((root / name).is_dir() for name in ("train", "val"))
+        class_names, samples = scan_class_folders(root / "train" if presplit else root)
         if len(class_names) < 2:
             raise DataError(f"{root} has one class folder ({class_names[0]}): a classifier needs two classes or more")
-        if cfg.split_files:
+        if presplit:
+            # ImageNet's layout: train/ and val/ of class folders are the split.
+            subsets = {"train": [Sample(f"train/{s.path}", s.label) for s in samples]}
+            val_names, val = scan_class_folders(root / "val")
+            unknown = sorted(set(val_names) - set(class_names))
+            if unknown:
+                raise DataError(f"{root / 'val'} has classes that {root / 'train'} lacks: {unknown[:5]}")
+            subsets["val"] = [Sample(f"val/{s.path}", class_names.index(val_names[s.label])) for s in val]
+        elif cfg.split_files:
             subsets = {name: read_split_file(path, root, class_names) for name, path in cfg.split_files.items()}
         else:
             subsets = split_items(samples, cfg.split, cfg.seed, key=lambda s: s.path, group=lambda s: s.label,
@@ -137,19 +161,20 @@ class ClassificationTask(NamedClasses, BaseTask):
         names = split.meta["class_names"]
         return cls(cfg.model, num_classes=len(names), class_names=names, in_chans=normalisation.bands,
                    img_size=cfg.img_size, mean=normalisation.mean, std=normalisation.std,
-                   input_dtype=normalisation.dtype, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                   warmup_epochs=cfg.warmup_epochs, min_lr_factor=cfg.min_lr_factor,
+                   input_dtype=normalisation.dtype, optimization=cfg.optimization().to_dict(),
                    label_smoothing=cfg.label_smoothing, mixup=cfg.mixup, cutmix=cfg.cutmix,
-                   drop_path_rate=cfg.drop_path_rate, init_checkpoint=cfg.init_checkpoint, seed=cfg.seed)
+                   drop_path_rate=cfg.drop_path_rate, interpolation=cfg.interpolation,
+                   init_checkpoint=cfg.init_checkpoint, seed=cfg.seed)
 
     def datamodule(self, cfg: ClassificationConfig, split: Split) -> SeededDataModule:
         hp = self.hparams
         augment = train_transform(hp.img_size, hp.mean, hp.std, scale=tuple(cfg.crop_scale), rot90=cfg.rotate90,
-                                  randaugment=cfg.randaugment)
+                                  vflip=cfg.vflip, randaugment=cfg.randaugment, color_jitter=cfg.color_jitter,
+                                  random_erasing=cfg.random_erasing, interpolation=hp.interpolation)
         evaluation = {name: self.evaluation_dataset(split.root, split.subsets[name])
                       for name in ("val", "test") if split.subsets.get(name)}
         return SeededDataModule(SceneDataset(split.root, split.subsets["train"], augment), evaluation,
-                                cfg.batch_size, cfg.num_workers, cfg.seed)
+                                cfg.batch_size, cfg.num_workers, cfg.seed, repeats=cfg.repeated_augmentation)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -164,7 +189,7 @@ class ClassificationTask(NamedClasses, BaseTask):
     # --- evaluation -------------------------------------------------------------------------------------------
     def evaluation_dataset(self, root: Path, items: Sequence[Sample]) -> Dataset:
         hp = self.hparams
-        return SceneDataset(root, items, eval_transform(hp.img_size, hp.mean, hp.std))
+        return SceneDataset(root, items, eval_transform(hp.img_size, hp.mean, hp.std, hp.interpolation))
 
     def evaluation_items(self, data: Path | None, split: Split | None) -> tuple[Path, list[Sample]]:
         if data is None:

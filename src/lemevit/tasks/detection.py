@@ -129,9 +129,9 @@ class DetectionTask(NamedClasses, BaseTask):
 
     def __init__(self, model: str, num_classes: int, class_names: Sequence[str] | None = None, in_chans: int = 3,
                  img_size: int = 1024, overlap: int | None = None, mean: Sequence[float] = (123.675, 116.28, 103.53),
-                 std: Sequence[float] = (58.395, 57.12, 57.375), input_dtype: str | None = None, lr: float = 1e-4,
-                 weight_decay: float = 0.05, warmup_epochs: float = 1.0, min_lr_factor: float = 0.01,
-                 drop_path_rate: float = 0.1, fpn_channels: int = 256, rpn_proposals: int = 2000,
+                 std: Sequence[float] = (58.395, 57.12, 57.375), input_dtype: str | None = None,
+                 optimization: dict | None = None, drop_path_rate: float = 0.1, fpn_channels: int = 256,
+                 rpn_proposals: int = 2000,
                  test_proposals: int = 2000, init_checkpoint: str | None = None, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
@@ -159,8 +159,7 @@ class DetectionTask(NamedClasses, BaseTask):
         names = split.meta["class_names"]
         return cls(cfg.model, num_classes=len(names), class_names=names, in_chans=normalisation.bands,
                    img_size=cfg.img_size, overlap=cfg.overlap, mean=normalisation.mean, std=normalisation.std,
-                   input_dtype=normalisation.dtype, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                   warmup_epochs=cfg.warmup_epochs, min_lr_factor=cfg.min_lr_factor,
+                   input_dtype=normalisation.dtype, optimization=cfg.optimization().to_dict(),
                    drop_path_rate=cfg.drop_path_rate, fpn_channels=cfg.fpn_channels,
                    rpn_proposals=cfg.rpn_proposals, test_proposals=cfg.test_proposals,
                    init_checkpoint=cfg.init_checkpoint, seed=cfg.seed)
