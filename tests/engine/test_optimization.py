@@ -38,7 +38,7 @@ def test_cosine_warms_up_from_its_factor_decays_to_the_minimum_and_holds_it_in_t
     # timm's convention: the warm-up is inside the cosine's span, which ends where the cooldown begins.
     assert lr[0] == pytest.approx(2e-6)
     assert lr[9] < lr[10] == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi * 10 / 80)))
-    assert all(a >= b for a, b in zip(lr[10:80], lr[11:80]))
+    assert all(a >= b for a, b in zip(lr[10:79], lr[11:80], strict=True))
     assert lr[80:] == pytest.approx([1e-5] * 20)
 
 
