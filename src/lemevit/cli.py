@@ -29,7 +29,29 @@ def _count_parameters(name: str, num_classes: int) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _list_pretrained(text: str) -> int:
+    from lemevit.models.pretrained import PRETRAINED, find_weights, weights_dir
+
+    rows = []
+    for name, weights in sorted(PRETRAINED.items()):
+        if text not in name:
+            continue
+        try:
+            where = str(find_weights(name))
+        except LemevitError:
+            where = f"not installed: put {weights.filename} in {weights_dir()}"
+        size = weights.cfg.get("input_size", (3, 224, 224))[-1]
+        rows.append((name, f"{size}px", weights.description, where))
+    for row in rows:
+        print("  ".join(row))
+    if not rows:
+        print("no pretrained weights match")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
+    if args.pretrained:
+        return _list_pretrained(args.filter)
     names = lemevit.list_models()
     if args.filter:
         names = [n for n in names if args.filter in n]
@@ -242,7 +264,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     result = export_model(args.output, checkpoint=args.checkpoint, model=args.model, weights=args.weights,
                           features_only=args.features_only, in_chans=args.in_chans, num_classes=args.num_classes,
                           img_size=args.img_size, formats=tuple(dict.fromkeys(["safetensors", args.format])),
-                          opset=args.opset)
+                          opset=args.opset, dtype=args.dtype)
     print("wrote " + ", ".join(str(p) for p in result.files))
     for check in result.checks:
         size = "x".join(map(str, check.deviation.size))
@@ -263,7 +285,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from lemevit.demo import run_demo
 
-    run_demo(args.output, model=args.model, epochs=args.epochs, img_size=args.img_size)
+    epochs = args.epochs or (25 if args.scratch else 10)
+    run_demo(args.output, model=args.model or ("lemevit_tiny" if args.scratch else "lemevit_tiny.aid150"),
+             pretrained=not args.scratch, epochs=epochs, img_size=args.img_size)
     return 0
 
 
@@ -294,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the registered models with their parameter counts")
     models.add_argument("--filter", default="", help="only names containing this text")
     models.add_argument("--num-classes", type=int, default=1000, help="classifier size for the count (default 1000)")
+    models.add_argument("--pretrained", action="store_true",
+                        help="list the pretrained weights instead: name, input size, training data, file")
     models.set_defaults(func=cmd_models)
 
     recipes = sub.add_parser("recipes", help="list the papers' experiments as recipes for lemevit train --recipe")
@@ -327,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="onnx: also model.onnx (needs the export extra); onnx-int8: also model.int8.onnx, "
                           "onnxruntime's dynamic int8 quantization of it")
     exp.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    exp.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
+                     help="data type of the weights in model.safetensors (fp16 halves the file; the model computes "
+                          "in fp32 once loaded) (default fp32)")
     exp.add_argument("--output", required=True, help="the model file folder")
     exp.set_defaults(func=cmd_export)
 
@@ -365,10 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--output", default="lemevit-benchmark", help="folder for the results (default lemevit-benchmark)")
     be.set_defaults(func=cmd_benchmark)
 
-    demo = sub.add_parser("demo", help="train, evaluate and explain LeMeViT-Tiny on AID scenes shipped with lemevit")
+    demo = sub.add_parser("demo", help="fine-tune, evaluate and explain the AID-pretrained LeMeViT-Tiny on AID scenes "
+                                       "shipped with lemevit")
     demo.add_argument("--output", default="lemevit-demo", help="folder for the run and its results")
-    demo.add_argument("--model", default="lemevit_tiny")
-    demo.add_argument("--epochs", type=int, default=25)
+    demo.add_argument("--model", help="default lemevit_tiny.aid150 (lemevit_tiny with --scratch)")
+    demo.add_argument("--scratch", action="store_true", help="train from a random initialisation instead")
+    demo.add_argument("--epochs", type=int, help="default 10 (25 with --scratch)")
     demo.add_argument("--img-size", type=int, default=128)
     demo.set_defaults(func=cmd_demo)
     return parser

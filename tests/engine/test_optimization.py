@@ -108,3 +108,14 @@ def test_bad_schedule_options_are_one_line(tmp_path, capsys, argv, message):
     data = make_scenes(tmp_path / "scenes")
     assert main(["train", "--data", str(data), "--output", str(tmp_path / "run"), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_checkpoints_of_runs_before_the_optimization_mapping_still_load():
+    from lemevit.engine.checkpoint import current_hyper_parameters
+    from lemevit.tasks.classification import ClassificationTask
+
+    saved = {"model": "lemevit_tiny", "num_classes": 3, "img_size": 32, "lr": 2e-3, "weight_decay": 0.05,
+             "warmup_epochs": 3, "min_lr_factor": 0.01}
+    hparams = current_hyper_parameters(saved)
+    assert hparams["optimization"] == {"lr": 2e-3, "weight_decay": 0.05, "warmup_epochs": 3, "min_lr_factor": 0.01}
+    assert Optimization.from_dict(ClassificationTask(**hparams).hparams.optimization).lr == 2e-3

@@ -48,6 +48,19 @@ def checkpoint_task(content: dict[str, Any]) -> str:
     return content.get(TASK_KEY, "classification")
 
 
+# The optimiser settings runs saved as four hyperparameters before they became one ``optimization`` mapping.
+_OPTIMIZATION_BEFORE = ("lr", "weight_decay", "warmup_epochs", "min_lr_factor")
+
+
+def current_hyper_parameters(saved: dict[str, Any]) -> dict[str, Any]:
+    """A task module's saved hyperparameters in this version's form: the optimiser settings of older runs are
+    gathered into their ``optimization`` mapping, so that their checkpoints still evaluate, predict and export."""
+    hparams = dict(saved)
+    if "optimization" not in hparams and any(k in hparams for k in _OPTIMIZATION_BEFORE):
+        hparams["optimization"] = {k: hparams.pop(k) for k in _OPTIMIZATION_BEFORE if k in hparams}
+    return hparams
+
+
 def training_minutes(path: str | Path) -> float:
     """Wall-clock minutes the run spent training (its validations included) up to the checkpoint ``path``,
     summed over every process that resumed it."""
@@ -94,7 +107,8 @@ def read_trained_model(path: str | Path) -> TrainedModel:
     """The trained task module a run checkpoint (``.ckpt``) or a model file folder holds; nothing is unpickled."""
     if model_file_folder(path) is not None:
         model_file = _run_model_file(path)
-        return TrainedModel(model_file.task, model_file.hyper_parameters,
+        return TrainedModel(model_file.task, current_hyper_parameters(model_file.hyper_parameters),
                             {f"model.{k}": v for k, v in model_file.state_dict().items()})
     content = read_checkpoint(path)
-    return TrainedModel(checkpoint_task(content), dict(content["hyper_parameters"]), content["state_dict"])
+    return TrainedModel(checkpoint_task(content), current_hyper_parameters(content["hyper_parameters"]),
+                        content["state_dict"])

@@ -18,6 +18,7 @@ import yaml
 from lemevit.engine.optimization import SCHEDULES, Optimization
 from lemevit.errors import ConfigError, DataError
 from lemevit.io import atomic_path
+from lemevit.models.pretrained import check_pretrained_request
 
 __all__ = ["EvalOptions", "InferenceOptions", "Options", "PredictOptions", "RunConfig", "add_options", "flag", "option",
            "read_yaml_mapping"]
@@ -159,6 +160,9 @@ class RunConfig(Options):
     init_checkpoint: str | None = option(None, "start from these weights: a weights file of ours or of the published "
                                                "layout, or a lemevit run's checkpoint or model file of any task (its "
                                                "backbone)")
+    pretrained: bool = option(False, "start from the pretrained weights --model names, a tagged name such as "
+                                     "lemevit_tiny.aid150 (`lemevit models --pretrained` lists them; nothing is "
+                                     "downloaded)")
     img_size: int = option(224, "side of the training images or crops, in pixels")
     epochs: int = option(30, "training epochs", resumable=True)
     iterations: int | None = option(None, "training budget in optimizer steps instead of epochs (the schedule's "
@@ -237,6 +241,16 @@ class RunConfig(Options):
         self.check_fraction("min_lr_factor", low_open=False)
         if self.ema_decay is not None:
             self.check_fraction("ema_decay", high_open=True)
+        if self.pretrained:
+            if self.init_checkpoint:
+                raise ConfigError("init_checkpoint", "cannot go with `pretrained`: both give the starting weights")
+            check_pretrained_request(self.model)
+
+    @property
+    def starting_weights(self) -> str | None:
+        """What the model starts from: the ``init_checkpoint`` file, the name of its pretrained weights, or
+        nothing (a random initialisation)."""
+        return self.model if self.pretrained else self.init_checkpoint
 
     def optimization(self) -> Optimization:
         """The optimiser and schedule settings, as the task module keeps them."""

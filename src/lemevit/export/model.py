@@ -25,6 +25,8 @@ from lemevit.io.paths import check_writable_folder
 __all__ = ["ExportResult", "export_model", "timm_config"]
 
 FORMATS = ("safetensors", "onnx", "onnx-int8")
+#: The data types ``model.safetensors`` may store its floating-point tensors in (loading computes in float32).
+WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def timm_config(architecture: str, *, num_classes: int, in_chans: int, img_size: int,
@@ -106,12 +108,15 @@ class ExportResult:
 def export_model(output: str | Path, *, checkpoint: str | Path | None = None, model: str | None = None,
                  weights: str | Path | None = None, features_only: bool = False, in_chans: int = 3,
                  num_classes: int | None = None, img_size: int | None = None, formats: tuple[str, ...] = FORMATS[:1],
-                 opset: int = 18) -> ExportResult:
+                 opset: int = 18, dtype: str = "fp32") -> ExportResult:
     """Write the model file of a run (``checkpoint``: its ``.ckpt`` or model file) or of a bare ``model`` (random,
     or with ``weights`` of ours or of the published layout) into ``output``; with ``"onnx"`` in ``formats`` also
     ``model.onnx`` (and a detector's ``model.box_head.onnx``), each checked against PyTorch with onnxruntime at a
     size other than the export size; with ``"onnx-int8"`` also ``model.int8.onnx`` (``model.box_head.int8.onnx``), their
-    dynamic int8 quantization (the deviation measured, not bounded)."""
+    dynamic int8 quantization (the deviation measured, not bounded). ``dtype`` is that of the floating-point
+    tensors of ``model.safetensors`` (``"fp16"`` halves the file; ONNX graphs are exported in float32)."""
+    if dtype not in WEIGHT_DTYPES:
+        raise ConfigError("dtype", f"must be one of {', '.join(WEIGHT_DTYPES)}, got {dtype!r}")
     if (checkpoint is None) == (model is None):
         raise ConfigError("checkpoint", "give either `checkpoint` (a run of any task) or `model` (a bare model)")
     unknown = [f for f in formats if f not in FORMATS]
@@ -136,7 +141,8 @@ def export_model(output: str | Path, *, checkpoint: str | Path | None = None, mo
     else:
         state, config, graph = _bare_model_file(model, weights, features_only, in_chans, num_classes, img_size)
         graphs = {NETWORK: graph} if "onnx" in formats else {}
-    result = ExportResult(write_model_file(output, state, config))
+    stored = {k: v.to(WEIGHT_DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()}
+    result = ExportResult(write_model_file(output, stored, config))
     for part, graph in graphs.items():
         path = export_onnx(graph, graph_file(output / "model", part), opset=opset)
         result.files.append(path)

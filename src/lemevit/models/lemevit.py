@@ -32,6 +32,7 @@ from lemevit.layers.meta_attention import DualCrossAttention, MetaCrossAttention
 from lemevit.layers.mlp import Mlp
 from lemevit.models._checks import check_image_batch
 from lemevit.models._convert import prepare_state_dict
+from lemevit.models.pretrained import check_timm_pretrained, tagged_cfgs
 
 __all__ = ["LeMeViT", "checkpoint_filter_fn"]
 
@@ -376,6 +377,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module |
 
 
 def _create_lemevit(variant: str, pretrained: bool = False, **kwargs) -> LeMeViT:
+    kwargs = check_timm_pretrained(variant, pretrained, kwargs)
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
     return build_model_with_cfg(
         LeMeViT, variant, pretrained,
@@ -408,6 +410,7 @@ def _cfg(**kwargs) -> dict:
 
 default_cfgs = generate_default_cfgs({
     "lemevit_tiny": _cfg(),
+    **tagged_cfgs("lemevit_tiny", _cfg()),
     "lemevit_small": _cfg(),
     "lemevit_base": _cfg(),
 })

@@ -22,16 +22,20 @@ from lemevit.errors import ConfigError, DataError
 from lemevit.export.onnx import NETWORK, OnnxGraph
 from lemevit.io import atomic_path
 from lemevit.io.model_file import model_file_folder, read_model_file
+from lemevit.models.pretrained import PRETRAINED, pretrained_state_dict
 from lemevit.viz import save_confusion_png
 
 __all__ = ["BaseTask", "NamedClasses", "initial_weights"]
 
 
 def initial_weights(path: str | Path | None) -> str | dict[str, torch.Tensor] | None:
-    """What ``init_checkpoint`` names, ready for :func:`lemevit.models.create_model`: a weights file as it is, or
-    the backbone of a lemevit run checkpoint or model file of any task."""
+    """What ``init_checkpoint`` names, ready for :func:`lemevit.models.create_model`: a weights file as it is, the
+    backbone of a lemevit run checkpoint or model file of any task, or pretrained weights by name
+    (``lemevit_tiny.aid150``)."""
     if path is None:
         return None
+    if str(path) in PRETRAINED:
+        return pretrained_state_dict(str(path))
     if model_file_folder(path) is not None:
         return read_model_file(path).backbone_state_dict()
     path = Path(path)

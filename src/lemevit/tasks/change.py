@@ -145,7 +145,7 @@ class ChangeTask(SlidingWindowTask):
         return cls(cfg.model, cfg.head, in_chans=normalisation.bands, img_size=cfg.img_size, window=cfg.window,
                    stride=cfg.stride, mean=normalisation.mean, std=normalisation.std,
                    input_dtype=normalisation.dtype, optimization=cfg.optimization().to_dict(),
-                   drop_path_rate=cfg.drop_path_rate, init_checkpoint=cfg.init_checkpoint, seed=cfg.seed)
+                   drop_path_rate=cfg.drop_path_rate, init_checkpoint=cfg.starting_weights, seed=cfg.seed)
 
     def datamodule(self, cfg: ChangeConfig, split: Split) -> SeededDataModule:
         hp = self.hparams

@@ -164,7 +164,7 @@ class ClassificationTask(NamedClasses, BaseTask):
                    input_dtype=normalisation.dtype, optimization=cfg.optimization().to_dict(),
                    label_smoothing=cfg.label_smoothing, mixup=cfg.mixup, cutmix=cfg.cutmix,
                    drop_path_rate=cfg.drop_path_rate, interpolation=cfg.interpolation,
-                   init_checkpoint=cfg.init_checkpoint, seed=cfg.seed)
+                   init_checkpoint=cfg.starting_weights, seed=cfg.seed)
 
     def datamodule(self, cfg: ClassificationConfig, split: Split) -> SeededDataModule:
         hp = self.hparams

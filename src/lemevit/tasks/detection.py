@@ -162,7 +162,7 @@ class DetectionTask(NamedClasses, BaseTask):
                    input_dtype=normalisation.dtype, optimization=cfg.optimization().to_dict(),
                    drop_path_rate=cfg.drop_path_rate, fpn_channels=cfg.fpn_channels,
                    rpn_proposals=cfg.rpn_proposals, test_proposals=cfg.test_proposals,
-                   init_checkpoint=cfg.init_checkpoint, seed=cfg.seed)
+                   init_checkpoint=cfg.starting_weights, seed=cfg.seed)
 
     def _labels(self, root: Path, items: Sequence[LabelledImage]) -> list[ImageLabels]:
         names, images = scan_detection_folder(root)

@@ -163,7 +163,7 @@ class SegmentationTask(SlidingWindowTask):
                    aux_weight=cfg.aux_weight, dice_weight=cfg.dice_weight, in_chans=normalisation.bands,
                    img_size=cfg.img_size, window=cfg.window, stride=cfg.stride, mean=normalisation.mean,
                    std=normalisation.std, input_dtype=normalisation.dtype, optimization=cfg.optimization().to_dict(),
-                   drop_path_rate=cfg.drop_path_rate, init_checkpoint=cfg.init_checkpoint, seed=cfg.seed)
+                   drop_path_rate=cfg.drop_path_rate, init_checkpoint=cfg.starting_weights, seed=cfg.seed)
 
     def datamodule(self, cfg: SegmentationConfig, split: Split) -> SeededDataModule:
         hp = self.hparams
