@@ -75,12 +75,16 @@ def _candidates(weights: PretrainedWeights) -> list[Path]:
     return [PACKAGE_WEIGHTS / weights.filename, weights_dir() / weights.filename]
 
 
+def _located(weights: PretrainedWeights) -> Path | None:
+    return next((path for path in _candidates(weights) if path.is_file()), None)
+
+
 def find_weights(name: str) -> Path:
     """The file of the pretrained weights ``name``; a :class:`DataError` saying where to put it when it is absent."""
     weights = PRETRAINED[name]
-    for path in _candidates(weights):
-        if path.is_file():
-            return path
+    path = _located(weights)
+    if path is not None:
+        return path
     raise DataError(f"the weights of {name} are not installed: put {weights.filename} (sha256 {weights.sha256}) in "
                     f"{weights_dir()} (or set ${WEIGHTS_DIR_VARIABLE} to its folder)")
 
@@ -135,8 +139,7 @@ def tagged_cfgs(architecture: str, base: dict) -> dict[str, dict]:
     for weights in PRETRAINED.values():
         if weights.architecture != architecture:
             continue
-        candidates = _candidates(weights)
-        path = next((p for p in candidates if p.is_file()), candidates[-1])
+        path = _located(weights) or _candidates(weights)[-1]
         _REGISTERED_FILES[weights.name] = str(path)
         cfgs[weights.name] = {**base, **weights.cfg, "file": str(path), "description": weights.description,
                               "license": weights.terms}
