@@ -2,7 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
+
+# A compile cache of the run's own: a process killed while inductor wrote a kernel leaves an empty library in the
+# shared /tmp/torchinductor_$USER, and every later run on that machine fails loading it ("file too short").
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="lemevit-tests-inductor-"))
 
 import pytest
 import torch

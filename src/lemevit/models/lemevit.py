@@ -408,9 +408,11 @@ def _cfg(**kwargs) -> dict:
     }
 
 
+# The untagged config stays timm's default, the architecture as published (1000 ImageNet classes, 224 px), where
+# timm would take the first tag with weights (aid150's 30 AID classes): "*" after the tags marks it the default.
 default_cfgs = generate_default_cfgs({
-    "lemevit_tiny": _cfg(),
     **tagged_cfgs("lemevit_tiny", _cfg()),
+    "lemevit_tiny.*": _cfg(),
     "lemevit_small": _cfg(),
     "lemevit_base": _cfg(),
 })
