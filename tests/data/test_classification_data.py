@@ -17,13 +17,16 @@ from lemevit.data import (
     SeededDataModule,
     check_images,
     eval_transform,
+    is_label_list,
     read_image,
+    read_label_lists,
     read_split_file,
     scan_class_folders,
     train_transform,
 )
 from lemevit.data.splits import hashed_split
 from lemevit.errors import ConfigError, DataError
+from lemevit.tasks.classification import ClassificationConfig, ClassificationTask
 
 # The sample data sets live next to the repository in ../shared (as the parity fixtures do, see conftest).
 AID = SHARED / "data" / "aid_150px"
@@ -168,3 +171,54 @@ def test_aid_sample():
         assert image.shape == (150, 150, 3) and image.dtype == np.uint8
     good, bad = check_images(AID, picked, skip_bad=False)
     assert bad == [] and good == picked
+
+
+def _rsp_release(root: Path, lines: dict[str, list[str]]) -> None:
+    """An RSP-style release: every image in all_img/, label lists beside it."""
+    rng = np.random.default_rng(0)
+    (root / "all_img").mkdir(parents=True)
+    for file, entries in lines.items():
+        for entry in entries:
+            if not entry.startswith("#"):
+                Image.fromarray(_rgb(rng)).save(root / "all_img" / entry.split()[0])
+        (root / file).write_text("\n".join(entries) + "\n")
+
+
+def test_rsp_label_lists_name_the_classes_by_index(tmp_path):
+    _rsp_release(tmp_path, {"train_labels.txt": ["# MillionAID", "P01.jpg dry_field 1", "P02.jpg apron 0",
+                                                 "P03.jpg apron 0"],
+                            "valid_labels.txt": ["P04.jpg dry_field 1"]})
+    assert is_label_list(tmp_path / "train_labels.txt") and not is_label_list(_ours(tmp_path))
+    names, subsets = read_label_lists({"train": tmp_path / "train_labels.txt", "val": tmp_path / "valid_labels.txt"},
+                                      tmp_path)
+    # By index, not alphabetically, as the published models' heads were trained.
+    assert names == ["apron", "dry_field"]
+    assert subsets["train"] == [Sample("all_img/P01.jpg", 1), Sample("all_img/P02.jpg", 0),
+                                Sample("all_img/P03.jpg", 0)]
+    assert subsets["val"] == [Sample("all_img/P04.jpg", 1)]
+
+    # A root holding the two lists is an RSP release: `lemevit train --data ROOT` finds them.
+    cfg = ClassificationConfig(data=str(tmp_path), output=str(tmp_path / "run"))
+    split, bad = ClassificationTask.prepare(cfg)
+    assert split.meta["class_names"] == ["apron", "dry_field"] and not bad
+    assert split.subsets["val"] == [Sample("all_img/P04.jpg", 1)]
+
+
+def _ours(root: Path) -> Path:
+    path = root / "ours.txt"
+    path.write_text("apron/P02.jpg\n")
+    return path
+
+
+@pytest.mark.parametrize(("train", "message"), [
+    (["P01.jpg apron 0", "P02.jpg apron 1"], "class index 1 is 'dry_field'"),
+    (["P01.jpg apron 0", "P02.jpg dry_field 0"], "class index 0 is 'apron'"),
+    (["P01.jpg apron 0", "P02.jpg beach 3"], "none is [2]"),
+    (["P01.jpg apron"], "expected '<image> <class name> <class index>'"),
+    (["P01.jpg apron 0", "P01.jpg apron 0"], "listed twice"),
+])
+def test_rsp_label_list_errors_name_the_file_and_line(tmp_path, train, message):
+    _rsp_release(tmp_path, {"valid_labels.txt": ["P09.jpg dry_field 1"], "train_labels.txt": train})
+    with pytest.raises(DataError, match=r"train_labels\.txt") as info:
+        read_label_lists({"val": tmp_path / "valid_labels.txt", "train": tmp_path / "train_labels.txt"}, tmp_path)
+    assert message in str(info.value)

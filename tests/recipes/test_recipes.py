@@ -54,11 +54,18 @@ def _layout(tmp_path, name: str) -> list[str]:
         make_scenes(tmp_path / "data" / "train", per_class=3)
         make_scenes(tmp_path / "data" / "val", per_class=1)
         return ["--data", str(tmp_path / "data")]
-    data = make_scenes(tmp_path / "data", per_class=3)
-    images = sorted(p.relative_to(data).as_posix() for p in data.glob("*/*.png"))
-    (tmp_path / "train.txt").write_text("\n".join(images[1::3] + images[2::3]) + "\n")
-    (tmp_path / "val.txt").write_text("\n".join(images[::3]) + "\n")
-    return ["--data", str(data), "--split-files", f"train={tmp_path / 'train.txt'}", f"val={tmp_path / 'val.txt'}"]
+    # MillionAID's RSP release: every image in all_img/, the classes named in the label lists.
+    data = make_scenes(tmp_path / "scenes", per_class=3)
+    release = tmp_path / "data"
+    (release / "all_img").mkdir(parents=True)
+    lines = []
+    for index, folder in enumerate(sorted(p for p in data.iterdir() if p.is_dir())):
+        for image in sorted(folder.glob("*.png")):
+            image.rename(release / "all_img" / image.name)
+            lines.append(f"{image.name} {folder.name} {index}")
+    (release / "train_labels.txt").write_text("\n".join(lines[1::3] + lines[2::3]) + "\n")
+    (release / "valid_labels.txt").write_text("\n".join(lines[::3]) + "\n")
+    return ["--data", str(release)]
 
 
 @pytest.mark.parametrize("name", recipe_names())

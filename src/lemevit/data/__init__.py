@@ -1,7 +1,15 @@
 """Data for every task: image reading, region reading, splits and their file, seeded sampling, band statistics,
 the data module every task trains with, and each task's datasets (``classification``, ``segmentation``,
 ``change``, ``detection``)."""
-from lemevit.data.classification import Sample, SceneDataset, check_images, read_split_file, scan_class_folders
+from lemevit.data.classification import (
+    Sample,
+    SceneDataset,
+    check_images,
+    is_label_list,
+    read_label_lists,
+    read_split_file,
+    scan_class_folders,
+)
 from lemevit.data.datamodule import Indexed, SeededDataModule
 from lemevit.data.images import IMAGE_EXTENSIONS, ImageReadError, read_image
 from lemevit.data.regions import RegionReader, raster_size, read_region
@@ -28,9 +36,11 @@ __all__ = [
     "epoch_seed",
     "eval_transform",
     "hashed_split",
+    "is_label_list",
     "load_split",
     "raster_size",
     "read_image",
+    "read_label_lists",
     "read_region",
     "read_split_file",
     "reseed",

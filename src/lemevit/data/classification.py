@@ -1,8 +1,10 @@
 """Scene classification data: class folders, split files, image checks and the scene dataset.
 
 A dataset is a root folder with one subfolder per class (``root/<class>/**/<image>``); class names are
-the sorted subfolder names and labels their indices. Sample paths are stored relative to the root, in
-POSIX form, so that a split stays valid when the data moves.
+the sorted subfolder names and labels their indices. The RSP releases of MillionAID, AID, UC Merced and
+NWPU-RESISC45 (Wang et al., TGRS 2022, which LeMeViT trains from) instead keep every image in one folder and name
+its class in label lists (:func:`read_label_lists`). Sample paths are stored relative to the root, in POSIX form,
+so that a split stays valid when the data moves.
 """
 from __future__ import annotations
 
@@ -22,9 +24,15 @@ from lemevit.errors import ConfigError, DataError
 from lemevit.io import atomic_path
 from lemevit.viz import display_rgb
 
-__all__ = ["Sample", "SceneDataset", "check_images", "read_split_file", "scan_class_folders"]
+__all__ = ["RSP_IMAGES", "RSP_LISTS", "Sample", "SceneDataset", "check_images", "is_label_list", "read_label_lists",
+           "read_split_file", "scan_class_folders"]
 
 _PROGRESS_MIN_IMAGES = 200
+
+#: The label lists of the RSP MillionAID release, found in a dataset root without being named.
+RSP_LISTS = {"train": "train_labels.txt", "val": "valid_labels.txt"}
+#: The folder of the RSP releases that holds every image the lists name.
+RSP_IMAGES = "all_img"
 
 
 @dataclass(frozen=True)
@@ -73,24 +81,27 @@ def scan_class_folders(root: str | Path) -> tuple[list[str], list[Sample]]:
     return class_names, samples
 
 
-def read_split_file(path: str | Path, root: str | Path, class_names: Sequence[str]) -> list[Sample]:
-    """Samples listed in a text file: one image path per line, relative to ``root``, whose first
-    component is the class folder (``Airport/airport_1.jpg``). Blank lines and lines starting with
-    ``#`` are ignored. Errors name the file, the line number and the path."""
-    path, root = Path(path), Path(root)
+def _entries(path: Path) -> list[tuple[int, str]]:
+    """``(line number, text)`` of the lines of a list file that are neither blank nor ``#`` comments."""
     if not path.is_file():
         raise DataError(f"split file {path} does not exist")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read split file {path}: {e}") from e
+    return [(n, line.strip()) for n, line in enumerate(lines, start=1) if line.strip() and
+            not line.strip().startswith("#")]
+
+
+def read_split_file(path: str | Path, root: str | Path, class_names: Sequence[str]) -> list[Sample]:
+    """Samples listed in a text file: one image path per line, relative to ``root``, whose first
+    component is the class folder (``Airport/airport_1.jpg``). Blank lines and lines starting with
+    ``#`` are ignored. Errors name the file, the line number and the path."""
+    path, root = Path(path), Path(root)
     labels = {name: i for i, name in enumerate(class_names)}
     samples: list[Sample] = []
     seen: dict[str, int] = {}
-    for number, line in enumerate(lines, start=1):
-        entry = line.strip()
-        if not entry or entry.startswith("#"):
-            continue
+    for number, entry in _entries(path):
         where = f"{path}, line {number}: {entry!r}"
         rel = PurePosixPath(entry)
         if rel.is_absolute() or len(rel.parts) < 2:
@@ -109,6 +120,62 @@ def read_split_file(path: str | Path, root: str | Path, class_names: Sequence[st
     if not samples:
         raise DataError(f"split file {path} lists no images")
     return samples
+
+
+def is_label_list(path: str | Path) -> bool:
+    """Whether a list file is in RSP's format, ``<image> <class name> <class index>`` per line (else it is ours,
+    ``<class>/<image>``)."""
+    entries = _entries(Path(path))
+    fields = entries[0][1].split() if entries else []
+    return len(fields) == 3 and fields[2].isdigit()
+
+
+def read_label_lists(paths: dict[str, str | Path], root: str | Path) -> tuple[list[str], dict[str, list[Sample]]]:
+    """Class names and each subset's samples from RSP-style label lists (``{"train": FILE, "val": FILE}``).
+
+    Each line names an image below ``root/all_img/`` (``root/`` when there is no such folder), its class and the
+    class's index; the class names are ordered by those indices, which must run 0..K-1 and name one class each
+    throughout the lists. Errors name the file and the line."""
+    root = Path(root)
+    images = root / RSP_IMAGES if (root / RSP_IMAGES).is_dir() else root
+    prefix = PurePosixPath(images.relative_to(root))
+    names: dict[int, tuple[str, str]] = {}
+    subsets: dict[str, list[Sample]] = {}
+    for subset, path in paths.items():
+        path = Path(path)
+        samples, seen = [], {}
+        for number, entry in _entries(path):
+            where = f"{path}, line {number}: {entry!r}"
+            fields = entry.split()
+            if len(fields) != 3 or not fields[2].isdigit():
+                raise DataError(f"{where}: expected '<image> <class name> <class index>' (RSP's label lists)")
+            image, name, index = fields[0], fields[1], int(fields[2])
+            known = names.setdefault(index, (name, where))
+            if known[0] != name:
+                raise DataError(f"{where}: class index {index} is {known[0]!r} at {known[1]}")
+            rel = prefix / image
+            if PurePosixPath(image).is_absolute() or ".." in PurePosixPath(image).parts:
+                raise DataError(f"{where}: expected a path relative to {images}")
+            if not _is_image(rel.name):
+                raise DataError(f"{where}: not an image file; expected one of {', '.join(sorted(IMAGE_EXTENSIONS))}")
+            if not (root / rel).is_file():
+                raise DataError(f"{where}: file {root / rel} not found")
+            if rel.as_posix() in seen:
+                raise DataError(f"{where}: listed twice (first on line {seen[rel.as_posix()]})")
+            seen[rel.as_posix()] = number
+            samples.append(Sample(rel.as_posix(), index))
+        if not samples:
+            raise DataError(f"split file {path} lists no images")
+        subsets[subset] = samples
+    missing = sorted(set(range(max(names) + 1)) - set(names))
+    if missing:
+        raise DataError(f"the label lists {', '.join(str(p) for p in paths.values())} use class indices up to "
+                         f"{max(names)} but none is {missing[:10]}: indices must run 0..K-1")
+    by_name: dict[str, int] = {}
+    for index, (name, where) in sorted(names.items()):
+        if by_name.setdefault(name, index) != index:
+            raise DataError(f"{where}: class {name!r} has index {index} and {by_name[name]}")
+    return [names[i][0] for i in range(len(names))], subsets
 
 
 def _progress(items: Sequence, desc: str) -> Iterable:

@@ -14,7 +14,16 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torch.utils.data import Dataset
 
-from lemevit.data.classification import Sample, SceneDataset, check_images, read_split_file, scan_class_folders
+from lemevit.data.classification import (
+    RSP_LISTS,
+    Sample,
+    SceneDataset,
+    check_images,
+    is_label_list,
+    read_label_lists,
+    read_split_file,
+    scan_class_folders,
+)
 from lemevit.data.datamodule import SeededDataModule
 from lemevit.data.files import PredictionFiles, collate_readable
 from lemevit.data.images import read_image
@@ -37,13 +46,19 @@ __all__ = ["ClassificationConfig", "ClassificationPredictOptions", "Classificati
 @dataclass(kw_only=True)
 class ClassificationConfig(RunConfig):
     """A scene-recognition run. The images are split by ``split_files`` (``{"train": LIST, "val": LIST}``, paths
-    ``<class>/<image>`` one per line) when given, else per class with ``split`` of them in training."""
+    ``<class>/<image>`` or RSP's ``<image> <class> <index>`` one per line) when given or found (an RSP release),
+    else per class with ``split`` of them in training."""
 
     task: str = option("classification", "the task", cli=False)
-    data: str = option(None, "class-per-folder image directory (UC Merced, AID, NWPU-RESISC45, your own), or one "
-                             "with train/ and val/ such directories (ImageNet's layout), which are the split")
-    split_files: dict[str, str] = option({}, "list files of each subset's images (<class>/<image> one per line) "
-                                             "instead of a split by `split`", nargs="+", metavar="SUBSET=FILE")
+    data: str = option(None, "class-per-folder image directory (UC Merced, AID, NWPU-RESISC45, your own), one with "
+                             "train/ and val/ such directories (ImageNet's layout), which are the split, or an RSP "
+                             "release (all_img/ with train_labels.txt and valid_labels.txt, as MillionAID)")
+    split_files: dict[str, str] = option({}, "list files of each subset's images instead of a split by `split`: "
+                                             "<class>/<image> one per line, or RSP's <image> <class> <index> lines "
+                                             "naming images in all_img/", nargs="+", metavar="SUBSET=FILE")
+    split: float = option(0.8, "fraction of each class in training, the rest validates (the papers' protocols: AID "
+                               "0.2 or 0.5, NWPU-RESISC45 0.1 or 0.2, UC Merced 0.8; 1.0: validate on the training "
+                               "images)")
     img_size: int = option(224, "side of the training crops and of the resized evaluation images, in pixels")
     epochs: int = option(30, "training epochs", resumable=True)
     batch_size: int = option(32, "images per batch and device")
@@ -129,28 +144,37 @@ class ClassificationTask(NamedClasses, BaseTask):
     @classmethod
     def prepare(cls, cfg: ClassificationConfig, progress: bool = True) -> tuple[Split, list[dict]]:
         root = Path(cfg.data)
-        presplit = not cfg.split_files and all((root / name).is_dir() for name in ("train", "val"))
-        class_names, samples = scan_class_folders(root / "train" if presplit else root)
+        class_names, subsets = cls._subsets(cfg, root)
         if len(class_names) < 2:
-            raise DataError(f"{root} has one class folder ({class_names[0]}): a classifier needs two classes or more")
-        if presplit:
-            # ImageNet's layout: train/ and val/ of class folders are the split.
-            subsets = {"train": [Sample(f"train/{s.path}", s.label) for s in samples]}
-            val_names, val = scan_class_folders(root / "val")
-            unknown = sorted(set(val_names) - set(class_names))
-            if unknown:
-                raise DataError(f"{root / 'val'} has classes that {root / 'train'} lacks: {unknown[:5]}")
-            subsets["val"] = [Sample(f"val/{s.path}", class_names.index(val_names[s.label])) for s in val]
-        elif cfg.split_files:
-            subsets = {name: read_split_file(path, root, class_names) for name, path in cfg.split_files.items()}
-        else:
-            subsets = split_items(samples, cfg.split, cfg.seed, key=lambda s: s.path, group=lambda s: s.label,
-                                  what=f"images in {root}")
+            raise DataError(f"{root} has one class ({class_names[0]}): a classifier needs two classes or more")
         bad = []
         for name in subsets:
             subsets[name], bad_here = check_images(root, subsets[name], cfg.skip_bad)
             bad += bad_here
         return Split(root, subsets, {"class_names": class_names}), bad
+
+    @staticmethod
+    def _subsets(cfg: ClassificationConfig, root: Path) -> tuple[list[str], dict[str, list[Sample]]]:
+        """Class names and subsets: from list files (ours or RSP's, named or RSP's found in ``root``), else from
+        ImageNet's train/ and val/, else from class folders split by ``cfg.split``."""
+        lists = cfg.split_files or ({name: str(root / f) for name, f in RSP_LISTS.items()}
+                                    if all((root / f).is_file() for f in RSP_LISTS.values()) else {})
+        if lists and all(is_label_list(path) for path in lists.values()):
+            return read_label_lists(lists, root)
+        presplit = not lists and all((root / name).is_dir() for name in ("train", "val"))
+        class_names, samples = scan_class_folders(root / "train" if presplit else root)
+        if lists:
+            return class_names, {name: read_split_file(path, root, class_names) for name, path in lists.items()}
+        if not presplit:
+            return class_names, split_items(samples, cfg.split, cfg.seed, key=lambda s: s.path,
+                                            group=lambda s: s.label, what=f"images in {root}")
+        # ImageNet's layout: train/ and val/ of class folders are the split.
+        val_names, val = scan_class_folders(root / "val")
+        unknown = sorted(set(val_names) - set(class_names))
+        if unknown:
+            raise DataError(f"{root / 'val'} has classes that {root / 'train'} lacks: {unknown[:5]}")
+        return class_names, {"train": [Sample(f"train/{s.path}", s.label) for s in samples],
+                             "val": [Sample(f"val/{s.path}", class_names.index(val_names[s.label])) for s in val]}
 
     @classmethod
     def training_images(cls, split: Split) -> list[Path]:
