@@ -4,11 +4,14 @@ Boxes are le90 oriented boxes ``(cx, cy, w, h, theta)`` in pixels (see :mod:`lem
 coordinates are continuous, the image spanning ``[0, W] x [0, H]`` and pixel ``(i, j)`` centred at
 ``(j + 0.5, i + 0.5)``.
 
-Dataset layouts recognised by :func:`scan_detection_folder`:
+Dataset layouts recognised by :func:`scan_detection_data`:
 
 - DOTA: ``images/*.png`` with ``labelTxt/<stem>.txt`` (two optional header lines ``imagesource:`` and
   ``gsd:``, then ``x1 y1 x2 y2 x3 y3 x4 y4 category difficult`` per object);
-- DIOR-R: ``JPEGImages*/`` (or ``JPEGImage/``) with ``Annotations/Oriented Bounding Boxes/<stem>.xml``.
+- DIOR-R: ``JPEGImages*/`` (or ``JPEGImage/``) with ``Annotations/Oriented Bounding Boxes/<stem>.xml``;
+- DOTA's released layout: ``train/`` and ``val/`` folders, each one of the above, which then are the split,
+  and optionally ``test/``: unlabelled (``test/images`` only, as DOTA publishes it) it is left to ``predict``,
+  whose Task-1 files its evaluation server scores; with ``labelTxt/`` it is the test subset.
 """
 from __future__ import annotations
 
@@ -24,15 +27,16 @@ import torch
 
 from lemevit.data.images import read_image
 from lemevit.data.regions import RegionReader, raster_size
+from lemevit.data.splits import SUBSETS
 from lemevit.data.transforms import IMAGENET_RGB_MEAN_STD
 from lemevit.errors import ConfigError, DataError
 from lemevit.io.paths import is_listed_image
 from lemevit.ops.rotated import normalize_boxes, quad_to_box
 
 __all__ = [
-    "DIOR_R_CLASSES", "DOTA_V1_CLASSES", "DetectionImages", "ImageLabels", "LabelError", "PatchDataset",
+    "DIOR_R_CLASSES", "DOTA_V1_CLASSES", "UNSPLIT", "DetectionImages", "ImageLabels", "LabelError", "PatchDataset",
     "collate_detection", "collate_single", "flip_boxes", "merge_patch_detections", "parse_dior_xml", "parse_dota_txt",
-    "patch_objects", "patch_windows", "rot90_boxes", "scan_detection_folder",
+    "patch_objects", "patch_windows", "rot90_boxes", "scan_detection_data", "scan_detection_folder",
 ]
 
 DOTA_V1_CLASSES = (
@@ -46,6 +50,9 @@ DIOR_R_CLASSES = (
     "storagetank", "tenniscourt", "trainstation", "vehicle", "windmill",
 )
 _DIOR_CORNERS = ("left_top", "right_top", "right_bottom", "left_bottom")
+_DIOR_ANNOTATIONS = Path("Annotations", "Oriented Bounding Boxes")
+#: The subset key of :func:`scan_detection_data` for a folder holding its images itself, to be split at random.
+UNSPLIT = "unsplit"
 
 
 class LabelError(DataError):
@@ -141,31 +148,68 @@ def _image_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-def scan_detection_folder(root: str | Path) -> tuple[list[str], list[ImageLabels]]:
-    """Class names and labelled images of a DOTA or DIOR-R folder (see the module docstring)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"detection data folder {root} is not a folder" if root.exists() else
-                        f"detection data folder {root} does not exist")
+def _is_labelled_folder(folder: Path) -> bool:
+    return ((folder / "labelTxt").is_dir() and (folder / "images").is_dir()) or (folder / _DIOR_ANNOTATIONS).is_dir()
+
+
+def _scan_labelled_folder(root: Path) -> tuple[list[str], list[ImageLabels]]:
+    """Class names and labelled images of one DOTA or DIOR-R folder (not DOTA's released train/, val/ layout)."""
     if (root / "labelTxt").is_dir() and (root / "images").is_dir():
         class_names, images = list(DOTA_V1_CLASSES), _image_files(root / "images")
         labels = [parse_dota_txt(root / "labelTxt" / f"{stem}.txt", class_names, image)
                   for stem, image in images.items() if (root / "labelTxt" / f"{stem}.txt").is_file()]
-    elif (root / "Annotations" / "Oriented Bounding Boxes").is_dir():
+    elif (root / _DIOR_ANNOTATIONS).is_dir():
         class_names = list(DIOR_R_CLASSES)
         folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("JPEGImage"))
         images = {stem: p for folder in folders for stem, p in _image_files(folder).items()}
-        xml = root / "Annotations" / "Oriented Bounding Boxes"
+        xml = root / _DIOR_ANNOTATIONS
         labels = [parse_dior_xml(xml / f"{stem}.xml", class_names, image)
                   for stem, image in images.items() if (xml / f"{stem}.xml").is_file()]
+    elif (root / "images").is_dir():
+        raise DataError(f"{root}: images/ has no labelTxt/ beside it (DOTA's labels, labelTxt/<image>.txt); an "
+                        "unlabelled folder such as DOTA's test/images is predicted, not trained on")
     else:
-        raise DataError(f"{root}: expected DOTA (images/ and labelTxt/) or DIOR-R "
-                                "(JPEGImages*/ and 'Annotations/Oriented Bounding Boxes/') folders")
+        raise DataError(f"{root}: expected DOTA (images/ and labelTxt/, or train/ and val/ such folders) or DIOR-R "
+                        "(JPEGImages*/ and 'Annotations/Oriented Bounding Boxes/') folders")
     if not labels:
         raise DataError(f"{root}: no image has a label file")
     if not any(len(i.quads) for i in labels):
         raise DataError(f"{root}: the label files of its {len(labels)} image(s) hold no objects; nothing to learn")
     return class_names, labels
+
+
+def scan_detection_data(root: str | Path) -> tuple[list[str], dict[str, list[ImageLabels]]]:
+    """Class names and labelled images of a detection data folder by subset (see the module docstring):
+    ``train``, ``val`` and a labelled ``test`` of DOTA's released layout, which are the split; everything under
+    :data:`UNSPLIT` for a folder that holds its images itself."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"detection data folder {root} is not a folder" if root.exists() else
+                        f"detection data folder {root} does not exist")
+    present = [s for s in SUBSETS if (root / s).is_dir()]
+    if _is_labelled_folder(root) or not {"train", "val"} & set(present):
+        class_names, labels = _scan_labelled_folder(root)
+        return class_names, {UNSPLIT: labels}
+    missing = [s for s in ("train", "val") if s not in present]
+    if missing:
+        raise DataError(f"{root}: has {', '.join(s + '/' for s in present)} but no {missing[0]}/; DOTA's released "
+                        "layout is train/ and val/ (each with images/ and labelTxt/), and optionally test/images")
+    # DOTA's own test/ is images only, scored by its evaluation server on what predict writes.
+    labelled = [s for s in present if s != "test" or _is_labelled_folder(root / s)]
+    class_names, subsets = None, {}
+    for subset in labelled:
+        names, subsets[subset] = _scan_labelled_folder(root / subset)
+        if class_names is not None and names != class_names:
+            raise DataError(f"{root / subset}: its labels are of another data set than those of {root / 'train'} "
+                            "(DOTA and DIOR-R folders mixed)")
+        class_names = names
+    return class_names, subsets
+
+
+def scan_detection_folder(root: str | Path) -> tuple[list[str], list[ImageLabels]]:
+    """Class names and every labelled image of a detection data folder, all its subsets together."""
+    class_names, subsets = scan_detection_data(root)
+    return class_names, [labels for images in subsets.values() for labels in images]
 
 
 def patch_windows(width: int, height: int, size: int = 1024, overlap: int = 200) -> list[tuple[int, int]]:

@@ -1,8 +1,9 @@
 """Oriented object detection: Oriented R-CNN over any backbone, trained on windows of large images, evaluated
-with DOTA's protocol on whole images (window by window, merged), predicting DOTA Task-1 files, drawn boxes and,
-for georeferenced scenes, GeoJSON."""
+with DOTA's protocol on whole images (window by window, merged), predicting DOTA Task-1 files (and their zip for
+DOTA's evaluation server), drawn boxes and, for georeferenced scenes, GeoJSON."""
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +14,14 @@ from torch.utils.data import Dataset
 
 from lemevit.data.datamodule import SeededDataModule
 from lemevit.data.detection import (
+    UNSPLIT,
     DetectionImages,
     ImageLabels,
     PatchDataset,
     collate_detection,
     merge_patch_detections,
     patch_windows,
+    scan_detection_data,
     scan_detection_folder,
 )
 from lemevit.data.files import BadFile, PredictionFiles
@@ -38,8 +41,11 @@ from lemevit.tasks.base import BaseTask, NamedClasses, initial_weights
 from lemevit.tasks.dense import first_item
 from lemevit.tasks.registry import register_task
 
-__all__ = ["DetectionConfig", "DetectionPredictOptions", "DetectionTask", "LabelledImage", "default_overlap"]
+__all__ = ["TASK1_ZIP", "DetectionConfig", "DetectionPredictOptions", "DetectionTask", "LabelledImage",
+           "default_overlap"]
 
+#: The zip of the Task-1 files that DOTA's evaluation server takes.
+TASK1_ZIP = "Task1.zip"
 #: Overlap of 1024-pixel windows in the published DOTA setting; other window sides overlap in proportion.
 _OVERLAP_OF_1024 = 200
 
@@ -60,26 +66,35 @@ class LabelledImage:
 @dataclass(kw_only=True)
 class DetectionConfig(RunConfig):
     """A detection run. ``img_size`` is the side of the square windows the images are cut into, ``overlap``
-    the pixels neighbours share (default: in proportion to 200 for 1024)."""
+    the pixels neighbours share (default: in proportion to 200 for 1024). Data in DOTA's released layout
+    (``train/``, ``val/``) comes split; ``trainval`` trains on both, as the DOTA papers do before scoring the
+    unlabelled ``test/`` on DOTA's evaluation server."""
 
     task: str = option("detection", "the task", cli=False)
-    data: str = option(None, "DOTA (images/, labelTxt/) or DIOR-R (JPEGImages*/, Annotations/Oriented Bounding "
-                             "Boxes/)")
+    data: str = option(None, "DOTA (images/, labelTxt/; or DOTA's released train/ and val/ such folders, which are "
+                             "the split, and test/images to predict) or DIOR-R (JPEGImages*/, Annotations/Oriented "
+                             "Bounding Boxes/)")
     img_size: int = option(1024, "side of the windows the images are cut into, in pixels")
     epochs: int = option(12, "training epochs", resumable=True)
     batch_size: int = option(2, "windows per batch and device")
-    split: float = option(0.8, "fraction of the images in training (1.0: validate on the training images)")
+    split: float = option(0.8, "fraction of the images in training (1.0: validate on the training images); unused "
+                               "when the data has train/ and val/ folders, which are the split")
+    trainval: bool = option(False, "train on train/ and val/ together (the DOTA papers' protocol), still validating "
+                                   "on val/, which then is not held out: scores come from predicting test/")
     lr: float = option(1e-4, "peak learning rate of AdamW")
     gradient_clip: float | None = option(35.0, "clip the gradient norm to this value")
     overlap: int | None = option(None, "pixels shared by neighbouring windows (default img_size * 200 / 1024)")
     fpn_channels: int = option(256, "FPN width")
     rpn_proposals: int = option(2000, "proposals per image in training")
     test_proposals: int = option(2000, "proposals per window at inference")
+    nms_iou: float = option(0.1, "IoU above which the class-wise rotated NMS at inference removes the lower-scoring "
+                                 "box, within a window and in merging the windows (Oriented R-CNN's DOTA setting)")
     augment: bool = option(True, "random flips and quarter turns of the training windows")
 
     def __post_init__(self):
         super().__post_init__()
         self.check_positive("fpn_channels", "rpn_proposals", "test_proposals")
+        self.check_fraction("nms_iou")
         if self.overlap is not None:
             self.check_non_negative("overlap")
             if self.overlap >= self.img_size:
@@ -88,8 +103,9 @@ class DetectionConfig(RunConfig):
 
 @dataclass(kw_only=True)
 class DetectionPredictOptions(PredictOptions):
-    output: str = option(None, "a folder: DOTA Task-1 files Task1_<class>.txt, <image>.png with the boxes drawn, "
-                               "<image>.geojson for georeferenced GeoTIFFs")
+    output: str = option(None, "a folder: DOTA Task-1 files Task1_<class>.txt and Task1.zip of them (what DOTA's "
+                               "evaluation server takes), <image>.png with the boxes drawn, <image>.geojson for "
+                               "georeferenced GeoTIFFs")
     batch_size: int = option(4, "windows per batch and device")
     draw_threshold: float = option(0.3, "boxes scoring at least this are drawn")
 
@@ -131,23 +147,30 @@ class DetectionTask(NamedClasses, BaseTask):
                  img_size: int = 1024, overlap: int | None = None, mean: Sequence[float] = (123.675, 116.28, 103.53),
                  std: Sequence[float] = (58.395, 57.12, 57.375), input_dtype: str | None = None,
                  optimization: dict | None = None, drop_path_rate: float = 0.1, fpn_channels: int = 256,
-                 rpn_proposals: int = 2000,
-                 test_proposals: int = 2000, init_checkpoint: str | None = None, seed: int = 0):
+                 rpn_proposals: int = 2000, test_proposals: int = 2000, nms_iou: float = 0.1,
+                 init_checkpoint: str | None = None, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
         self.overlap = default_overlap(img_size) if overlap is None else overlap
         self.model = OrientedRCNN(model, num_classes, in_chans=in_chans, fpn_channels=fpn_channels,
                                   drop_path_rate=drop_path_rate, backbone_checkpoint=initial_weights(init_checkpoint),
-                                  rpn_proposals=rpn_proposals, test_proposals=test_proposals)
+                                  rpn_proposals=rpn_proposals, test_proposals=test_proposals, nms_threshold=nms_iou)
 
     # --- training ---------------------------------------------------------------------------------------------
     @classmethod
     def prepare(cls, cfg: DetectionConfig, progress: bool = True) -> tuple[Split, list[dict]]:
         root = Path(cfg.data)
-        class_names, images = scan_detection_folder(root)
-        items = [LabelledImage(i.image.relative_to(root).as_posix()) for i in images]
-        subsets = split_items(items, cfg.split, cfg.seed, key=lambda item: item.image,
-                              what=f"labelled images in {root}")
+        class_names, found = scan_detection_data(root)
+        items = {name: [LabelledImage(i.image.relative_to(root).as_posix()) for i in images]
+                 for name, images in found.items()}
+        if UNSPLIT in items:
+            if cfg.trainval:
+                raise ConfigError("trainval", f"trains on the train/ and val/ folders of DOTA's released layout, "
+                                              f"which {root} lacks: it holds its images itself (use `split`)")
+            subsets = split_items(items[UNSPLIT], cfg.split, cfg.seed, key=lambda item: item.image,
+                                  what=f"labelled images in {root}")
+        else:
+            subsets = {**items, "train": items["train"] + items["val"]} if cfg.trainval else items
         return Split(root, subsets, {"class_names": class_names}), []
 
     @classmethod
@@ -161,7 +184,7 @@ class DetectionTask(NamedClasses, BaseTask):
                    img_size=cfg.img_size, overlap=cfg.overlap, mean=normalisation.mean, std=normalisation.std,
                    input_dtype=normalisation.dtype, optimization=cfg.optimization().to_dict(),
                    drop_path_rate=cfg.drop_path_rate, fpn_channels=cfg.fpn_channels,
-                   rpn_proposals=cfg.rpn_proposals, test_proposals=cfg.test_proposals,
+                   rpn_proposals=cfg.rpn_proposals, test_proposals=cfg.test_proposals, nms_iou=cfg.nms_iou,
                    init_checkpoint=cfg.starting_weights, seed=cfg.seed)
 
     def _labels(self, root: Path, items: Sequence[LabelledImage]) -> list[ImageLabels]:
@@ -189,9 +212,10 @@ class DetectionTask(NamedClasses, BaseTask):
 
     # --- detection over whole images --------------------------------------------------------------------------
     @torch.inference_mode()
-    def detect(self, image: np.ndarray, merge_iou: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Oriented boxes as corner quads ``(n, 4, 2)``, scores and labels over a whole ``(H, W, C)`` image:
-        detected window by window (the run's window side and overlap) and merged by class-wise rotated NMS."""
+        detected window by window (the run's window side and overlap) and merged by class-wise rotated NMS at the
+        run's ``nms_iou``, the detector's own (a higher one per window would be undone by a lower one in merging)."""
         hp = self.hparams
         height, width = image.shape[:2]
         size = hp.img_size
@@ -212,8 +236,8 @@ class DetectionTask(NamedClasses, BaseTask):
                 boxes.append(det["boxes"].float().cpu())
                 scores.append(det["scores"].float().cpu())
                 labels.append(det["labels"].cpu())
-        merged_boxes, merged_scores, merged_labels = merge_patch_detections(boxes, scores, labels, windows, merge_iou)
-        return box_to_quad(merged_boxes).numpy(), merged_scores.numpy(), merged_labels.numpy()
+        boxes, scores, labels = merge_patch_detections(boxes, scores, labels, windows, self.model.nms_threshold)
+        return box_to_quad(boxes).numpy(), scores.numpy(), labels.numpy()
 
     def onnx_graphs(self) -> dict[str, OnnxGraph]:
         """The trunk (image -> pyramid P2..P6, then per level the RPN's objectness and deltas) and the box head (RoI
@@ -237,9 +261,11 @@ class DetectionTask(NamedClasses, BaseTask):
         if data is None:
             return split.root, list(split.evaluation)
         root = Path(data)
-        names, images = scan_detection_folder(root)
+        names, found = scan_detection_data(root)
         if names != self.class_names:
             raise DataError(f"{root}: its classes {names} are not the model's {self.class_names}")
+        # DOTA's released layout is scored on its held-out folder, as a run on it is.
+        images = found.get(UNSPLIT) or found.get("test") or found["val"]
         return root, [LabelledImage(i.image.relative_to(root).as_posix()) for i in images]
 
     def evaluation_records(self, batch) -> list[tuple[int, dict]]:
@@ -268,7 +294,7 @@ class DetectionTask(NamedClasses, BaseTask):
         self._inputs = list_images(options.inputs)
         check_distinct_names(self._inputs)
         output = check_writable_folder(options.output)
-        planned = [output / f"Task1_{name}.txt" for name in self.class_names]
+        planned = [output / f"Task1_{name}.txt" for name in self.class_names] + [output / TASK1_ZIP]
         planned += [output / f"{p.stem}{suffix}" for p in self._inputs for suffix in (".png", ".geojson")]
         check_outputs_spare_inputs(self._inputs, planned)
 
@@ -311,7 +337,13 @@ class DetectionTask(NamedClasses, BaseTask):
             geo = f", {record['geojson']}" if record["geojson"] else ""
             printed.append(f"{record['image']}: {len(record['scores'])} objects ({record['drawn']} drawn in "
                            f"{record['png']}{geo})")
-        for name, rows in lines.items():
-            with atomic_path(output / f"Task1_{name}.txt") as tmp:
-                tmp.write_text("".join(row + "\n" for row in rows))
-        return printed + [f"wrote DOTA Task-1 files Task1_<class>.txt into {output}"]
+        texts = {f"Task1_{name}.txt": "".join(row + "\n" for row in rows) for name, rows in lines.items()}
+        for file_name, text in texts.items():
+            with atomic_path(output / file_name) as tmp:
+                tmp.write_text(text)
+        # DOTA's evaluation server takes one zip with every class's file at its top level, empty ones included.
+        with atomic_path(output / TASK1_ZIP) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+            for file_name, text in texts.items():
+                archive.writestr(file_name, text)
+        return printed + [f"wrote DOTA Task-1 files Task1_<class>.txt into {output}",
+                          f"wrote {output / TASK1_ZIP}: the {len(texts)} Task-1 files, for DOTA's evaluation server"]
