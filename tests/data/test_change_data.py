@@ -1,6 +1,7 @@
 """Change-detection data: the LEVIR-CD layout, splits, masks, joint crops and bad pairs named in errors."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from lemevit.data.change import (
     read_list_file,
     scan_change_folder,
 )
-from lemevit.errors import DataError
+from lemevit.errors import ConfigError, DataError
 
 LEVIR = FIXTURES / "levir_cd"
 
@@ -140,3 +141,63 @@ def test_pairs_smaller_than_the_crop_are_padded_with_the_ignored_label(tmp_path)
     assert (label[20:] == IGNORE_INDEX).all() and (label[:, 24:] == IGNORE_INDEX).all()
     assert set(label[:20, :24].unique().tolist()) <= {0, 1}
     assert (a[:, 20:] == 0).all() and (b[:, :, 24:] == 0).all()
+
+
+def test_the_cdd_release_layout_with_out_masks_is_split_by_its_subfolders(tmp_path):
+    cdd = tmp_path / "ChangeDetectionDataset" / "Real" / "subset"
+    for subset, names in (("train", ["00000", "00001"]), ("val", ["00002"]), ("test", ["00003"])):
+        make_pairs(cdd / subset, names=names)
+        shutil.move(cdd / subset / "label", cdd / subset / "OUT")
+    splits = find_change_splits(cdd)
+    assert sorted(splits) == ["test", "train", "val"]
+    assert [p.label for p in splits["train"]] == ["train/OUT/00000.png", "train/OUT/00001.png"]
+    assert splits["test"][0].a == "test/A/00003.png" and splits["val"][0].label == "val/OUT/00002.png"
+    assert check_pairs(cdd, splits["train"]) == (3, "uint8")
+
+    (cdd / "val" / "label").mkdir()
+    with pytest.raises(DataError, match=r"val has both label/ and OUT/"):
+        find_change_splits(cdd)
+    (cdd / "val" / "label").rmdir()
+    shutil.rmtree(cdd / "val" / "OUT")
+    with pytest.raises(DataError, match=r"val has no label/ folder; .* label/ or OUT/"):
+        find_change_splits(cdd)
+
+
+def column_coded_pair(root: Path, size=(64, 80)) -> Path:
+    """One pair whose dates are the same image, the column of each pixel in its first band, with a mask that
+    changes every 16 columns: a crop's scale and its alignment with the mask can be read off it."""
+    cols = np.broadcast_to(np.arange(size[1]), size)
+    image = np.stack([cols, cols[::-1], np.full(size, 128)], axis=-1).astype(np.uint8)
+    for folder, array in (("A", image), ("B", image), ("label", np.where(cols // 16 % 2, 255, 0).astype(np.uint8))):
+        (root / folder).mkdir(parents=True)
+        Image.fromarray(array).save(root / folder / "pair.png")
+    return root
+
+
+def test_scale_jitter_and_photometric_distortion_of_change_crops(tmp_path):
+    root = column_coded_pair(tmp_path / "data")
+    pairs = scan_change_folder(root)
+
+    def crops(**kwargs) -> ChangeCrops:
+        return ChangeCrops(root, pairs, img_size=32, mean=[0, 0, 0], std=[1, 1, 1], crops_per_pair=12, flip=False,
+                           rotate90=False, augment_seed=6, **kwargs)
+
+    jittered, distorted = crops(scale_range=[0.5, 2.0]), crops(scale_range=[0.5, 2.0], photometric=True)
+    steps, differing_dates = set(), 0
+    for i in range(len(jittered)):
+        a, b, label = jittered[i]
+        assert torch.equal(a, b)  # one geometry for both dates
+        inside = label != IGNORE_INDEX
+        assert torch.equal(label[inside], (a[0].round().long() // 16 % 2)[inside])  # and for the mask
+        steps.add(round(float(a[0, 0, 27] - a[0, 0, 4]) / 23, 2))
+        da, db, dlabel = distorted[i]
+        assert torch.equal(dlabel, label)  # the distortion moves no pixel
+        differing_dates += not torch.equal(da, db)  # each date is distorted on its own
+        for first, second in zip(distorted[i], crops(scale_range=[0.5, 2.0], photometric=True)[i], strict=True):
+            assert torch.equal(first, second)
+    assert len(steps) > 5 and min(steps) < 0.8 and max(steps) > 1.2
+    assert differing_dates >= len(jittered) // 2
+    with pytest.raises(ConfigError, match="scale_range"):
+        crops(scale_range=[2.0, 1.0])
+    with pytest.raises(ConfigError, match="photometric: .*4 band"):
+        ChangeCrops(root, pairs, img_size=32, mean=[0] * 4, std=[1] * 4, photometric=True)

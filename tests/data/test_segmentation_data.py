@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 from importlib.resources import files
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from lemevit.data.segmentation import (
     SegmentationCrops,
     TilePair,
     check_pairs,
+    dataset_subsets,
     resolve_labels,
     scan_pairs,
     split_tiles,
@@ -271,3 +273,168 @@ def test_16_bit_multiband_geotiff_tiles_are_cropped_through_windows(tmp_path):
         assert found, "the mask crop is a window of the mask"
         t, s = found[0]
         np.testing.assert_array_equal(x.numpy(), bands[:, t:t + 32, s:s + 32].astype(np.float32))
+
+
+def test_the_five_class_isprs_presets_score_five_classes_and_ignore_clutter_and_boundaries():
+    for name in ("potsdam5", "vaihingen5"):
+        scheme = PRESETS[name]
+        assert scheme.class_names == ("impervious_surface", "building", "low_vegetation", "tree", "car")
+        # LeMeViT's masks: 0..4 the classes, 5 clutter.
+        values = np.array([[0, 1, 2], [3, 4, 5]], np.uint8)[..., None]
+        np.testing.assert_array_equal(scheme.decode(values, "m.png"), [[0, 1, 2], [3, 4, IGNORE_INDEX]])
+        # The ISPRS colours: clutter red and the eroded boundaries black are unlabelled.
+        colours = np.array([[(255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0)],
+                            [(255, 255, 0), (255, 0, 0), (0, 0, 0), (0, 0, 255)]], np.uint8)
+        np.testing.assert_array_equal(scheme.decode(colours, "rgb.png"),
+                                      [[0, 1, 2, 3], [4, IGNORE_INDEX, IGNORE_INDEX, 1]])
+        # mmsegmentation's six-class values (clutter stored as 6) are refused, not read shifted by one.
+        with pytest.raises(DataError, match=r"value\(s\) \[6\] are neither a class \(0\.\.4\) nor the ignore value 5"):
+            scheme.decode(np.array([[1, 6]], np.uint8)[..., None], "mmseg.png")
+
+
+def test_the_ade20k_preset_has_the_150_benchmark_classes_and_reduces_the_zero_label():
+    ade = PRESETS["ade20k"]
+    assert ade.num_classes == 150 and (ade.ignore_value, ade.first_class_value) == (0, 1)
+    assert ade.class_names[:8] == ("wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed")
+    assert ade.class_names[-3:] == ("glass", "clock", "flag") and ade.class_names.index("car") == 20
+    values = np.array([[0, 1, 2], [21, 150, 0]], np.uint8)[..., None]
+    np.testing.assert_array_equal(ade.decode(values, "ADE_val_1.png"),
+                                  [[IGNORE_INDEX, 0, 1], [20, 149, IGNORE_INDEX]])
+    assert resolve_labels(Path("."), preset="ade20k") == ade
+
+
+def test_the_ade20k_release_layout_is_split_into_training_and_validation(tmp_path):
+    ade = tmp_path / "ADEChallengeData2016"
+    for folder, name in (("training", "ADE_train_00000001"), ("training", "ADE_train_00000002"),
+                         ("validation", "ADE_val_00000001")):
+        for kind, array, ext in (("images", np.zeros((6, 8, 3), np.uint8), "jpg"),
+                                 ("annotations", np.full((6, 8), 3, np.uint8), "png")):
+            path = ade / kind / folder / f"{name}.{ext}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(path)
+    assert dataset_subsets(ade) == ["train", "val"]
+    split = split_tiles(ade, 0.8, seed=0)
+    assert split["val"] == [TilePair("images/validation/ADE_val_00000001.jpg",
+                                     "annotations/validation/ADE_val_00000001.png")]
+    assert [p.mask for p in split["train"]] == ["annotations/training/ADE_train_00000001.png",
+                                                "annotations/training/ADE_train_00000002.png"]
+    stats = check_pairs(ade, split["train"], PRESETS["ade20k"])
+    assert stats["pixels_per_class"]["sky"] == 2 * 48  # stored 3: the third class
+
+    for kind in ("images", "annotations"):
+        shutil.rmtree(ade / kind / "validation")
+    with pytest.raises(DataError, match=r"images has subfolders \['training'\]; a split needs training/ and "
+                                        r"validation/"):
+        split_tiles(ade, 0.8, seed=0)
+    (ade / "img_dir").mkdir()
+    with pytest.raises(DataError, match="has both img_dir/ and images/"):
+        scan_pairs(ade)
+    with pytest.raises(DataError, match=r"img_dir/ .* or images/ \(images\) and annotations/"):
+        scan_pairs(tmp_path)
+
+
+def position_coded_tile(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A tile whose first band is the column and second band the row of each pixel, and whose classes are
+    vertical stripes 16 columns wide: a crop's scale and its alignment with the mask can be read off it."""
+    rows, cols = np.mgrid[:height, :width]
+    image = np.stack([cols, rows, np.zeros_like(rows)], axis=-1).astype(np.uint8)
+    return image, ((cols // 16) % 3).astype(np.uint8)
+
+
+def test_scale_jitter_cuts_crops_at_scales_in_the_range_aligned_with_their_masks(tmp_path):
+    image, mask = position_coded_tile(200, 240)
+    write_pair(tmp_path, "tile", image, mask)
+    pairs = scan_pairs(tmp_path)
+
+    def crops(scale_range, seed=4, **kwargs):
+        return SegmentationCrops(tmp_path, pairs, SCHEME, 32, mean=[0, 0, 0], std=[1, 1, 1], flip=False,
+                                 rotate90=False, crops_per_tile=20, augment_seed=seed, scale_range=scale_range,
+                                 **kwargs)
+
+    def pixels_per_step(x: torch.Tensor) -> tuple[float, float]:
+        # Tile columns and rows per crop pixel, away from the borders where the resampling clamps.
+        return float(x[0, 16, 27] - x[0, 16, 4]) / 23, float(x[1, 27, 16] - x[1, 4, 16]) / 23
+
+    assert {pixels_per_step(crops(None)[i][0]) for i in range(20)} == {(1.0, 1.0)}
+    x, y = crops([2.0, 2.0])[0]  # the tile twice as large: 32 pixels show 16 columns
+    assert pixels_per_step(x) == pytest.approx((0.5, 0.5), abs=0.02)
+
+    jittered = crops([0.5, 2.0])
+    steps = []
+    for i in range(len(jittered)):
+        x, y = jittered[i]
+        across, down = pixels_per_step(x)
+        assert 0.49 <= across <= 2.01 and across == pytest.approx(down, abs=0.05)  # one factor for both axes
+        steps.append(across)
+        # Nearest-neighbour labels stay on the bilinear image: the class is that of the column shown.
+        agree = (y == (x[0].round().long() // 16) % 3).float().mean()
+        assert agree > 0.97, f"crop {i}: mask and image agree on {agree:.1%} of the pixels"
+        for a, b in zip(jittered[i], crops([0.5, 2.0])[i], strict=True):
+            torch.testing.assert_close(a, b)  # the same seed and index: the same crop
+    assert min(steps) < 0.8 and max(steps) > 1.2  # enlarged and shrunk crops
+    assert not torch.equal(jittered[0][0], crops([0.5, 2.0], seed=5)[0][0])
+
+    small, small_mask = position_coded_tile(40, 40)
+    write_pair(tmp_path / "small", "tile", small, small_mask)
+    x, y = SegmentationCrops(tmp_path / "small", scan_pairs(tmp_path / "small"), SCHEME, 32, mean=[0, 0, 0],
+                             std=[1, 1, 1], flip=False, rotate90=False, augment_seed=0, scale_range=[0.5, 0.5])[0]
+    # The whole tile at half size, the rest padded.
+    assert (y[:20, :20] != IGNORE_INDEX).all() and (y[20:] == IGNORE_INDEX).all() and (y[:, 20:] == IGNORE_INDEX).all()
+    assert float(x[0, 0, 19] - x[0, 0, 0]) == pytest.approx(38, abs=1) and (x[:, 20:] == 0).all()
+    for bad in ([0.5], [2.0, 0.5], [0.0, 1.0], [1, float("nan")]):
+        with pytest.raises(ConfigError, match="scale_range"):
+            SegmentationCrops(tmp_path, pairs, SCHEME, 32, mean=[0, 0, 0], std=[1, 1, 1], scale_range=bad)
+
+
+def test_cat_max_ratio_keeps_a_crop_where_no_class_dominates_when_the_tries_find_one(tmp_path):
+    # Roofs are the 24 left columns of a 96x96 road tile: a 32-px crop that starts in columns 1..15 holds both
+    # classes with neither on 75 % of it, a quarter of the positions.
+    mask = np.zeros((96, 96), np.uint8)
+    mask[:, :24] = 1
+    write_pair(tmp_path, "tile", np.repeat((mask * 50)[..., None], 3, axis=2), mask)
+    pairs = scan_pairs(tmp_path)
+
+    def balanced(crops: SegmentationCrops) -> float:
+        found = 0
+        for i in range(len(crops)):
+            x, y = crops[i]
+            torch.testing.assert_close(x[0], y.float() * 50)
+            counts = torch.bincount(y.flatten(), minlength=2)
+            found += bool(counts.min() > 0 and counts.max() < 0.75 * counts.sum())
+        return found / len(crops)
+
+    def crops(**kwargs) -> SegmentationCrops:
+        return SegmentationCrops(tmp_path, pairs, SCHEME, 32, mean=[0, 0, 0], std=[1, 1, 1], crops_per_tile=60,
+                                 augment_seed=3, **kwargs)
+
+    assert balanced(crops()) < 0.4
+    chosen = crops(cat_max_ratio=0.75)
+    assert balanced(chosen) > 0.85  # ten tries miss a quarter of the positions 6 % of the time
+    for a, b in zip(chosen[7], crops(cat_max_ratio=0.75)[7], strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="cat_max_ratio"):
+        crops(cat_max_ratio=0.0)
+
+
+def test_photometric_distortion_changes_the_pixels_not_the_geometry_and_is_refused_for_four_bands(tmp_path):
+    image, mask = coded_tile(64, 64)
+    write_pair(tmp_path, "tile", image, mask)
+    pairs = scan_pairs(tmp_path)
+
+    def crops(**kwargs) -> SegmentationCrops:
+        return SegmentationCrops(tmp_path, pairs, SCHEME, 32, mean=[0, 0, 0], std=[1, 1, 1], crops_per_tile=12,
+                                 augment_seed=8, **kwargs)
+
+    plain, distorted = crops(), crops(photometric=True)
+    state = torch.get_rng_state()
+    changed = 0
+    for i in range(len(plain)):
+        (x, y), (dx, dy) = plain[i], distorted[i]
+        assert torch.equal(y, dy)  # the same crop, flips and turns
+        assert dx.min() >= 0 and dx.max() <= 255 and dx.eq(dx.round()).all()  # still 8-bit pixels
+        changed += not torch.equal(x, dx)
+        torch.testing.assert_close(distorted[i][0], dx)  # the same seed and index: the same distortion
+    assert changed >= len(plain) // 2
+    assert torch.equal(torch.get_rng_state(), state)  # torch's own generator is left as it was
+    with pytest.raises(ConfigError, match=r"photometric: .*3-band .* these have 4 band"):
+        SegmentationCrops(tmp_path, pairs, SCHEME, 32, mean=[0] * 4, std=[1] * 4, photometric=True)

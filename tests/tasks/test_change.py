@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from conftest import FIXTURES
 from PIL import Image
 
@@ -182,3 +183,23 @@ def test_a_trained_model_finds_a_changed_square(tmp_path):
     iou = (found & truth).sum() / (found | truth).sum()
     assert iou > 0.5, f"IoU with the changed square {iou:.2f}"
     shutil.rmtree(run)
+
+
+def test_train_on_the_cdd_release_layout_with_scale_jitter_and_photometric_distortion(tmp_path):
+    rng = np.random.default_rng(2)
+    data = tmp_path / "cdd"
+    for subset, count in (("train", 3), ("val", 1)):
+        for i in range(count):
+            a, b, label = square_pair(rng, 64, 64, top=16, left=20, side=24)
+            for folder, image in zip(("A", "B", "OUT"), (a, b, label), strict=True):
+                (data / subset / folder).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(image).save(data / subset / folder / f"{i:05d}.jpg", quality=95)
+    run = tmp_path / "run"
+    assert main(["train", "--task", "change", "--data", str(data), "--output", str(run), "--model", "lemevit_tiny",
+                 "--img-size", "32", "--window", "64", "--epochs", "1", "--batch-size", "3", "--num-workers", "0",
+                 "--scale-range", "0.5", "2.0", "--photometric"]) == 0
+    assert (run / "best.ckpt").is_file()
+    split = json.loads((run / "split.json").read_text())["splits"]
+    assert len(split["train"]) == 3 and [p["label"] for p in split["val"]] == ["val/OUT/00000.jpg"]
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert (config["scale_range"], config["photometric"]) == ([0.5, 2.0], True)

@@ -92,3 +92,15 @@ def test_bad_segmentation_input_is_one_line_naming_the_file_or_option(tmp_path, 
 
     assert main(train_args(data, tmp_path / "d", preset="potsdam", mixup=0.2)) == 2
     assert "--mixup do(es) not apply to --task segmentation" in capsys.readouterr().err
+
+
+def test_train_with_the_augmentations_of_mmsegmentation_recipes(tmp_path, capsys):
+    data = make_tiles(tmp_path / "tiles")
+    run = tmp_path / "run"
+    augmented = train_args(data, run, cat_max_ratio=0.75) + ["--scale-range", "0.5", "2.0", "--photometric"]
+    assert main(augmented) == 0
+    assert (run / "best.ckpt").is_file()
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert (config["scale_range"], config["cat_max_ratio"], config["photometric"]) == ([0.5, 2.0], 0.75, True)
+    assert main(train_args(data, tmp_path / "bad") + ["--scale-range", "2.0", "0.5"]) == 2
+    assert "--scale-range: must be two positive factors LOW HIGH with LOW <= HIGH" in capsys.readouterr().err

@@ -1,14 +1,15 @@
 """Change-detection data: bitemporal pairs with a binary change mask (LEVIR-CD / CDD layout).
 
 A dataset is a folder with ``A/`` (first date), ``B/`` (second date) and ``label/`` (change masks, 0 = no
-change, 255 = change; 0/1 masks are read too). The three files of a pair share their name up to the
-extension. Splits come, in this order of preference, from list files given explicitly, from
-``list/train.txt``, ``list/val.txt`` (and ``list/test.txt``) as BIT ships LEVIR-CD and CDD, from
-``train/``, ``val/`` (and ``test/``) subfolders that each have the A/B/label layout (the LEVIR-CD
-release), or from a seeded random split. Pair paths are stored relative to the root in POSIX form.
+change, 255 = change; 0/1 masks are read too), or ``OUT/`` for the masks as the CDD release names them.
+The three files of a pair share their name up to the extension. Splits come, in this order of preference,
+from list files given explicitly, from ``list/train.txt``, ``list/val.txt`` (and ``list/test.txt``) as BIT
+ships LEVIR-CD and CDD, from ``train/``, ``val/`` (and ``test/``) subfolders that each have the A/B/label
+layout (the LEVIR-CD release; A/B/OUT: the CDD release), or from a seeded random split. Pair paths are
+stored relative to the root in POSIX form.
 
-Each training crop's position, flips and rotation are drawn once and applied to both dates and the mask
-alike; crops are never resampled, so the mask stays exact.
+Each training crop's position, scale, flips and rotation are drawn once and applied to both dates and the
+mask alike; without scale jitter crops are never resampled, so the mask stays exact.
 """
 from __future__ import annotations
 
@@ -29,7 +30,14 @@ from lemevit.data.images import IMAGE_EXTENSIONS, read_image
 from lemevit.data.regions import RegionReader, raster_size
 from lemevit.data.segmentation import IGNORE_INDEX
 from lemevit.data.splits import SUBSETS, split_items
-from lemevit.data.transforms import normalised_tensor
+from lemevit.data.transforms import (
+    PhotometricDistortion,
+    check_scale_range,
+    normalised_tensor,
+    pixel_tensor,
+    region_side,
+    rescaled,
+)
 from lemevit.errors import ConfigError, DataError
 
 __all__ = [
@@ -47,7 +55,8 @@ __all__ = [
 ]
 
 DATE_FOLDERS = ("A", "B")
-LABEL_FOLDER = "label"
+#: The names the folder of the change masks may have: LEVIR-CD's, and the CDD release's.
+LABEL_FOLDERS = ("label", "OUT")
 _JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg"})
 
 
@@ -72,9 +81,18 @@ def _images_by_stem(folder: Path) -> dict[str, str]:
     return found
 
 
+def _label_folder(root: Path) -> str:
+    """The one folder of :data:`LABEL_FOLDERS` that ``root`` has."""
+    found = [f for f in LABEL_FOLDERS if (root / f).is_dir()]
+    if len(found) > 1:
+        raise DataError(f"{root} has both {' and '.join(f + '/' for f in found)}; the change masks are in one "
+                        "of them: keep one")
+    return found[0] if found else LABEL_FOLDERS[0]
+
+
 def scan_change_folder(root: str | Path, prefix: str = "", labels: bool = True) -> list[ChangePair]:
-    """Every pair of ``root/A``, ``root/B`` and ``root/label`` (without ``labels``, of ``A`` and ``B`` only: the
-    pairs to predict), sorted by name.
+    """Every pair of ``root/A``, ``root/B`` and ``root/label`` or ``root/OUT`` (without ``labels``, of ``A`` and
+    ``B`` only: the pairs to predict), sorted by name.
 
     A file in one of the folders without its counterpart in the others is an error naming it.
     ``prefix`` is prepended to the stored paths (the subset folder of the LEVIR-CD release layout).
@@ -82,10 +100,10 @@ def scan_change_folder(root: str | Path, prefix: str = "", labels: bool = True) 
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"change-detection dataset {root} is not a folder")
-    folders = (*DATE_FOLDERS, LABEL_FOLDER) if labels else DATE_FOLDERS
+    folders = (*DATE_FOLDERS, _label_folder(root)) if labels else DATE_FOLDERS
     absent = [f for f in folders if not (root / f).is_dir()]
     if absent:
-        holds = "A/ (first date), B/ (second date) and label/ (0/255 change masks)" if labels else \
+        holds = "A/ (first date), B/ (second date) and label/ or OUT/ (0/255 change masks)" if labels else \
             "A/ (first date) and B/ (second date), a pair's two images under the same name"
         raise DataError(f"{root} has no {', '.join(f + '/' for f in absent)} folder; a change-detection dataset "
                         f"holds {holds}")
@@ -124,7 +142,8 @@ def read_list_file(path: str | Path, pairs: Sequence[ChangePair]) -> list[Change
         name = PurePosixPath(entry).name
         stem = os.path.splitext(name)[0] if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS else name
         if stem not in by_name:
-            raise DataError(f"{path}, line {number}: no pair named {entry!r} in the dataset's A/, B/ and label/")
+            raise DataError(f"{path}, line {number}: no pair named {entry!r} in the dataset's A/, B/ and label/ "
+                            "(or OUT/)")
         if stem in seen:
             raise DataError(f"{path}, line {number}: {entry!r} listed twice (first on line {seen[stem]})")
         seen[stem] = number
@@ -251,11 +270,18 @@ class ChangeCrops(Dataset):
     ``(a, b, mask)``: normalised float32 ``(C, S, S)`` dates and an int64 ``(S, S)`` mask of 0/1. Images
     that cannot be read by window (PNG, JPEG) are kept decoded up to ``cache_bytes`` per worker
     (:class:`~lemevit.data.segmentation.RegionReader`).
+
+    ``scale_range`` cuts each crop from the pair resized by a factor drawn in that range, the same for both
+    dates and the mask (:func:`~lemevit.data.transforms.rescaled`). ``photometric`` distorts each date's
+    brightness, contrast, saturation and hue with draws of its own
+    (:class:`~lemevit.data.transforms.PhotometricDistortion`; 3-band 8-bit images): two acquisitions differ in
+    lighting and sensor, and a change is what differs beyond that.
     """
 
     def __init__(self, root: str | Path, pairs: Sequence[ChangePair], img_size: int, mean: Sequence[float],
                  std: Sequence[float], crops_per_pair: int | None = None, flip: bool = True, rotate90: bool = True,
-                 augment_seed: int | None = None, cache_bytes: int = 512 * 2**20):
+                 augment_seed: int | None = None, cache_bytes: int = 512 * 2**20,
+                 scale_range: Sequence[float] | None = None, photometric: bool = False):
         if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
             raise ConfigError("img_size", f"must be a positive integer, got {img_size!r}")
         if crops_per_pair is not None and (isinstance(crops_per_pair, bool) or not isinstance(crops_per_pair, int)
@@ -265,6 +291,8 @@ class ChangeCrops(Dataset):
             raise DataError("no training pairs")
         self.root, self.pairs = Path(root), list(pairs)
         self.img_size, self.flip, self.rotate90 = img_size, flip, rotate90
+        self.scale_range = check_scale_range(scale_range)
+        self.photometric = PhotometricDistortion(len(mean)) if photometric else None
         self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
         self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
         self.augment_seed = augment_seed
@@ -281,26 +309,31 @@ class ChangeCrops(Dataset):
         pair, (height, width) = self.pairs[number], self.sizes[number]
         rng = np.random.default_rng(None if self.augment_seed is None else (self.augment_seed, index))
         size = self.img_size
-        top = int(rng.integers(0, max(height - size, 0) + 1))
-        left = int(rng.integers(0, max(width - size, 0) + 1))
-        a, b = (normalised_tensor(self.read_region(self.root / path, top, left, size, size), self.mean, self.std)
-                for path in (pair.a, pair.b))
+        side = region_side(size, self.scale_range, rng)
+        top = int(rng.integers(0, max(height - side, 0) + 1))
+        left = int(rng.integers(0, max(width - side, 0) + 1))
+        flips = [d for d, flip in zip((-1, -2), rng.random(2) < 0.5, strict=True) if flip] if self.flip else []
+        turns = int(rng.integers(0, 4)) if self.rotate90 else 0
+        seeds = rng.integers(2**63, size=2).tolist() if self.photometric is not None else [None, None]
+        region = (top, left, min(side, height), min(side, width))
+        dates = []
+        for path, seed in zip((pair.a, pair.b), seeds, strict=True):
+            x = rescaled(pixel_tensor(self.read_region(self.root / path, *region)), side, size)
+            if self.photometric is not None:
+                x = self.photometric(x, seed)
+            dates.append((x - self.mean) / self.std)
         label_path = self.root / pair.label
-        label = torch.from_numpy(decode_change_label(self.read_region(label_path, top, left, size, size), label_path)
+        label = torch.from_numpy(decode_change_label(self.read_region(label_path, *region), label_path)
                                  .astype(np.int64))
+        label = rescaled(label, side, size, labels=True)
         pad_h, pad_w = size - label.shape[0], size - label.shape[1]
         if pad_h or pad_w:
-            a, b = (F.pad(x, (0, pad_w, 0, pad_h)) for x in (a, b))
+            dates = [F.pad(x, (0, pad_w, 0, pad_h)) for x in dates]
             label = F.pad(label, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
-        crops = [a, b, label]
-        if self.flip:
-            dims = [d for d, flip in zip((-1, -2), rng.random(2) < 0.5, strict=True) if flip]
-            if dims:
-                crops = [x.flip(dims) for x in crops]
-        if self.rotate90:
-            turns = int(rng.integers(0, 4))
-            crops = [x.rot90(turns, (-2, -1)) for x in crops]
-        a, b, label = (x.contiguous() for x in crops)
+        crops = [*dates, label]
+        if flips:
+            crops = [x.flip(flips) for x in crops]
+        a, b, label = (x.rot90(turns, (-2, -1)).contiguous() for x in crops)
         return a, b, label
 
 

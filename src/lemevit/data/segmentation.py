@@ -1,12 +1,14 @@
 """Semantic segmentation data: image/mask folder pairs, label schemes (with presets for ISPRS Potsdam,
-Vaihingen and LoveDA), mask decoding, tile splits, random crops from large tiles and whole-tile evaluation.
+Vaihingen, LoveDA and ADE20K), mask decoding, tile splits, random crops from large tiles and whole-tile
+evaluation.
 
 A dataset is a root folder with ``img_dir/`` and ``ann_dir/`` (mmsegmentation's layout): every image has
 a mask of the same relative path and name stem (any image extension) in ``ann_dir``. Either folder may
-hold ``train/``, ``val/`` and ``test/`` subfolders, which then are the split. Masks are stored either as
-class values (one band, 8 or 16 bit) or colour-coded (RGB, as ISPRS distributes its labels); the
-:class:`LabelScheme` says how to turn either into class indices, with ``IGNORE_INDEX`` for pixels
-without a label.
+hold ``train/``, ``val/`` and ``test/`` subfolders, which then are the split. ADE20K's release
+(ADEChallengeData2016) is read as it comes: ``images/`` and ``annotations/``, whose ``training/`` and
+``validation/`` subfolders are the split. Masks are stored either as class values (one band, 8 or 16 bit)
+or colour-coded (RGB, as ISPRS distributes its labels); the :class:`LabelScheme` says how to turn either
+into class indices, with ``IGNORE_INDEX`` for pixels without a label.
 """
 from __future__ import annotations
 
@@ -25,7 +27,14 @@ from torch.utils.data import Dataset
 from lemevit.data.images import IMAGE_EXTENSIONS, read_image
 from lemevit.data.regions import RegionReader, raster_size, read_region
 from lemevit.data.splits import SUBSETS, split_items
-from lemevit.data.transforms import normalised_tensor
+from lemevit.data.transforms import (
+    PhotometricDistortion,
+    check_scale_range,
+    normalised_tensor,
+    pixel_tensor,
+    region_side,
+    rescaled,
+)
 from lemevit.errors import ConfigError, DataError
 
 __all__ = [
@@ -49,6 +58,8 @@ IGNORE_INDEX = 255
 LABELS_FILE = "classes.yaml"
 
 _PROGRESS_MIN_TILES = 50
+#: Crop positions :class:`SegmentationCrops` tries with ``cat_max_ratio`` (mmsegmentation's ``RandomCrop``).
+_CAT_MAX_TRIES = 10
 
 # Distinct colours for schemes that bring no palette (matplotlib's tab10, then tab20's light tones).
 _DEFAULT_PALETTE = (
@@ -190,18 +201,55 @@ class LabelScheme:
 
 _ISPRS_CLASSES = ("impervious_surface", "building", "low_vegetation", "tree", "car", "clutter")
 _ISPRS_PALETTE = ((255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0))
+_CLUTTER, _BOUNDARY = (255, 0, 0), (0, 0, 0)
 
-#: Label schemes of the published data sets, as mmsegmentation converts them (class values 1..K, 0 unlabelled)
-#: and, for ISPRS, as distributed (RGB colours, black for the eroded boundaries).
+# The 150 classes of ADE20K's scene parsing benchmark (ADEChallengeData2016), in the benchmark's order.
+_ADE20K_CLASSES = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
+    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
+    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
+    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
+    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path",
+    "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge", "bookcase",
+    "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm",
+    "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel",
+    "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver", "airplane",
+    "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster",
+    "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool",
+    "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank",
+    "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture",
+    "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor",
+    "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+)
+
+#: Label schemes of the published data sets. ``potsdam``, ``vaihingen`` and ``loveda`` are the masks as
+#: mmsegmentation's converters write them (class values 1..K, 0 unlabelled: the ISPRS eroded boundary) and, for
+#: ISPRS, as distributed (RGB colours, black for the boundaries): all six ISPRS classes are scored.
+#:
+#: ``potsdam5`` and ``vaihingen5`` are the protocol of the papers (LeMeViT, RSP): five classes scored, clutter
+#: ignored, with the masks of LeMeViT's configs (``num_classes=5``, ``ignore_index=5``, ``reduce_zero_label=False``:
+#: values 0..4 the classes, 5 clutter) or the ISPRS colours (clutter red, the boundaries black). The masks of
+#: mmsegmentation's converter are not those: they store 0 for the boundaries and 1..6 for the six classes (the
+#: ``potsdam`` preset), and reading them with the five-class values of LeMeViT's config shifts every class by
+#: one (buildings read as low vegetation, the boundaries as impervious surface, cars as ignored): the mismatch
+#: behind the "validation accuracy below 5 %" report. Here, clutter's 6 is then refused as a value of no class.
+#:
+#: ``ade20k`` is ADEChallengeData2016's masks: values 1..150 the classes, 0 "other" (mmsegmentation's
+#: ``reduce_zero_label``).
 PRESETS: dict[str, LabelScheme] = {
     "potsdam": LabelScheme(_ISPRS_CLASSES, _ISPRS_PALETTE, ignore_value=0, first_class_value=1,
-                           ignore_colors=((0, 0, 0),)),
+                           ignore_colors=(_BOUNDARY,)),
     "vaihingen": LabelScheme(_ISPRS_CLASSES, _ISPRS_PALETTE, ignore_value=0, first_class_value=1,
-                             ignore_colors=((0, 0, 0),)),
+                             ignore_colors=(_BOUNDARY,)),
+    "potsdam5": LabelScheme(_ISPRS_CLASSES[:5], _ISPRS_PALETTE[:5], ignore_value=5, first_class_value=0,
+                            ignore_colors=(_CLUTTER, _BOUNDARY)),
+    "vaihingen5": LabelScheme(_ISPRS_CLASSES[:5], _ISPRS_PALETTE[:5], ignore_value=5, first_class_value=0,
+                              ignore_colors=(_CLUTTER, _BOUNDARY)),
     "loveda": LabelScheme(
         ("background", "building", "road", "water", "barren", "forest", "agricultural"),
         ((255, 255, 255), (255, 0, 0), (255, 255, 0), (0, 0, 255), (159, 129, 183), (0, 255, 0), (255, 195, 128)),
         ignore_value=0, first_class_value=1),
+    "ade20k": LabelScheme(_ADE20K_CLASSES, ignore_value=0, first_class_value=1),
 }
 
 
@@ -258,19 +306,48 @@ def _images_below(folder: Path) -> dict[str, str]:
     return found
 
 
-def scan_pairs(root: str | Path, subset: str | None = None) -> list[TilePair]:
-    """Every image of ``root/img_dir[/subset]`` with its mask in ``root/ann_dir[/subset]``, sorted.
+@dataclass(frozen=True)
+class _Layout:
+    images: str  # the folder of the images, below the dataset root
+    masks: str  # the folder of the masks
+    subsets: dict[str, str]  # subset -> its subfolder in both
 
-    Raises FileNotFoundError for a missing folder and ValueError naming the image whose mask is missing.
+
+#: The folder layouts a dataset may have: mmsegmentation's, and that of ADE20K's release (ADEChallengeData2016).
+_LAYOUTS = (_Layout("img_dir", "ann_dir", {s: s for s in SUBSETS}),
+            _Layout("images", "annotations", {"train": "training", "val": "validation"}))
+
+
+def _described(layout: _Layout) -> str:
+    return f"{layout.images}/ (images) and {layout.masks}/ (masks of the same names)"
+
+
+def _layout(root: Path) -> _Layout:
+    """The layout whose image folder ``root`` has; an error when it has none, or the folders of two."""
+    found = [layout for layout in _LAYOUTS if (root / layout.images).is_dir()]
+    if not found:
+        raise DataError(f"{root} is not a segmentation dataset: it holds {' or '.join(map(_described, _LAYOUTS))}")
+    if len(found) > 1:
+        raise DataError(f"{root} has both {' and '.join(f'{layout.images}/' for layout in found)}; a segmentation "
+                        f"dataset holds {' or '.join(map(_described, found))}: keep one")
+    layout = found[0]
+    if not (root / layout.masks).is_dir():
+        raise DataError(f"{root / layout.masks} not found: a segmentation dataset with {layout.images}/ holds "
+                        f"{_described(layout)}")
+    return layout
+
+
+def scan_pairs(root: str | Path, subset: str | None = None) -> list[TilePair]:
+    """Every image of ``root/img_dir[/subset]`` with its mask in ``root/ann_dir[/subset]`` (ADE20K's
+    ``images/`` and ``annotations/``, whose subsets are ``training/`` and ``validation/``), sorted.
+
+    Raises a DataError naming the missing folder, or the image whose mask is missing.
     """
     root = Path(root)
-    images_dir, masks_dir = root / "img_dir", root / "ann_dir"
-    for folder in (images_dir, masks_dir):
-        if not folder.is_dir():
-            raise DataError(f"{folder} not found: a segmentation dataset holds img_dir/ (images) and "
-                                    f"ann_dir/ (masks of the same names)")
+    layout = _layout(root)
+    images_dir, masks_dir = root / layout.images, root / layout.masks
     if subset is not None:
-        images_dir, masks_dir = images_dir / subset, masks_dir / subset
+        images_dir, masks_dir = images_dir / layout.subsets[subset], masks_dir / layout.subsets[subset]
     images, masks = _images_below(images_dir), _images_below(masks_dir)
     if not images:
         raise DataError(f"{images_dir} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
@@ -285,9 +362,11 @@ def scan_pairs(root: str | Path, subset: str | None = None) -> list[TilePair]:
 
 
 def dataset_subsets(root: str | Path) -> list[str]:
-    """The subsets of a dataset stored as ``img_dir/{train,val,test}/`` (empty for a flat one)."""
-    images_dir = Path(root) / "img_dir"
-    return [s for s in SUBSETS if (images_dir / s).is_dir()]
+    """The subsets (``train``, ``val``, ``test``) of a dataset stored as ``img_dir/{train,val,test}/`` or
+    ``images/{training,validation}/`` (empty for a flat one)."""
+    root = Path(root)
+    layout = _layout(root)
+    return [s for s, folder in layout.subsets.items() if (root / layout.images / folder).is_dir()]
 
 
 def split_tiles(root: str | Path, train_fraction: float, seed: int) -> dict[str, list[TilePair]]:
@@ -297,7 +376,10 @@ def split_tiles(root: str | Path, train_fraction: float, seed: int) -> dict[str,
     subsets = dataset_subsets(root)
     if subsets:
         if "train" not in subsets or "val" not in subsets:
-            raise DataError(f"{Path(root) / 'img_dir'} has subfolders {subsets}; a split needs train/ and val/")
+            layout = _layout(Path(root))
+            raise DataError(f"{Path(root) / layout.images} has subfolders "
+                            f"{[layout.subsets[s] for s in subsets]}; a split needs "
+                            f"{layout.subsets['train']}/ and {layout.subsets['val']}/")
         return {s: scan_pairs(root, s) for s in subsets}
     return split_items(scan_pairs(root), train_fraction, seed, key=lambda p: p.image, what=f"tiles in {root}")
 
@@ -349,6 +431,15 @@ class SegmentationCrops(Dataset):
     rarely predicted. Such a crop contains a whole cell of ``img_size // 4`` pixels where the class occurs;
     the cells are found once, from each mask, when the dataset is built.
 
+    The recipes of mmsegmentation add three augmentations. ``scale_range`` cuts each crop from the tile resized
+    by a factor drawn in that range (a region of ``img_size / factor`` pixels resized to ``img_size``: see
+    :func:`~lemevit.data.transforms.rescaled`), so that the model sees objects at more than the one ground
+    resolution of the data. ``cat_max_ratio`` tries up to ten positions for a crop that holds several classes,
+    the most frequent on less than that fraction of the labelled pixels, and takes the last when none does:
+    crops of nothing but road or sea teach little. ``photometric`` distorts brightness, contrast, saturation and hue
+    (:class:`~lemevit.data.transforms.PhotometricDistortion`; 3-band 8-bit images), for the lighting and sensors
+    the training tiles do not cover.
+
     Tiles that cannot be read by window (PNG, JPEG) are kept decoded up to ``cache_bytes`` per worker
     (:class:`RegionReader`).
     """
@@ -356,7 +447,8 @@ class SegmentationCrops(Dataset):
     def __init__(self, root: str | Path, pairs: Sequence[TilePair], labels: LabelScheme, img_size: int,
                  mean: Sequence[float], std: Sequence[float], crops_per_tile: int | None = None, flip: bool = True,
                  rotate90: bool = True, class_balance: float = 0.0, augment_seed: int | None = None,
-                 cache_bytes: int = 512 * 2**20):
+                 cache_bytes: int = 512 * 2**20, scale_range: Sequence[float] | None = None,
+                 cat_max_ratio: float | None = None, photometric: bool = False):
         if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
             raise ConfigError("img_size", f"must be a positive integer, got {img_size!r}")
         if crops_per_tile is not None and (isinstance(crops_per_tile, bool) or not isinstance(crops_per_tile, int)
@@ -364,11 +456,17 @@ class SegmentationCrops(Dataset):
             raise ConfigError("crops_per_tile", f"must be a positive integer, got {crops_per_tile!r}")
         if isinstance(class_balance, bool) or not isinstance(class_balance, int | float) or not 0 <= class_balance <= 1:
             raise ConfigError("class_balance", f"is a fraction of the crops, in [0, 1]; got {class_balance!r}")
+        if cat_max_ratio is not None and (isinstance(cat_max_ratio, bool) or not isinstance(cat_max_ratio, int | float)
+                                          or not 0 < cat_max_ratio <= 1):
+            raise ConfigError("cat_max_ratio", f"is a fraction of a crop's labelled pixels, in (0, 1]; got "
+                                               f"{cat_max_ratio!r}")
         if not pairs:
             raise DataError("no training tiles")
         self.root, self.pairs, self.labels = Path(root), list(pairs), labels
         self.img_size, self.flip, self.rotate90 = img_size, flip, rotate90
         self.class_balance = float(class_balance)
+        self.scale_range, self.cat_max_ratio = check_scale_range(scale_range), cat_max_ratio
+        self.photometric = PhotometricDistortion(len(mean)) if photometric else None
         self.cell = max(1, img_size // 4)
         self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
         self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
@@ -391,20 +489,39 @@ class SegmentationCrops(Dataset):
         cells = [np.argwhere((blocks == k).any(axis=(1, 3))) for k in range(self.labels.num_classes)]
         return [c for c in cells if len(c)]
 
-    def _crop_origin(self, tile: int, rng: np.random.Generator) -> tuple[int, int]:
-        (height, width), size = self.sizes[tile], self.img_size
+    def _crop_origin(self, tile: int, side: int, rng: np.random.Generator) -> tuple[int, int]:
+        """The origin of a region of ``side`` pixels inside the tile (at ``(0, 0)`` along a side it exceeds)."""
+        height, width = self.sizes[tile]
         if self.class_cells is None or not self.class_cells[tile] or rng.random() >= self.class_balance:
-            return int(rng.integers(0, max(height - size, 0) + 1)), int(rng.integers(0, max(width - size, 0) + 1))
+            return int(rng.integers(0, max(height - side, 0) + 1)), int(rng.integers(0, max(width - side, 0) + 1))
         classes = self.class_cells[tile]
         cells = classes[int(rng.integers(len(classes)))]
         row, col = cells[int(rng.integers(len(cells)))] * self.cell
 
         def covering(start: int, extent: int) -> int:
-            # An origin whose crop holds the whole cell [start, start + cell) and stays inside the tile.
-            low, high = max(0, min(start + self.cell, extent) - size), min(start, max(extent - size, 0))
+            # An origin whose region holds the whole cell [start, start + cell) and stays inside the tile; a
+            # region smaller than a cell (a large scale factor) lies within the cell instead.
+            low, high = sorted((max(0, min(start + self.cell, extent) - side), min(start, max(extent - side, 0))))
             return int(rng.integers(low, high + 1))
 
         return covering(int(row), height), covering(int(col), width)
+
+    def _crop(self, tile: int, side: int, rng: np.random.Generator) -> tuple[int, int, torch.Tensor]:
+        """The origin of a crop's region and its mask at the crop's scale; with ``cat_max_ratio``, of the first of
+        :data:`_CAT_MAX_TRIES` regions that holds several classes, none of them on that fraction of the labelled
+        pixels or more, else of the last."""
+        (height, width), path = self.sizes[tile], self.root / self.pairs[tile].mask
+        for _ in range(1 if self.cat_max_ratio is None else _CAT_MAX_TRIES):
+            top, left = self._crop_origin(tile, side, rng)
+            mask = self.labels.decode(self.read_region(path, top, left, min(side, height), min(side, width)), path)
+            y = rescaled(torch.from_numpy(mask.astype(np.int64)), side, self.img_size, labels=True)
+            if self.cat_max_ratio is None:
+                break
+            counts = torch.bincount(y[y != IGNORE_INDEX])
+            counts = counts[counts > 0]
+            if len(counts) > 1 and int(counts.max()) < self.cat_max_ratio * int(counts.sum()):
+                break
+        return top, left, y
 
     def __len__(self) -> int:
         return self.ends[-1]
@@ -415,24 +532,22 @@ class SegmentationCrops(Dataset):
         seed = None if self.augment_seed is None else (self.augment_seed, index)
         rng = np.random.default_rng(seed)
         size = self.img_size
-        top, left = self._crop_origin(tile, rng)
-        region = (top, left, min(size, height), min(size, width))
-        image = self.read_region(self.root / pair.image, *region)
-        mask_path = self.root / pair.mask
-        mask = self.labels.decode(self.read_region(mask_path, *region), mask_path)
-        x = normalised_tensor(image, self.mean, self.std)
-        y = torch.from_numpy(mask.astype(np.int64))
+        side = region_side(size, self.scale_range, rng)
+        top, left, y = self._crop(tile, side, rng)
+        flips = [d for d, flip in zip((-1, -2), rng.random(2) < 0.5, strict=True) if flip] if self.flip else []
+        turns = int(rng.integers(0, 4)) if self.rotate90 else 0
+        image = self.read_region(self.root / pair.image, top, left, min(side, height), min(side, width))
+        x = rescaled(pixel_tensor(image), side, size)
+        if self.photometric is not None:
+            x = self.photometric(x, int(rng.integers(2**63)))
+        x = (x - self.mean) / self.std
         pad_h, pad_w = size - y.shape[0], size - y.shape[1]
         if pad_h or pad_w:
             x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h))
             y = torch.nn.functional.pad(y, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
-        if self.flip:
-            dims = [d for d, flip in zip((-1, -2), rng.random(2) < 0.5, strict=True) if flip]
-            if dims:
-                x, y = x.flip(dims), y.flip(dims)
-        if self.rotate90:
-            turns = int(rng.integers(0, 4))
-            x, y = x.rot90(turns, (-2, -1)), y.rot90(turns, (-2, -1))
+        if flips:
+            x, y = x.flip(flips), y.flip(flips)
+        x, y = x.rot90(turns, (-2, -1)), y.rot90(turns, (-2, -1))
         return x.contiguous(), y.contiguous()
 
 

@@ -3,22 +3,28 @@
 The transforms take the ``(C, H, W)`` float32 tensors :class:`~lemevit.data.SceneDataset` gives, in the
 image's own value scale (0..255 for 8-bit data, 0..65535 for 16-bit, ...), and normalise them with a
 per-band mean and std given in that same scale (:func:`~lemevit.data.band_statistics` computes them).
-The augmentations are torchvision's ``transforms.v2`` operations and timm's RandAugment.
+The augmentations are torchvision's ``transforms.v2`` operations and timm's RandAugment. The dense tasks'
+crops (segmentation, change detection) draw their scale jitter and photometric distortion from the item's
+own generator instead (:func:`region_side`, :func:`rescaled`, :class:`PhotometricDistortion`), so that the
+image and its labels share one geometry.
 """
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import v2
 
 from lemevit.errors import ConfigError, DataError
 
-__all__ = ["IMAGENET_RGB_MEAN_STD", "INTERPOLATIONS", "eval_transform", "normalised_tensor", "train_transform"]
+__all__ = ["IMAGENET_RGB_MEAN_STD", "INTERPOLATIONS", "PhotometricDistortion", "check_scale_range", "eval_transform",
+           "normalised_tensor", "pixel_tensor", "region_side", "rescaled", "train_transform"]
 
 #: ImageNet's RGB mean and std in the 0..255 scale of 8-bit images: ``mean, std = IMAGENET_RGB_MEAN_STD``.
 IMAGENET_RGB_MEAN_STD: tuple[tuple[float, ...], tuple[float, ...]] = (
@@ -163,8 +169,86 @@ def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float],
                        v2.Normalize(mean, std)])
 
 
+def pixel_tensor(image: np.ndarray) -> torch.Tensor:
+    """``(H, W, C)`` pixels of any data type → ``(C, H, W)`` float32 in the image's own value scale."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+
+
 def normalised_tensor(image: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """``(H, W, C)`` pixels of any data type → ``(C, H, W)`` float32, normalised by per-band ``mean`` and ``std``
     of shape ``(C, 1, 1)``."""
-    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
-    return (x - mean) / std
+    return (pixel_tensor(image) - mean) / std
+
+
+def check_scale_range(scale_range: Sequence[float] | None) -> tuple[float, float] | None:
+    """``scale_range`` as ``(low, high)``: two positive factors with ``low <= high``; None (no scale jitter) as
+    it is."""
+    if scale_range is None:
+        return None
+    values = tuple(scale_range) if isinstance(scale_range, (list, tuple)) else ()
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                  for v in values)
+    if len(values) != 2 or not numbers or values[0] > values[1]:
+        raise ConfigError("scale_range", f"must be two positive factors LOW HIGH with LOW <= HIGH (0.5 2.0 resizes "
+                                         f"the tiles to half to twice their size), got {scale_range!r}")
+    return float(values[0]), float(values[1])
+
+
+def region_side(img_size: int, scale_range: tuple[float, float] | None, rng: np.random.Generator) -> int:
+    """The side of the tile region that a training crop of ``img_size`` is cut from: ``img_size / factor`` for a
+    factor drawn uniformly in ``scale_range``, which is a crop of the tile resized by that factor
+    (mmsegmentation's ``Resize`` with a ``ratio_range``). Without a range it is ``img_size`` and nothing is
+    drawn, so that the crops of runs without scale jitter stay what they were."""
+    if scale_range is None:
+        return img_size
+    return max(1, round(img_size / rng.uniform(*scale_range)))
+
+
+def rescaled(x: torch.Tensor, side: int, img_size: int, labels: bool = False) -> torch.Tensor:
+    """A crop ``(C, h, w)`` (labels: ``(h, w)``) read from a region of ``side`` pixels (fewer where the tile is
+    smaller) resized by ``img_size / side``, so that a whole region becomes ``img_size`` square and a cut one
+    keeps its scale (the padding makes up the rest).
+
+    Images are resampled bilinearly, with antialiasing when shrinking so that fine texture does not alias into
+    patterns the tile does not have; labels take their nearest pixel, since classes cannot be averaged, with
+    pixel centres aligned as the image's (``nearest-exact``: torch's plain ``nearest`` is shifted by half a
+    pixel when it enlarges)."""
+    if side == img_size:
+        return x
+    shape = tuple(max(1, round(n * img_size / side)) for n in x.shape[-2:])
+    if labels:
+        return F.interpolate(x[None, None].float(), shape, mode="nearest-exact")[0, 0].to(x.dtype)
+    return F.interpolate(x[None], shape, mode="bilinear", align_corners=False, antialias=side > img_size)[0]
+
+
+class _WithoutBandPermutation(v2.RandomPhotometricDistort):
+    """torchvision's SSD distortion without its last step, a random permutation of the bands: mmsegmentation's
+    has none, and in aerial images the colours are what tells vegetation, water and roofs apart."""
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return super().make_params(flat_inputs) | {"channel_permutation": None}
+
+
+class PhotometricDistortion:
+    """The photometric distortion of mmsegmentation's recipes (``PhotoMetricDistortion``, after SSD), through
+    torchvision's ``RandomPhotometricDistort`` with its defaults: brightness, contrast, saturation and hue changes,
+    each with probability 1/2 and contrast before or after the colour ones; contrast and saturation factors in
+    0.5..1.5, hue shifted by up to ±0.05 of the colour circle (mmsegmentation's ±18°). Brightness is
+    multiplicative there (a factor in 0.875..1.125) where mmsegmentation adds up to ±32: the same change for
+    bright pixels, less for dark ones. SSD's random band order is left out (:class:`_WithoutBandPermutation`).
+
+    It works on 3-band (RGB) 8-bit images in the 0..255 scale, before normalisation. Its draws come from torch's
+    generator seeded with ``seed`` in a fork of its state (restored after), so that a crop stays a function of
+    its item's seed whichever worker loads it, and a resumed run sees the crops it would have seen.
+    """
+
+    def __init__(self, bands: int):
+        if bands != 3:
+            raise ConfigError("photometric", f"works on 3-band (RGB) 8-bit images only; these have {bands} band(s). "
+                                             "Leave it off for multispectral data.")
+        self.distort = _EightBitRGB(_WithoutBandPermutation(), "photometric distortion", pil=False)
+
+    def __call__(self, image: torch.Tensor, seed: int) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.distort(image)

@@ -61,7 +61,7 @@ class ChangeConfig(CropTrainingConfig):
 
     task: str = option("change", "the task", cli=False)
     data: str = option(None, "a folder with A/, B/ and label/ (LEVIR-CD, CDD; list/*.txt or train/, val/ "
-                             "subfolders, when present, are the split)")
+                             "subfolders, when present, are the split), or A/, B/ and OUT/ (the CDD release)")
     split_files: dict[str, str] = option({}, "list files of each subset's pairs (names one per line) instead of a "
                                              "split by `split`", nargs="+", metavar="SUBSET=FILE")
     img_size: int = option(256, "side of the random training crops, in pixels")
@@ -104,7 +104,7 @@ class ChangeTask(SlidingWindowTask):
     """
 
     name = "change"
-    description = "change detection: co-registered pairs in A/, B/ and label/"
+    description = "change detection: co-registered pairs in A/, B/ and label/ (or OUT/)"
     config = ChangeConfig
     eval_options = WindowEvalOptions
     predict_options = ChangePredictOptions
@@ -150,7 +150,8 @@ class ChangeTask(SlidingWindowTask):
     def datamodule(self, cfg: ChangeConfig, split: Split) -> SeededDataModule:
         hp = self.hparams
         crops = ChangeCrops(split.root, split.subsets["train"], hp.img_size, hp.mean, hp.std,
-                            crops_per_pair=cfg.crops_per_pair, flip=cfg.flip, rotate90=cfg.rotate90)
+                            crops_per_pair=cfg.crops_per_pair, flip=cfg.flip, rotate90=cfg.rotate90,
+                            scale_range=cfg.scale_range, photometric=cfg.photometric)
         evaluation = {name: self.evaluation_dataset(split.root, split.subsets[name])
                       for name in ("val", "test") if split.subsets.get(name)}
         self.inference_batch_size = cfg.batch_size

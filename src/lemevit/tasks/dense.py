@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from lemevit.data.transforms import check_scale_range
 from lemevit.engine.config import EvalOptions, InferenceOptions, Options, PredictOptions, RunConfig, option
 from lemevit.errors import ConfigError
 from lemevit.inference.scene import preview_path
@@ -40,10 +41,16 @@ class CropTrainingConfig(RunConfig):
     stride: int | None = option(None, "its stride (default 3/4 of the window)")
     flip: bool = option(True, "random flips of the crops")
     rotate90: bool = option(True, "random 90-degree rotations of the crops")
+    scale_range: list[float] | None = option(None, "scale jitter: each crop is cut from the data resized by a factor "
+                                                   "drawn uniformly in LOW..HIGH (mmsegmentation's recipes: 0.5 2.0)",
+                                             nargs=2, metavar=("LOW", "HIGH"))
+    photometric: bool = option(False, "random brightness, contrast, saturation and hue of the crops, each date of a "
+                                      "pair its own (mmsegmentation's PhotoMetricDistortion; 3-band 8-bit images)")
 
     def __post_init__(self):
         super().__post_init__()
         check_window(self)
+        check_scale_range(self.scale_range)
 
 
 @dataclass(kw_only=True)

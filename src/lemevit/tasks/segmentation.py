@@ -59,7 +59,8 @@ class SegmentationConfig(CropTrainingConfig):
 
     task: str = option("segmentation", "the task", cli=False)
     data: str = option(None, "a folder with img_dir/ and ann_dir/ (masks of the same names; train/ and val/ "
-                             "subfolders, when present, are the split)")
+                             "subfolders, when present, are the split), or ADE20K's images/ and annotations/ "
+                             "(training/ and validation/)")
     img_size: int = option(512, "side of the random training crops, in pixels")
     epochs: int = option(50, "training epochs", resumable=True)
     batch_size: int = option(8, "crops per batch and device; windows per batch at validation")
@@ -80,12 +81,16 @@ class SegmentationConfig(CropTrainingConfig):
                                               "once)")
     class_balance: float = option(0.0, "fraction of crops placed on a class drawn uniformly from the tile's "
                                        "classes, so that rare classes are learnt")
+    cat_max_ratio: float | None = option(None, "try up to 10 positions per crop for one where no class covers this "
+                                               "fraction of the labelled pixels (mmsegmentation's recipes: 0.75)")
 
     def __post_init__(self):
         super().__post_init__()
         self.check_positive("decoder_channels", "crops_per_tile", allow_none=True)
         self.check_non_negative("aux_weight", "dice_weight")
         self.check_fraction("class_balance", low_open=False)
+        if self.cat_max_ratio is not None:
+            self.check_fraction("cat_max_ratio")
 
 
 @dataclass(kw_only=True)
@@ -105,7 +110,7 @@ class SegmentationTask(SlidingWindowTask):
     """
 
     name = "segmentation"
-    description = "semantic segmentation: img_dir/ and ann_dir/ tiles of any size"
+    description = "semantic segmentation: img_dir/ and ann_dir/ (or images/ and annotations/) tiles of any size"
     config = SegmentationConfig
     eval_options = WindowEvalOptions
     predict_options = SegmentationPredictOptions
@@ -169,7 +174,8 @@ class SegmentationTask(SlidingWindowTask):
         hp = self.hparams
         crops = SegmentationCrops(split.root, split.subsets["train"], self.labels, hp.img_size, hp.mean, hp.std,
                                   crops_per_tile=cfg.crops_per_tile, flip=cfg.flip, rotate90=cfg.rotate90,
-                                  class_balance=cfg.class_balance)
+                                  class_balance=cfg.class_balance, scale_range=cfg.scale_range,
+                                  cat_max_ratio=cfg.cat_max_ratio, photometric=cfg.photometric)
         evaluation = {name: self.evaluation_dataset(split.root, split.subsets[name])
                       for name in ("val", "test") if split.subsets.get(name)}
         self.inference_batch_size = cfg.batch_size
@@ -204,7 +210,7 @@ class SegmentationTask(SlidingWindowTask):
             return split.root, list(split.evaluation)
         subsets = dataset_subsets(data)
         if subsets and "val" not in subsets:
-            raise DataError(f"{Path(data) / 'img_dir'} has subfolders {subsets} but no val/ to evaluate on")
+            raise DataError(f"{data} has the subsets {subsets} but no val/ (ADE20K: validation/) to evaluate on")
         pairs = scan_pairs(data, "val" if subsets else None)
         first = read_region(Path(data) / pairs[0].image, 0, 0, 1, 1)
         self.check_input(Path(data) / pairs[0].image, first.shape[-1], first.dtype.name)
