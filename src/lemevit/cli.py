@@ -204,11 +204,12 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     from lemevit.recipes import get_recipe, recipe_names
 
     recipes = [get_recipe(n) for n in recipe_names() if args.filter in n]
+    results = {r.name: ", ".join(f"{k} {v:.2f}" for k, v in r.result.items()) for r in recipes}
     width = max((len(r.name) for r in recipes), default=6)
-    print(f"{'recipe':<{width}}  {'task':<14}  {'published':<14}  {'GPU h':>6}  data")
+    scored = max((len(text) for text in results.values()), default=9)
+    print(f"{'recipe':<{width}}  {'task':<14}  {'published':<{scored}}  {'GPU h':>6}  data")
     for r in recipes:
-        result = ", ".join(f"{k} {v}" for k, v in r.result.items())
-        print(f"{r.name:<{width}}  {r.task:<14}  {result:<14}  {r.gpu_hours:>6g}  {r.data}")
+        print(f"{r.name:<{width}}  {r.task:<14}  {results[r.name]:<{scored}}  {r.gpu_hours:>6g}  {r.data}")
     print("GPU h: a rough estimate of A100 hours (the recipe's notes say what the sources left unstated); "
           "lemevit train --recipe NAME --print-config shows a recipe's settings")
     return 0

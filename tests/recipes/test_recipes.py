@@ -1,9 +1,14 @@
 """Recipes: each one resolves, trains a few steps on fixture data of its layout, and holds its sources' values."""
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
+import numpy as np
 import pytest
 import yaml
-from sample_data import make_scenes
+from PIL import Image
+from sample_data import make_scenes, make_tiles
 
 from lemevit.cli import main
 from lemevit.recipes import get_recipe, recipe_names
@@ -31,6 +36,28 @@ SOURCE_VALUES = {
                                  drop_path_rate=dp, gradient_clip=clip, mixup=0.8, cutmix=1.0,
                                  repeated_augmentation=3)
        for s, dp, clip in (("tiny", 0.1, None), ("small", 0.3, 1.0), ("medium", 0.3, 1.0), ("large", 0.3, 1.0))},
+    # The dense tasks: iterations or epochs, the rate and its global batch, the schedule, the crops and augmentations.
+    **{f"oriented_rcnn_lemevit_{s}_dota": dict(model=f"lemevit_{s}", trainval=True, epochs=12, lr=1e-3, lr_batch=16,
+                                               weight_decay=0.05, schedule="multistep", milestones=[8, 11],
+                                               decay_rate=0.1, warmup_iterations=500, warmup_lr_factor=0.001,
+                                               gradient_clip=35.0, img_size=1024, overlap=200, nms_iou=0.1,
+                                               rpn_proposals=2000, drop_path_rate=0.0)
+       for s in ("tiny", "small", "base")},
+    **{f"upernet_lemevit_{s}_potsdam": dict(model=f"lemevit_{s}", head="upernet", preset="potsdam5", iterations=80000,
+                                            lr=4e-4, lr_batch=40, weight_decay=0.05, schedule="poly", poly_power=1.0,
+                                            warmup_iterations=1500, warmup_lr_factor=1e-6, min_lr_factor=0.0,
+                                            img_size=512, scale_range=[0.5, 2.0], cat_max_ratio=0.75,
+                                            photometric=True, aux_weight=0.4, window=512, stride=384, sync_bn=True)
+       for s in ("tiny", "small", "base")},
+    **{f"bit_lemevit_{s}_cdd": dict(model=f"lemevit_{s}", head="bit", epochs=200, lr=2.4e-4, lr_batch=16,
+                                    batch_size=16, weight_decay=0.01, schedule="poly", poly_power=1.0,
+                                    warmup_epochs=0, min_lr_factor=0.0, img_size=256, flip=True, rotate90=True)
+       for s in ("tiny", "small", "base")},
+    "segformer_lvt_ade20k": dict(model="lvt_backbone", head="segformer", preset="ade20k", iterations=160000, lr=6e-5,
+                                 lr_batch=16, weight_decay=0.01, lr_multipliers={"decoder": 10.0, "classifier": 10.0},
+                                 schedule="poly", poly_power=1.0, warmup_iterations=1500, warmup_lr_factor=1e-6,
+                                 min_lr_factor=0.0, img_size=512, scale_range=[0.5, 2.0], cat_max_ratio=0.75,
+                                 photometric=True, decoder_channels=256),
 }
 
 
@@ -48,8 +75,58 @@ def test_the_printed_configuration_holds_the_sources_values(name, capsys):
     assert recipe.sources and recipe.result and recipe.gpu_hours > 0
 
 
+def _dota(root: Path) -> None:
+    """DOTA as released: train/ and val/ labelled, test/ images only."""
+    rng = np.random.default_rng(0)
+    for subset in ("train", "val", "test"):
+        (root / subset / "images").mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 60, (64, 64, 3), dtype=np.uint8)).save(root / subset / "images" / "P1.png")
+        if subset != "test":
+            (root / subset / "labelTxt").mkdir()
+            (root / subset / "labelTxt" / "P1.txt").write_text("10 10 40 10 40 30 10 30 plane 0\n")
+
+
+def _potsdam5(root: Path) -> None:
+    """ISPRS Potsdam cut into train/ and val/, masks 0..4 with clutter 5 (the 5-class protocol)."""
+    tiles = make_tiles(root / "tiles")
+    for subset, index in (("train", 0), ("val", 1)):
+        for folder in ("img_dir", "ann_dir"):
+            (root / folder / subset).mkdir(parents=True)
+        shutil.copy(tiles / "img_dir" / f"tile{index}.png", root / "img_dir" / subset / "t.png")
+        stored = np.asarray(Image.open(tiles / "ann_dir" / f"tile{index}.png")).astype(np.int16)
+        Image.fromarray(np.where(stored == 0, 5, stored - 1).astype(np.uint8)).save(root / "ann_dir" / subset / "t.png")
+
+
+def _ade20k(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for subset in ("training", "validation"):
+        (root / "images" / subset).mkdir(parents=True)
+        (root / "annotations" / subset).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(root / "images" / subset / "a.jpg")
+        Image.fromarray(rng.integers(0, 4, (48, 64), dtype=np.uint8)).save(root / "annotations" / subset / "a.png")
+
+
+def _cdd(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for subset in ("train", "val", "test"):
+        for folder in ("A", "B", "OUT"):
+            (root / subset / folder).mkdir(parents=True)
+        for name in ("00001", "00002"):
+            for folder in ("A", "B"):
+                image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+                Image.fromarray(image).save(root / subset / folder / f"{name}.jpg")
+            change = np.zeros((64, 64), np.uint8)
+            change[16:40, 8:30] = 255
+            Image.fromarray(change).save(root / subset / "OUT" / f"{name}.jpg")
+
+
 def _layout(tmp_path, name: str) -> list[str]:
     """Fixture data in the layout the recipe expects, and the options that point it there."""
+    dense = {"dota": _dota, "potsdam": _potsdam5, "ade20k": _ade20k, "cdd": _cdd}
+    for dataset, make in dense.items():
+        if name.endswith(f"_{dataset}"):
+            make(tmp_path / "data")
+            return ["--data", str(tmp_path / "data")]
     if "imagenet" in name:
         make_scenes(tmp_path / "data" / "train", per_class=3)
         make_scenes(tmp_path / "data" / "val", per_class=1)
@@ -68,12 +145,21 @@ def _layout(tmp_path, name: str) -> list[str]:
     return ["--data", str(release)]
 
 
+# Crops, windows and overlaps of the fixtures' size.
+_FIXTURE_SIZES = {"classification": ["--img-size", "32"], "segmentation": ["--img-size", "32", "--window", "32",
+                                                                          "--stride", "24"],
+                  "change": ["--img-size", "32", "--window", "32", "--stride", "24"],
+                  "detection": ["--img-size", "64", "--overlap", "16", "--rpn-proposals", "100",
+                                "--test-proposals", "50"]}
+
+
 @pytest.mark.parametrize("name", recipe_names())
 def test_each_recipe_trains_a_few_steps_on_its_layout(tmp_path, name):
     run = tmp_path / "run"
     # The recipe's own model and settings, at a fixture's size and budget.
-    assert main(["train", "--recipe", name, *_layout(tmp_path, name), "--output", str(run), "--img-size", "32",
-                 "--batch-size", "2", "--iterations", "2", "--num-workers", "0", "--precision", "fp32"]) == 0
+    assert main(["train", "--recipe", name, *_layout(tmp_path, name), "--output", str(run),
+                 *_FIXTURE_SIZES[get_recipe(name).task], "--batch-size", "2", "--iterations", "2", "--num-workers", "0",
+                 "--precision", "fp32"]) == 0
     assert (run / "last.ckpt").is_file() and (run / "best.ckpt").is_file()
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"] == get_recipe(name).config["model"] and saved["iterations"] == 2
