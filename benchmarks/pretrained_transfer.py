@@ -37,15 +37,15 @@ SCRATCH, PRETRAINED = "lemevit_tiny", "lemevit_tiny.aid150"
 
 def potsdam_halves(folder: Path) -> Path:
     """The shipped Potsdam tile cut into a training half (left) and a validation half (right), in the
-    ``train/`` ``val/`` layout of ``lemevit train --task segmentation``."""
-    if (folder / "val" / "ann_dir").is_dir():
+    ``img_dir/{train,val}`` ``ann_dir/{train,val}`` layout of ``lemevit train --task segmentation``."""
+    if (folder / "ann_dir" / "val").is_dir():
         return folder
     for sub in ("img_dir", "ann_dir"):
         tile = next((POTSDAM / sub).iterdir())
         pixels = np.asarray(Image.open(tile))
         half = pixels.shape[1] // 2
         for subset, part in (("train", pixels[:, :half]), ("val", pixels[:, half:])):
-            target = folder / subset / sub / tile.name
+            target = folder / sub / subset / tile.name
             target.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.ascontiguousarray(part)).save(target)
     return folder

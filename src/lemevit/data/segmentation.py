@@ -326,7 +326,7 @@ def _layout(root: Path) -> _Layout:
     """The layout whose image folder ``root`` has; an error when it has none, or the folders of two."""
     found = [layout for layout in _LAYOUTS if (root / layout.images).is_dir()]
     if not found:
-        raise DataError(f"{root} is not a segmentation dataset: it holds {' or '.join(map(_described, _LAYOUTS))}")
+        raise DataError(f"{root} is not a segmentation dataset: expected {' or '.join(map(_described, _LAYOUTS))}")
     if len(found) > 1:
         raise DataError(f"{root} has both {' and '.join(f'{layout.images}/' for layout in found)}; a segmentation "
                         f"dataset holds {' or '.join(map(_described, found))}: keep one")
