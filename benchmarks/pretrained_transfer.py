@@ -16,6 +16,7 @@ interrupted arm.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from importlib.resources import files
 from pathlib import Path
@@ -70,8 +71,14 @@ def potsdam_config(args, model: str, run: Path) -> SegmentationConfig:
 EXPERIMENTS = {
     # img_size, epochs, batch_size, lr
     "ucmerced": (ucmerced_config, (128, 6, 32, 1e-3)),
-    "potsdam": (potsdam_config, (128, 8, 8, 1e-3)),
+    "potsdam": (potsdam_config, (128, 24, 8, 1e-3)),
 }
+
+
+def validation_curve(run: Path, metric: str) -> list[float]:
+    """The run's validation ``metric`` after each epoch, from its metrics.csv (best.ckpt is the best of them)."""
+    with open(run / "logs" / "metrics.csv", newline="") as f:
+        return [round(float(row[metric]), 4) for row in csv.DictReader(f) if row.get(metric)]
 
 
 def record(experiment: str, arm: str, result: dict) -> dict:
@@ -110,8 +117,9 @@ def main() -> None:
               if args.experiment == "ucmerced" else
               {"miou": metrics["miou"], "oa": metrics["oa"], "mf1": metrics["mf1"],
                "iou_per_class": {c: v["iou"] for c, v in metrics["per_class"].items()}})
+    curve = validation_curve(run, "val/top1" if args.experiment == "ucmerced" else "val/miou")
     result = {"model": cfg.model, "pretrained": cfg.pretrained, "train_minutes": training_minutes(run / "last.ckpt"),
-              **scores, "setting": {k: v for k, v in vars(args).items() if k != "init"},
+              **scores, "validation_per_epoch": curve, "setting": {k: v for k, v in vars(args).items() if k != "init"},
               "torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu"}
     print(json.dumps(record(args.experiment, args.init, result), indent=1))
 
