@@ -108,12 +108,30 @@ def test_geotiff_pairs_of_any_size_give_a_georeferenced_change_map(levir_run, tm
     _write_geotiff(tmp_path / "b.tif", b, transform)
     out = tmp_path / "change.tif"
     assert main(["predict", "--checkpoint", str(levir_run / "best.ckpt"), "--pair", str(tmp_path / "a.tif"),
-                 str(tmp_path / "b.tif"), "--output", str(out)]) == 0
+                 str(tmp_path / "b.tif"), "--output", str(out), "--probabilities", "--vector", "geojson"]) == 0
     with rasterio.open(out) as ds:
         assert (ds.height, ds.width, ds.count, ds.dtypes[0]) == (150, 200, 1, "uint8")
         assert ds.crs.to_string() == "EPSG:32633" and ds.transform.almost_equals(transform)
-        assert set(np.unique(ds.read(1))) <= {0, 255}
+        assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and ds.nodata == 128
+        assert ds.descriptions == ("0=no change, 255=change",)
+        assert (ds.colormap(1)[0], ds.colormap(1)[255]) == ((0, 0, 0, 255), (255, 255, 255, 255))
+        change = ds.read(1)
+    assert set(np.unique(change)) <= {0, 255}
     assert (tmp_path / "change_preview.png").is_file()
+    with rasterio.open(tmp_path / "change_probabilities.tif") as ds:
+        assert ds.count == 1 and ds.descriptions == ("change probability",) and ds.transform.almost_equals(transform)
+        probability = ds.read(1)
+    # Changed where the change is the more probable: over 0.5, stored as 128..255.
+    assert (probability[change == 255] >= 128).all() and (probability[change == 0] <= 128).all()
+    collection = json.loads((tmp_path / "change.geojson").read_text())
+    assert "crs" not in collection
+    assert {(f["properties"]["class"], f["properties"]["value"]) for f in collection["features"]} <= {("change", 255)}
+    area = sum(f["properties"]["area_m2"] for f in collection["features"])
+    assert area == pytest.approx((change == 255).sum() * 0.25, abs=1e-6)  # 0.5 m pixels
+    for feature in collection["features"]:
+        assert 0.5 <= feature["properties"]["mean_probability"] <= 1
+        for x, y in feature["geometry"]["coordinates"][0]:
+            assert 14.9 < x < 15.1 and 37.9 < y < 38.0  # longitude, latitude, near (500000 E, 4200000 N) in zone 33
 
 
 def test_mismatched_pairs_are_rejected_with_the_files_named(levir_run, tmp_path, capsys):

@@ -1,5 +1,5 @@
 """Detection through the command line: train, eval (metrics.json) and predict (Task-1 files, their zip, PNG,
-GeoJSON), on one DOTA folder and on DOTA's released train/, val/, test/ layout."""
+GeoJSON or GeoPackage), on one DOTA folder and on DOTA's released train/, val/, test/ layout."""
 from __future__ import annotations
 
 import json
@@ -80,11 +80,22 @@ def test_predict_writes_task1_files_png_and_geojson(run, dota_folder, tmp_path):
     rows = [line.split() for f in out.glob("Task1_*.txt") for line in f.read_text().splitlines()]
     assert all(len(r) == 10 and r[0] == "scene" for r in rows)
     collection = json.loads((out / "scene.geojson").read_text())
-    assert collection["crs"]["properties"]["name"] == "EPSG:32633"
+    assert "crs" not in collection  # RFC 7946: WGS84 longitude/latitude, always
     assert len(collection["features"]) == len(rows)
+    from rasterio.warp import transform
+
+    (lon,), (lat,) = transform("EPSG:32633", "EPSG:4326", [500000], [4600000])  # the scene's top-left corner
+    assert abs(lon - 15.0) < 1e-9  # the central meridian of UTM zone 33
     for feature in collection["features"]:
         for x, y in feature["geometry"]["coordinates"][0]:
-            assert 500000 - 100 <= x <= 500000 + 200 and 4600000 - 180 <= y <= 4600000 + 100
+            assert lon - 0.002 <= x <= lon + 0.003 and lat - 0.002 <= y <= lat + 0.001  # within ~100 m of it
+
+    pyogrio = pytest.importorskip("pyogrio")
+    assert main(["predict", "--checkpoint", str(run / "last.ckpt"), str(tif), "--output", str(tmp_path / "gpkg"),
+                 "--vector", "gpkg"]) == 0
+    info = pyogrio.read_info(tmp_path / "gpkg" / "scene.gpkg")
+    assert info["crs"] == "EPSG:32633" and info["features"] == len(rows)
+    assert not (tmp_path / "gpkg" / "scene.geojson").exists()
 
 
 def test_detection_on_onnxruntime_finds_what_torch_finds(run, dota_folder, tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""Semantic segmentation through the CLI: train, resume, evaluate, predict; metrics on a hand-made case."""
+"""Semantic segmentation through the CLI: train, resume, evaluate, predict (a PNG, and a GeoTIFF scene into a COG
+with its probabilities and polygons); metrics on a hand-made case."""
 from __future__ import annotations
 
 import csv
@@ -6,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from PIL import Image
@@ -74,6 +76,51 @@ def test_train_resume_evaluate_and_predict_a_scene_through_the_cli(tmp_path, cap
     classes = np.asarray(Image.open(target))
     assert classes.shape == (90, 77) and classes.max() < len(NAMES)
     assert Image.open(tmp_path / "scene_classes_preview.png").mode == "P"
+
+    rasterio = pytest.importorskip("rasterio")
+    pytest.importorskip("pyogrio")
+    from rasterio.transform import from_origin
+
+    pixels = np.asarray(Image.open(scene)).transpose(2, 0, 1)
+    tif = tmp_path / "scene.tif"
+    transform = from_origin(368000.0, 5810000.0, 0.5, 0.5)
+    with rasterio.open(tif, "w", driver="GTiff", width=77, height=90, count=3, dtype="uint8", crs="EPSG:32633",
+                       transform=transform) as ds:
+        ds.write(pixels)
+    predict = ["predict", "--checkpoint", str(run / "best.ckpt"), str(tif), "--window", "48", "--stride", "40"]
+    cog, gpkg = tmp_path / "geo" / "classes.tif", tmp_path / "geo" / "classes.gpkg"
+    outputs = ["--output", str(cog), "--probabilities", "--vector", str(gpkg)]
+    assert main(predict + outputs + ["--min-area", "0.5"]) == 0
+    assert "polygons in" in capsys.readouterr().out
+    with rasterio.open(cog) as ds:
+        assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and ds.crs.to_string() == "EPSG:32633"
+        assert ds.transform == transform and ds.nodata == 255
+        assert ds.descriptions == (", ".join(f"{i}={name}" for i, name in enumerate(NAMES)),)
+        classes = ds.read(1)
+    with rasterio.open(tmp_path / "geo" / "classes_probabilities.tif") as ds:
+        assert ds.count == len(NAMES) and ds.descriptions == tuple(NAMES) and ds.dtypes[0] == "uint8"
+        stored = ds.read()
+    np.testing.assert_array_equal(np.take_along_axis(stored, classes[None].astype(np.int64), 0)[0], stored.max(0))
+    import pyogrio
+
+    info = pyogrio.read_info(gpkg)
+    assert info["crs"] == "EPSG:32633"
+    assert {"class", "value", "area_m2", "mean_probability"} <= set(info["fields"])
+    _, _, _, fields = pyogrio.raw.read(gpkg)
+    by_name = dict(zip(info["fields"], fields, strict=True))
+    assert by_name["area_m2"].min() >= 0.5
+    assert ((by_name["mean_probability"] > 0) & (by_name["mean_probability"] <= 1)).all()
+    # Rerun: the map, its probabilities and its polygons are there, so the scene is kept.
+    assert main(predict + outputs) == 0
+    assert "1 kept from an earlier run" in capsys.readouterr().out
+
+    assert main(predict + ["--output", str(tmp_path / "x.tif"), "--min-area", "5"]) == 2
+    assert "--min-area: applies to the polygons of --vector" in capsys.readouterr().err
+    assert main(predict + ["--output", str(tmp_path / "x.png"), "--vector", "gpkg"]) == 2
+    assert "--vector: polygons are read from GeoTIFF maps" in capsys.readouterr().err
+    assert main(predict + ["--output", str(tmp_path / "x.tif"), "--vector", str(tmp_path / "x.shp")]) == 2
+    assert "--vector: vectors are written as .geojson or .gpkg" in capsys.readouterr().err
+    assert not (tmp_path / "x.tif").exists() and not (tmp_path / "x.png").exists()
 
 
 def test_bad_segmentation_input_is_one_line_naming_the_file_or_option(tmp_path, capsys):

@@ -2,12 +2,14 @@
 co-registered scenes (the dates of a change pair) of any size, read and written strip by strip.
 
 GeoTIFF scenes are read and written through rasterio windows, so that neither the scene nor its class map is
-held in memory whole; the class map keeps the scene's CRS and transform.
+held in memory whole; the class map, a Cloud-Optimized GeoTIFF, keeps the scene's CRS and transform, and so do
+the probabilities written beside it when asked.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +21,10 @@ from lemevit.errors import ConfigError, DataError
 from lemevit.inference.sliding_window import blended_strips, window_starts
 from lemevit.io import atomic_path
 from lemevit.io.paths import check_distinct_names, check_outputs_spare_inputs, check_writable_folder
-from lemevit.io.raster import OUTPUT_EXTENSIONS, ClassMapWriter, SceneStack, gdal_cache
+from lemevit.io.raster import OUTPUT_EXTENSIONS, ClassMapWriter, CogWriter, SceneStack, gdal_cache
 
-__all__ = ["ScenePrediction", "predict_scene", "preview_path", "scene_outputs"]
+__all__ = ["ProbabilityOutput", "ScenePrediction", "predict_scene", "preview_path", "probabilities_path",
+           "scene_outputs", "vector_path"]
 
 # GDAL's block cache per open scene.
 _GDAL_CACHE_MB = 16
@@ -33,11 +36,25 @@ def preview_path(output: str | Path) -> Path:
     return output.with_name(f"{output.stem}_preview.png")
 
 
+def probabilities_path(output: str | Path) -> Path:
+    """Where the probabilities of the map ``output`` are written: ``<stem>_probabilities.tif`` beside it."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}_probabilities.tif")
+
+
+def vector_path(output: str | Path, vector: str) -> Path:
+    """Where the polygons of the map ``output`` are written: ``vector`` itself, a file, or for a format
+    (``geojson``, ``gpkg``) ``<stem>.geojson|.gpkg`` beside the map."""
+    return Path(output).with_suffix(f".{vector}") if vector in ("geojson", "gpkg") else Path(vector)
+
+
 def scene_outputs(scenes: Sequence[Path], output: Path, argument: str = "output",
-                  inputs: Sequence[Path] | None = None) -> list[Path]:
+                  inputs: Sequence[Path] | None = None,
+                  companions: Callable[[Path], Sequence[Path]] = lambda map_path: [preview_path(map_path)]
+                  ) -> list[Path]:
     """Where each scene's map goes: one scene to a named file; several (or a folder) to ``output/<stem>.tif|.png``,
-    keeping the scene's format. Names that would collide, and outputs (maps and previews) that would replace one of
-    the ``inputs`` (default: the scenes), are refused."""
+    keeping the scene's format. Names that would collide, and outputs (maps and the ``companions`` of each, by
+    default its preview) that would replace one of the ``inputs`` (default: the scenes), are refused."""
     if len(scenes) == 1 and output.suffix and not output.is_dir():
         if output.suffix.lower() not in OUTPUT_EXTENSIONS:
             raise ConfigError(argument, f"the map of one scene is written as {', '.join(OUTPUT_EXTENSIONS)}, got "
@@ -50,8 +67,28 @@ def scene_outputs(scenes: Sequence[Path], output: Path, argument: str = "output"
         check_distinct_names(scenes, argument)
         check_writable_folder(output, argument)
         targets = [output / (s.stem + (".tif" if s.suffix.lower() in (".tif", ".tiff") else ".png")) for s in scenes]
-    check_outputs_spare_inputs(inputs or scenes, targets + [preview_path(t) for t in targets], argument)
+    check_outputs_spare_inputs(inputs or scenes, targets + [p for t in targets for p in companions(t)], argument)
     return targets
+
+
+@dataclass(frozen=True)
+class ProbabilityOutput:
+    """The probabilities :func:`predict_scene` writes beside its map: a Cloud-Optimized GeoTIFF at ``path``, a
+    band per name, of ``dtype`` (one of :data:`~lemevit.io.raster.PROBABILITY_DTYPES`: uint8 0..255 for 0..1, or
+    float16), with overviews by averaging. ``bands`` picks them from the ``(K, rows, width)`` probabilities
+    (default: every class)."""
+
+    path: Path
+    names: Sequence[str]
+    dtype: str = "uint8"
+    bands: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def values(self, probs: torch.Tensor) -> np.ndarray:
+        """The stored values of the probabilities of a strip."""
+        picked = probs if self.bands is None else self.bands(probs)
+        if self.dtype == "uint8":
+            return picked.mul(255).round_().to(torch.uint8).numpy()
+        return picked.numpy()
 
 
 @dataclass
@@ -74,7 +111,9 @@ def predict_scene(predict: Callable[[torch.Tensor], torch.Tensor], scenes: Seque
                   mean: Sequence[float], std: Sequence[float], palette: Sequence[Sequence[int]],
                   window: int = 512, stride: int = 384, batch_size: int = 8,
                   to_map: Callable[[torch.Tensor], torch.Tensor] | None = None, preview_side: int = 2048,
-                  progress: bool = True, expected_dtype: str | None = None) -> ScenePrediction:
+                  progress: bool = True, expected_dtype: str | None = None,
+                  value_names: Mapping[int, str] | None = None, nodata: int | None = None,
+                  probabilities: ProbabilityOutput | None = None) -> ScenePrediction:
     """Write the map of a whole scene (any size) to ``output`` (.tif or .png, 8-bit).
 
     Args:
@@ -88,10 +127,14 @@ def predict_scene(predict: Callable[[torch.Tensor], torch.Tensor], scenes: Seque
         preview_side: the longest side of the downsampled map and scenes kept for a preview.
         expected_dtype: the data type the model was trained on; a scene of another type is refused, since its
             values would be normalised on the wrong scale.
+        value_names: ``{value: name}`` of the map values, the GeoTIFF's band description (``0=name, 1=...``).
+        nodata: the value the GeoTIFF declares as no data, one no class takes.
+        probabilities: also write the probabilities, a GeoTIFF whatever ``output`` is.
 
     A GeoTIFF scene gives a GeoTIFF with the same CRS and transform. Memory: one strip of ``window`` rows (the
     probabilities of every class and the scene's bands, over the full width) plus a batch of windows, for any
-    scene height; a PNG output also holds the map, one byte a pixel.
+    scene height; a PNG output also holds the map, one byte a pixel. The map is written after the probabilities:
+    a map that exists is complete with them.
     """
     paths, output = [Path(s) for s in scenes], Path(output)
     if output.suffix.lower() not in OUTPUT_EXTENSIONS:
@@ -137,19 +180,27 @@ def predict_scene(predict: Callable[[torch.Tensor], torch.Tensor], scenes: Seque
             def normalise(batch: torch.Tensor) -> torch.Tensor:
                 return batch.float().sub_(mean_t).div_(std_t)
 
-            with atomic_path(output) as tmp, tqdm(total=windows, desc=f"predicting {paths[0].name}", unit="window",
-                                                  disable=not progress) as bar:
-                writer = ClassMapWriter(output, tmp, source, palette)
+            with ExitStack() as outputs:
+                # The contexts close in reverse order: the probabilities are in place before the map is renamed.
+                tmp = outputs.enter_context(atomic_path(output))
+                writer = outputs.enter_context(ClassMapWriter(output, tmp, source, palette, value_names, nodata))
+                if probabilities is not None:
+                    probability_writer = outputs.enter_context(CogWriter(
+                        probabilities.path, outputs.enter_context(atomic_path(probabilities.path)), source,
+                        len(probabilities.names), probabilities.dtype, "average", probabilities.names))
+                bar = outputs.enter_context(tqdm(total=windows, desc=f"predicting {paths[0].name}", unit="window",
+                                                 disable=not progress))
                 for top, probs in blended_strips(read_rows, height, width, predict, window, stride, batch_size,
                                                  bar.update, normalise):
                     values = to_map(probs).numpy()
                     writer.write(top, values)
+                    if probabilities is not None:
+                        probability_writer.write(top, probabilities.values(probs))
                     counts += np.bincount(values.ravel(), minlength=256)
                     # The preview keeps the rows and columns whose index is a multiple of the step.
                     first = -top % step
                     kept = values[first::step, ::step]
                     small_map[(top + first) // step:(top + first) // step + len(kept)] = kept
-                writer.close()
         finally:
             source.close()
     return ScenePrediction(output, height, width, windows, counts, step, small_map, small_scenes)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "remove_stale_temporaries"]
+__all__ = ["atomic_path", "remove_stale_temporaries", "scratch_path"]
 
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
 
@@ -67,8 +67,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f"{_prefix(path)}{os.getpid()}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
+    tmp = _temporary(path)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
@@ -76,3 +75,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextmanager
+def scratch_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` for an intermediate file of its atomic write (the tiled GeoTIFF a
+    Cloud-Optimized GeoTIFF is copied from), removed on leaving whatever happens. It is named as
+    :func:`atomic_path`'s temporaries, so that one a killed process left is removed as theirs are."""
+    tmp = _temporary(Path(path))
+    try:
+        yield Path(tmp)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _temporary(path: Path) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=f"{_prefix(path)}{os.getpid()}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    return tmp

@@ -1,22 +1,36 @@
 """Raster scenes read and written by windows: GeoTIFFs through rasterio (rows at a time, with their CRS and
 transform), other formats (PNG, JPEG), which cannot be decoded in parts, whole. Used by every dense task's
-whole-scene prediction."""
+whole-scene prediction.
+
+GeoTIFF maps are written as Cloud-Optimized GeoTIFFs (internal tiles, overviews, the tiles in the order a
+reader over HTTP wants them): GIS software and web viewers open a zoomed-out view of a whole scene from the
+overviews, without reading the full-resolution map.
+"""
 from __future__ import annotations
 
+import functools
+import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
 from lemevit.data.images import TIFF_EXTENSIONS, optional_rasterio, read_image
 from lemevit.errors import ConfigError, DataError
+from lemevit.io.atomic import scratch_path
 
-__all__ = ["GEO_HINT", "OUTPUT_EXTENSIONS", "ClassMapWriter", "RasterScene", "SceneStack", "gdal_cache"]
+__all__ = ["GEO_HINT", "OUTPUT_EXTENSIONS", "PROBABILITY_DTYPES", "ClassMapWriter", "CogWriter", "RasterScene",
+           "SceneStack", "gdal_cache"]
 
 GEO_HINT = 'install rasterio for GeoTIFF output: pip install "lemevit[geo]"'
 #: What a class or change map can be written as.
 OUTPUT_EXTENSIONS = (".tif", ".tiff", ".png")
+#: How probabilities can be stored: 0..255 for 0..1 (a quarter of float32's size, steps of 0.4 %), or half floats.
+PROBABILITY_DTYPES = ("uint8", "float16")
+# Side of the tiles of written GeoTIFFs; overviews are added until the smallest fits in one tile.
+_TILE = 256
 
 
 def gdal_cache(megabytes: int):
@@ -75,44 +89,142 @@ class RasterScene:
             self.dataset.close()
 
 
-class ClassMapWriter:
-    """Strips of class indices into a GeoTIFF (written in windows, with the scene's georeference and the
-    palette as its colour table) or a PNG (assembled in memory: PNG cannot be written in parts)."""
+class CogWriter:
+    """Strips of rows into a Cloud-Optimized GeoTIFF at ``tmp`` (the temporary of the atomic write of ``path``)
+    with the georeference of ``scene``: a context, which writes the file on a normal exit.
 
-    def __init__(self, path: Path, tmp: Path, scene: RasterScene | SceneStack, palette: Sequence[Sequence[int]]):
-        self.tmp, self.palette = tmp, palette
-        self.dataset = self.array = None
+    The strips go into a tiled GeoTIFF beside ``tmp`` (a :func:`~lemevit.io.atomic.scratch_path`, removed
+    whatever happens); on exit GDAL builds its overviews (``resampling``: "mode" for classes, which cannot be
+    averaged; "average" for probabilities) and its COG driver copies it with them, both reading the file block
+    by block: memory is GDAL's block cache, for any scene size.
+
+    Args:
+        count, dtype: bands and their type; ``dtype`` "float16" stores half floats (GeoTIFF's 16-bit floats,
+            which GDAL reads as float32).
+        descriptions: one per band.
+        colormap: ``{value: (r, g, b, a)}``, the colour table of a one-band uint8 file.
+        nodata: the value declared as no data.
+    """
+
+    def __init__(self, path: Path, tmp: Path, scene: RasterScene | SceneStack, count: int, dtype: str,
+                 resampling: str, descriptions: Sequence[str], colormap: Mapping[int, tuple] | None = None,
+                 nodata: int | None = None):
+        self.rasterio = optional_rasterio()
+        if self.rasterio is None:
+            raise ConfigError("output", f"cannot write {path}: {GEO_HINT}")
+        self.path, self.tmp, self.scene, self.count, self.resampling = path, tmp, scene, count, resampling
+        self.descriptions, self.colormap, self.nodata = descriptions, colormap, nodata
+        # Half floats are float32 written with 16 bits (GeoTIFF's half-float), which every GDAL since 2.0 reads.
+        self.dtype, self.nbits = ("float32", 16) if dtype == "float16" else (dtype, None)
+
+    def __enter__(self) -> CogWriter:
+        from rasterio.errors import NotGeoreferencedWarning
+
+        with ExitStack() as stack:
+            self.scratch = stack.enter_context(scratch_path(self.path))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self.dataset = self.rasterio.open(
+                    self.scratch, "w", driver="GTiff", height=self.scene.height, width=self.scene.width,
+                    count=self.count, dtype=self.dtype, crs=self.scene.crs, transform=self.scene.transform,
+                    nodata=self.nodata, tiled=True, blockxsize=_TILE, blockysize=_TILE, compress="deflate",
+                    interleave="band", **self._nbits())
+            stack.callback(self.dataset.close)
+            for band, description in enumerate(self.descriptions, 1):
+                self.dataset.set_band_description(band, description)
+            if self.colormap is not None:
+                self.dataset.write_colormap(1, self.colormap)
+            self._stack = stack.pop_all()
+        return self
+
+    def write(self, top: int, rows: np.ndarray) -> None:
+        """``(count, rows, width)`` from row ``top`` on."""
+        from rasterio.windows import Window
+
+        self.dataset.write(rows, window=Window(0, top, rows.shape[2], rows.shape[1]))
+
+    def __exit__(self, kind, value, traceback) -> None:
+        with self._stack:
+            if kind is not None:
+                return
+            from rasterio.enums import Resampling
+
+            self.dataset.build_overviews(_overview_factors(self.scene.height, self.scene.width),
+                                         Resampling[self.resampling])
+            self.dataset.close()
+            _copy_as_cog(self.scratch, self.tmp, self._nbits())
+
+    def _nbits(self) -> dict:
+        return {"nbits": self.nbits} if self.nbits else {}
+
+
+def _overview_factors(height: int, width: int) -> list[int]:
+    """Halvings of the map until its longest side fits in one tile (none for a map that already does)."""
+    return [2 ** k for k in range(1, max(0, math.ceil(math.log2(max(height, width) / _TILE))) + 1)]
+
+
+@functools.cache
+def _cog_driver() -> bool:
+    """Whether GDAL has its COG driver (GDAL 3.1 and later)."""
+    rasterio = optional_rasterio()
+    with rasterio.Env() as env:
+        return "COG" in env.drivers()
+
+
+def _copy_as_cog(source: Path, target: Path, options: dict) -> None:
+    """Copy the tiled GeoTIFF ``source``, overviews built, as a COG. Without GDAL's COG driver, its GeoTIFF
+    driver copies the overviews after the tiles (a COG's layout, bar the order of some headers), with a
+    warning."""
+    import rasterio
+    import rasterio.shutil
+    from rasterio.errors import NotGeoreferencedWarning
+
+    if _cog_driver():
+        layout = {"driver": "COG", "blocksize": _TILE}
+    else:
+        warnings.warn(f"GDAL {rasterio.__gdal_version__} has no COG driver (GDAL 3.1+): {target.name} is a tiled "
+                      "GeoTIFF with overviews, not a validated Cloud-Optimized GeoTIFF", stacklevel=3)
+        layout = {"driver": "GTiff", "tiled": True, "blockxsize": _TILE, "blockysize": _TILE,
+                  "copy_src_overviews": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        rasterio.shutil.copy(source, target, compress="deflate", **layout, **options)
+
+
+class ClassMapWriter:
+    """Strips of class indices into a Cloud-Optimized GeoTIFF (see :class:`CogWriter`: the scene's georeference,
+    the palette as its colour table, ``value_names`` as its band description, ``nodata`` declared, overviews by
+    the most frequent class) or a PNG (assembled in memory: PNG cannot be written in parts). A context, which
+    writes the file on a normal exit."""
+
+    def __init__(self, path: Path, tmp: Path, scene: RasterScene | SceneStack, palette: Sequence[Sequence[int]],
+                 value_names: Mapping[int, str] | None = None, nodata: int | None = None):
+        self.tmp, self.cog = tmp, None
         if path.suffix.lower() not in TIFF_EXTENSIONS:
             self.array = np.zeros((scene.height, scene.width), np.uint8)
             return
-        rasterio = optional_rasterio()
-        if rasterio is None:
-            raise ConfigError("output", f"cannot write {path}: {GEO_HINT}")
-        from rasterio.errors import NotGeoreferencedWarning
+        description = ", ".join(f"{value}={name}" for value, name in (value_names or {}).items())
+        self.cog = CogWriter(path, tmp, scene, 1, "uint8", "mode", [description],
+                             {i: (*colour, 255) for i, colour in enumerate(palette)}, nodata)
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            self.dataset = rasterio.open(
-                tmp, "w", driver="GTiff", height=scene.height, width=scene.width, count=1, dtype="uint8",
-                crs=scene.crs, transform=scene.transform, tiled=True, blockxsize=256, blockysize=256,
-                compress="deflate")
+    def __enter__(self) -> ClassMapWriter:
+        if self.cog is not None:
+            self.cog.__enter__()
+        return self
 
     def write(self, top: int, classes: np.ndarray) -> None:
-        if self.dataset is None:
+        if self.cog is not None:
+            self.cog.write(top, classes[None])
+        else:
             self.array[top:top + classes.shape[0]] = classes
-            return
-        from rasterio.windows import Window
 
-        self.dataset.write(classes[None], window=Window(0, top, classes.shape[1], classes.shape[0]))
-
-    def close(self) -> None:
-        if self.dataset is None:
+    def __exit__(self, kind, value, traceback) -> None:
+        if self.cog is not None:
+            self.cog.__exit__(kind, value, traceback)
+        elif kind is None:
             from PIL import Image
 
             Image.fromarray(self.array).save(self.tmp, format="PNG")
-            return
-        self.dataset.write_colormap(1, {i: (*colour, 255) for i, colour in enumerate(self.palette)})
-        self.dataset.close()
 
 
 class SceneStack:

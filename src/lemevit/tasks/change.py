@@ -27,7 +27,7 @@ from lemevit.data.statistics import Normalisation
 from lemevit.engine.config import option
 from lemevit.errors import ConfigError, DataError
 from lemevit.export.onnx import OnnxGraph, Probabilities
-from lemevit.inference.scene import predict_scene, preview_path, scene_outputs
+from lemevit.inference.scene import predict_scene, preview_path
 from lemevit.inference.sliding_window import sliding_window_confusion
 from lemevit.metrics.confusion import CHANGE_CLASS_NAMES, change_metrics
 from lemevit.models.change import CHANGE_HEADS, StackedPair, create_change_model
@@ -41,12 +41,15 @@ from lemevit.tasks.dense import (
 from lemevit.tasks.registry import register_task
 from lemevit.viz import save_pair_preview
 
-__all__ = ["CHANGE_VALUE", "ChangeConfig", "ChangePredictOptions", "ChangeTask"]
+__all__ = ["CHANGE_NODATA", "CHANGE_VALUE", "ChangeConfig", "ChangePredictOptions", "ChangeTask"]
 
 #: Change maps hold 0 (no change) and 255 (change), as LEVIR-CD's labels: a map is itself a valid label.
 CHANGE_VALUE = 255
+#: The no-data value the GeoTIFF change maps declare: neither 0 nor the change value.
+CHANGE_NODATA = 128
 # The GeoTIFF's colour table: black, and white for the change value.
 _PALETTE = [(0, 0, 0)] * CHANGE_VALUE + [(255, 255, 255)]
+_VALUE_NAMES = {0: "no change", CHANGE_VALUE: "change"}
 _PREVIEW_SIDE = 1024
 
 
@@ -84,8 +87,9 @@ class ChangePredictOptions(WindowPredictOptions):
                              metavar=("A_IMAGE", "B_IMAGE"))
     pairs: str | None = option(None, "instead of --pair, a folder of pairs: A/ and B/ holding each pair's dates under "
                                      "one name (the training layout; label/ is not needed)")
-    output: str = option(None, "with --pair, OUT.tif or OUT.png: the change map (0 no change, 255 change; "
-                               "OUT_preview.png: A | B | change in red); with --pairs, a folder of NAME.tif|png maps")
+    output: str = option(None, "with --pair, OUT.tif or OUT.png: the change map (0 no change, 255 change; a "
+                               "Cloud-Optimized GeoTIFF declaring 128 as no data; OUT_preview.png: A | B | change in "
+                               "red); with --pairs, a folder of NAME.tif|png maps")
 
     def __post_init__(self):
         super().__post_init__()
@@ -232,8 +236,8 @@ class ChangeTask(SlidingWindowTask):
                 if not date.is_file():
                     raise ConfigError("pair", f"{date} does not exist")
         # A pair's map is named after its first date.
-        self._outputs = scene_outputs([a for a, _ in pairs], Path(options.output),
-                                      inputs=[date for pair in pairs for date in pair])
+        self._outputs = self.map_outputs([a for a, _ in pairs], Path(options.output),
+                                         inputs=[date for pair in pairs for date in pair])
         self._pairs = pairs
 
     def prediction_dataset(self, options: ChangePredictOptions) -> Dataset:
@@ -243,25 +247,28 @@ class ChangeTask(SlidingWindowTask):
         index, dates, output = batch
         hp = self.hparams
         model_seconds = self.model_seconds
+        probabilities = self.probability_output(output, ["change probability"], bands=lambda probs: probs[1:])
         result = predict_scene(self.window_predictor(StackedPair(self.model)), dates, output, [*hp.mean, *hp.mean],
                                [*hp.std, *hp.std], _PALETTE, window=self.window, stride=self.stride,
                                batch_size=self.inference_batch_size,
                                to_map=lambda probs: (probs.argmax(dim=0) == 1).to(torch.uint8) * CHANGE_VALUE,
                                preview_side=_PREVIEW_SIDE, progress=self.show_progress,
-                               expected_dtype=hp.get("input_dtype"))
+                               expected_dtype=hp.get("input_dtype"), value_names=_VALUE_NAMES, nodata=CHANGE_NODATA,
+                               probabilities=probabilities)
         preview = None
         if self.write_preview:
             preview = preview_path(output)
             save_pair_preview(*result.small_scenes, result.small_map == CHANGE_VALUE, preview)
         self._records.append((index, {"output": str(output), "preview": str(preview) if preview else None,
+                                      "probabilities": str(probabilities.path) if probabilities else None,
+                                      "vector": self.write_vectors(output, {CHANGE_VALUE: "change"}),
                                       "height": result.height, "width": result.width,
                                       "changed_pixels": int(result.value_pixels[CHANGE_VALUE]),
                                       "model_seconds": self.model_seconds - model_seconds}))
 
     def finish_prediction(self, records: list[dict], options: ChangePredictOptions) -> list[str]:
         return [f"wrote {r['output']}: {r['width']}x{r['height']} change map, {r['changed_pixels']:,} changed pixels"
-                + (f" (preview {r['preview']})" if r["preview"] else "") for r in records] + \
-            [self.prediction_summary(records)]
+                + self.companions_written(r) for r in records] + [self.prediction_summary(records)]
 
 
 class _NamedPairs(Dataset):

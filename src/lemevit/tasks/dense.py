@@ -3,18 +3,21 @@ window and stride options, and running the model over whole tiles and scenes."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
+from lemevit.data.images import TIFF_EXTENSIONS, optional_rasterio
 from lemevit.data.transforms import check_scale_range
 from lemevit.engine.config import EvalOptions, InferenceOptions, Options, PredictOptions, RunConfig, option
 from lemevit.errors import ConfigError
-from lemevit.inference.scene import preview_path
+from lemevit.inference.scene import ProbabilityOutput, preview_path, probabilities_path, scene_outputs, vector_path
 from lemevit.inference.sliding_window import default_stride, softmax_predictor
+from lemevit.io.raster import GEO_HINT, PROBABILITY_DTYPES
+from lemevit.io.vector import check_vector_output, write_map_vectors
 from lemevit.tasks.base import BaseTask
 
 __all__ = ["CropTrainingConfig", "SceneJobs", "SlidingWindowTask", "WindowEvalOptions", "WindowPredictOptions",
@@ -70,10 +73,27 @@ class WindowPredictOptions(PredictOptions):
     preview: bool = option(True, "write OUT_preview.png beside each map, downsampled for a look")
     overwrite: bool = option(False, "predict again the scenes whose outputs exist (by default they are kept, so that "
                                     "a predict that was stopped resumes where it was)")
+    probabilities: bool = option(False, "also write OUT_probabilities.tif beside each map, a Cloud-Optimized GeoTIFF "
+                                        "of the probabilities: a band per class (segmentation), the change "
+                                        "probability (change)")
+    probabilities_dtype: str = option("uint8", "their values: uint8 (0..255 for 0..1) or float16",
+                                      choices=PROBABILITY_DTYPES)
+    vector: str | None = option(None, "also polygonise each map (a GeoTIFF of a georeferenced scene): OUT.geojson "
+                                      "(RFC 7946: WGS84 longitude/latitude) or OUT.gpkg (GeoPackage in the scene's "
+                                      "CRS) for one scene, or geojson or gpkg for <map stem>.geojson|.gpkg beside each "
+                                      "map", metavar="OUT.geojson|OUT.gpkg|geojson|gpkg")
+    min_area: float = option(0.0, "with --vector, drop the polygons smaller than this, in m²")
+    simplify: float = option(0.0, "with --vector, simplify the polygons to this tolerance, in map units (0: the "
+                                  "pixel edges)")
 
     def __post_init__(self):
         super().__post_init__()
         check_window(self)
+        self.check_non_negative("min_area", "simplify")
+        if self.vector is None:
+            for name in ("min_area", "simplify"):
+                if getattr(self, name):
+                    raise ConfigError(name, "applies to the polygons of `vector`: give it too")
 
 
 class SceneJobs(Dataset):
@@ -120,10 +140,64 @@ class SlidingWindowTask(BaseTask):
             self.stride = options.stride
         self.write_preview = getattr(options, "preview", False)
         self.skip_bad = getattr(options, "skip_bad", False)
+        self.write_probabilities = getattr(options, "probabilities", False)
+        self.probabilities_dtype = getattr(options, "probabilities_dtype", "uint8")
+        self.vector = getattr(options, "vector", None)
+        self.min_area, self.simplify = getattr(options, "min_area", 0.0), getattr(options, "simplify", 0.0)
+
+    def companion_outputs(self, output: Path) -> list[Path]:
+        """The files written beside the map ``output``, as asked: its preview, probabilities and polygons."""
+        return ([preview_path(output)] if self.write_preview else []) + \
+            ([probabilities_path(output)] if self.write_probabilities else []) + \
+            ([vector_path(output, self.vector)] if self.vector else [])
+
+    def map_outputs(self, scenes: list[Path], output: Path, inputs: list[Path] | None = None) -> list[Path]:
+        """:func:`~lemevit.inference.scene.scene_outputs` with the companions asked for, which must be writable:
+        probabilities need rasterio; polygons GeoTIFF maps, and one file of them one scene."""
+        targets = scene_outputs(scenes, output, inputs=inputs, companions=self.companion_outputs)
+        if self.write_probabilities and optional_rasterio() is None:
+            raise ConfigError("probabilities", f"they are written as GeoTIFF: {GEO_HINT}")
+        if self.vector:
+            if len(targets) > 1 and self.vector not in ("geojson", "gpkg"):
+                raise ConfigError("vector", f"{len(targets)} maps: give the format, geojson or gpkg, to write the "
+                                            f"polygons of each beside it, not the file {self.vector}")
+            check_vector_output(vector_path(targets[0], self.vector), "vector")
+            plain = [t for t in targets if t.suffix.lower() not in TIFF_EXTENSIONS]
+            if plain:
+                raise ConfigError("vector", f"polygons are read from GeoTIFF maps of georeferenced scenes, but "
+                                            f"{plain[0]} is a PNG")
+        return targets
+
+    def probability_output(self, output: Path, names: Sequence[str],
+                           bands: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ProbabilityOutput | None:
+        """The probabilities to write beside the map ``output``, when asked."""
+        if not self.write_probabilities:
+            return None
+        return ProbabilityOutput(probabilities_path(output), names, self.probabilities_dtype, bands)
+
+    def write_vectors(self, output: Path, names: Mapping[int, str]) -> tuple[Path, int] | None:
+        """Polygonise the regions of the values ``names`` of the map ``output`` into the file asked for (with the
+        mean probability of each when the probabilities were written); returns it and its number of polygons."""
+        if not self.vector:
+            return None
+        target = vector_path(output, self.vector)
+        probabilities = probabilities_path(output) if self.write_probabilities else None
+        return target, write_map_vectors(output, target, names, self.min_area, self.simplify, probabilities)
+
+    @staticmethod
+    def companions_written(record: dict) -> str:
+        """`` (preview P, probabilities Q, N polygons in V)``: what a scene's record says was written beside its map."""
+        parts = [f"preview {record['preview']}"] if record["preview"] else []
+        if record["probabilities"]:
+            parts.append(f"probabilities {record['probabilities']}")
+        if record["vector"]:
+            parts.append(f"{record['vector'][1]:,} polygons in {record['vector'][0]}")
+        return f" ({', '.join(parts)})" if parts else ""
 
     def pending_jobs(self, jobs: list[tuple], options: WindowPredictOptions) -> SceneJobs:
-        """The jobs (their output last) still to do: every job with ``overwrite``, else those whose map (and preview,
-        when asked for) are not there yet. Outputs are written atomically, so one that exists is complete."""
+        """The jobs (their output last) still to do: every job with ``overwrite``, else those whose map (or a file
+        asked for beside it: preview, probabilities, polygons) is not there yet. Outputs are written atomically, so
+        one that exists is complete."""
         self._kept = []
         self._prediction_seconds = 0.0
         if options.overwrite:
@@ -131,7 +205,7 @@ class SlidingWindowTask(BaseTask):
         pending = []
         for job in jobs:
             output = Path(job[-1])
-            if output.is_file() and (not self.write_preview or preview_path(output).is_file()):
+            if output.is_file() and all(p.is_file() for p in self.companion_outputs(output)):
                 self._kept.append(output)
             else:
                 pending.append(job)

@@ -1,6 +1,6 @@
 """Oriented object detection: Oriented R-CNN over any backbone, trained on windows of large images, evaluated
 with DOTA's protocol on whole images (window by window, merged), predicting DOTA Task-1 files (and their zip for
-DOTA's evaluation server), drawn boxes and, for georeferenced scenes, GeoJSON."""
+DOTA's evaluation server), drawn boxes and, for georeferenced scenes, GeoJSON or GeoPackage polygons."""
 from __future__ import annotations
 
 import zipfile
@@ -33,7 +33,7 @@ from lemevit.errors import ConfigError, DataError
 from lemevit.export.onnx import NETWORK, GraphOf, OnnxGraph
 from lemevit.io import atomic_path
 from lemevit.io.paths import check_distinct_names, check_outputs_spare_inputs, check_writable_folder, list_images
-from lemevit.io.vector import write_detection_geojson
+from lemevit.io.vector import check_vector_output, write_detection_vectors
 from lemevit.metrics.detection import detection_map
 from lemevit.models.oriented_rcnn import OrientedRCNN, StagesOnRuntime
 from lemevit.ops.rotated import box_to_quad
@@ -104,15 +104,18 @@ class DetectionConfig(RunConfig):
 @dataclass(kw_only=True)
 class DetectionPredictOptions(PredictOptions):
     output: str = option(None, "a folder: DOTA Task-1 files Task1_<class>.txt and Task1.zip of them (what DOTA's "
-                               "evaluation server takes), <image>.png with the boxes drawn, <image>.geojson for "
-                               "georeferenced GeoTIFFs")
+                               "evaluation server takes), <image>.png with the boxes drawn, <image>.geojson (or "
+                               ".gpkg, see --vector) for georeferenced GeoTIFFs")
     batch_size: int = option(4, "windows per batch and device")
     draw_threshold: float = option(0.3, "boxes scoring at least this are drawn")
+    vector: str = option("geojson", "the boxes of georeferenced GeoTIFFs as <image>.geojson (RFC 7946: WGS84 "
+                                    "longitude/latitude) or <image>.gpkg (GeoPackage in the scene's CRS)",
+                         choices=("geojson", "gpkg"))
 
     def __post_init__(self):
         super().__post_init__()
         self.check_fraction("draw_threshold", low_open=False)
-        if Path(self.output).suffix.lower() in IMAGE_EXTENSIONS | {".txt", ".json", ".geojson"}:
+        if Path(self.output).suffix.lower() in IMAGE_EXTENSIONS | {".txt", ".json", ".geojson", ".gpkg"}:
             raise ConfigError("output", f"is a folder for several files (Task-1 files, drawn images), got "
                                         f"{self.output}")
 
@@ -295,11 +298,13 @@ class DetectionTask(NamedClasses, BaseTask):
         check_distinct_names(self._inputs)
         output = check_writable_folder(options.output)
         planned = [output / f"Task1_{name}.txt" for name in self.class_names] + [output / TASK1_ZIP]
-        planned += [output / f"{p.stem}{suffix}" for p in self._inputs for suffix in (".png", ".geojson")]
+        planned += [output / f"{p.stem}{suffix}" for p in self._inputs for suffix in (".png", f".{options.vector}")]
         check_outputs_spare_inputs(self._inputs, planned)
+        if options.vector == "gpkg":
+            check_vector_output(planned[-1], "vector")
 
     def prediction_dataset(self, options: DetectionPredictOptions) -> Dataset:
-        self._output, self._draw_threshold = Path(options.output), options.draw_threshold
+        self._output, self._draw_threshold, self._vector = Path(options.output), options.draw_threshold, options.vector
         return PredictionFiles(self._inputs, self._read_scene, options.skip_bad)
 
     prediction_collate = staticmethod(first_item)
@@ -316,11 +321,11 @@ class DetectionTask(NamedClasses, BaseTask):
         shown = scores >= self._draw_threshold
         png = self._output / f"{path.stem}.png"
         draw_oriented_boxes(image, quads[shown], labels[shown], scores[shown], self.class_names, png)
-        geojson = self._output / f"{path.stem}.geojson"
-        located = write_detection_geojson(path, quads, labels, scores, self.class_names, geojson)
+        vector = self._output / f"{path.stem}.{self._vector}"
+        located = write_detection_vectors(path, quads, labels, scores, self.class_names, vector)
         self._records.append((index, {"image": str(path), "quads": quads, "scores": scores, "labels": labels,
                                       "png": str(png), "drawn": int(shown.sum()),
-                                      "geojson": str(geojson) if located else None}))
+                                      "vector": str(vector) if located else None}))
 
     def finish_prediction(self, records: list[dict], options: DetectionPredictOptions) -> list[str]:
         output = Path(options.output)
@@ -334,7 +339,7 @@ class DetectionTask(NamedClasses, BaseTask):
             for quad, score, label in zip(record["quads"], record["scores"], record["labels"], strict=True):
                 corners = " ".join(f"{v:.1f}" for v in quad.ravel())
                 lines[self.class_names[label]].append(f"{stem} {score:.4f} {corners}")
-            geo = f", {record['geojson']}" if record["geojson"] else ""
+            geo = f", {record['vector']}" if record["vector"] else ""
             printed.append(f"{record['image']}: {len(record['scores'])} objects ({record['drawn']} drawn in "
                            f"{record['png']}{geo})")
         texts = {f"Task1_{name}.txt": "".join(row + "\n" for row in rows) for name, rows in lines.items()}

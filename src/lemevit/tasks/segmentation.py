@@ -30,7 +30,7 @@ from lemevit.data.statistics import Normalisation
 from lemevit.engine.config import option
 from lemevit.errors import ConfigError, DataError
 from lemevit.export.onnx import OnnxGraph, Probabilities
-from lemevit.inference.scene import predict_scene, preview_path, scene_outputs
+from lemevit.inference.scene import predict_scene, preview_path
 from lemevit.inference.sliding_window import sliding_window_confusion
 from lemevit.io.paths import list_images
 from lemevit.losses import dice_loss
@@ -95,8 +95,9 @@ class SegmentationConfig(CropTrainingConfig):
 
 @dataclass(kw_only=True)
 class SegmentationPredictOptions(WindowPredictOptions):
-    output: str = option(None, "OUT.tif or OUT.png for one scene (GeoTIFF in, GeoTIFF out with its CRS and "
-                               "transform), a folder for several (OUT_preview.png: the classes in colour)")
+    output: str = option(None, "OUT.tif or OUT.png for one scene (GeoTIFF in, Cloud-Optimized GeoTIFF out with its "
+                               "CRS and transform, the palette, the class names and 255 as no data), a folder for "
+                               "several (OUT_preview.png: the classes in colour)")
 
 
 @register_task
@@ -250,7 +251,7 @@ class SegmentationTask(SlidingWindowTask):
         if not options.inputs:
             raise ConfigError("inputs", "give the scenes to predict (files, folders or glob patterns)")
         self._scenes = list_images(options.inputs)
-        self._outputs = scene_outputs(self._scenes, Path(options.output))
+        self._outputs = self.map_outputs(self._scenes, Path(options.output))
 
     def prediction_dataset(self, options: SegmentationPredictOptions) -> Dataset:
         return self.pending_jobs(list(zip(self._scenes, self._outputs, strict=True)), options)
@@ -266,20 +267,25 @@ class SegmentationTask(SlidingWindowTask):
 
     def _predict_scene(self, scene: Path, output: Path) -> dict:
         model_seconds = self.model_seconds
+        names = dict(enumerate(self.labels.class_names))
+        probabilities = self.probability_output(output, self.labels.class_names)
+        # No class takes the ignore index (at most IGNORE_INDEX - 1 classes): it is the map's no-data value.
         result = predict_scene(self.window_predictor(self.model), [scene], output, self.hparams.mean, self.hparams.std,
                                self.labels.palette, window=self.window, stride=self.stride,
                                batch_size=self.inference_batch_size, progress=self.show_progress,
-                               expected_dtype=self.hparams.get("input_dtype"))
+                               expected_dtype=self.hparams.get("input_dtype"), value_names=names, nodata=IGNORE_INDEX,
+                               probabilities=probabilities)
         preview = None
         if self.write_preview:
             preview = preview_path(output)
             save_palette_png(result.small_map, self.labels.palette, preview)
-        return {"output": str(output), "preview": str(preview) if preview else None, "height": result.height,
-                "width": result.width, "class_pixels": result.value_pixels[:self.labels.num_classes].tolist(),
+        return {"output": str(output), "preview": str(preview) if preview else None,
+                "probabilities": str(probabilities.path) if probabilities else None,
+                "vector": self.write_vectors(output, names), "height": result.height, "width": result.width,
+                "class_pixels": result.value_pixels[:self.labels.num_classes].tolist(),
                 "model_seconds": self.model_seconds - model_seconds}
 
     def finish_prediction(self, records: list[dict], options: SegmentationPredictOptions) -> list[str]:
         return [f"skipped {r['scene']}: {r['error']}" if "error" in r else
-                f"wrote {r['output']}: {r['width']}x{r['height']} class map"
-                + (f" (preview {r['preview']})" if r["preview"] else "") for r in records] + \
-            [self.prediction_summary(records)]
+                f"wrote {r['output']}: {r['width']}x{r['height']} class map" + self.companions_written(r)
+                for r in records] + [self.prediction_summary(records)]
