@@ -4,6 +4,10 @@ co-registered scenes (the dates of a change pair) of any size, read and written 
 GeoTIFF scenes are read and written through rasterio windows, so that neither the scene nor its class map is
 held in memory whole; the class map, a Cloud-Optimized GeoTIFF, keeps the scene's CRS and transform, and so do
 the probabilities written beside it when asked.
+
+A scene may be a local file, a VRT mosaic or a URL (``https://``, ``/vsicurl/``: GDAL reads the byte ranges of
+the blocks it needs). The pixels its nodata value, alpha band or mask mark are not predicted: the map gives them
+its nodata value, and the windows holding none of the others are not run.
 """
 from __future__ import annotations
 
@@ -20,8 +24,15 @@ from tqdm.auto import tqdm
 from lemevit.errors import ConfigError, DataError
 from lemevit.inference.sliding_window import blended_strips, window_starts
 from lemevit.io import atomic_path
-from lemevit.io.paths import check_distinct_names, check_outputs_spare_inputs, check_writable_folder
-from lemevit.io.raster import OUTPUT_EXTENSIONS, ClassMapWriter, CogWriter, SceneStack, gdal_cache
+from lemevit.io.paths import (
+    check_distinct_names,
+    check_outputs_spare_inputs,
+    check_writable_folder,
+    is_remote,
+    scene_source,
+    source_name,
+)
+from lemevit.io.raster import OUTPUT_EXTENSIONS, ClassMapWriter, CogWriter, SceneStack, gdal_cache, read_by_gdal
 
 __all__ = ["ProbabilityOutput", "ScenePrediction", "predict_scene", "preview_path", "probabilities_path",
            "scene_outputs", "vector_path"]
@@ -48,12 +59,13 @@ def vector_path(output: str | Path, vector: str) -> Path:
     return Path(output).with_suffix(f".{vector}") if vector in ("geojson", "gpkg") else Path(vector)
 
 
-def scene_outputs(scenes: Sequence[Path], output: Path, argument: str = "output",
-                  inputs: Sequence[Path] | None = None,
+def scene_outputs(scenes: Sequence[Path | str], output: Path, argument: str = "output",
+                  inputs: Sequence[Path | str] | None = None,
                   companions: Callable[[Path], Sequence[Path]] = lambda map_path: [preview_path(map_path)]
                   ) -> list[Path]:
     """Where each scene's map goes: one scene to a named file; several (or a folder) to ``output/<stem>.tif|.png``,
-    keeping the scene's format. Names that would collide, and outputs (maps and the ``companions`` of each, by
+    .tif for a scene GDAL reads (a TIFF, a VRT, a URL, named after the last component of its path), .png for the
+    others. Names that would collide, and outputs (maps and the ``companions`` of each, by
     default its preview) that would replace one of the ``inputs`` (default: the scenes), are refused."""
     if len(scenes) == 1 and output.suffix and not output.is_dir():
         if output.suffix.lower() not in OUTPUT_EXTENSIONS:
@@ -66,7 +78,11 @@ def scene_outputs(scenes: Sequence[Path], output: Path, argument: str = "output"
             raise ConfigError(argument, f"{len(scenes)} scenes need a folder, got the file {output}")
         check_distinct_names(scenes, argument)
         check_writable_folder(output, argument)
-        targets = [output / (s.stem + (".tif" if s.suffix.lower() in (".tif", ".tiff") else ".png")) for s in scenes]
+        nameless = [s for s in scenes if not Path(source_name(s)).stem]
+        if nameless:
+            raise ConfigError(argument, f"{nameless[0]} has no file name to name its map after: predict it alone, "
+                                        "to a named OUT.tif")
+        targets = [output / (Path(source_name(s)).stem + (".tif" if read_by_gdal(s) else ".png")) for s in scenes]
     check_outputs_spare_inputs(inputs or scenes, targets + [p for t in targets for p in companions(t)], argument)
     return targets
 
@@ -76,19 +92,23 @@ class ProbabilityOutput:
     """The probabilities :func:`predict_scene` writes beside its map: a Cloud-Optimized GeoTIFF at ``path``, a
     band per name, of ``dtype`` (one of :data:`~lemevit.io.raster.PROBABILITY_DTYPES`: uint8 0..255 for 0..1, or
     float16), with overviews by averaging. ``bands`` picks them from the ``(K, rows, width)`` probabilities
-    (default: every class)."""
+    (default: every class). Pixels of no data are NaN in float16, the file's declared nodata; in uint8, whose 256
+    values are all probabilities, 0 (the map tells them)."""
 
     path: Path
     names: Sequence[str]
     dtype: str = "uint8"
     bands: Callable[[torch.Tensor], torch.Tensor] | None = None
 
-    def values(self, probs: torch.Tensor) -> np.ndarray:
-        """The stored values of the probabilities of a strip."""
+    @property
+    def nodata(self) -> float | None:
+        return math.nan if self.dtype == "float16" else None
+
+    def values(self, probs: torch.Tensor, valid: np.ndarray | None = None) -> np.ndarray:
+        """The stored values of the probabilities of a strip, ``valid`` its pixels with data (None: all)."""
         picked = probs if self.bands is None else self.bands(probs)
-        if self.dtype == "uint8":
-            return picked.mul(255).round_().to(torch.uint8).numpy()
-        return picked.numpy()
+        stored = picked.mul(255).round_().to(torch.uint8).numpy() if self.dtype == "uint8" else picked.numpy()
+        return stored if valid is None else np.where(valid, stored, self.nodata or 0).astype(stored.dtype)
 
 
 @dataclass
@@ -119,7 +139,8 @@ def predict_scene(predict: Callable[[torch.Tensor], torch.Tensor], scenes: Seque
     Args:
         predict: ``(B, C, window, window)`` normalised windows → ``(B, K, window, window)`` class probabilities.
         scenes: one scene, or the co-registered scenes whose bands are stacked into the model's input (the
-            dates of a change pair).
+            dates of a change pair): local files, VRTs or URLs. An alpha band is the mask of its scene when the
+            model expects the other bands (see :class:`~lemevit.io.raster.SceneStack`).
         mean, std: per band of the stacked input, in the scenes' own value scale.
         palette: an RGB colour per map value: the GeoTIFF's colour table.
         to_map: ``(K, rows, width)`` probabilities → ``(rows, width)`` uint8 map values (default: the most probable
@@ -128,19 +149,21 @@ def predict_scene(predict: Callable[[torch.Tensor], torch.Tensor], scenes: Seque
         expected_dtype: the data type the model was trained on; a scene of another type is refused, since its
             values would be normalised on the wrong scale.
         value_names: ``{value: name}`` of the map values, the GeoTIFF's band description (``0=name, 1=...``).
-        nodata: the value the GeoTIFF declares as no data, one no class takes.
+        nodata: the value the GeoTIFF declares as no data, one no class takes; the map's value at the pixels the
+            scenes mark as no data (a pixel of a stack is no data when it is in one scene). Needed for such scenes.
         probabilities: also write the probabilities, a GeoTIFF whatever ``output`` is.
 
     A GeoTIFF scene gives a GeoTIFF with the same CRS and transform. Memory: one strip of ``window`` rows (the
-    probabilities of every class and the scene's bands, over the full width) plus a batch of windows, for any
-    scene height; a PNG output also holds the map, one byte a pixel. The map is written after the probabilities:
+    probabilities of every class and the scene's bands and mask, over the full width) plus a batch of windows, for
+    any scene height; a PNG output also holds the map, one byte a pixel. The windows without a pixel with data are
+    not run (see :func:`~lemevit.inference.sliding_window.blended_strips`). The map is written after the probabilities:
     a map that exists is complete with them.
     """
-    paths, output = [Path(s) for s in scenes], Path(output)
+    paths, output = [scene_source(s) for s in scenes], Path(output)
     if output.suffix.lower() not in OUTPUT_EXTENSIONS:
         raise ConfigError("output", f"must end in {', '.join(OUTPUT_EXTENSIONS)}, got {output}")
     for path in paths:
-        if not path.is_file():
+        if not is_remote(path) and not path.is_file():
             raise DataError(f"scene {path} does not exist" if not path.exists() else f"scene {path} is not a file")
     if not 1 <= len(palette) <= 256:
         raise ConfigError("palette", f"maps are written as 8-bit images: at most 256 values, got {len(palette)}")
@@ -148,11 +171,17 @@ def predict_scene(predict: Callable[[torch.Tensor], torch.Tensor], scenes: Seque
     mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
     std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
     with gdal_cache(_GDAL_CACHE_MB * len(paths)):
-        source = SceneStack(paths)
+        source = SceneStack(paths, len(mean))
         try:
             if source.bands != len(mean):
+                alpha = [s for s in source.scenes if s.alpha is not None]
+                note = (f" (band {alpha[0].alpha} of {alpha[0].path} is alpha: it is read as the mask when the model "
+                        "expects the other bands)") if alpha else ""
                 raise DataError(f"{' and '.join(map(str, paths))}: {source.bands} band(s), the model expects "
-                                f"{len(mean)}")
+                                f"{len(mean)}{note}")
+            if source.masked and nodata is None:
+                raise ConfigError("nodata", f"{' and '.join(map(str, paths))} mark pixels as no data: the map needs a "
+                                            "nodata value for them")
             if expected_dtype is not None:
                 odd = [(p, d) for p, d in zip(paths, source.dtypes, strict=True) if d != expected_dtype]
                 if odd:
@@ -177,6 +206,19 @@ def predict_scene(predict: Callable[[torch.Tensor], torch.Tensor], scenes: Seque
                     start += scene.bands
                 return torch.from_numpy(rows)
 
+            # The mask of the rows of the latest windows, by their top: the strip they give is its first rows.
+            latest_valid: dict[int, np.ndarray | None] = {}
+
+            def read_valid(top: int, bottom: int) -> torch.Tensor | None:
+                latest_valid.clear()
+                valid = latest_valid[top] = source.read_valid(top, bottom)
+                return None if valid is None else torch.from_numpy(valid)
+
+            def strip_valid(top: int, rows: int) -> np.ndarray | None:
+                # A strip of no data given once a later one has been read (see blended_strips) is read again.
+                valid = latest_valid[top] if top in latest_valid else source.read_valid(top, top + rows)
+                return None if valid is None else valid[:rows]
+
             def normalise(batch: torch.Tensor) -> torch.Tensor:
                 return batch.float().sub_(mean_t).div_(std_t)
 
@@ -187,15 +229,19 @@ def predict_scene(predict: Callable[[torch.Tensor], torch.Tensor], scenes: Seque
                 if probabilities is not None:
                     probability_writer = outputs.enter_context(CogWriter(
                         probabilities.path, outputs.enter_context(atomic_path(probabilities.path)), source,
-                        len(probabilities.names), probabilities.dtype, "average", probabilities.names))
-                bar = outputs.enter_context(tqdm(total=windows, desc=f"predicting {paths[0].name}", unit="window",
-                                                 disable=not progress))
+                        len(probabilities.names), probabilities.dtype, "average", probabilities.names,
+                        nodata=probabilities.nodata))
+                bar = outputs.enter_context(tqdm(total=windows, desc=f"predicting {source_name(paths[0])}",
+                                                 unit="window", disable=not progress))
                 for top, probs in blended_strips(read_rows, height, width, predict, window, stride, batch_size,
-                                                 bar.update, normalise):
+                                                 bar.update, normalise, read_valid):
                     values = to_map(probs).numpy()
+                    valid = strip_valid(top, len(values))
+                    if valid is not None:
+                        values[~valid] = nodata
                     writer.write(top, values)
                     if probabilities is not None:
-                        probability_writer.write(top, probabilities.values(probs))
+                        probability_writer.write(top, probabilities.values(probs, valid))
                     counts += np.bincount(values.ravel(), minlength=256)
                     # The preview keeps the rows and columns whose index is a multiple of the step.
                     first = -top % step

@@ -64,7 +64,8 @@ def blend_weight(window: int) -> torch.Tensor:
 def blended_strips(read_rows: Callable[[int, int], torch.Tensor], height: int, width: int,
                    predict: Callable[[torch.Tensor], torch.Tensor], window: int, stride: int, batch_size: int = 8,
                    progress: Callable[[int], None] | None = None,
-                   normalise: Callable[[torch.Tensor], torch.Tensor] | None = None
+                   normalise: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   read_valid: Callable[[int, int], torch.Tensor | None] | None = None
                    ) -> Iterator[tuple[int, torch.Tensor]]:
     """Blended class probabilities of a ``height`` × ``width`` scene, strip by strip.
 
@@ -75,6 +76,15 @@ def blended_strips(read_rows: Callable[[int, int], torch.Tensor], height: int, w
         normalise: applied to each batch of windows before ``predict``, so that the rows can stay in the
             scene's own data type (a quarter of float32's memory for 8-bit bands). Windows that overhang a
             scene smaller than a window are padded with zeros after it: with the band means.
+        read_valid: ``(top, bottom) -> (bottom - top, width)`` booleans, the pixels to predict (None: all of
+            them), read with the rows. A window without one is not run at all (the network's time goes to the
+            data, not to a nodata border); the pixels of a window that is run but not to be predicted are fed as
+            zeros after ``normalise`` (the band means, as padding), so that a nodata value such as -9999 does
+            not sway its neighbours.
+
+    Every window that covers a pixel to predict is run, so its blend is the one of a scene without nodata (with
+    a model that sees only each pixel, the same probabilities); the pixels only skipped windows cover get
+    probabilities that mean nothing (zero or a partial blend): the caller overwrites them.
 
     Yields ``(top, probs)`` with ``probs`` float32 ``(K, rows, width)``, for consecutive strips that cover
     rows ``0..height`` in order. ``probs`` is a view of the accumulator, valid until the next strip is
@@ -95,16 +105,21 @@ def blended_strips(read_rows: Callable[[int, int], torch.Tensor], height: int, w
     row_sum, col_sum = row_sum.float(), col_sum[:width].float()
     weight_2d = (weight_1d[:, None] * weight_1d[None, :]).float()
     accumulator = None
+    waiting: list[tuple[int, int]] = []  # (top, rows) of the strips yielded once the classes are known
     for r, top in enumerate(ys):
         bottom = min(top + window, height)
         rows = read_rows(top, bottom)
         if rows.shape[1:] != (bottom - top, width):
             raise ValueError(f"read_rows gave rows of shape {tuple(rows.shape)}, expected (C, {bottom - top}, {width})")
-        for start in range(0, len(xs), batch_size):
-            chunk = xs[start:start + batch_size]
+        valid = read_valid(top, bottom) if read_valid is not None else None
+        run = xs if valid is None else [x for x in xs if valid[:, x:x + window].any()]
+        for start in range(0, len(run), batch_size):
+            chunk = run[start:start + batch_size]
             batch = torch.stack([rows[:, :, x:x + window] for x in chunk])
             if normalise is not None:
                 batch = normalise(batch)
+            if valid is not None:
+                batch.masked_fill_(~torch.stack([valid[:, x:x + window] for x in chunk])[:, None], 0)
             if batch.shape[-2:] != (window, window):
                 batch = torch.nn.functional.pad(batch, (0, window - batch.shape[-1], 0, window - batch.shape[-2]))
             probs = predict(batch).float()
@@ -115,10 +130,21 @@ def blended_strips(read_rows: Callable[[int, int], torch.Tensor], height: int, w
                 accumulator[:, :, x:x + window].addcmul_(p, weight_2d)
             del probs  # one batch's outputs alive at a time
             _release_free_memory()
+        bands = len(rows)
         del rows
         if progress is not None:
             progress(len(xs))
         done = (ys[r + 1] if r + 1 < len(ys) else height) - top
+        if accumulator is None:
+            # No window run yet, so the number of classes is unknown: the strips wait for the first window (or,
+            # in a scene with nothing to predict, one window of zeros), their probabilities zero.
+            if r + 1 < len(ys):
+                waiting.append((top, done))
+                continue
+            accumulator = torch.zeros(predict(torch.zeros(1, bands, window, window)).shape[1], window, padded_width)
+        for waiting_top, waiting_rows in waiting:
+            yield waiting_top, accumulator.new_zeros(len(accumulator), waiting_rows, width)
+        waiting.clear()
         # Normalised in place: no later window adds to these rows.
         strip = accumulator[:, :done, :width]
         strip.div_(row_sum[top:top + done, None]).div_(col_sum)

@@ -4,16 +4,40 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 from lemevit.data.images import IMAGE_EXTENSIONS
 from lemevit.errors import ConfigError, DataError
 
 __all__ = ["check_distinct_names", "check_outputs_spare_inputs", "check_writable_folder", "is_listed_image",
-           "list_images"]
+           "is_remote", "list_images", "scene_source", "source_name"]
+
+
+def is_remote(source: str | Path) -> bool:
+    """Whether a scene is a URL (``https://...``) or a path of one of GDAL's virtual file systems (``/vsicurl/``,
+    ``/vsis3/``, ...) rather than a local file: GDAL reads it where it is, the ranges it needs."""
+    text = str(source)
+    return "://" in text or text.startswith("/vsi")
+
+
+def scene_source(item: str | Path) -> Path | str:
+    """A scene as given: a local :class:`~pathlib.Path`, or a remote source kept as its string (a ``Path`` would
+    fold the ``//`` of ``https://``)."""
+    return str(item) if is_remote(item) else Path(item)
+
+
+def source_name(source: str | Path) -> str:
+    """The file name of a scene: for a remote one, the last component of its URL's path (no query), which may be
+    empty (``https://host/``)."""
+    if not is_remote(source):
+        return Path(source).name
+    # /vsicurl/https://host/a/b.tif?x=1 -> https://host/a/b.tif?x=1 -> b.tif; /vsis3/bucket/b.tif -> b.tif
+    return PurePosixPath(urlsplit(re.sub(r"^(/vsi\w+/)+", "", str(source))).path).name
 
 
 def is_listed_image(name: str) -> bool:
@@ -30,14 +54,18 @@ def _walk(folder: Path) -> list[Path]:
     return found
 
 
-def list_images(inputs: Sequence[str | Path], argument: str = "inputs") -> list[Path]:
+def list_images(inputs: Sequence[str | Path], argument: str = "inputs") -> list[Path | str]:
     """Image files from files, folders (searched recursively) and glob patterns, in the order given (each
     folder and pattern sorted), each file once. Folders are listed as ``train`` lists a data set: hidden files
-    and folders and files without an image extension are left out. A named file is taken as it is."""
-    paths: list[Path] = []
+    and folders and files without an image extension are left out. A named file is taken as it is (a ``.vrt``
+    mosaic too), and so is a remote source (:func:`is_remote`), as a string, unchecked: GDAL tells when it opens
+    it."""
+    paths: list[Path | str] = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
+        if is_remote(item):
+            paths.append(str(item))
+        elif path.is_dir():
             paths += _walk(path)
         elif path.is_file():
             paths.append(path)
@@ -50,32 +78,35 @@ def list_images(inputs: Sequence[str | Path], argument: str = "inputs") -> list[
             paths += files + [f for folder in folders for f in _walk(folder)]
     if not paths:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {', '.join(map(str, inputs))}")
-    seen: set[Path] = set()
+    seen: set[Path | str] = set()
     unique = []
     for p in paths:
-        key = p.resolve()
+        key = p if isinstance(p, str) else p.resolve()
         if key not in seen:
             seen.add(key)
             unique.append(p)
     return unique
 
 
-def check_distinct_names(paths: Sequence[Path], argument: str = "output") -> None:
+def check_distinct_names(paths: Sequence[Path | str], argument: str = "output") -> None:
     """Refuse inputs whose outputs would be named alike (``a/scene.png`` and ``b/scene.png`` both give
-    ``scene``)."""
-    counts = Counter(p.stem for p in paths)
+    ``scene``; URLs by the last component of their path)."""
+    stems = [PurePosixPath(source_name(p)).stem for p in paths]
+    counts = Counter(stems)
     repeated = sorted(stem for stem, n in counts.items() if n > 1)
     if repeated:
-        shown = ", ".join(str(p) for p in paths if p.stem in repeated[:3])
+        shown = ", ".join(str(p) for p, stem in zip(paths, stems, strict=True) if stem in repeated[:3])
         raise ConfigError(argument, f"inputs named alike ({shown}) would write the same outputs; predict them "
                                     "into separate output folders")
 
 
 def check_outputs_spare_inputs(inputs: Iterable[Path], outputs: Iterable[Path], argument: str = "output") -> None:
-    """Refuse an output that is one of the inputs (the same file, however it is spelt or linked)."""
+    """Refuse an output that is one of the inputs (the same file, however it is spelt or linked); remote inputs
+    cannot be."""
     resolved = {}
     for path in inputs:
-        resolved[Path(path).resolve()] = Path(path)
+        if not is_remote(path):
+            resolved[Path(path).resolve()] = Path(path)
     for output in outputs:
         target = Path(output).resolve()
         if target in resolved:

@@ -5,6 +5,11 @@ whole-scene prediction.
 GeoTIFF maps are written as Cloud-Optimized GeoTIFFs (internal tiles, overviews, the tiles in the order a
 reader over HTTP wants them): GIS software and web viewers open a zoomed-out view of a whole scene from the
 overviews, without reading the full-resolution map.
+
+Scenes are read through GDAL when it can read them in parts: TIFFs, GDAL's virtual mosaics (``.vrt``) and remote
+sources (``https://`` URLs, ``/vsicurl/`` and the other virtual file systems), of which GDAL fetches only the
+byte ranges of the blocks read. Their nodata value, alpha band or mask (GDAL's mask of the dataset, whichever of
+the three it has) tells which pixels are not to be predicted.
 """
 from __future__ import annotations
 
@@ -20,17 +25,25 @@ import numpy as np
 from lemevit.data.images import TIFF_EXTENSIONS, optional_rasterio, read_image
 from lemevit.errors import ConfigError, DataError
 from lemevit.io.atomic import scratch_path
+from lemevit.io.paths import is_remote
 
 __all__ = ["GEO_HINT", "OUTPUT_EXTENSIONS", "PROBABILITY_DTYPES", "ClassMapWriter", "CogWriter", "RasterScene",
-           "SceneStack", "gdal_cache"]
+           "SceneStack", "gdal_cache", "read_by_gdal"]
 
 GEO_HINT = 'install rasterio for GeoTIFF output: pip install "lemevit[geo]"'
 #: What a class or change map can be written as.
 OUTPUT_EXTENSIONS = (".tif", ".tiff", ".png")
 #: How probabilities can be stored: 0..255 for 0..1 (a quarter of float32's size, steps of 0.4 %), or half floats.
 PROBABILITY_DTYPES = ("uint8", "float16")
+_READ_HINT = 'install rasterio: pip install "lemevit[geo]"'
 # Side of the tiles of written GeoTIFFs; overviews are added until the smallest fits in one tile.
 _TILE = 256
+
+
+def read_by_gdal(source: str | Path) -> bool:
+    """Whether a scene is read through GDAL, in windows: a TIFF, a VRT or a remote source (else, whole by
+    :func:`~lemevit.data.read_image`)."""
+    return is_remote(source) or Path(source).suffix.lower() in (*TIFF_EXTENSIONS, ".vrt")
 
 
 def gdal_cache(megabytes: int):
@@ -43,19 +56,30 @@ def gdal_cache(megabytes: int):
 
 
 class RasterScene:
-    """Rows of a scene file: a TIFF through rasterio windows; other formats (PNG, JPEG), which cannot be
-    decoded in parts, from the whole image as :func:`~lemevit.data.read_image` reads it. ``height``,
-    ``width``, ``bands``, ``dtype`` (of the first band), ``crs`` and ``transform`` describe it."""
+    """Rows of a scene: one GDAL reads (:func:`read_by_gdal`) through rasterio windows; other formats (PNG,
+    JPEG), which cannot be decoded in parts, from the whole image as :func:`~lemevit.data.read_image` reads it.
+    ``height``, ``width``, ``bands``, ``dtype`` (of the first band), ``crs`` and ``transform`` describe it;
+    ``masked`` tells whether some pixels may be no data, which :meth:`read_valid` gives.
 
-    def __init__(self, path: Path):
+    ``path`` is a local :class:`~pathlib.Path` or a remote source's string. A remote source is opened without
+    listing its folder (``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``): over HTTP that listing is a request per
+    sidecar file GDAL looks for, and a remote scene has none. An alpha band counts among ``bands`` until
+    :meth:`use_alpha_as_mask`."""
+
+    def __init__(self, path: Path | str):
         rasterio = optional_rasterio()
         self.path = path
         self.dataset = None
         self.crs = self.transform = None
-        if path.suffix.lower() in TIFF_EXTENSIONS and rasterio is not None:
+        self.masked, self.alpha = False, None
+        if read_by_gdal(path):
+            if rasterio is None:
+                raise DataError(f"cannot read scene {path}: GDAL reads it, {_READ_HINT}")
+            from rasterio.enums import ColorInterp, MaskFlags
             from rasterio.errors import NotGeoreferencedWarning
 
-            with warnings.catch_warnings():
+            remote = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"} if is_remote(path) else {}
+            with warnings.catch_warnings(), rasterio.Env(**remote):
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 try:
                     self.dataset = rasterio.open(path)
@@ -64,6 +88,11 @@ class RasterScene:
             self.height, self.width, self.bands = self.dataset.height, self.dataset.width, self.dataset.count
             self.crs, self.transform = self.dataset.crs, self.dataset.transform
             self.dtype = np.dtype(self.dataset.dtypes[0]).name
+            self.indexes = list(range(1, self.bands + 1))
+            if ColorInterp.alpha in self.dataset.colorinterp:
+                self.alpha = self.dataset.colorinterp.index(ColorInterp.alpha) + 1
+            else:  # an alpha band read as a band is no mask (until use_alpha_as_mask)
+                self.masked = any(MaskFlags.all_valid not in flags for flags in self.dataset.mask_flag_enums)
         else:
             self.array = read_image(path)
             if not self.array.flags.writeable:  # torch.from_numpy warns about read-only arrays
@@ -76,13 +105,28 @@ class RasterScene:
         """Whether the file places its pixels on the ground (a CRS or a non-identity transform)."""
         return self.crs is not None or (self.transform is not None and not self.transform.is_identity)
 
+    def use_alpha_as_mask(self) -> None:
+        """Read the alpha band as the mask of the other bands, no longer as a band."""
+        self.indexes.remove(self.alpha)
+        self.bands -= 1
+        self.masked = True
+
     def read(self, top: int, bottom: int) -> np.ndarray:
         """``(C, rows, width)`` in the file's data type."""
         if self.dataset is None:
             return self.array[top:bottom].transpose(2, 0, 1)
         from rasterio.windows import Window
 
-        return self.dataset.read(window=Window(0, top, self.width, bottom - top))
+        return self.dataset.read(self.indexes, window=Window(0, top, self.width, bottom - top))
+
+    def read_valid(self, top: int, bottom: int) -> np.ndarray | None:
+        """``(rows, width)`` booleans, the pixels with data, or None when all have. As GDAL's mask of the dataset:
+        a pixel is no data where its bands all are (their nodata value, the alpha band's 0, the mask's 0)."""
+        if not self.masked:
+            return None
+        from rasterio.windows import Window
+
+        return self.dataset.read_masks(self.indexes, window=Window(0, top, self.width, bottom - top)).any(axis=0)
 
     def close(self) -> None:
         if self.dataset is not None:
@@ -230,13 +274,21 @@ class ClassMapWriter:
 class SceneStack:
     """Several co-registered scenes of one size read as one, their bands stacked in order (the dates of a change
     pair): ``read(top, bottom)`` gives ``(sum of bands, rows, width)``. The georeference is the first
-    georeferenced scene's; scenes georeferenced differently, or of different sizes, are refused."""
+    georeferenced scene's; scenes georeferenced differently, or of different sizes, are refused.
 
-    def __init__(self, paths: Sequence[Path]):
+    ``bands``, the number the model expects, decides what an alpha band is: when the bands without the scenes'
+    alpha bands are that many (an RGBA scene for an RGB model), each alpha band is its scene's mask; otherwise it
+    is read as a band, as training reads it (a 4th band declared alpha may be near-infrared)."""
+
+    def __init__(self, paths: Sequence[Path | str], bands: int | None = None):
         self.scenes: list[RasterScene] = []
         try:
             for path in paths:
-                self.scenes.append(RasterScene(Path(path)))
+                self.scenes.append(RasterScene(path))
+            alphas = [s for s in self.scenes if s.alpha is not None]
+            if alphas and sum(s.bands for s in self.scenes) - len(alphas) == bands:
+                for scene in alphas:
+                    scene.use_alpha_as_mask()
             first = self.scenes[0]
             for other in self.scenes[1:]:
                 if (other.height, other.width) != (first.height, first.width):
@@ -265,6 +317,16 @@ class SceneStack:
         if len({r.dtype for r in rows}) > 1:
             rows = [r.astype(np.float32) for r in rows]
         return rows[0] if len(rows) == 1 else np.concatenate(rows)
+
+    @property
+    def masked(self) -> bool:
+        return any(s.masked for s in self.scenes)
+
+    def read_valid(self, top: int, bottom: int) -> np.ndarray | None:
+        """``(rows, width)`` booleans, the pixels with data in every scene (a pixel is no data when it is in one
+        date), or None when all have."""
+        masks = [m for m in (s.read_valid(top, bottom) for s in self.scenes) if m is not None]
+        return np.logical_and.reduce(masks) if masks else None
 
     def close(self) -> None:
         for scene in self.scenes:

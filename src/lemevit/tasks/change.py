@@ -29,6 +29,7 @@ from lemevit.errors import ConfigError, DataError
 from lemevit.export.onnx import OnnxGraph, Probabilities
 from lemevit.inference.scene import predict_scene, preview_path
 from lemevit.inference.sliding_window import sliding_window_confusion
+from lemevit.io.paths import is_remote, scene_source
 from lemevit.metrics.confusion import CHANGE_CLASS_NAMES, change_metrics
 from lemevit.models.change import CHANGE_HEADS, StackedPair, create_change_model
 from lemevit.tasks.base import initial_weights
@@ -228,8 +229,8 @@ class ChangeTask(SlidingWindowTask):
             root = Path(options.pairs)
             pairs = [(root / p.a, root / p.b) for p in scan_change_folder(root, labels=False)]
         else:
-            pairs = [tuple(Path(p) for p in options.pair)]
-            for date in pairs[0]:
+            pairs = [tuple(scene_source(p) for p in options.pair)]
+            for date in (d for d in pairs[0] if not is_remote(d)):  # GDAL tells when it opens a URL
                 if date.is_dir():
                     raise ConfigError("pair", f"{date} is a folder; give the two image files of the pair, or the "
                                               "folder of pairs to `pairs`")
