@@ -193,8 +193,10 @@ def _resolved_config(cfg) -> str:
     batch = cfg.batch_size * devices * cfg.num_nodes
     opt = cfg.optimization()
     peak = opt.peak_lr(batch)
+    # The lowest rate the schedule reaches: the decaying ones end at the minimum, the steps drop from the peak.
+    lowest = {"multistep": peak * opt.decay_rate ** len(opt.milestones), "constant": peak}
     resolved = {"global_batch": batch, "peak_lr": peak, "warmup_start_lr": peak * opt.warmup_lr_factor,
-                "min_lr": peak * opt.min_lr_factor}
+                "min_lr": lowest.get(opt.schedule, peak * opt.min_lr_factor)}
     note = "" if isinstance(cfg.devices, int) else f"  # with --devices {cfg.devices} counted as 1"
     return (yaml.safe_dump(cfg.to_dict(), sort_keys=False) + f"# resolved{note}\n"
             + yaml.safe_dump(resolved, sort_keys=False))

@@ -75,6 +75,20 @@ def test_the_printed_configuration_holds_the_sources_values(name, capsys):
     assert recipe.sources and recipe.result and recipe.gpu_hours > 0
 
 
+@pytest.mark.parametrize(("name", "devices", "rates"), [
+    # DOTA: 1e-3 at 16 images; warm-up from 0.001 of it; two drops of x0.1.
+    ("oriented_rcnn_lemevit_tiny_dota", 2, dict(global_batch=16, peak_lr=1e-3, warmup_start_lr=1e-6, min_lr=1e-5)),
+    # Potsdam on one device: a quarter of 4e-4 at 40 crops, poly to 0.
+    ("upernet_lemevit_tiny_potsdam", 1, dict(global_batch=10, peak_lr=1e-4, warmup_start_lr=1e-10, min_lr=0.0)),
+    # LeMeViT on ImageNet at 8 x 256: 5e-4 per 512 images, warm-up from 1e-6 and minimum 5e-6 per 512.
+    ("lemevit_tiny_imagenet", 8, dict(global_batch=2048, peak_lr=2e-3, warmup_start_lr=4e-6, min_lr=2e-5)),
+])
+def test_print_config_resolves_the_rates_of_the_global_batch(name, devices, rates, capsys):
+    assert main(["train", "--recipe", name, "--print-config", "--devices", str(devices)]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert {key: printed[key] for key in rates} == pytest.approx(rates)
+
+
 def _dota(root: Path) -> None:
     """DOTA as released: train/ and val/ labelled, test/ images only."""
     rng = np.random.default_rng(0)
