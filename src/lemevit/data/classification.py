@@ -15,11 +15,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from lemevit.data.images import IMAGE_EXTENSIONS, ImageReadError, read_image
+from lemevit.data.transforms import pixel_tensor
 from lemevit.errors import ConfigError, DataError
 from lemevit.io import atomic_path
 from lemevit.viz import display_rgb
@@ -245,7 +245,7 @@ class SceneDataset(Dataset):
     def load(self, index: int) -> torch.Tensor:
         """The untransformed image of sample ``index``."""
         image = read_image(self.root / self.samples[index].path)
-        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+        return pixel_tensor(image)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         # An (index, copy) key is one of the copies of repeated augmentation, each augmented in its own way.

@@ -28,7 +28,7 @@ import torch
 from lemevit.data.images import read_image
 from lemevit.data.regions import RegionReader, raster_size
 from lemevit.data.splits import SUBSETS
-from lemevit.data.transforms import IMAGENET_RGB_MEAN_STD
+from lemevit.data.transforms import IMAGENET_RGB_MEAN_STD, pixel_tensor
 from lemevit.errors import ConfigError, DataError
 from lemevit.io.paths import is_listed_image
 from lemevit.ops.rotated import normalize_boxes, quad_to_box
@@ -317,8 +317,7 @@ class PatchDataset(torch.utils.data.Dataset):
         index, (x0, y0) = self.items[i]
         picture = self.read_region(self.images[index].image, y0, x0, self.size, self.size)
         image = torch.zeros(picture.shape[-1], self.size, self.size)
-        image[:, :picture.shape[0], :picture.shape[1]] = torch.from_numpy(
-            np.ascontiguousarray(picture.transpose(2, 0, 1), dtype=np.float32))
+        image[:, :picture.shape[0], :picture.shape[1]] = pixel_tensor(picture)
         image = (image - self.mean) / self.std  # padding normalised too, as at inference
         boxes, labels, difficult = patch_objects(self.images[index], (x0, y0), self.size, self.keep_ratio)
         boxes = torch.from_numpy(boxes).reshape(-1, 5)

@@ -29,7 +29,7 @@ from lemevit.data.files import PredictionFiles, collate_readable
 from lemevit.data.images import read_image
 from lemevit.data.splits import Split, missing_files, split_items
 from lemevit.data.statistics import Normalisation
-from lemevit.data.transforms import INTERPOLATIONS, eval_transform, train_transform
+from lemevit.data.transforms import INTERPOLATIONS, eval_transform, pixel_tensor, train_transform
 from lemevit.engine.config import PredictOptions, RunConfig, option
 from lemevit.errors import ConfigError, DataError
 from lemevit.export.onnx import OnnxGraph
@@ -257,7 +257,7 @@ class ClassificationTask(NamedClasses, BaseTask):
         resized to the run's size and normalised."""
         image = read_image(path)
         self.check_input(path, image.shape[-1], image.dtype.name)
-        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+        x = pixel_tensor(image)
         hp = self.hparams
         return eval_transform(hp.img_size, hp.mean, hp.std)(x)
 

@@ -28,6 +28,7 @@ from lemevit.data.files import BadFile, PredictionFiles
 from lemevit.data.images import IMAGE_EXTENSIONS, read_image
 from lemevit.data.splits import Split, split_items
 from lemevit.data.statistics import Normalisation
+from lemevit.data.transforms import pixel_tensor
 from lemevit.engine.config import PredictOptions, RunConfig, option
 from lemevit.errors import ConfigError, DataError
 from lemevit.export.onnx import NETWORK, GraphOf, OnnxGraph
@@ -232,8 +233,7 @@ class DetectionTask(NamedClasses, BaseTask):
             batch = torch.zeros(len(chunk), image.shape[-1], size, size)
             for k, (x0, y0) in enumerate(chunk):
                 piece = image[y0:y0 + size, x0:x0 + size]
-                batch[k, :, :piece.shape[0], :piece.shape[1]] = torch.from_numpy(
-                    np.ascontiguousarray(piece.transpose(2, 0, 1), dtype=np.float32))
+                batch[k, :, :piece.shape[0], :piece.shape[1]] = pixel_tensor(piece)
             batch = (batch - mean) / std  # padding normalised too, as in training
             for det in self(batch.to(device)):
                 boxes.append(det["boxes"].float().cpu())
