@@ -1,14 +1,18 @@
 """Shared fixtures: the parity fixtures shipped with the tests and, when present, the full-size ones."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 # A compile cache of the run's own: a process killed while inductor wrote a kernel leaves an empty library in the
 # shared /tmp/torchinductor_$USER, and every later run on that machine fails loading it ("file too short").
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="lemevit-tests-inductor-"))
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="lemevit-tests-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 import pytest
 import torch
