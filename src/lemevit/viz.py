@@ -2,6 +2,7 @@
 oriented boxes drawn on scenes, and confusion matrices. Every file is written atomically."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import numpy as np
 from lemevit.errors import ConfigError
 from lemevit.io import atomic_path
 
-__all__ = ["CHANGE_RGB", "display_rgb", "draw_oriented_boxes", "save_confusion_png", "save_pair_preview",
-           "save_palette_png"]
+__all__ = ["CHANGE_RGB", "class_colours", "display_rgb", "draw_oriented_boxes", "preview_step", "save_confusion_png",
+           "save_pair_preview", "save_palette_png", "to_uint8"]
 
 #: The colour change is drawn in, over the second date.
 CHANGE_RGB = (1.0, 0.1, 0.1)
@@ -39,7 +40,14 @@ def display_rgb(image: np.ndarray, bands: Sequence[int] | None = None) -> np.nda
     return np.clip((shown - low) / np.where(high > low, high - low, 1.0), 0.0, 1.0)
 
 
-def _to_uint8(rgb: np.ndarray) -> np.ndarray:
+def preview_step(height: int, width: int, side: int) -> int:
+    """The step of a preview of an image of ``height`` x ``width``: keeping every ``step``-th row and column leaves
+    a longest side of at most ``side``."""
+    return max(1, math.ceil(max(height, width) / side))
+
+
+def to_uint8(rgb: np.ndarray) -> np.ndarray:
+    """:func:`display_rgb`'s 0..1 values → uint8."""
     return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
 
 
@@ -62,11 +70,12 @@ def save_pair_preview(a: np.ndarray, b: np.ndarray, change: np.ndarray, path: st
     overlay[change] = 0.4 * overlay[change] + 0.6 * np.array(CHANGE_RGB)
     gap = np.ones((a.shape[0], max(2, a.shape[1] // 100), 3))
     with atomic_path(path) as tmp:
-        Image.fromarray(_to_uint8(np.concatenate([shown_a, gap, shown_b, gap, overlay], axis=1))).save(tmp,
+        Image.fromarray(to_uint8(np.concatenate([shown_a, gap, shown_b, gap, overlay], axis=1))).save(tmp,
                                                                                                       format="PNG")
 
 
-def _class_colours(count: int) -> list[tuple[int, int, int]]:
+def class_colours(count: int) -> list[tuple[int, int, int]]:
+    """A distinct colour for each of ``count`` classes (matplotlib's tab20, repeated past 20)."""
     from matplotlib import colormaps
 
     table = colormaps["tab20"](np.linspace(0, 1, 20))
@@ -79,10 +88,10 @@ def draw_oriented_boxes(image: np.ndarray, quads: np.ndarray, labels: np.ndarray
     with the class and score, as a PNG of the scene's size."""
     from PIL import Image, ImageDraw
 
-    picture = Image.fromarray(_to_uint8(display_rgb(image)))
+    picture = Image.fromarray(to_uint8(display_rgb(image)))
     draw = ImageDraw.Draw(picture)
     width = max(1, round(max(picture.size) / 600))
-    colours = _class_colours(len(class_names))
+    colours = class_colours(len(class_names))
     for quad, label, score in zip(quads, labels, scores, strict=True):
         colour = colours[int(label)]
         draw.polygon([tuple(p) for p in quad.tolist()], outline=colour, width=width)

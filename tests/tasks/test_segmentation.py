@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -71,11 +72,18 @@ def test_train_resume_evaluate_and_predict_a_scene_through_the_cli(tmp_path, cap
     scene = tmp_path / "scene.png"
     Image.fromarray(np.asarray(Image.open(POTSDAM / "img_dir" / "2_10_0_0_512_512.png"))[:90, :77]).save(scene)
     target = tmp_path / "scene_classes.png"
+    capsys.readouterr()
     assert main(["predict", "--checkpoint", str(run / "best.ckpt"), str(scene), "--output", str(target),
-                 "--window", "48", "--stride", "40"]) == 0
+                 "--window", "48", "--stride", "40", "--html"]) == 0
     classes = np.asarray(Image.open(target))
     assert classes.shape == (90, 77) and classes.max() < len(NAMES)
     assert Image.open(tmp_path / "scene_classes_preview.png").mode == "P"
+    # The page (tests/io/test_webmap.py opens such pages in a browser): the scene and the class map over it.
+    page = tmp_path / "scene_classes.html"
+    assert f"page {page}" in capsys.readouterr().out
+    shown = json.loads(re.search(r'id="lemevit-data">(.*?)</script>', page.read_text()).group(1))
+    assert shown["size"] == [90, 77] and [o["name"] for o in shown["overlays"]] == ["classes"]
+    assert [name for name, _ in shown["legend"]] == list(NAMES)
 
     rasterio = pytest.importorskip("rasterio")
     pytest.importorskip("pyogrio")

@@ -33,6 +33,7 @@ from lemevit.io.paths import (
     source_name,
 )
 from lemevit.io.raster import OUTPUT_EXTENSIONS, ClassMapWriter, CogWriter, SceneStack, gdal_cache, read_by_gdal
+from lemevit.viz import preview_step
 
 __all__ = ["ProbabilityOutput", "ScenePrediction", "predict_scene", "preview_path", "probabilities_path",
            "scene_outputs", "vector_path"]
@@ -189,7 +190,7 @@ def predict_scene(predict: Callable[[torch.Tensor], torch.Tensor], scenes: Seque
                                     f"images: its values would be normalised on the wrong scale; convert it to "
                                     f"{expected_dtype} first")
             height, width = source.height, source.width
-            step = max(1, math.ceil(max(height, width) / preview_side))
+            step = preview_step(height, width, preview_side)
             small_shape = (math.ceil(height / step), math.ceil(width / step))
             small_map = np.zeros(small_shape, np.uint8)
             small_scenes = [np.zeros((*small_shape, s.bands), s.dtype) for s in source.scenes]

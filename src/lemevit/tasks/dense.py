@@ -14,10 +14,18 @@ from lemevit.data.images import TIFF_EXTENSIONS, optional_rasterio
 from lemevit.data.transforms import check_scale_range
 from lemevit.engine.config import EvalOptions, InferenceOptions, Options, PredictOptions, RunConfig, option
 from lemevit.errors import ConfigError
-from lemevit.inference.scene import ProbabilityOutput, preview_path, probabilities_path, scene_outputs, vector_path
+from lemevit.inference.scene import (
+    ProbabilityOutput,
+    ScenePrediction,
+    preview_path,
+    probabilities_path,
+    scene_outputs,
+    vector_path,
+)
 from lemevit.inference.sliding_window import default_stride, softmax_predictor
 from lemevit.io.raster import GEO_HINT, PROBABILITY_DTYPES
 from lemevit.io.vector import check_vector_output, write_map_vectors
+from lemevit.io.webmap import scene_picture, value_overlay, webmap_path, write_map_page
 from lemevit.tasks.base import BaseTask
 
 __all__ = ["CropTrainingConfig", "SceneJobs", "SlidingWindowTask", "WindowEvalOptions", "WindowPredictOptions",
@@ -82,6 +90,8 @@ class WindowPredictOptions(PredictOptions):
                                       "(RFC 7946: WGS84 longitude/latitude) or OUT.gpkg (GeoPackage in the scene's "
                                       "CRS) for one scene, or geojson or gpkg for <map stem>.geojson|.gpkg beside each "
                                       "map", metavar="OUT.geojson|OUT.gpkg|geojson|gpkg")
+    html: bool = option(False, "also write OUT.html beside each map: one self-contained page (it needs no network) "
+                               "showing the scene with the map as a layer to switch on and off")
     min_area: float = option(0.0, "with --vector, drop the polygons smaller than this, in m²")
     simplify: float = option(0.0, "with --vector, simplify the polygons to this tolerance, in map units (0: the "
                                   "pixel edges)")
@@ -143,13 +153,15 @@ class SlidingWindowTask(BaseTask):
         self.write_probabilities = getattr(options, "probabilities", False)
         self.probabilities_dtype = getattr(options, "probabilities_dtype", "uint8")
         self.vector = getattr(options, "vector", None)
+        self.write_html = getattr(options, "html", False)
         self.min_area, self.simplify = getattr(options, "min_area", 0.0), getattr(options, "simplify", 0.0)
 
     def companion_outputs(self, output: Path) -> list[Path]:
-        """The files written beside the map ``output``, as asked: its preview, probabilities and polygons."""
+        """The files written beside the map ``output``, as asked: its preview, probabilities, polygons and page."""
         return ([preview_path(output)] if self.write_preview else []) + \
             ([probabilities_path(output)] if self.write_probabilities else []) + \
-            ([vector_path(output, self.vector)] if self.vector else [])
+            ([vector_path(output, self.vector)] if self.vector else []) + \
+            ([webmap_path(output)] if self.write_html else [])
 
     def map_outputs(self, scenes: list[Path], output: Path, inputs: list[Path] | None = None) -> list[Path]:
         """:func:`~lemevit.inference.scene.scene_outputs` with the companions asked for, which must be writable:
@@ -184,14 +196,31 @@ class SlidingWindowTask(BaseTask):
         probabilities = probabilities_path(output) if self.write_probabilities else None
         return target, write_map_vectors(output, target, names, self.min_area, self.simplify, probabilities)
 
+    def write_page(self, output: Path, result: ScenePrediction, layer: str, colours: Mapping[int, Sequence[int]],
+                   names: Mapping[int, str], scenes: Sequence[str]) -> str | None:
+        """With ``html``, the page of the map ``output`` (see :mod:`lemevit.io.webmap`): the downsampled scenes of
+        ``result`` as base layers named ``scenes``, and over them the overlay ``layer``, the map's values
+        ``colours`` in their colour (the others transparent), with a legend of their ``names``; returns its path."""
+        if not self.write_html:
+            return None
+        colours = {value: tuple(colour) for value, colour in colours.items()}
+        pictures = {name: scene_picture(small) for name, small in zip(scenes, result.small_scenes, strict=True)}
+        page = write_map_page(webmap_path(output), output.name, (result.height, result.width), pictures,
+                              {layer: value_overlay(result.small_map, colours)},
+                              legend=[(names[value], colour) for value, colour in colours.items()])
+        return str(page)
+
     @staticmethod
     def companions_written(record: dict) -> str:
-        """`` (preview P, probabilities Q, N polygons in V)``: what a scene's record says was written beside its map."""
+        """`` (preview P, probabilities Q, N polygons in V, page H)``: what a scene's record says was written beside
+        its map."""
         parts = [f"preview {record['preview']}"] if record["preview"] else []
         if record["probabilities"]:
             parts.append(f"probabilities {record['probabilities']}")
         if record["vector"]:
             parts.append(f"{record['vector'][1]:,} polygons in {record['vector'][0]}")
+        if record.get("html"):
+            parts.append(f"page {record['html']}")
         return f" ({', '.join(parts)})" if parts else ""
 
     def pending_jobs(self, jobs: list[tuple], options: WindowPredictOptions) -> SceneJobs:

@@ -282,6 +282,8 @@ class SegmentationTask(SlidingWindowTask):
         return {"output": str(output), "preview": str(preview) if preview else None,
                 "probabilities": str(probabilities.path) if probabilities else None,
                 "vector": self.write_vectors(output, names), "height": result.height, "width": result.width,
+                "html": self.write_page(output, result, "classes", dict(enumerate(self.labels.palette[:len(names)])),
+                                        names, ["scene"]),
                 "class_pixels": result.value_pixels[:self.labels.num_classes].tolist(),
                 "model_seconds": self.model_seconds - model_seconds}
 
