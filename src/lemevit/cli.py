@@ -294,6 +294,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare_panoptic(args: argparse.Namespace) -> int:
+    from lemevit.data.panoptic import ANNOTATIONS_FILE, prepare_panoptic
+
+    summary = prepare_panoptic(args.data, args.output, args.things, preset=args.preset, class_names=args.class_names,
+                               min_area=args.min_area)
+    segments = ", ".join(f"{name} {n}" for name, n in summary["segments"].items())
+    print(f"wrote {Path(args.output) / ANNOTATIONS_FILE} and {summary['images']} panoptic PNG(s); segments: {segments}")
+    return 0
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from lemevit.bench.suite import BenchmarkConfig, format_ratios, run_benchmark, write_outputs
     from lemevit.io.paths import check_writable_folder
@@ -396,6 +406,21 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--quiet", action="store_true", help="no progress bars")
     be.add_argument("--output", default="lemevit-benchmark", help="folder for the results (default lemevit-benchmark)")
     be.set_defaults(func=cmd_benchmark)
+
+    prepare = sub.add_parser("prepare", help="derive a data set for a task from another's")
+    kinds = prepare.add_subparsers(dest="kind", required=True, metavar="KIND")
+    pan = kinds.add_parser("panoptic", help="a COCO panoptic data set from a semantic-segmentation one",
+                           description="Each connected component of a --things class becomes an instance, every other "
+                                       "class a stuff region; writes OUTPUT/panoptic.json, OUTPUT/panoptic/*.png "
+                                       "(segment ids) and OUTPUT/img_dir/ (the images, linked or copied).")
+    pan.add_argument("--data", required=True, help="semantic-segmentation data set (img_dir/ and ann_dir/)")
+    pan.add_argument("--output", required=True, help="a new folder for the panoptic data set")
+    pan.add_argument("--things", nargs="+", required=True, metavar="CLASS", help="the classes made of objects")
+    pan.add_argument("--preset", help="label scheme of --data (as for segmentation: potsdam5, vaihingen5, ...)")
+    pan.add_argument("--class-names", nargs="+", help="class names of --data, instead of --preset or classes.yaml")
+    pan.add_argument("--min-area", type=int, default=0,
+                     help="thing components of fewer pixels are left unlabelled (default 0: all kept)")
+    pan.set_defaults(func=cmd_prepare_panoptic)
 
     demo = sub.add_parser("demo", help="fine-tune, evaluate and explain the AID-pretrained LeMeViT-Tiny on AID scenes "
                                        "shipped with lemevit")
