@@ -92,10 +92,15 @@ def test_predict_writes_task1_files_png_and_geojson(run, dota_folder, tmp_path):
 
     pyogrio = pytest.importorskip("pyogrio")
     assert main(["predict", "--checkpoint", str(run / "last.ckpt"), str(tif), "--output", str(tmp_path / "gpkg"),
-                 "--vector", "gpkg"]) == 0
+                 "--vector", "gpkg", "--html"]) == 0
     info = pyogrio.read_info(tmp_path / "gpkg" / "scene.gpkg")
     assert info["crs"] == "EPSG:32633" and info["features"] == len(rows)
     assert not (tmp_path / "gpkg" / "scene.geojson").exists()
+    page = (tmp_path / "gpkg" / "scene.html").read_text()
+    data = json.loads(page.split('id="lemevit-data">', 1)[1].split("</script>", 1)[0])
+    assert data["size"] == [128, 180]
+    drawn = sum(float(r[1]) >= 0.3 for r in rows)  # --draw-threshold's default
+    assert len(data["polygons"]["shapes"] if data["polygons"] else []) == drawn
 
 
 def test_detection_on_onnxruntime_finds_what_torch_finds(run, dota_folder, tmp_path, capsys):

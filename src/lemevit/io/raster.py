@@ -61,18 +61,19 @@ class RasterScene:
     ``height``, ``width``, ``bands``, ``dtype`` (of the first band), ``crs`` and ``transform`` describe it;
     ``masked`` tells whether some pixels may be no data, which :meth:`read_valid` gives.
 
-    ``path`` is a local :class:`~pathlib.Path` or a remote source's string. A remote source is opened without
+    ``path`` is a local :class:`~pathlib.Path` or a remote source's string, or the name of ``array``, the
+    ``(H, W, C)`` pixels of a scene already read. A remote source is opened without
     listing its folder (``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``): over HTTP that listing is a request per
     sidecar file GDAL looks for, and a remote scene has none. An alpha band counts among ``bands`` until
     :meth:`use_alpha_as_mask`."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, array: np.ndarray | None = None):
         rasterio = optional_rasterio()
         self.path = path
         self.dataset = None
         self.crs = self.transform = None
         self.masked, self.alpha = False, None
-        if read_by_gdal(path):
+        if array is None and read_by_gdal(path):
             if rasterio is None:
                 raise DataError(f"cannot read scene {path}: GDAL reads it, {_READ_HINT}")
             from rasterio.enums import ColorInterp, MaskFlags
@@ -94,7 +95,7 @@ class RasterScene:
             else:  # an alpha band read as a band is no mask (until use_alpha_as_mask)
                 self.masked = any(MaskFlags.all_valid not in flags for flags in self.dataset.mask_flag_enums)
         else:
-            self.array = read_image(path)
+            self.array = read_image(path) if array is None else array
             if not self.array.flags.writeable:  # torch.from_numpy warns about read-only arrays
                 self.array = self.array.copy()
             self.height, self.width, self.bands = self.array.shape
@@ -111,22 +112,36 @@ class RasterScene:
         self.bands -= 1
         self.masked = True
 
-    def read(self, top: int, bottom: int) -> np.ndarray:
-        """``(C, rows, width)`` in the file's data type."""
+    def read(self, top: int, bottom: int, left: int = 0, right: int | None = None) -> np.ndarray:
+        """``(C, rows, columns)`` of rows ``top:bottom`` and columns ``left:right`` (default: all), in the file's
+        data type."""
+        right = self.width if right is None else right
         if self.dataset is None:
-            return self.array[top:bottom].transpose(2, 0, 1)
+            return self.array[top:bottom, left:right].transpose(2, 0, 1)
         from rasterio.windows import Window
 
-        return self.dataset.read(self.indexes, window=Window(0, top, self.width, bottom - top))
+        return self.dataset.read(self.indexes, window=Window(left, top, right - left, bottom - top))
 
-    def read_valid(self, top: int, bottom: int) -> np.ndarray | None:
-        """``(rows, width)`` booleans, the pixels with data, or None when all have. As GDAL's mask of the dataset:
-        a pixel is no data where its bands all are (their nodata value, the alpha band's 0, the mask's 0)."""
+    def read_valid(self, top: int, bottom: int, left: int = 0, right: int | None = None) -> np.ndarray | None:
+        """``(rows, columns)`` booleans, the pixels with data, or None when all have. As GDAL's mask of the
+        dataset: a pixel is no data where its bands all are (their nodata value, the alpha band's 0, the mask's
+        0)."""
         if not self.masked:
             return None
         from rasterio.windows import Window
 
-        return self.dataset.read_masks(self.indexes, window=Window(0, top, self.width, bottom - top)).any(axis=0)
+        right = self.width if right is None else right
+        return self.dataset.read_masks(self.indexes, window=Window(left, top, right - left, bottom - top)).any(axis=0)
+
+    def read_decimated(self, step: int) -> np.ndarray:
+        """``(C, ceil(H / step), ceil(W / step))``: every ``step``-th row and column (GDAL reads them from the
+        overviews where the file has some), for a look at a scene of any size."""
+        if self.dataset is None:
+            return self.array[::step, ::step].transpose(2, 0, 1)
+        from rasterio.enums import Resampling
+
+        shape = (len(self.indexes), math.ceil(self.height / step), math.ceil(self.width / step))
+        return self.dataset.read(self.indexes, out_shape=shape, resampling=Resampling.nearest)
 
     def close(self) -> None:
         if self.dataset is not None:
@@ -278,13 +293,15 @@ class SceneStack:
 
     ``bands``, the number the model expects, decides what an alpha band is: when the bands without the scenes'
     alpha bands are that many (an RGBA scene for an RGB model), each alpha band is its scene's mask; otherwise it
-    is read as a band, as training reads it (a 4th band declared alpha may be near-infrared)."""
+    is read as a band, as training reads it (a 4th band declared alpha may be near-infrared). ``arrays``, when
+    given, are the ``(H, W, C)`` pixels of the scenes already read, ``paths`` then only naming them."""
 
-    def __init__(self, paths: Sequence[Path | str], bands: int | None = None):
+    def __init__(self, paths: Sequence[Path | str], bands: int | None = None,
+                 arrays: Sequence[np.ndarray] | None = None):
         self.scenes: list[RasterScene] = []
         try:
-            for path in paths:
-                self.scenes.append(RasterScene(path))
+            for path, array in zip(paths, arrays or [None] * len(paths), strict=True):
+                self.scenes.append(RasterScene(path, array))
             alphas = [s for s in self.scenes if s.alpha is not None]
             if alphas and sum(s.bands for s in self.scenes) - len(alphas) == bands:
                 for scene in alphas:
@@ -312,20 +329,26 @@ class SceneStack:
     def georeferenced(self) -> bool:
         return any(s.georeferenced for s in self.scenes)
 
-    def read(self, top: int, bottom: int) -> np.ndarray:
-        rows = [s.read(top, bottom) for s in self.scenes]
-        if len({r.dtype for r in rows}) > 1:
-            rows = [r.astype(np.float32) for r in rows]
-        return rows[0] if len(rows) == 1 else np.concatenate(rows)
+    def read(self, top: int, bottom: int, left: int = 0, right: int | None = None) -> np.ndarray:
+        return self._stacked([s.read(top, bottom, left, right) for s in self.scenes])
+
+    def read_decimated(self, step: int) -> np.ndarray:
+        return self._stacked([s.read_decimated(step) for s in self.scenes])
+
+    @staticmethod
+    def _stacked(parts: list[np.ndarray]) -> np.ndarray:
+        if len({p.dtype for p in parts}) > 1:
+            parts = [p.astype(np.float32) for p in parts]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     @property
     def masked(self) -> bool:
         return any(s.masked for s in self.scenes)
 
-    def read_valid(self, top: int, bottom: int) -> np.ndarray | None:
-        """``(rows, width)`` booleans, the pixels with data in every scene (a pixel is no data when it is in one
+    def read_valid(self, top: int, bottom: int, left: int = 0, right: int | None = None) -> np.ndarray | None:
+        """``(rows, columns)`` booleans, the pixels with data in every scene (a pixel is no data when it is in one
         date), or None when all have."""
-        masks = [m for m in (s.read_valid(top, bottom) for s in self.scenes) if m is not None]
+        masks = [m for m in (s.read_valid(top, bottom, left, right) for s in self.scenes) if m is not None]
         return np.logical_and.reduce(masks) if masks else None
 
     def close(self) -> None:

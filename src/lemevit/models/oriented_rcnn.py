@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ from torch import nn
 from torchvision.ops import batched_nms, box_iou
 
 from lemevit.errors import ConfigError
+from lemevit.inference.timing import StageTimer
 from lemevit.models.factory import DENSE_STRIDES, create_dense_encoder
 from lemevit.ops.rotated import (
     box_to_hbox,
@@ -214,6 +216,11 @@ class OrientedRCNN(nn.Module):
         nn.init.zeros_(self.box_cls.bias)
         nn.init.zeros_(self.box_reg.bias)
         self.rpn_coder, self.roi_coder = MidpointOffsetCoder(), RotatedDeltaCoder()
+        #: Times the stages of inference when set (see :class:`~lemevit.inference.timing.StageTimer`).
+        self.timer: StageTimer | None = None
+
+    def _stage(self, name: str, device: torch.device) -> AbstractContextManager:
+        return self.timer.stage(name, device) if self.timer is not None else nullcontext()
 
     # --- anchors and RPN -------------------------------------------------------------------------------
     def anchors(self, sizes: Sequence[tuple[int, int]], device: torch.device) -> list[torch.Tensor]:
@@ -299,7 +306,10 @@ class OrientedRCNN(nn.Module):
 
     def _box_head(self, pyramid: list[torch.Tensor], proposals: list[torch.Tensor], box_head=None):
         rois = torch.cat([torch.cat([p.new_full((len(p), 1), b), p], dim=1) for b, p in enumerate(proposals)])
-        return (box_head or self.box_head)(self._roi_features(pyramid, rois))
+        with self._stage("roi align", rois.device):
+            features = self._roi_features(pyramid, rois)
+        with self._stage("box head", rois.device):
+            return (box_head or self.box_head)(features)
 
     def _roi_loss(self, pyramid: list[torch.Tensor], proposals: list[torch.Tensor],
                   targets: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,22 +336,27 @@ class OrientedRCNN(nn.Module):
     @torch.no_grad()
     def _detect(self, pyramid: list[torch.Tensor], proposals: list[torch.Tensor], box_head=None) -> list[dict]:
         scores, deltas = self._box_head(pyramid, proposals, box_head)
-        probs = scores.float().softmax(1)[:, :-1]
-        boxes = self.roi_coder.decode(torch.cat(proposals), deltas.float())
-        out, start = [], 0
-        for props in proposals:
-            p, bx = probs[start:start + len(props)], boxes[start:start + len(props)]
-            start += len(props)
-            roi, cls = (p > self.score_threshold).nonzero(as_tuple=True)
-            cand_boxes, cand_scores = bx[roi], p[roi, cls]
-            keep = rotated_batched_nms(cand_boxes, cand_scores, cls, self.nms_threshold)[:self.max_detections]
-            out.append({"boxes": cand_boxes[keep], "scores": cand_scores[keep], "labels": cls[keep]})
+        with self._stage("box nms", scores.device):
+            probs = scores.float().softmax(1)[:, :-1]
+            boxes = self.roi_coder.decode(torch.cat(proposals), deltas.float())
+            out, start = [], 0
+            for props in proposals:
+                p, bx = probs[start:start + len(props)], boxes[start:start + len(props)]
+                start += len(props)
+                roi, cls = (p > self.score_threshold).nonzero(as_tuple=True)
+                cand_boxes, cand_scores = bx[roi], p[roi, cls]
+                keep = rotated_batched_nms(cand_boxes, cand_scores, cls, self.nms_threshold)[:self.max_detections]
+                out.append({"boxes": cand_boxes[keep], "scores": cand_scores[keep], "labels": cls[keep]})
         return out
 
     def trunk(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """What runs on the whole image: the pyramid P2..P6 and, per level, the RPN's objectness and deltas."""
-        pyramid = self.fpn(self.backbone(images))
-        logits, deltas = self._rpn(pyramid)
+        with self._stage("backbone", images.device):
+            features = self.backbone(images)
+        with self._stage("fpn", images.device):
+            pyramid = self.fpn(features)
+        with self._stage("rpn head", images.device):
+            logits, deltas = self._rpn(pyramid)
         return pyramid, logits, deltas
 
     @torch.no_grad()
@@ -350,8 +365,9 @@ class OrientedRCNN(nn.Module):
         """Detections from the trunk's outputs: proposals decoded and filtered, rotated RoI Align, the box head
         (``box_head``: what runs it, by default :meth:`box_head`; an exported graph on another runtime), and the
         class-wise rotated NMS."""
-        anchors = self.anchors([p.shape[-2:] for p in pyramid], pyramid[0].device)
-        proposals = self._proposals(logits, deltas, anchors, self.test_proposals)
+        with self._stage("proposals", pyramid[0].device):
+            anchors = self.anchors([p.shape[-2:] for p in pyramid], pyramid[0].device)
+            proposals = self._proposals(logits, deltas, anchors, self.test_proposals)
         return self._detect(pyramid, proposals, box_head)
 
     def forward(self, images: torch.Tensor, targets: Sequence[dict] | None = None):
@@ -382,7 +398,8 @@ class StagesOnRuntime:
         return self.box_head(roi_features)
 
     def __call__(self, images: torch.Tensor) -> list[dict]:
-        outputs = list(self.trunk(images))
+        with self.model._stage("trunk (runtime)", images.device):
+            outputs = list(self.trunk(images))
         levels = len(self.model.strides)
         if len(outputs) != 3 * levels:
             raise ValueError(f"the trunk gave {len(outputs)} outputs; an Oriented R-CNN trunk gives {3 * levels}")

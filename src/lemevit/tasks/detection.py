@@ -3,6 +3,7 @@ with DOTA's protocol on whole images (window by window, merged), predicting DOTA
 DOTA's evaluation server), drawn boxes and, for georeferenced scenes, GeoJSON or GeoPackage polygons."""
 from __future__ import annotations
 
+import math
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,15 +26,16 @@ from lemevit.data.detection import (
     scan_detection_folder,
 )
 from lemevit.data.files import BadFile, PredictionFiles
-from lemevit.data.images import IMAGE_EXTENSIONS, read_image
+from lemevit.data.images import IMAGE_EXTENSIONS, ImageReadError
 from lemevit.data.splits import Split, split_items
 from lemevit.data.statistics import Normalisation
-from lemevit.data.transforms import pixel_tensor
 from lemevit.engine.config import PredictOptions, RunConfig, option
 from lemevit.errors import ConfigError, DataError
 from lemevit.export.onnx import NETWORK, GraphOf, OnnxGraph
+from lemevit.inference.timing import StageTimer
 from lemevit.io import atomic_path
 from lemevit.io.paths import check_distinct_names, check_outputs_spare_inputs, check_writable_folder, list_images
+from lemevit.io.raster import SceneStack
 from lemevit.io.vector import check_vector_output, write_detection_vectors
 from lemevit.metrics.detection import detection_map
 from lemevit.models.oriented_rcnn import OrientedRCNN, StagesOnRuntime
@@ -47,6 +49,8 @@ __all__ = ["TASK1_ZIP", "DetectionConfig", "DetectionPredictOptions", "Detection
 
 #: The zip of the Task-1 files that DOTA's evaluation server takes.
 TASK1_ZIP = "Task1.zip"
+#: The longest side of the drawn boxes' picture; larger scenes are drawn on every n-th pixel.
+DRAWN_SIDE = 4096
 #: Overlap of 1024-pixel windows in the published DOTA setting; other window sides overlap in proportion.
 _OVERLAP_OF_1024 = 200
 
@@ -112,6 +116,8 @@ class DetectionPredictOptions(PredictOptions):
     vector: str = option("geojson", "the boxes of georeferenced GeoTIFFs as <image>.geojson (RFC 7946: WGS84 "
                                     "longitude/latitude) or <image>.gpkg (GeoPackage in the scene's CRS)",
                          choices=("geojson", "gpkg"))
+    html: bool = option(False, "also write <image>.html: one self-contained page (it needs no network) showing the "
+                               "image with the drawn boxes as a layer to switch on and off")
 
     def __post_init__(self):
         super().__post_init__()
@@ -216,30 +222,46 @@ class DetectionTask(NamedClasses, BaseTask):
 
     # --- detection over whole images --------------------------------------------------------------------------
     @torch.inference_mode()
-    def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Oriented boxes as corner quads ``(n, 4, 2)``, scores and labels over a whole ``(H, W, C)`` image:
-        detected window by window (the run's window side and overlap) and merged by class-wise rotated NMS at the
-        run's ``nms_iou``, the detector's own (a higher one per window would be undone by a lower one in merging)."""
+    def detect(self, scene: SceneStack, timer: StageTimer | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Oriented boxes as corner quads ``(n, 4, 2)``, scores and labels over a whole scene: detected window by
+        window (the run's window side and overlap) and merged by class-wise rotated NMS at the run's ``nms_iou``, the
+        detector's own (a higher one per window would be undone by a lower one in merging).
+
+        Windows are read from the scene one batch at a time, so that a scene GDAL reads in parts (a GeoTIFF, a VRT,
+        a URL) is never held whole; windows without a pixel with data (the scene's nodata value, alpha band or
+        mask) are not run. ``timer`` adds the seconds of each stage to its own."""
         hp = self.hparams
-        height, width = image.shape[:2]
         size = hp.img_size
-        windows = patch_windows(width, height, size, self.overlap)
+        windows = patch_windows(scene.width, scene.height, size, self.overlap)
+        if scene.masked:
+            windows = [(x0, y0) for x0, y0 in windows
+                       if scene.read_valid(y0, min(y0 + size, scene.height), x0, min(x0 + size, scene.width)).any()]
+        if not windows:
+            return np.zeros((0, 4, 2), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
         mean = torch.tensor(hp.mean, dtype=torch.float32)[:, None, None]
         std = torch.tensor(hp.std, dtype=torch.float32)[:, None, None]
         device = next(self.model.parameters()).device
+        timer = timer if timer is not None else StageTimer()
+        self.model.timer = timer
         boxes, scores, labels = [], [], []
-        for start in range(0, len(windows), self.inference_batch_size):
-            chunk = windows[start:start + self.inference_batch_size]
-            batch = torch.zeros(len(chunk), image.shape[-1], size, size)
-            for k, (x0, y0) in enumerate(chunk):
-                piece = image[y0:y0 + size, x0:x0 + size]
-                batch[k, :, :piece.shape[0], :piece.shape[1]] = pixel_tensor(piece)
-            batch = (batch - mean) / std  # padding normalised too, as in training
-            for det in self(batch.to(device)):
-                boxes.append(det["boxes"].float().cpu())
-                scores.append(det["scores"].float().cpu())
-                labels.append(det["labels"].cpu())
-        boxes, scores, labels = merge_patch_detections(boxes, scores, labels, windows, self.model.nms_threshold)
+        try:
+            for start in range(0, len(windows), self.inference_batch_size):
+                chunk = windows[start:start + self.inference_batch_size]
+                with timer.stage("read"):
+                    batch = torch.zeros(len(chunk), scene.bands, size, size)
+                    for k, (x0, y0) in enumerate(chunk):
+                        piece = scene.read(y0, min(y0 + size, scene.height), x0, min(x0 + size, scene.width))
+                        batch[k, :, :piece.shape[1], :piece.shape[2]] = torch.from_numpy(piece)
+                    batch = batch.sub_(mean).div_(std)  # padding normalised too, as in training
+                for det in self(batch.to(device)):
+                    boxes.append(det["boxes"].float().cpu())
+                    scores.append(det["scores"].float().cpu())
+                    labels.append(det["labels"].cpu())
+            with timer.stage("merge"):
+                boxes, scores, labels = merge_patch_detections(boxes, scores, labels, windows,
+                                                               self.model.nms_threshold)
+        finally:
+            self.model.timer = None
         return box_to_quad(boxes).numpy(), scores.numpy(), labels.numpy()
 
     def onnx_graphs(self) -> dict[str, OnnxGraph]:
@@ -273,7 +295,7 @@ class DetectionTask(NamedClasses, BaseTask):
 
     def evaluation_records(self, batch) -> list[tuple[int, dict]]:
         index, pixels, truth = batch
-        quads, scores, labels = self.detect(pixels)
+        quads, scores, labels = self.detect(SceneStack([f"image {index}"], arrays=[pixels]))
         return [(int(index), {"detections": {"quads": quads, "scores": scores, "labels": labels}, "truth": truth})]
 
     def summarize(self, records: list[dict]) -> dict:
@@ -286,10 +308,20 @@ class DetectionTask(NamedClasses, BaseTask):
                 "images")
 
     # --- prediction -------------------------------------------------------------------------------------------
-    def _read_scene(self, path: Path) -> np.ndarray:
-        image = read_image(path)
-        self.check_input(path, image.shape[-1], image.dtype.name)
-        return image
+    def _open_scene(self, path: Path) -> SceneStack:
+        """The scene at ``path``, opened to be read by windows (see :meth:`detect`)."""
+        try:
+            scene = SceneStack([path], self.hparams.in_chans)
+        except ImageReadError:
+            raise
+        except DataError as e:  # GDAL's reasons, for --skip-bad to report as it reports the others
+            raise ImageReadError(path, str(e).removeprefix(f"cannot read scene {path}: ")) from None
+        try:
+            self.check_input(path, scene.bands, scene.dtypes[0])
+        except DataError:
+            scene.close()
+            raise
+        return scene
 
     def check_prediction(self, options: DetectionPredictOptions) -> None:
         if not options.inputs:
@@ -305,32 +337,45 @@ class DetectionTask(NamedClasses, BaseTask):
 
     def prediction_dataset(self, options: DetectionPredictOptions) -> Dataset:
         self._output, self._draw_threshold, self._vector = Path(options.output), options.draw_threshold, options.vector
-        return PredictionFiles(self._inputs, self._read_scene, options.skip_bad)
+        self._html = options.html
+        return PredictionFiles(self._inputs, self._open_scene, options.skip_bad)
 
     prediction_collate = staticmethod(first_item)
 
     def predict_step(self, batch, batch_idx: int) -> None:
+        from lemevit.io.webmap import write_detection_page
         from lemevit.viz import draw_oriented_boxes
 
-        index, image = batch
+        index, scene = batch
         path = self._inputs[index]
-        if isinstance(image, BadFile):
-            self._records.append((index, {"image": str(path), "error": image.reason}))
+        if isinstance(scene, BadFile):
+            self._records.append((index, {"image": str(path), "error": scene.reason}))
             return
-        quads, scores, labels = self.detect(image)
-        shown = scores >= self._draw_threshold
-        png = self._output / f"{path.stem}.png"
-        draw_oriented_boxes(image, quads[shown], labels[shown], scores[shown], self.class_names, png)
-        vector = self._output / f"{path.stem}.{self._vector}"
-        located = write_detection_vectors(path, quads, labels, scores, self.class_names, vector)
+        timer = StageTimer()
+        try:
+            quads, scores, labels = self.detect(scene, timer)
+            with timer.stage("write"):
+                shown = scores >= self._draw_threshold
+                png = self._output / f"{path.stem}.png"
+                # Scenes too large to draw whole are drawn on every step-th pixel: memory stays bounded.
+                step = max(1, math.ceil(max(scene.height, scene.width) / DRAWN_SIDE))
+                picture = scene.read_decimated(step).transpose(1, 2, 0)
+                draw_oriented_boxes(picture, quads[shown] / step, labels[shown], scores[shown], self.class_names, png)
+                if self._html:
+                    write_detection_page(self._output / f"{path.stem}.html", picture, quads[shown] / step,
+                                         labels[shown], scores[shown], self.class_names)
+                vector = self._output / f"{path.stem}.{self._vector}"
+                located = write_detection_vectors(path, quads, labels, scores, self.class_names, vector)
+        finally:
+            scene.close()
         self._records.append((index, {"image": str(path), "quads": quads, "scores": scores, "labels": labels,
-                                      "png": str(png), "drawn": int(shown.sum()),
-                                      "vector": str(vector) if located else None}))
+                                      "png": str(png), "drawn": int(shown.sum()), "pixels": scene.height * scene.width,
+                                      "seconds": timer.seconds, "vector": str(vector) if located else None}))
 
     def finish_prediction(self, records: list[dict], options: DetectionPredictOptions) -> list[str]:
         output = Path(options.output)
         lines: dict[str, list[str]] = {name: [] for name in self.class_names}
-        printed = []
+        printed, timer, pixels = [], StageTimer(), 0
         for record in records:
             if "error" in record:
                 printed.append(f"skipped {record['image']}: {record['error']}")
@@ -342,6 +387,8 @@ class DetectionTask(NamedClasses, BaseTask):
             geo = f", {record['vector']}" if record["vector"] else ""
             printed.append(f"{record['image']}: {len(record['scores'])} objects ({record['drawn']} drawn in "
                            f"{record['png']}{geo})")
+            timer.add(record["seconds"])
+            pixels += record["pixels"]
         texts = {f"Task1_{name}.txt": "".join(row + "\n" for row in rows) for name, rows in lines.items()}
         for file_name, text in texts.items():
             with atomic_path(output / file_name) as tmp:
@@ -350,5 +397,10 @@ class DetectionTask(NamedClasses, BaseTask):
         with atomic_path(output / TASK1_ZIP) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
             for file_name, text in texts.items():
                 archive.writestr(file_name, text)
-        return printed + [f"wrote DOTA Task-1 files Task1_<class>.txt into {output}",
-                          f"wrote {output / TASK1_ZIP}: the {len(texts)} Task-1 files, for DOTA's evaluation server"]
+        printed += [f"wrote DOTA Task-1 files Task1_<class>.txt into {output}",
+                    f"wrote {output / TASK1_ZIP}: the {len(texts)} Task-1 files, for DOTA's evaluation server"]
+        if timer.seconds:
+            seconds = sum(timer.seconds.values())
+            printed.append(f"{pixels / 1e6:.1f} Mpx in {seconds:.1f} s ({pixels / 1e6 / seconds:.2f} Mpx/s); by stage: "
+                           f"{timer.describe()}")
+        return printed

@@ -1,0 +1,111 @@
+"""Oriented detection over a whole scene with ``lemevit predict``: the time of each stage (reading, backbone, FPN,
+RPN head, proposals, RoI Align, box head, box NMS, merging the windows, writing), as predict's summary line reports
+it, for each checkpoint given, e.g. one barely trained and one trained (an untrained detector scores every
+proposal near the threshold and floods NMS, which a trained one does not).
+
+    python benchmarks/detection_scene.py --checkpoint early=RUN/epoch1.ckpt trained=RUN/best.ckpt --label after
+
+The scene is the largest shipped DOTA sample (P0168, 2304x1792) mirrored about its edges into a --size x --size
+3-band GeoTIFF, written once into --work. Each checkpoint predicts it once (--overwrite). The figures are merged
+into results/detection_scene.json under --label, so that runs of two versions of the code sit side by side.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lemevit.cli import main as lemevit
+from lemevit.io import atomic_path
+
+HERE = Path(__file__).parent
+SHARED = HERE.parent.parent / "shared" / "data" / "dota_v1_samples" / "images" / "P0168.png"
+SUMMARY = re.compile(r"([\d.]+) Mpx in ([\d.]+) s \(([\d.]+) Mpx/s\); by stage: (.*)")
+STAGE = re.compile(r"([a-z ()]+?) ([\d.]+) s \(\d+%\)")
+OBJECTS = re.compile(r": (\d+) objects")
+
+
+def mirrored_scene(path: Path, size: int, source: Path) -> Path:
+    """``source`` mirrored about its edges into a ``size`` x ``size`` GeoTIFF at ``path`` (tiled 512)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    if path.is_file():
+        return path
+    tile = np.asarray(Image.open(source).convert("RGB"))
+    block = np.concatenate([np.concatenate([tile, tile[:, ::-1]], 1),
+                            np.concatenate([tile[::-1], tile[::-1, ::-1]], 1)], 0)
+    reps = -(-size // block.shape[0]), -(-size // block.shape[1])
+    scene = np.tile(block, (*reps, 1))[:size, :size].transpose(2, 0, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, rasterio.open(
+            tmp, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32633",
+            transform=from_origin(500000, 4600000, 0.5, 0.5), tiled=True, blockxsize=512, blockysize=512) as dst:
+        dst.write(scene)
+    return path
+
+
+def predict_once(checkpoint: Path, scene: Path, output: Path, extra: list[str]) -> dict:
+    printed = io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(printed):
+        code = lemevit(["predict", "--checkpoint", str(checkpoint), str(scene), "--output", str(output), *extra])
+    wall = time.perf_counter() - start
+    found, objects = SUMMARY.search(printed.getvalue()), OBJECTS.search(printed.getvalue())
+    if code != 0 or found is None or objects is None:
+        raise SystemExit(f"lemevit predict of {checkpoint} failed (exit {code}): {printed.getvalue()}")
+    mpx, seconds, rate, stages = found.groups()
+    return {"objects": int(objects.group(1)), "mpx": float(mpx), "seconds": float(seconds), "mpx_per_s": float(rate),
+            "wall_seconds": round(wall, 1),
+            "stage_seconds": {name: float(value) for name, value in STAGE.findall(stages)}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", nargs="+", required=True, metavar="NAME=PATH",
+                   help="detection runs' checkpoints (or model files), each with a name for the record")
+    p.add_argument("--size", type=int, default=4000)
+    p.add_argument("--label", required=True, help="what the code measured is (before, after, ...)")
+    p.add_argument("--source", type=Path, default=SHARED, help="the image mirrored into the scene")
+    p.add_argument("--predict-options", default="", help="more options for lemevit predict, quoted")
+    p.add_argument("--work", type=Path, default=HERE / "runs" / "detection_scene")
+    args = p.parse_args()
+    scene = mirrored_scene(args.work / f"dota_mirrored_{args.size}.tif", args.size, args.source)
+    results = {}
+    for entry in args.checkpoint:
+        name, _, path = entry.partition("=")
+        results[name] = {"checkpoint": path, **predict_once(Path(path), scene, args.work / args.label / name,
+                                                            args.predict_options.split())}
+        print(f"{name}: {results[name]['seconds']:.1f} s, {results[name]['objects']} objects; "
+              f"{results[name]['stage_seconds']}")
+    output = HERE / "results" / "detection_scene.json"
+    record = json.loads(output.read_text()) if output.is_file() else {}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE)
+    record[args.label] = {
+        "what": "lemevit predict of a mirrored DOTA GeoTIFF by oriented detection; seconds per stage from predict's "
+                "summary line",
+        "command": f"python benchmarks/detection_scene.py --checkpoint {' '.join(args.checkpoint)} --size {args.size} "
+                   f"--label {args.label}" + (f" --predict-options '{args.predict_options}'"
+                                              if args.predict_options else ""),
+        "commit": commit.stdout.strip(), "scene": f"{args.size}x{args.size}", "results": results,
+        "threads": torch.get_num_threads(), "load_average_at_end": os.getloadavg(), "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {platform.processor() or 'unknown cpu'}",
+    }
+    with atomic_path(output) as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()
