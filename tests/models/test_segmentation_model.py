@@ -1,4 +1,4 @@
-"""Segmentation networks: UperNet and SegFormer heads over our backbones and timm encoders."""
+"""Segmentation networks: UperNet, SegFormer and Semantic FPN heads over our backbones and timm encoders."""
 from __future__ import annotations
 
 import pytest
@@ -11,7 +11,8 @@ from lemevit.models.segmentation import SegmentationModel
 
 
 @pytest.mark.parametrize(("backbone", "head"), [("lemevit_tiny", "upernet"), ("lvt", "segformer"),
-                                                ("resnet10t", "upernet"), ("convnext_atto", "segformer")])
+                                                ("resnet10t", "upernet"), ("convnext_atto", "segformer"),
+                                                ("resnet10t", "fpn")])
 def test_logits_come_at_input_resolution_with_aux_logits_in_training(backbone, head):
     torch.manual_seed(0)
     model = SegmentationModel(backbone, head, num_classes=5, in_chans=4, decoder_channels=32)
