@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lemevit.cli import main
@@ -134,7 +135,7 @@ def test_subsets_keep_their_folders(tmp_path):
 def _write_set(root: Path, segments: list[dict], ids: np.ndarray) -> Path:
     write_segment_ids(root / PNG_DIR / "a.png", ids)
     doc = {"categories": [{"id": 7, "name": "road", "isthing": 0}, {"id": 9, "name": "car", "isthing": 1}],
-           "images": [{"id": 1, "file_name": "a.jpg"}],
+           "images": [{"id": 1, "file_name": "a.png"}],
            "annotations": [{"image_id": 1, "file_name": "a.png", "segments_info": segments}]}
     (root / ANNOTATIONS_FILE).write_text(json.dumps(doc))
     return root / ANNOTATIONS_FILE
@@ -157,3 +158,35 @@ def test_bad_annotations_are_refused_naming_the_file(tmp_path):
     path.write_text("{not json")
     with pytest.raises(DataError, match=f"cannot read panoptic annotations {path}"):
         read_panoptic(path)
+
+
+def _tiny_set(root: Path) -> Path:
+    """A 12x10 image whose first band is 10 x the segment id, with a crowd (id 3) and void."""
+    ids = np.zeros((12, 10), np.int64)
+    ids[:, :5], ids[:6, 5:], ids[6:11, 5:] = 1, 2, 3
+    (root / "img_dir").mkdir(parents=True)
+    Image.fromarray(np.stack([ids * 10, ids, ids], -1).astype(np.uint8)).save(root / "img_dir" / "a.png")
+    return _write_set(root, [{"id": 1, "category_id": 7}, {"id": 2, "category_id": 9},
+                             {"id": 3, "category_id": 9, "iscrowd": 1}], ids)
+
+
+def test_crops_carry_ids_and_classes_through_their_augmentation(tmp_path):
+    from lemevit.data.panoptic import PanopticCrops, PanopticTiles, check_panoptic
+
+    dataset = read_panoptic(_tiny_set(tmp_path))
+    assert check_panoptic(dataset) == {"road": 1, "car": 2}
+    crops = PanopticCrops(dataset, dataset.images, 8, mean=[0, 0, 0], std=[1, 1, 1], crops_per_image=6,
+                          augment_seed=3)
+    assert len(crops) == 6
+    for i in range(len(crops)):
+        x, ids, classes = crops[i]
+        assert x.shape == (3, 8, 8) and ids.shape == classes.shape == (8, 8)
+        assert (x[0] == ids.abs() * 10).all()  # the image turned and flipped with its labels
+        assert (classes[ids == 1] == 0).all() and (classes[ids.abs() >= 2] == 1).all()
+        assert (classes[ids == 0] == IGNORE_INDEX).all() and (ids != 3).all()  # the crowd is negated
+        assert all((a == b).all() for a, b in zip(crops[i], crops[i], strict=True))  # seeded
+    big = PanopticCrops(dataset, dataset.images, 16, mean=[0, 0, 0], std=[1, 1, 1])
+    x, ids, classes = big[0]
+    assert x.shape == (3, 16, 16) and int((classes == IGNORE_INDEX).sum()) == 16 * 16 - 12 * 10 + 5 * 1
+    x, ids, classes = PanopticTiles(dataset, dataset.images, [0, 0, 0], [1, 1, 1])[0]
+    assert ids.shape == (12, 10) and sorted(torch.unique(ids).tolist()) == [-3, 0, 1, 2]

@@ -11,7 +11,9 @@ as the semantic data set it was derived from. Classes are indexed by their categ
 """
 from __future__ import annotations
 
+import bisect
 import json
+import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -19,18 +21,22 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+import torch
 from PIL import Image
+from torch.utils.data import Dataset
 
 from lemevit.data.images import read_image
+from lemevit.data.regions import RegionReader, raster_size
 from lemevit.data.segmentation import IGNORE_INDEX, LabelScheme, check_pairs, resolve_labels, scan_pairs
+from lemevit.data.transforms import normalised_tensor, pixel_tensor
 from lemevit.errors import ConfigError, DataError
 from lemevit.io.atomic import atomic_path
 from lemevit.io.paths import check_writable_folder
 from lemevit.metrics.panoptic import VOID
 
-__all__ = ["ANNOTATIONS_FILE", "IMAGES_DIR", "PNG_DIR", "Category", "PanopticImage", "PanopticSet",
-           "connected_components", "decode_ids", "encode_ids", "prepare_panoptic", "read_panoptic",
-           "read_segment_ids", "semantic_to_panoptic", "write_segment_ids"]
+__all__ = ["ANNOTATIONS_FILE", "IMAGES_DIR", "PNG_DIR", "Category", "PanopticCrops", "PanopticImage", "PanopticSet",
+           "PanopticTiles", "check_panoptic", "connected_components", "decode_ids", "encode_ids", "prepare_panoptic",
+           "read_panoptic", "read_segment_ids", "segment_labels", "semantic_to_panoptic", "write_segment_ids"]
 
 #: The JSON, image folder and PNG folder of a panoptic data set, below its root.
 ANNOTATIONS_FILE, IMAGES_DIR, PNG_DIR = "panoptic.json", "img_dir", "panoptic"
@@ -329,3 +335,103 @@ def prepare_panoptic(data: str | Path, output: str | Path, things: Sequence[str]
                                             "things": list(things), "min_area": min_area},
                                    "images": images, "annotations": annotations, "categories": categories}))
     return {"images": len(images), "segments": counts}
+
+
+def check_panoptic(dataset: PanopticSet, images: Sequence[PanopticImage] | None = None) -> dict[str, int]:
+    """Read every PNG of ``images`` (default all): each must hold only ids of its segments and be the size of its
+    image. Returns the number of segments per class."""
+    counts = dict.fromkeys(dataset.class_names, 0)
+    for image in dataset.images if images is None else images:
+        ids = dataset.segment_ids(image)
+        image_path = dataset.image_dir / image.file_name
+        if raster_size(image_path) != ids.shape:
+            height, width = raster_size(image_path)
+            raise DataError(f"panoptic PNG {dataset.png_dir / image.png_name} is {ids.shape[1]}x{ids.shape[0]} (WxH), "
+                            f"its image {image_path} is {width}x{height}")
+        for segment_id in np.unique(ids):
+            if segment_id != VOID:
+                counts[dataset.class_names[image.segments[int(segment_id)]]] += 1
+    return counts
+
+
+def segment_labels(ids: np.ndarray, image: PanopticImage) -> tuple[torch.Tensor, torch.Tensor]:
+    """The labels a model trains on, from an image's segment ids: ``(H, W)`` int64 segment ids, negated on crowds,
+    and the class index of each pixel (``IGNORE_INDEX`` on void)."""
+    found, inverse = np.unique(ids, return_inverse=True)
+    classes = np.array([IGNORE_INDEX if i == VOID else image.segments[int(i)] for i in found], np.int64)
+    signs = np.array([-1 if int(i) in image.crowd else 1 for i in found], np.int64)
+    inverse = inverse.reshape(ids.shape)
+    return torch.from_numpy(ids.astype(np.int64) * signs[inverse]), torch.from_numpy(classes[inverse])
+
+
+class PanopticCrops(Dataset):
+    """Random square crops of ``img_size`` from the training images, with random flips and 90° rotations:
+    ``(image, ids, classes)``, the image normalised float32 ``(C, S, S)`` and :func:`segment_labels` of the crop.
+
+    Item ``i`` is a crop of the image that ``crops_per_image`` items are given to in turn (by default enough to
+    cover it once); its position and augmentation come from a generator seeded by ``(augment_seed, i)``, so that an
+    item is the same crop in whichever worker. Images smaller than the crop are padded (void labels).
+    """
+
+    def __init__(self, dataset: PanopticSet, images: Sequence[PanopticImage], img_size: int, mean: Sequence[float],
+                 std: Sequence[float], crops_per_image: int | None = None, flip: bool = True, rotate90: bool = True,
+                 augment_seed: int | None = None, cache_bytes: int = 512 * 2**20):
+        if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
+            raise ConfigError("img_size", f"must be a positive integer, got {img_size!r}")
+        if not images:
+            raise DataError("no training images")
+        self.dataset, self.images, self.img_size = dataset, list(images), img_size
+        self.flip, self.rotate90, self.augment_seed = flip, rotate90, augment_seed
+        self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+        self.read_region = RegionReader(cache_bytes)
+        self.sizes = [raster_size(dataset.image_dir / i.file_name) for i in self.images]
+        counts = [crops_per_image or math.ceil(h / img_size) * math.ceil(w / img_size) for h, w in self.sizes]
+        self.ends = np.cumsum(counts).tolist()
+
+    def __len__(self) -> int:
+        return self.ends[-1]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        which = bisect.bisect_right(self.ends, index)
+        image, (height, width), size = self.images[which], self.sizes[which], self.img_size
+        rng = np.random.default_rng(None if self.augment_seed is None else (self.augment_seed, index))
+        top, left = int(rng.integers(0, max(height - size, 0) + 1)), int(rng.integers(0, max(width - size, 0) + 1))
+        h, w = min(size, height), min(size, width)
+        pixels = self.read_region(self.dataset.image_dir / image.file_name, top, left, h, w)
+        png = self.dataset.png_dir / image.png_name
+        ids, classes = segment_labels(decode_ids(self.read_region(png, top, left, h, w)), image)
+        x = (pixel_tensor(pixels) - self.mean) / self.std
+        if h < size or w < size:
+            x = torch.nn.functional.pad(x, (0, size - w, 0, size - h))
+            ids = torch.nn.functional.pad(ids, (0, size - w, 0, size - h), value=VOID)
+            classes = torch.nn.functional.pad(classes, (0, size - w, 0, size - h), value=IGNORE_INDEX)
+        flips = [d for d, flip in zip((-1, -2), rng.random(2) < 0.5, strict=True) if flip] if self.flip else []
+        turns = int(rng.integers(0, 4)) if self.rotate90 else 0
+        if flips:
+            x, ids, classes = x.flip(flips), ids.flip(flips), classes.flip(flips)
+        x, ids, classes = (t.rot90(turns, (-2, -1)).contiguous() for t in (x, ids, classes))
+        return x, ids, classes
+
+
+class PanopticTiles(Dataset):
+    """Whole images for evaluation: ``(image, ids, classes)`` as :class:`PanopticCrops` gives them."""
+
+    def __init__(self, dataset: PanopticSet, images: Sequence[PanopticImage], mean: Sequence[float],
+                 std: Sequence[float]):
+        self.dataset, self.images = dataset, list(images)
+        self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        image = self.images[index]
+        pixels = read_image(self.dataset.image_dir / image.file_name)
+        ids, classes = segment_labels(self.dataset.segment_ids(image), image)
+        if pixels.shape[:2] != tuple(ids.shape):
+            raise DataError(f"panoptic PNG {self.dataset.png_dir / image.png_name} is {ids.shape[1]}x{ids.shape[0]} "
+                            f"(WxH), its image {self.dataset.image_dir / image.file_name} is "
+                            f"{pixels.shape[1]}x{pixels.shape[0]}")
+        return normalised_tensor(pixels, self.mean, self.std), ids, classes
