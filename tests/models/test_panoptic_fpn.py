@@ -34,9 +34,10 @@ def test_fusion_takes_instances_by_score_then_large_stuff_regions():
 def test_targets_split_things_into_instances_and_label_stuff_for_the_semantic_branch():
     model = PanopticFPN("resnet10t", num_classes=4, thing_classes=[1, 3], fpn_channels=32)
     ids = torch.tensor([[5, 5, 7, 0],
-                        [5, 8, 7, 9],
-                        [6, 6, 6, 9]])
-    targets = model.targets(ids, {5: 1, 7: 1, 8: 3, 9: 3, 6: 2}, crowd=[9])
+                        [5, 8, 7, -9],
+                        [6, 6, 6, -9]])  # -9: a crowd
+    class_of = {5: 1, 7: 1, 8: 3, -9: 3, 6: 2, 0: IGNORE_INDEX}
+    targets = model.targets(ids, ids.clone().apply_(class_of.get))
     assert targets["labels"].tolist() == [1, 1, 2]  # things 5, 7, 8 (the crowd 9 left out), labels 1..T
     assert targets["boxes"].tolist() == [[0, 0, 2, 2], [2, 0, 3, 2], [1, 1, 2, 2]]
     assert targets["masks"].shape == (3, 3, 4) and targets["masks"][0].sum() == 3
@@ -58,9 +59,9 @@ def test_a_training_step_and_an_inference():
     model = PanopticFPN("resnet10t", num_classes=3, thing_classes=[1], fpn_channels=32, semantic_channels=32)
     ids = torch.ones(64, 64, dtype=torch.long)
     ids[8:30, 10:40], ids[40:60, 40:60], ids[:2] = 2, 3, 0
-    segments = {1: 0, 2: 1, 3: 1}
+    classes = torch.where(ids == 1, 0, torch.where(ids == 0, IGNORE_INDEX, 1))
     empty = torch.zeros(64, 64, dtype=torch.long)  # an image without labels (and so without objects)
-    targets = [model.targets(ids, segments), model.targets(empty, {})]
+    targets = [model.targets(ids, classes), model.targets(empty, torch.full_like(empty, IGNORE_INDEX))]
     model.train()
     losses = model(torch.randn(2, 3, 64, 64), targets)
     assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask",

@@ -190,23 +190,25 @@ class PanopticFPN(nn.Module):
         self.semantic_head = SemanticFPNHead(width, semantic_channels)
         self.semantic_classifier = nn.Conv2d(semantic_channels, 1 + len(self.stuff_classes), 1)
 
-    def targets(self, ids: torch.Tensor, segments: dict[int, int], crowd: Sequence[int] = ()) -> dict:
-        """The training targets of one image from its ``(H, W)`` segment ids and each id's class index: the thing
-        segments (crowds left out) as ``boxes``, ``labels`` (1..T) and ``masks``, and the ``semantic`` map (0 on
-        things, 1..S on stuff, ``IGNORE_INDEX`` on void)."""
+    def targets(self, ids: torch.Tensor, classes: torch.Tensor) -> dict:
+        """The training targets of one image from its ``(H, W)`` segment ids (0 void, crowds negative) and each
+        pixel's class index (:func:`~lemevit.data.panoptic.segment_labels`): the thing segments, crowds left out, as
+        ``boxes``, ``labels`` (1..T) and ``masks``, and the ``semantic`` map (0 on things, 1..S on stuff,
+        ``IGNORE_INDEX`` on void)."""
         instance_label = {c: i + 1 for i, c in enumerate(self.thing_classes)}
         stuff_label = {c: i + 1 for i, c in enumerate(self.stuff_classes)}
         semantic = torch.full(ids.shape, IGNORE_INDEX, dtype=torch.int64, device=ids.device)
         boxes, labels, masks = [], [], []
         for segment_id in torch.unique(ids).tolist():
-            if segment_id not in segments:
+            if segment_id == 0:
                 continue
-            region, c = ids == segment_id, segments[segment_id]
+            region = ids == segment_id
+            c = int(classes[region][0])
             if c in stuff_label:
                 semantic[region] = stuff_label[c]
                 continue
             semantic[region] = 0
-            if segment_id in crowd:
+            if segment_id < 0:
                 continue
             rows, cols = torch.nonzero(region, as_tuple=True)
             boxes.append(torch.stack([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]).float())
