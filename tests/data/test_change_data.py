@@ -107,6 +107,51 @@ def test_masks_are_binary_or_refused(tmp_path):
         read_change_label(classes)
 
 
+def test_anti_aliased_masks_are_binarised_at_the_threshold_given(tmp_path):
+    path = tmp_path / "drawn.png"
+    Image.fromarray(np.array([[0, 40, 128], [200, 255, 0]], np.uint8)).save(path)
+    with pytest.raises(DataError, match=r"drawn\.png holds the values 0, 40, 128, 200, 255; .*--mask-threshold"):
+        read_change_label(path)
+    assert read_change_label(path, threshold=128).tolist() == [[0, 0, 1], [1, 1, 0]]
+    # Exact 0/1 masks stay what they are whatever the threshold.
+    Image.fromarray(np.array([[0, 1]], np.uint8)).save(tmp_path / "zero_one.png")
+    assert read_change_label(tmp_path / "zero_one.png", threshold=128).tolist() == [[0, 1]]
+    root = make_pairs(tmp_path / "data", names=("p0",))
+    mask = np.asarray(Image.open(root / "label" / "p0.png")).copy()
+    mask[0, :4] = (1, 90, 160, 254)
+    Image.fromarray(mask).save(root / "label" / "p0.png")
+    pairs = scan_change_folder(root)
+    with pytest.raises(DataError, match="p0.png holds the values"):
+        check_pairs(root, pairs)
+    check_pairs(root, pairs, mask_threshold=128)
+    crops = ChangeCrops(root, pairs, img_size=64, mean=[0, 0, 0], std=[1, 1, 1], flip=False, rotate90=False,
+                        mask_threshold=128, change_balance=1.0)
+    assert crops[0][2][0, :4].tolist() == [0, 0, 1, 1]
+
+
+def test_change_balance_puts_changed_pixels_in_the_crops_it_asks_for(tmp_path):
+    root = tmp_path / "data"
+    for folder in ("A", "B", "label"):
+        (root / folder).mkdir(parents=True)
+    image = np.zeros((128, 128, 3), np.uint8)
+    label = np.zeros((128, 128), np.uint8)
+    label[100:108, 12:20] = 255  # 0.4 % of the pair
+    for folder, array in (("A", image), ("B", image), ("label", label)):
+        Image.fromarray(array).save(root / folder / "p.png")
+    pairs = scan_change_folder(root)
+
+    def with_change(change_balance: float) -> float:
+        crops = ChangeCrops(root, pairs, img_size=32, mean=[0, 0, 0], std=[1, 1, 1], crops_per_pair=200,
+                            change_balance=change_balance, augment_seed=1)
+        return np.mean([bool((crops[i][2] == 1).any()) for i in range(len(crops))])
+
+    assert with_change(0.0) < 0.15
+    assert 0.4 < with_change(0.5) < 0.65
+    assert with_change(1.0) == 1.0
+    with pytest.raises(ConfigError, match="change_balance"):
+        ChangeCrops(root, pairs, img_size=32, mean=[0, 0, 0], std=[1, 1, 1], change_balance=1.5)
+
+
 def test_crops_flips_and_rotations_are_the_same_for_both_dates_and_the_mask(tmp_path):
     root = make_pairs(tmp_path / "data")
     pairs = scan_change_folder(root)

@@ -6,6 +6,7 @@ import torch
 
 from lemevit.data.segmentation import IGNORE_INDEX
 from lemevit.metrics import change_metrics, classification_metrics, confusion_matrix, segmentation_metrics
+from lemevit.metrics.confusion import best_change_threshold, change_histogram
 
 CLASSES = ("Farmland", "Forest", "Port")
 
@@ -52,3 +53,17 @@ def test_change_metrics_on_a_hand_computed_case():
 
     nothing = change_metrics(confusion_matrix(torch.zeros(3, 3), torch.zeros(3, 3, dtype=torch.long), 2))
     assert nothing["f1"] is None and nothing["iou"] is None and nothing["oa"] == 1.0
+
+
+def test_the_best_change_threshold_from_binned_probabilities():
+    probability = torch.tensor([[0.9, 0.6, 0.3, 0.99], [0.2, 0.1, 0.05, 0.7]])
+    target = torch.tensor([[1, 1, 1, 255], [0, 0, 0, 0]])
+    histogram = change_histogram(probability, target)
+    assert histogram.sum() == 7 and histogram[1].sum() == 3
+    # From 0.21 up to 0.3 the three changes are found and only the 0.7 is a false alarm: F1 6 / 7. Above 0.3 one
+    # change is missed (F1 4 / 6 up to 0.6); above 0.7 the false alarm goes, with a second change (F1 2 / 3).
+    threshold, f1 = best_change_threshold(histogram)
+    assert threshold == 0.21 and f1 == pytest.approx(6 / 7)
+    at = confusion_matrix((probability >= threshold).long(), target, 2)
+    assert change_metrics(at)["f1"] == pytest.approx(f1)
+    assert best_change_threshold(change_histogram(probability, torch.zeros(2, 4, dtype=torch.long))) == (None, None)

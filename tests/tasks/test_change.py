@@ -49,6 +49,13 @@ def test_train_writes_the_run_and_eval_dispatches_on_the_checkpoint(levir_run, t
     assert 0.0 <= metrics["oa"] <= 1.0
     assert np.array(metrics["confusion_matrix"]).sum() == metrics["num_pixels"]
     assert metrics["changed_pixels"] == sum(p["changed_pixels"] for p in metrics["per_pair"])
+    assert metrics["threshold"] == 0.5 and 0 < metrics["best_threshold"] < 1
+    assert metrics["best_f1"] >= (metrics["f1"] or 0.0) - 1e-9  # the threshold grid holds 0.5
+    assert main(["eval", "--checkpoint", str(levir_run / "best.ckpt"), "--data", str(LEVIR), "--threshold",
+                 str(metrics["best_threshold"]), "--output", str(tmp_path / "best")]) == 0
+    at_best = json.loads((tmp_path / "best" / "metrics.json").read_text())
+    assert at_best["threshold"] == metrics["best_threshold"]
+    assert at_best["f1"] == pytest.approx(metrics["best_f1"], abs=1e-6)
 
 
 def test_predict_writes_a_change_map_and_a_preview(levir_run, tmp_path):
@@ -200,6 +207,36 @@ def test_a_trained_model_finds_a_changed_square(tmp_path):
     found, truth = np.asarray(Image.open(out)) > 0, label > 0
     iou = (found & truth).sum() / (found | truth).sum()
     assert iou > 0.5, f"IoU with the changed square {iou:.2f}"
+    shutil.rmtree(run)
+
+
+def test_small_changes_are_found_on_a_pair_never_trained_on(tmp_path):
+    # About 1 % of each pair changed (a square of 8-12 px in 96 px). Cross-entropy alone on uniform crops learns
+    # that nothing changes and maps no pixel of the held-out pair as change; the defaults (a Dice loss, half the
+    # crops placed on changed pixels) find its square.
+    rng = np.random.default_rng(0)
+    data = tmp_path / "small"
+    for folder in ("A", "B", "label"):
+        (data / folder).mkdir(parents=True)
+    for i in range(8):
+        side = int(rng.integers(8, 13))
+        top, left = (int(v) for v in rng.integers(0, 96 - side, 2))
+        for folder, image in zip(("A", "B", "label"), square_pair(rng, 96, 96, top, left, side), strict=True):
+            Image.fromarray(image).save(data / folder / f"s{i}.png")
+    run = tmp_path / "run"
+    assert main(["train", "--task", "change", "--data", str(data), "--output", str(run), "--model", "resnet10t",
+                 "--head", "siamunet", "--img-size", "48", "--epochs", "10", "--batch-size", "8", "--split", "0.875",
+                 "--lr", "2e-3", "--num-workers", "0", "--seed", "0"]) == 0
+
+    a, b, label = square_pair(np.random.default_rng(1), 96, 96, top=30, left=50, side=12)
+    Image.fromarray(a).save(tmp_path / "a.png")
+    Image.fromarray(b).save(tmp_path / "b.png")
+    out = tmp_path / "change.png"
+    assert main(["predict", "--checkpoint", str(run / "last.ckpt"), "--pair", str(tmp_path / "a.png"),
+                 str(tmp_path / "b.png"), "--output", str(out), "--no-preview"]) == 0
+    found, truth = np.asarray(Image.open(out)) > 0, label > 0
+    iou = (found & truth).sum() / max((found | truth).sum(), 1)
+    assert iou > 0.4, f"IoU with the changed square {iou:.2f} ({found.sum()} pixels mapped as change)"
     shutil.rmtree(run)
 
 

@@ -33,6 +33,8 @@ from lemevit.data.splits import SUBSETS, split_items
 from lemevit.data.transforms import (
     PhotometricDistortion,
     check_scale_range,
+    class_cells,
+    crop_origin,
     normalised_tensor,
     pixel_tensor,
     region_side,
@@ -173,13 +175,14 @@ def find_change_splits(root: str | Path, train_fraction: float = 0.8, seed: int 
     return split_items(scan_change_folder(root), train_fraction, seed, key=lambda p: p.name, what=f"pairs in {root}")
 
 
-def decode_change_label(label: np.ndarray, path: str | Path) -> np.ndarray:
+def decode_change_label(label: np.ndarray, path: str | Path, threshold: int | None = None) -> np.ndarray:
     """A change mask read from ``path`` (``(H, W, C)`` as :func:`read_image` gives it) as a ``(H, W)`` uint8
     array of 0 (no change) and 1 (change).
 
     Exact 0/255 and 0/1 masks are taken as they are; JPEG masks (CDD), whose compression blurs the two
-    values, are thresholded at 128. Multi-band masks must repeat one band (JPEG: the bands are averaged).
-    Anything else is an error naming the file and the values found.
+    values, are thresholded at 128. Other masks, such as 0/255 masks whose outlines were anti-aliased when they
+    were drawn or resampled, are change from ``threshold`` up when it is given. Multi-band masks must repeat one
+    band (JPEG: the bands are averaged). Anything else is an error naming the file and the values found.
     """
     path = Path(path)
     jpeg = path.suffix.lower() in _JPEG_EXTENSIONS
@@ -197,14 +200,17 @@ def decode_change_label(label: np.ndarray, path: str | Path) -> np.ndarray:
         return label.astype(np.uint8)
     if set(values.tolist()) <= {0, 255}:
         return (label == 255).astype(np.uint8)
+    if threshold is not None:
+        return (label >= threshold).astype(np.uint8)
     shown = ", ".join(f"{v:g}" for v in values[:8]) + (" ..." if len(values) > 8 else "")
     raise DataError(f"change mask {path} holds the values {shown}; expected a binary mask of 0 (no change) and "
-                     "255 (change), or 0 and 1")
+                     "255 (change), or 0 and 1 (--mask-threshold T reads a mask with values between them as "
+                     "change from T up)")
 
 
-def read_change_label(path: str | Path) -> np.ndarray:
+def read_change_label(path: str | Path, threshold: int | None = None) -> np.ndarray:
     """The change mask in ``path`` as a ``(H, W)`` uint8 array of 0 and 1 (see :func:`decode_change_label`)."""
-    return decode_change_label(read_image(path), path)
+    return decode_change_label(read_image(path), path, threshold)
 
 
 def read_pair_images(a_path: str | Path, b_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -219,9 +225,10 @@ def read_pair_images(a_path: str | Path, b_path: str | Path) -> tuple[np.ndarray
     return a, b
 
 
-def _read_pair(root: Path, pair: ChangePair) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _read_pair(root: Path, pair: ChangePair, mask_threshold: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     a, b = read_pair_images(root / pair.a, root / pair.b)
-    label = read_change_label(root / pair.label)
+    label = read_change_label(root / pair.label, mask_threshold)
     if label.shape != a.shape[:2]:
         raise DataError(f"change mask {root / pair.label} is {label.shape[1]}x{label.shape[0]}, its images "
                          f"{root / pair.a} and {root / pair.b} are {a.shape[1]}x{a.shape[0]} (width x height)")
@@ -237,14 +244,15 @@ def _pair_size(root: Path, pair: ChangePair) -> tuple[int, int]:
     return sizes[pair.a]
 
 
-def check_pairs(root: str | Path, pairs: Sequence[ChangePair]) -> tuple[int, str]:
-    """Read every pair and check it (sizes, masks) and that all have one band count and data type, which
-    are returned. The first bad pair raises an error naming its files."""
+def check_pairs(root: str | Path, pairs: Sequence[ChangePair], mask_threshold: int | None = None) -> tuple[int, str]:
+    """Read every pair and check it (sizes, masks, read with ``mask_threshold``: see :func:`decode_change_label`)
+    and that all have one band count and data type, which are returned. The first bad pair raises an error naming
+    its files."""
     root = Path(root)
     kinds: Counter = Counter()
     first: dict[tuple[int, str], ChangePair] = {}
     for pair in pairs:
-        a, b, _ = _read_pair(root, pair)
+        a, b, _ = _read_pair(root, pair, mask_threshold)
         for image in (a, b):
             kind = (image.shape[2], image.dtype.name)
             kinds[kind] += 1
@@ -276,17 +284,26 @@ class ChangeCrops(Dataset):
     brightness, contrast, saturation and hue with draws of its own
     (:class:`~lemevit.data.transforms.PhotometricDistortion`; 3-band 8-bit images): two acquisitions differ in
     lighting and sensor, and a change is what differs beyond that.
+
+    ``change_balance`` is the fraction of crops placed to hold changed pixels (a whole cell of ``img_size // 4``
+    pixels with change: :func:`~lemevit.data.transforms.crop_origin`), the rest uniform over the pair. Change is
+    rare and clustered, so uniform crops show little of it and a model can learn that nothing ever changes.
+    ``mask_threshold`` reads masks with values between 0 and 255 (:func:`decode_change_label`).
     """
 
     def __init__(self, root: str | Path, pairs: Sequence[ChangePair], img_size: int, mean: Sequence[float],
                  std: Sequence[float], crops_per_pair: int | None = None, flip: bool = True, rotate90: bool = True,
                  augment_seed: int | None = None, cache_bytes: int = 512 * 2**20,
-                 scale_range: Sequence[float] | None = None, photometric: bool = False):
+                 scale_range: Sequence[float] | None = None, photometric: bool = False, change_balance: float = 0.0,
+                 mask_threshold: int | None = None):
         if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
             raise ConfigError("img_size", f"must be a positive integer, got {img_size!r}")
         if crops_per_pair is not None and (isinstance(crops_per_pair, bool) or not isinstance(crops_per_pair, int)
                                            or crops_per_pair < 1):
             raise ConfigError("crops_per_pair", f"must be a positive integer, got {crops_per_pair!r}")
+        if isinstance(change_balance, bool) or not isinstance(change_balance, int | float) or \
+                not 0 <= change_balance <= 1:
+            raise ConfigError("change_balance", f"is a fraction of the crops, in [0, 1]; got {change_balance!r}")
         if not pairs:
             raise DataError("no training pairs")
         self.root, self.pairs = Path(root), list(pairs)
@@ -300,6 +317,10 @@ class ChangeCrops(Dataset):
         self.sizes = [_pair_size(self.root, p) for p in self.pairs]
         counts = [crops_per_pair or math.ceil(h / img_size) * math.ceil(w / img_size) for h, w in self.sizes]
         self.ends = np.cumsum(counts).tolist()
+        self.change_balance, self.mask_threshold = float(change_balance), mask_threshold
+        self.cell = max(1, img_size // 4)
+        self.change_cells = [class_cells(read_change_label(self.root / p.label, mask_threshold), self.cell, (1,))
+                             for p in self.pairs] if change_balance > 0 else None
 
     def __len__(self) -> int:
         return self.ends[-1]
@@ -310,8 +331,8 @@ class ChangeCrops(Dataset):
         rng = np.random.default_rng(None if self.augment_seed is None else (self.augment_seed, index))
         size = self.img_size
         side = region_side(size, self.scale_range, rng)
-        top = int(rng.integers(0, max(height - side, 0) + 1))
-        left = int(rng.integers(0, max(width - side, 0) + 1))
+        top, left = crop_origin(height, width, side, rng, self.change_cells and self.change_cells[number], self.cell,
+                                self.change_balance)
         flips = [d for d, flip in zip((-1, -2), rng.random(2) < 0.5, strict=True) if flip] if self.flip else []
         turns = int(rng.integers(0, 4)) if self.rotate90 else 0
         seeds = rng.integers(2**63, size=2).tolist() if self.photometric is not None else [None, None]
@@ -323,8 +344,8 @@ class ChangeCrops(Dataset):
                 x = self.photometric(x, seed)
             dates.append((x - self.mean) / self.std)
         label_path = self.root / pair.label
-        label = torch.from_numpy(decode_change_label(self.read_region(label_path, *region), label_path)
-                                 .astype(np.int64))
+        label = torch.from_numpy(decode_change_label(self.read_region(label_path, *region), label_path,
+                                                     self.mask_threshold).astype(np.int64))
         label = rescaled(label, side, size, labels=True)
         pad_h, pad_w = size - label.shape[0], size - label.shape[1]
         if pad_h or pad_w:
@@ -339,10 +360,11 @@ class ChangeCrops(Dataset):
 
 class ChangePairs(Dataset):
     """Whole pairs for evaluation: ``(a, b, mask)``, normalised float32 ``(C, H, W)`` dates and an int64
-    ``(H, W)`` mask of 0/1."""
+    ``(H, W)`` mask of 0/1 (read with ``mask_threshold``: see :func:`decode_change_label`)."""
 
-    def __init__(self, root: str | Path, pairs: Sequence[ChangePair], mean: Sequence[float], std: Sequence[float]):
-        self.root, self.pairs = Path(root), list(pairs)
+    def __init__(self, root: str | Path, pairs: Sequence[ChangePair], mean: Sequence[float], std: Sequence[float],
+                 mask_threshold: int | None = None):
+        self.root, self.pairs, self.mask_threshold = Path(root), list(pairs), mask_threshold
         self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
         self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
 
@@ -350,6 +372,6 @@ class ChangePairs(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        a, b, label = _read_pair(self.root, self.pairs[index])
+        a, b, label = _read_pair(self.root, self.pairs[index], self.mask_threshold)
         return (normalised_tensor(a, self.mean, self.std), normalised_tensor(b, self.mean, self.std),
                 torch.from_numpy(label.astype(np.int64)))

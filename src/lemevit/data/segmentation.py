@@ -30,6 +30,8 @@ from lemevit.data.splits import SUBSETS, split_items
 from lemevit.data.transforms import (
     PhotometricDistortion,
     check_scale_range,
+    class_cells,
+    crop_origin,
     normalised_tensor,
     pixel_tensor,
     region_side,
@@ -479,32 +481,8 @@ class SegmentationCrops(Dataset):
         self.class_cells = [self._class_cells(p) for p in self.pairs] if self.class_balance > 0 else None
 
     def _class_cells(self, pair: TilePair) -> list[np.ndarray]:
-        """For each class present in the tile, the ``(row, col)`` of the cells where it occurs."""
         path = self.root / pair.mask
-        mask = self.labels.decode(read_image(path), path)
-        rows, cols = -(-mask.shape[0] // self.cell), -(-mask.shape[1] // self.cell)
-        padded = np.full((rows * self.cell, cols * self.cell), IGNORE_INDEX, dtype=mask.dtype)
-        padded[:mask.shape[0], :mask.shape[1]] = mask
-        blocks = padded.reshape(rows, self.cell, cols, self.cell)
-        cells = [np.argwhere((blocks == k).any(axis=(1, 3))) for k in range(self.labels.num_classes)]
-        return [c for c in cells if len(c)]
-
-    def _crop_origin(self, tile: int, side: int, rng: np.random.Generator) -> tuple[int, int]:
-        """The origin of a region of ``side`` pixels inside the tile (at ``(0, 0)`` along a side it exceeds)."""
-        height, width = self.sizes[tile]
-        if self.class_cells is None or not self.class_cells[tile] or rng.random() >= self.class_balance:
-            return int(rng.integers(0, max(height - side, 0) + 1)), int(rng.integers(0, max(width - side, 0) + 1))
-        classes = self.class_cells[tile]
-        cells = classes[int(rng.integers(len(classes)))]
-        row, col = cells[int(rng.integers(len(cells)))] * self.cell
-
-        def covering(start: int, extent: int) -> int:
-            # An origin whose region holds the whole cell [start, start + cell) and stays inside the tile; a
-            # region smaller than a cell (a large scale factor) lies within the cell instead.
-            low, high = sorted((max(0, min(start + self.cell, extent) - side), min(start, max(extent - side, 0))))
-            return int(rng.integers(low, high + 1))
-
-        return covering(int(row), height), covering(int(col), width)
+        return class_cells(self.labels.decode(read_image(path), path), self.cell, range(self.labels.num_classes))
 
     def _crop(self, tile: int, side: int, rng: np.random.Generator) -> tuple[int, int, torch.Tensor]:
         """The origin of a crop's region and its mask at the crop's scale; with ``cat_max_ratio``, of the first of
@@ -512,7 +490,8 @@ class SegmentationCrops(Dataset):
         pixels or more, else of the last."""
         (height, width), path = self.sizes[tile], self.root / self.pairs[tile].mask
         for _ in range(1 if self.cat_max_ratio is None else _CAT_MAX_TRIES):
-            top, left = self._crop_origin(tile, side, rng)
+            top, left = crop_origin(height, width, side, rng, self.class_cells and self.class_cells[tile], self.cell,
+                                    self.class_balance)
             mask = self.labels.decode(self.read_region(path, top, left, min(side, height), min(side, width)), path)
             y = rescaled(torch.from_numpy(mask.astype(np.int64)), side, self.img_size, labels=True)
             if self.cat_max_ratio is None:

@@ -23,8 +23,9 @@ from torchvision.transforms import v2
 
 from lemevit.errors import ConfigError, DataError
 
-__all__ = ["IMAGENET_RGB_MEAN_STD", "INTERPOLATIONS", "PhotometricDistortion", "check_scale_range", "eval_transform",
-           "normalised_tensor", "pixel_tensor", "region_side", "rescaled", "train_transform"]
+__all__ = ["IMAGENET_RGB_MEAN_STD", "INTERPOLATIONS", "PhotometricDistortion", "check_scale_range", "class_cells",
+           "crop_origin", "eval_transform", "normalised_tensor", "pixel_tensor", "region_side", "rescaled",
+           "train_transform"]
 
 #: ImageNet's RGB mean and std in the 0..255 scale of 8-bit images: ``mean, std = IMAGENET_RGB_MEAN_STD``.
 IMAGENET_RGB_MEAN_STD: tuple[tuple[float, ...], tuple[float, ...]] = (
@@ -202,6 +203,40 @@ def region_side(img_size: int, scale_range: tuple[float, float] | None, rng: np.
     if scale_range is None:
         return img_size
     return max(1, round(img_size / rng.uniform(*scale_range)))
+
+
+def class_cells(mask: np.ndarray, cell: int, classes: Sequence[int]) -> list[np.ndarray]:
+    """For each of ``classes`` present in ``mask`` ``(H, W)``, the ``(row, col)`` of the cells of ``cell`` pixels
+    where it occurs (for :func:`crop_origin`)."""
+    rows, cols = -(-mask.shape[0] // cell), -(-mask.shape[1] // cell)
+    found = []
+    for k in classes:
+        present = np.zeros((rows * cell, cols * cell), dtype=bool)
+        present[:mask.shape[0], :mask.shape[1]] = mask == k
+        cells = np.argwhere(present.reshape(rows, cell, cols, cell).any(axis=(1, 3)))
+        if len(cells):
+            found.append(cells)
+    return found
+
+
+def crop_origin(height: int, width: int, side: int, rng: np.random.Generator, cells: list[np.ndarray] | None = None,
+                cell: int = 1, balance: float = 0.0) -> tuple[int, int]:
+    """The origin of a region of ``side`` pixels inside a ``height`` x ``width`` image (at 0 along a side it
+    exceeds): uniform, or with probability ``balance`` one whose region holds a whole cell of a class drawn
+    uniformly from ``cells`` (:func:`class_cells`). A class covering 2 % of an image is otherwise in few crops and
+    rarely predicted. Without ``cells`` (or ``balance`` 0) nothing more is drawn than for a uniform origin."""
+    if not cells or not balance or rng.random() >= balance:
+        return int(rng.integers(0, max(height - side, 0) + 1)), int(rng.integers(0, max(width - side, 0) + 1))
+    chosen = cells[int(rng.integers(len(cells)))]
+    row, col = chosen[int(rng.integers(len(chosen)))] * cell
+
+    def covering(start: int, extent: int) -> int:
+        # An origin whose region holds the whole cell [start, start + cell) and stays inside the image; a region
+        # smaller than a cell (a large scale factor) lies within the cell instead.
+        low, high = sorted((max(0, min(start + cell, extent) - side), min(start, max(extent - side, 0))))
+        return int(rng.integers(low, high + 1))
+
+    return covering(int(row), height), covering(int(col), width)
 
 
 def rescaled(x: torch.Tensor, side: int, img_size: int, labels: bool = False) -> torch.Tensor:

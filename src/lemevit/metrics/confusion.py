@@ -1,5 +1,6 @@
 """Pixel-level scores from a confusion matrix: segmentation's OA, IoU and F1 per class, and change detection's
-precision, recall, F1 and IoU of the change class."""
+precision, recall, F1 and IoU of the change class, and its F1 at every decision threshold from binned change
+probabilities."""
 from __future__ import annotations
 
 import math
@@ -9,10 +10,14 @@ import torch
 
 from lemevit.data.segmentation import IGNORE_INDEX
 
-__all__ = ["CHANGE_CLASS_NAMES", "change_metrics", "confusion_matrix", "segmentation_metrics"]
+__all__ = ["CHANGE_BINS", "CHANGE_CLASS_NAMES", "best_change_threshold", "change_histogram", "change_metrics",
+           "confusion_matrix", "segmentation_metrics"]
 
 #: The two classes of a change map: class 1 is change.
 CHANGE_CLASS_NAMES = ("no change", "change")
+#: Change probabilities are counted in this many equal bins: the F1 of every threshold k / CHANGE_BINS then
+#: follows from the counts alone (:func:`best_change_threshold`), summed over pairs of any size.
+CHANGE_BINS = 100
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -73,3 +78,26 @@ def change_metrics(confusion: torch.Tensor) -> dict:
         "confusion_matrix": metrics["confusion_matrix"],
         "class_names": list(CHANGE_CLASS_NAMES),
     }
+
+
+def change_histogram(probability: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(2, CHANGE_BINS)`` int64 pixel counts of the change ``probability`` ``(H, W)`` in :data:`CHANGE_BINS` equal
+    bins, the row the true class of ``target`` ``(H, W)`` (0 no change, 1 change); ``IGNORE_INDEX`` left out."""
+    keep = target != IGNORE_INDEX
+    bins = (probability[keep].float() * CHANGE_BINS).long().clamp_(0, CHANGE_BINS - 1)
+    return torch.bincount(target[keep].long() * CHANGE_BINS + bins, minlength=2 * CHANGE_BINS).reshape(2, CHANGE_BINS)
+
+
+def best_change_threshold(histogram: torch.Tensor) -> tuple[float | None, float | None]:
+    """The decision threshold ``k / CHANGE_BINS`` (change from it up; k = 1 .. CHANGE_BINS - 1) with the highest
+    change-class F1 over the counts of :func:`change_histogram`, and that F1; ``(None, None)`` when the truth has
+    no change."""
+    positives = float(histogram[1].sum())
+    if not positives:
+        return None, None
+    at_or_above = histogram.flip(-1).cumsum(-1).flip(-1)[:, 1:].double()
+    true_positives, false_positives = at_or_above[1], at_or_above[0]
+    # 2 TP / (2 TP + FP + FN), with FN = positives - TP.
+    f1 = 2 * true_positives / (true_positives + false_positives + positives)
+    k = int(f1.argmax())
+    return (k + 1) / CHANGE_BINS, float(f1[k])

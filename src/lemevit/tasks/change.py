@@ -28,9 +28,16 @@ from lemevit.engine.config import option
 from lemevit.errors import ConfigError, DataError
 from lemevit.export.onnx import OnnxGraph, Probabilities
 from lemevit.inference.scene import predict_scene, preview_path
-from lemevit.inference.sliding_window import sliding_window_confusion
+from lemevit.inference.sliding_window import blended_strips
 from lemevit.io.paths import is_remote, scene_source
-from lemevit.metrics.confusion import CHANGE_CLASS_NAMES, change_metrics
+from lemevit.losses import dice_loss
+from lemevit.metrics.confusion import (
+    CHANGE_BINS,
+    best_change_threshold,
+    change_histogram,
+    change_metrics,
+    confusion_matrix,
+)
 from lemevit.models.change import CHANGE_HEADS, StackedPair, create_change_model
 from lemevit.tasks.base import initial_weights
 from lemevit.tasks.dense import (
@@ -40,9 +47,9 @@ from lemevit.tasks.dense import (
     WindowPredictOptions,
 )
 from lemevit.tasks.registry import register_task
-from lemevit.viz import save_pair_preview
+from lemevit.viz import CHANGE_RGB, save_pair_preview
 
-__all__ = ["CHANGE_NODATA", "CHANGE_VALUE", "ChangeConfig", "ChangePredictOptions", "ChangeTask"]
+__all__ = ["CHANGE_NODATA", "CHANGE_VALUE", "ChangeConfig", "ChangeEvalOptions", "ChangePredictOptions", "ChangeTask"]
 
 #: Change maps hold 0 (no change) and 255 (change), as LEVIR-CD's labels: a map is itself a valid label.
 CHANGE_VALUE = 255
@@ -52,6 +59,19 @@ CHANGE_NODATA = 128
 _PALETTE = [(0, 0, 0)] * CHANGE_VALUE + [(255, 255, 255)]
 _VALUE_NAMES = {0: "no change", CHANGE_VALUE: "change"}
 _PREVIEW_SIDE = 1024
+
+
+def _check_thresholds(options) -> None:
+    if options.threshold is not None:
+        options.check_fraction("threshold", high_open=True)
+    value = options.mask_threshold
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 255):
+        raise ConfigError("mask_threshold", f"is the mask value from which a pixel is change, 1..255; got {value!r}")
+
+
+_THRESHOLD_HELP = "change probability from which a pixel is change"
+_MASK_THRESHOLD_HELP = ("read change masks with values between 0 and 255 (anti-aliased outlines) as change from this "
+                        "value up, instead of refusing them")
 
 
 @dataclass(kw_only=True)
@@ -76,10 +96,31 @@ class ChangeConfig(CropTrainingConfig):
     head: str = option("bit", "the change head: BIT, or a siamese difference UNet", choices=CHANGE_HEADS)
     crops_per_pair: int | None = option(None, "random crops per pair and epoch (default: enough to cover the pair "
                                               "once)")
+    dice_weight: float = option(1.0, "weight of a Dice loss added to the cross-entropy (0: cross-entropy alone, which "
+                                     "on pairs of little change learns to predict none)")
+    change_balance: float = option(0.5, "fraction of crops placed on changed pixels, the rest uniform (0: all uniform)")
+    threshold: float = option(0.5, _THRESHOLD_HELP + " (validation, and eval and predict unless they are given one)")
+    mask_threshold: int | None = option(None, _MASK_THRESHOLD_HELP)
 
     def __post_init__(self):
         super().__post_init__()
         self.check_positive("crops_per_pair", allow_none=True)
+        self.check_non_negative("dice_weight")
+        self.check_fraction("change_balance", low_open=False)
+        if self.threshold is None:
+            raise ConfigError("threshold", "must be a number in (0, 1)")
+        _check_thresholds(self)
+
+
+@dataclass(kw_only=True)
+class ChangeEvalOptions(WindowEvalOptions):
+    threshold: float | None = option(None, _THRESHOLD_HELP + " (default: the run's); the F1 of the best threshold "
+                                           "is reported too")
+    mask_threshold: int | None = option(None, _MASK_THRESHOLD_HELP + " (default: the run's)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_thresholds(self)
 
 
 @dataclass(kw_only=True)
@@ -88,6 +129,7 @@ class ChangePredictOptions(WindowPredictOptions):
                              metavar=("A_IMAGE", "B_IMAGE"))
     pairs: str | None = option(None, "instead of --pair, a folder of pairs: A/ and B/ holding each pair's dates under "
                                      "one name (the training layout; label/ is not needed)")
+    threshold: float | None = option(None, _THRESHOLD_HELP + " (default: the run's)")
     output: str = option(None, "with --pair, OUT.tif or OUT.png: the change map (0 no change, 255 change; a "
                                "Cloud-Optimized GeoTIFF declaring 128 as no data; OUT_preview.png: A | B | change in "
                                "red); with --pairs, a folder of NAME.tif|png maps")
@@ -97,24 +139,28 @@ class ChangePredictOptions(WindowPredictOptions):
         if self.inputs or (len(self.pair) == 2) == (self.pairs is not None):
             raise ConfigError("pair", "a change checkpoint predicts pairs: give the two dates to `pair`, or a folder "
                                       "of pairs (A/, B/) to `pairs`, and no other images")
+        if self.threshold is not None:
+            self.check_fraction("threshold", high_open=True)
 
 
 @register_task
 class ChangeTask(SlidingWindowTask):
     """Trains and evaluates a change network (:func:`~lemevit.models.change.create_change_model`).
 
-    Cross-entropy over no change / change, ignoring padding. Validation predicts each whole validation pair by
-    sliding window and logs ``val/f1``, ``val/iou``, ``val/precision``, ``val/recall`` (change class) and
-    ``val/oa`` over all of them.
+    Cross-entropy over no change / change, ignoring padding, plus ``dice_weight`` times the Dice loss, which
+    weighs the few changed pixels as much as the many unchanged ones. A pixel is change where its change
+    probability reaches ``threshold``. Validation predicts each whole validation pair by sliding window and logs
+    ``val/f1``, ``val/iou``, ``val/precision``, ``val/recall`` (change class), ``val/oa`` and ``val/best_f1``
+    (the F1 of the best threshold) over all of them.
     """
 
     name = "change"
     description = "change detection: co-registered pairs in A/, B/ and label/ (or OUT/)"
     config = ChangeConfig
-    eval_options = WindowEvalOptions
+    eval_options = ChangeEvalOptions
     predict_options = ChangePredictOptions
     monitor = "val/f1"
-    logged_metrics = ("f1", "iou", "precision", "recall", "oa")
+    logged_metrics = ("f1", "iou", "precision", "recall", "oa", "best_f1")
     backbone_prefix = "model.encoder."
     entry_type = ChangePair
     find_unused_parameters = True
@@ -123,10 +169,12 @@ class ChangeTask(SlidingWindowTask):
                  window: int | None = None, stride: int | None = None,
                  mean: Sequence[float] = (123.675, 116.28, 103.53), std: Sequence[float] = (58.395, 57.12, 57.375),
                  input_dtype: str | None = None, optimization: dict | None = None, drop_path_rate: float = 0.0,
-                 init_checkpoint: str | None = None, seed: int = 0):
+                 init_checkpoint: str | None = None, seed: int = 0, dice_weight: float = 0.0, threshold: float = 0.5,
+                 mask_threshold: int | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.set_window(window, stride)
+        self.threshold, self.mask_threshold = threshold, mask_threshold
         self.model = create_change_model(head, model, in_chans=in_chans, checkpoint=initial_weights(init_checkpoint),
                                          drop_path_rate=drop_path_rate)
 
@@ -138,7 +186,8 @@ class ChangeTask(SlidingWindowTask):
     def prepare(cls, cfg: ChangeConfig, progress: bool = True) -> tuple[Split, list[dict]]:
         root = Path(cfg.data)
         subsets = find_change_splits(root, cfg.split, cfg.seed, cfg.split_files)
-        check_pairs(root, sorted({p for pairs in subsets.values() for p in pairs}, key=lambda p: p.a))
+        check_pairs(root, sorted({p for pairs in subsets.values() for p in pairs}, key=lambda p: p.a),
+                    cfg.mask_threshold)
         return Split(root, subsets), []
 
     @classmethod
@@ -150,13 +199,15 @@ class ChangeTask(SlidingWindowTask):
         return cls(cfg.model, cfg.head, in_chans=normalisation.bands, img_size=cfg.img_size, window=cfg.window,
                    stride=cfg.stride, mean=normalisation.mean, std=normalisation.std,
                    input_dtype=normalisation.dtype, optimization=cfg.optimization().to_dict(),
-                   drop_path_rate=cfg.drop_path_rate, init_checkpoint=cfg.starting_weights, seed=cfg.seed)
+                   drop_path_rate=cfg.drop_path_rate, init_checkpoint=cfg.starting_weights, seed=cfg.seed,
+                   dice_weight=cfg.dice_weight, threshold=cfg.threshold, mask_threshold=cfg.mask_threshold)
 
     def datamodule(self, cfg: ChangeConfig, split: Split) -> SeededDataModule:
         hp = self.hparams
         crops = ChangeCrops(split.root, split.subsets["train"], hp.img_size, hp.mean, hp.std,
                             crops_per_pair=cfg.crops_per_pair, flip=cfg.flip, rotate90=cfg.rotate90,
-                            scale_range=cfg.scale_range, photometric=cfg.photometric)
+                            scale_range=cfg.scale_range, photometric=cfg.photometric,
+                            change_balance=cfg.change_balance, mask_threshold=hp.mask_threshold)
         evaluation = {name: self.evaluation_dataset(split.root, split.subsets[name])
                       for name in ("val", "test") if split.subsets.get(name)}
         self.inference_batch_size = cfg.batch_size
@@ -164,13 +215,17 @@ class ChangeTask(SlidingWindowTask):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         a, b, target = batch
-        loss = F.cross_entropy(self.model(a, b), target, ignore_index=IGNORE_INDEX)
+        logits = self.model(a, b)
+        parts = {"ce": F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)}
+        if self.hparams.dice_weight:
+            parts["dice"] = self.hparams.dice_weight * dice_loss(logits, target)
+        loss = sum(parts.values())
         self.log_loss(loss, a.shape[0])
         return loss
 
     # --- evaluation -------------------------------------------------------------------------------------------
     def evaluation_dataset(self, root: Path, items: Sequence[ChangePair]) -> Dataset:
-        return _NamedPairs(ChangePairs(root, items, self.hparams.mean, self.hparams.std))
+        return _NamedPairs(ChangePairs(root, items, self.hparams.mean, self.hparams.std, self.mask_threshold))
 
     def evaluation_items(self, data: Path | None, split: Split | None) -> tuple[Path, list[ChangePair]]:
         if data is None:
@@ -193,28 +248,48 @@ class ChangeTask(SlidingWindowTask):
         self.check_input(root / pairs[0].a, first.shape[-1], first.dtype.name)
         return root, pairs
 
+    def configure_inference(self, options) -> None:
+        super().configure_inference(options)
+        if getattr(options, "threshold", None) is not None:
+            self.threshold = options.threshold
+        if getattr(options, "mask_threshold", None) is not None:
+            self.mask_threshold = options.mask_threshold
+
     def evaluation_records(self, batch) -> list[tuple[int, tuple]]:
+        """Per pair, the confusion matrix at the threshold and the binned change probabilities of each true class,
+        from which the F1 of any other threshold follows."""
         index, a, b, target, name = batch
-        confusion = sliding_window_confusion(self.window_predictor(StackedPair(self.model)), torch.cat([a[0], b[0]]),
-                                             target[0], len(CHANGE_CLASS_NAMES), self.window, self.stride,
-                                             self.inference_batch_size)
-        return [(int(index[0]), (name[0], confusion))]
+        image, target = torch.cat([a[0], b[0]]), target[0]
+        confusion = torch.zeros(2, 2, dtype=torch.long)
+        histogram = torch.zeros(2, CHANGE_BINS, dtype=torch.long)
+        for top, probs in blended_strips(lambda start, end: image[:, start:end].cpu(), image.shape[1], image.shape[2],
+                                         self.window_predictor(StackedPair(self.model)), self.window, self.stride,
+                                         self.inference_batch_size):
+            rows = target[top:top + probs.shape[1]].cpu()
+            confusion += confusion_matrix((probs[1] >= self.threshold).long(), rows, 2)
+            histogram += change_histogram(probs[1], rows)
+        return [(int(index[0]), (name[0], confusion, histogram))]
 
     def summarize(self, records: list[tuple]) -> dict:
         per_pair = []
-        for name, confusion in records:
+        for name, confusion, _ in records:
             scores = change_metrics(confusion)
             per_pair.append({"name": name} | {k: scores[k] for k in ("f1", "iou", "precision", "recall",
                                                                       "changed_pixels")})
-        metrics = change_metrics(torch.stack([c for _, c in records]).sum(dim=0))
-        metrics.update({"num_pairs": len(records), "window": self.window, "stride": self.stride,
+        metrics = change_metrics(torch.stack([c for _, c, _ in records]).sum(dim=0))
+        best_threshold, best_f1 = best_change_threshold(torch.stack([h for _, _, h in records]).sum(dim=0))
+        metrics.update({"threshold": self.threshold, "best_threshold": best_threshold, "best_f1": best_f1,
+                        "num_pairs": len(records), "window": self.window, "stride": self.stride,
                         "per_pair": per_pair})
         return metrics
 
     def describe(self, metrics: dict) -> str:
         scores = "  ".join(f"{k} {'n/a' if metrics[k] is None else format(metrics[k], '.2%')}"
                            for k in ("f1", "iou", "precision", "recall", "oa"))
-        return f"change class: {scores}  on {metrics['num_pairs']} pairs"
+        best = "" if metrics["best_f1"] is None else \
+            f"  (best threshold {metrics['best_threshold']:g}: f1 {metrics['best_f1']:.2%})"
+        return (f"change class at threshold {metrics['threshold']:g}: {scores}  on {metrics['num_pairs']} pairs"
+                f"{best}")
 
     def label_names(self) -> list[str]:
         return ["no change", "change"]
@@ -252,7 +327,7 @@ class ChangeTask(SlidingWindowTask):
         result = predict_scene(self.window_predictor(StackedPair(self.model)), dates, output, [*hp.mean, *hp.mean],
                                [*hp.std, *hp.std], _PALETTE, window=self.window, stride=self.stride,
                                batch_size=self.inference_batch_size,
-                               to_map=lambda probs: (probs.argmax(dim=0) == 1).to(torch.uint8) * CHANGE_VALUE,
+                               to_map=lambda probs: (probs[1] >= self.threshold).to(torch.uint8) * CHANGE_VALUE,
                                preview_side=_PREVIEW_SIDE, progress=self.show_progress,
                                expected_dtype=hp.get("input_dtype"), value_names=_VALUE_NAMES, nodata=CHANGE_NODATA,
                                probabilities=probabilities)
@@ -263,6 +338,9 @@ class ChangeTask(SlidingWindowTask):
         self._records.append((index, {"output": str(output), "preview": str(preview) if preview else None,
                                       "probabilities": str(probabilities.path) if probabilities else None,
                                       "vector": self.write_vectors(output, {CHANGE_VALUE: "change"}),
+                                      "html": self.write_page(output, result, "change",
+                                                              {CHANGE_VALUE: [round(255 * c) for c in CHANGE_RGB]},
+                                                              _VALUE_NAMES, ["date A", "date B"]),
                                       "height": result.height, "width": result.width,
                                       "changed_pixels": int(result.value_pixels[CHANGE_VALUE]),
                                       "model_seconds": self.model_seconds - model_seconds}))
