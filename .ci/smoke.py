@@ -66,6 +66,17 @@ def main() -> None:
     lemevit("predict", "--checkpoint", str(work / "seg" / "best.ckpt"), str(tile), "--output",
             str(work / "seg.png"), "--window", "256")
 
+    panoptic = work / "potsdam_panoptic"
+    lemevit("prepare", "panoptic", "--data", str(potsdam), "--preset", "potsdam", "--output", str(panoptic),
+            "--things", "building", "car", "--min-area", "16")
+    lemevit("train", "--task", "panoptic", "--data", str(panoptic), "--output", str(work / "pan"), "--img-size", "64",
+            "--batch-size", "2", "--crops-per-image", "2", "--split", "1.0", "--fpn-channels", "32",
+            "--semantic-channels", "32", "--rpn-proposals", "100", "--test-proposals", "50", "--window", "256",
+            *common)
+    lemevit("eval", "--checkpoint", str(work / "pan" / "best.ckpt"), "--output", str(work / "pan-eval"),
+            "--num-workers", "0")
+    lemevit("predict", "--checkpoint", str(work / "pan" / "best.ckpt"), str(tile), "--output", str(work / "pan-out"))
+
     levir = FIXTURES / "levir_cd"
     lemevit("train", "--task", "change", "--data", str(levir), "--output", str(work / "change"), "--img-size", "64",
             "--batch-size", "4", "--crops-per-pair", "1", "--window", "128", "--split", "0.8", *common)

@@ -36,7 +36,8 @@ from lemevit.metrics.panoptic import VOID
 
 __all__ = ["ANNOTATIONS_FILE", "IMAGES_DIR", "PNG_DIR", "Category", "PanopticCrops", "PanopticImage", "PanopticSet",
            "PanopticTiles", "check_panoptic", "connected_components", "decode_ids", "encode_ids", "prepare_panoptic",
-           "read_panoptic", "read_segment_ids", "segment_labels", "semantic_to_panoptic", "write_segment_ids"]
+           "read_panoptic", "read_segment_ids", "segment_extents", "segment_labels", "semantic_to_panoptic",
+           "write_segment_ids"]
 
 #: The JSON, image folder and PNG folder of a panoptic data set, below its root.
 ANNOTATIONS_FILE, IMAGES_DIR, PNG_DIR = "panoptic.json", "img_dir", "panoptic"
@@ -255,27 +256,37 @@ def semantic_to_panoptic(classes: np.ndarray, thing_classes: Sequence[int], min_
         else:
             ids[region] = next_id
             next_id += 1
+    for segment_id, (area, bbox, (row, col)) in segment_extents(ids).items():
+        segments.append({"id": segment_id, "category_id": int(classes[row, col]) + 1, "area": area, "bbox": bbox,
+                         "iscrowd": 0})
+    return ids, segments
+
+
+def segment_extents(ids: np.ndarray) -> dict[int, tuple[int, list[int], tuple[int, int]]]:
+    """For each segment id of an ``(H, W)`` map but void, in increasing order: its area, its COCO ``bbox``
+    (``[x, y, width, height]``) and the ``(row, column)`` of one of its pixels; in one pass over the map."""
+    ids = np.asarray(ids)
     found = np.unique(ids)
     found = found[found != VOID]
     if len(found) == 0:
-        return ids, segments
+        return {}
     rows, cols = np.nonzero(ids)
-    values = ids[rows, cols]
-    n = int(found[-1]) + 1
-    areas = np.bincount(values, minlength=n)
+    values = ids[rows, cols].astype(np.int64)
+    # Ids may be large (COCO's colour encoding): they are counted by their rank among those found.
+    ranks = np.searchsorted(found, values)
+    n = len(found)
+    areas = np.bincount(ranks, minlength=n)
     top, left = np.full(n, ids.shape[0]), np.full(n, ids.shape[1])
     bottom, right = np.zeros(n, np.int64), np.zeros(n, np.int64)
-    np.minimum.at(top, values, rows)
-    np.minimum.at(left, values, cols)
-    np.maximum.at(bottom, values, rows)
-    np.maximum.at(right, values, cols)
-    category = np.zeros(n, np.int64)
-    category[values] = classes[rows, cols]
-    for i in found:
-        segments.append({"id": int(i), "category_id": int(category[i]) + 1, "area": int(areas[i]),
-                         "bbox": [int(left[i]), int(top[i]), int(right[i] - left[i] + 1),
-                                  int(bottom[i] - top[i] + 1)], "iscrowd": 0})
-    return ids, segments
+    np.minimum.at(top, ranks, rows)
+    np.minimum.at(left, ranks, cols)
+    np.maximum.at(bottom, ranks, rows)
+    np.maximum.at(right, ranks, cols)
+    pixel = np.zeros(n, np.int64)
+    pixel[ranks] = np.arange(len(ranks))
+    return {int(i): (int(areas[k]), [int(left[k]), int(top[k]), int(right[k] - left[k] + 1),
+                                     int(bottom[k] - top[k] + 1)], (int(rows[pixel[k]]), int(cols[pixel[k]])))
+            for k, i in enumerate(found)}
 
 
 def _place(source: Path, target: Path) -> None:

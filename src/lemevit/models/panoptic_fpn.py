@@ -92,14 +92,17 @@ class SemanticFPN(nn.Module):
         return self.head(list(pyramid.values()))
 
 
-def panoptic_fusion(scores: torch.Tensor, classes: torch.Tensor, masks: torch.Tensor, semantic: torch.Tensor,
-                    stuff_classes: Sequence[int], overlap_threshold: float = 0.5, score_threshold: float = 0.5,
-                    stuff_area: int = 4096) -> tuple[torch.Tensor, list[dict]]:
+def panoptic_fusion(scores: torch.Tensor, classes: torch.Tensor, masks: torch.Tensor | Sequence[torch.Tensor],
+                    semantic: torch.Tensor, stuff_classes: Sequence[int], overlap_threshold: float = 0.5,
+                    score_threshold: float = 0.5, stuff_area: int = 4096,
+                    corners: Sequence[tuple[int, int]] | None = None) -> tuple[torch.Tensor, list[dict]]:
     """The panoptic map of one image from its instances and its semantic map (Panoptic FPN's heuristic).
 
     Args:
         scores, classes: ``(N,)`` score and class index of each instance.
-        masks: ``(N, H, W)`` boolean masks of the instances.
+        masks: ``(N, H, W)`` boolean masks of the instances; with ``corners``, N boolean masks of any size, each
+            placed with its top-left pixel at the ``(top, left)`` of its corner (a scene's instances cropped to
+            their extent, which a scene's worth of full-size masks would not fit in memory).
         semantic: ``(H, W)`` semantic labels: 0 for things, ``s`` for ``stuff_classes[s - 1]``.
         overlap_threshold: an instance more than this fraction of which is already taken is dropped.
         score_threshold: instances scored lower are dropped.
@@ -117,12 +120,14 @@ def panoptic_fusion(scores: torch.Tensor, classes: torch.Tensor, masks: torch.Te
         area = int(mask.sum())
         if area == 0:
             continue
-        taken = mask & (ids > 0)
+        top, left = corners[i] if corners is not None else (0, 0)
+        under = ids[top:top + mask.shape[0], left:left + mask.shape[1]]  # a view: writing it writes ids
+        taken = mask & (under > 0)
         if int(taken.sum()) / area > overlap_threshold:
             continue
         segments.append({"id": len(segments) + 1, "class": int(classes[i]), "isthing": True,
                          "score": float(scores[i])})
-        ids[mask & ~taken] = len(segments)
+        under[mask & ~taken] = len(segments)
     for label in torch.unique(semantic).tolist():
         if label == 0:
             continue
@@ -147,6 +152,9 @@ class PanopticFPN(nn.Module):
         semantic_channels: width of the semantic branch (128, the paper's).
         anchor_sizes: the RPN's anchor size on each of P2..P6, in input pixels.
         semantic_weight: weight of the semantic branch's cross-entropy in the loss.
+        rpn_proposals: proposals kept per image after the RPN's NMS in training (twice as many before it);
+            ``test_proposals`` at inference, before and after it.
+        detections: objects per image at most, at inference.
         drop_path_rate, backbone_checkpoint: stochastic depth and local weights of the backbone.
 
     In training, ``forward(images, targets)`` returns the losses (RPN objectness and boxes, RoI classes, boxes and
@@ -159,6 +167,7 @@ class PanopticFPN(nn.Module):
     def __init__(self, backbone: str, num_classes: int, thing_classes: Sequence[int], in_chans: int = 3,
                  fpn_channels: int | None = None, semantic_channels: int = 128,
                  anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512), semantic_weight: float = 0.5,
+                 rpn_proposals: int = 1000, test_proposals: int = 1000, detections: int = 100,
                  drop_path_rate: float = 0.0, backbone_checkpoint: str | Path | dict | None = None):
         super().__init__()
         things = sorted(set(thing_classes))
@@ -177,14 +186,15 @@ class PanopticFPN(nn.Module):
         anchors = AnchorGenerator(tuple((s,) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * len(anchor_sizes))
         self.rpn = RegionProposalNetwork(
             anchors, RPNHead(width, anchors.num_anchors_per_location()[0]), fg_iou_thresh=0.7, bg_iou_thresh=0.3,
-            batch_size_per_image=256, positive_fraction=0.5, pre_nms_top_n={"training": 2000, "testing": 1000},
-            post_nms_top_n={"training": 1000, "testing": 1000}, nms_thresh=0.7)
+            batch_size_per_image=256, positive_fraction=0.5,
+            pre_nms_top_n={"training": 2 * rpn_proposals, "testing": test_proposals},
+            post_nms_top_n={"training": rpn_proposals, "testing": test_proposals}, nms_thresh=0.7)
         num_instance_labels = len(things) + 1  # and the background
         self.roi_heads = RoIHeads(
             MultiScaleRoIAlign(list(_LEVELS), 7, 2), TwoMLPHead(width * 7 * 7, 1024),
             FastRCNNPredictor(1024, num_instance_labels), fg_iou_thresh=0.5, bg_iou_thresh=0.5,
             batch_size_per_image=512, positive_fraction=0.25, bbox_reg_weights=None, score_thresh=0.05,
-            nms_thresh=0.5, detections_per_img=100, mask_roi_pool=MultiScaleRoIAlign(list(_LEVELS), 14, 2),
+            nms_thresh=0.5, detections_per_img=detections, mask_roi_pool=MultiScaleRoIAlign(list(_LEVELS), 14, 2),
             mask_head=MaskRCNNHeads(width, (256, 256, 256, 256), 1),
             mask_predictor=MaskRCNNPredictor(256, 256, num_instance_labels))
         self.semantic_head = SemanticFPNHead(width, semantic_channels)

@@ -1,0 +1,402 @@
+"""Panoptic segmentation: Panoptic FPN over any backbone, trained on random crops of a COCO panoptic data set (as
+``lemevit prepare panoptic`` derives one from a semantic-segmentation set), evaluated with PQ, SQ and RQ on whole
+images and predicting panoptic PNGs (COCO's id encoding) with their segments, window by window over images of any
+size (:mod:`lemevit.inference.panoptic`)."""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lemevit.data.datamodule import SeededDataModule
+from lemevit.data.files import BadFile, PredictionFiles
+from lemevit.data.images import read_image
+from lemevit.data.panoptic import (
+    ANNOTATIONS_FILE,
+    IMAGES_DIR,
+    PanopticCrops,
+    PanopticImage,
+    PanopticSet,
+    PanopticTiles,
+    check_panoptic,
+    read_panoptic,
+    segment_extents,
+    write_segment_ids,
+)
+from lemevit.data.regions import read_region
+from lemevit.data.splits import SUBSETS, Split, split_items
+from lemevit.data.statistics import Normalisation
+from lemevit.data.transforms import normalised_tensor
+from lemevit.engine.config import EvalOptions, InferenceOptions, Options, PredictOptions, RunConfig, option
+from lemevit.errors import ConfigError, DataError
+from lemevit.inference.panoptic import Fusion, predict_panoptic
+from lemevit.io import atomic_path
+from lemevit.io.paths import check_distinct_names, check_outputs_spare_inputs, check_writable_folder, list_images
+from lemevit.metrics.panoptic import PanopticStats, panoptic_metrics
+from lemevit.models.panoptic_fpn import PanopticFPN
+from lemevit.tasks.base import initial_weights
+from lemevit.tasks.dense import SlidingWindowTask, check_window, first_item
+from lemevit.tasks.registry import register_task
+
+__all__ = ["PanopticConfig", "PanopticEvalOptions", "PanopticItem", "PanopticPredictOptions", "PanopticTask"]
+
+
+@dataclass(frozen=True)
+class PanopticItem:
+    """An item of a panoptic split: an image, by its ``file_name`` in the data set's JSON (below ``img_dir/``)."""
+
+    image: str
+
+
+def _check_fusion(options: Options) -> None:
+    for name in ("score_threshold", "overlap_threshold", "merge_iou"):
+        if getattr(options, name) is not None:
+            options.check_fraction(name, low_open=False)
+    options.check_non_negative("stuff_area")
+    check_window(options)
+
+
+@dataclass(kw_only=True)
+class PanopticConfig(RunConfig):
+    """A panoptic run: Panoptic FPN trained on random crops of ``img_size``, validated on whole images window by
+    window (``window`` defaults to ``img_size``, ``stride`` to three quarters of it)."""
+
+    task: str = option("panoptic", "the task", cli=False)
+    data: str = option(None, "a COCO panoptic data set: panoptic.json, img_dir/ and panoptic/, as `lemevit prepare "
+                             "panoptic` writes it (train/ and val/ subfolders of the images, when present, are the "
+                             "split)")
+    img_size: int = option(256, "side of the random training crops, in pixels")
+    epochs: int = option(50, "training epochs", resumable=True)
+    batch_size: int = option(4, "crops per batch and device; windows per batch at validation")
+    split: float = option(0.8, "fraction of the images in training (1.0: validate on the training images); unused "
+                               "when the images are in train/ and val/ folders, which are the split")
+    lr: float = option(1e-4, "peak learning rate of AdamW")
+    gradient_clip: float | None = option(35.0, "clip the gradient norm to this value")
+    window: int | None = option(None, "sliding window of the validation (default img_size)")
+    stride: int | None = option(None, "its stride (default 3/4 of the window)")
+    flip: bool = option(True, "random flips of the crops")
+    rotate90: bool = option(True, "random 90-degree rotations of the crops")
+    crops_per_image: int | None = option(None, "random crops per image and epoch (default: enough to cover the "
+                                               "image once)")
+    fpn_channels: int | None = option(None, "pyramid width (default 96 for LVT, as its Panoptic FPN, else 256)")
+    semantic_channels: int = option(128, "width of the semantic branch (a multiple of 32, its GroupNorm groups)")
+    semantic_weight: float = option(0.5, "weight of the semantic branch's cross-entropy in the loss")
+    rpn_proposals: int = option(1000, "proposals per image kept after the RPN's NMS in training")
+    test_proposals: int = option(1000, "proposals per window at inference")
+    detections: int = option(100, "objects per window at most")
+    score_threshold: float = option(0.5, "objects scored lower are dropped from the panoptic map")
+    overlap_threshold: float = option(0.5, "an object more than this fraction of which higher-scoring objects took "
+                                           "is dropped")
+    stuff_area: int = option(1024, "stuff regions of fewer pixels (on those the objects left) are dropped")
+    merge_iou: float = option(0.5, "pieces of an object found by neighbouring windows are merged when their masks' "
+                                   "IoU on the pixels both windows see exceeds this")
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_positive("semantic_channels", "rpn_proposals", "test_proposals", "detections")
+        self.check_positive("fpn_channels", "crops_per_image", allow_none=True)
+        self.check_non_negative("semantic_weight")
+        if self.semantic_channels % 32:
+            raise ConfigError("semantic_channels", f"must be a multiple of 32 (its GroupNorm's groups), got "
+                                                   f"{self.semantic_channels}")
+        _check_fusion(self)
+
+
+@dataclass(kw_only=True)
+class _InferenceSettings(Options):
+    """What eval and predict may change of the run's inference (None: the run's)."""
+
+    window: int | None = option(None, "sliding window (default: the run's)")
+    stride: int | None = option(None, "its stride (default: 3/4 of the window given, else the run's)")
+    score_threshold: float | None = option(None, "objects scored lower are dropped (default: the run's)")
+    overlap_threshold: float | None = option(None, "an object more than this fraction of which higher-scoring "
+                                                   "objects took is dropped (default: the run's)")
+    stuff_area: int | None = option(None, "stuff regions of fewer pixels are dropped (default: the run's)")
+    merge_iou: float | None = option(None, "IoU on the pixels two windows share above which their pieces of an "
+                                           "object are merged (default: the run's)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_fusion(self)
+
+
+@dataclass(kw_only=True)
+class PanopticEvalOptions(_InferenceSettings, EvalOptions):
+    pass
+
+
+@dataclass(kw_only=True)
+class PanopticPredictOptions(_InferenceSettings, PredictOptions):
+    output: str = option(None, "a folder: <image>_panoptic.png (segment ids in COCO's encoding, R + 256 G + 256² B) "
+                               "and <image>_segments.json (each segment's category, area, box and score)")
+
+
+def _subset_folder(image: PanopticImage) -> str | None:
+    parts = PurePosixPath(image.file_name).parts
+    return parts[0] if len(parts) > 1 and parts[0] in SUBSETS else None
+
+
+@register_task
+class PanopticTask(SlidingWindowTask):
+    """Trains a :class:`~lemevit.models.panoptic_fpn.PanopticFPN` on random crops; validation predicts each whole
+    image window by window (:func:`~lemevit.inference.panoptic.predict_panoptic`) and logs ``val/pq``, ``val/sq``
+    and ``val/rq`` over all of them (COCO's panopticapi's way)."""
+
+    name = "panoptic"
+    description = "panoptic segmentation: a COCO panoptic data set (lemevit prepare panoptic derives one)"
+    config = PanopticConfig
+    eval_options = PanopticEvalOptions
+    predict_options = PanopticPredictOptions
+    monitor = "val/pq"
+    logged_metrics = ("pq", "sq", "rq")
+    backbone_prefix = "model.encoder."
+    entry_type = PanopticItem
+    find_unused_parameters = True
+    evaluation_collate = staticmethod(first_item)
+
+    def __init__(self, model: str, categories: Sequence[dict], in_chans: int = 3, img_size: int = 256,
+                 window: int | None = None, stride: int | None = None,
+                 mean: Sequence[float] = (123.675, 116.28, 103.53), std: Sequence[float] = (58.395, 57.12, 57.375),
+                 input_dtype: str | None = None, optimization: dict | None = None, drop_path_rate: float = 0.1,
+                 fpn_channels: int | None = None, semantic_channels: int = 128, semantic_weight: float = 0.5,
+                 rpn_proposals: int = 1000, test_proposals: int = 1000, detections: int = 100,
+                 score_threshold: float = 0.5, overlap_threshold: float = 0.5, stuff_area: int = 1024,
+                 merge_iou: float = 0.5, init_checkpoint: str | None = None, seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.categories = [dict(c) for c in categories]
+        self.set_window(window, stride)
+        self.fusion = Fusion(score_threshold=score_threshold, overlap_threshold=overlap_threshold,
+                             stuff_area=stuff_area, merge_iou=merge_iou)
+        things = [i for i, c in enumerate(self.categories) if c["isthing"]]
+        self.model = PanopticFPN(model, len(self.categories), things, in_chans=in_chans, fpn_channels=fpn_channels,
+                                 semantic_channels=semantic_channels, semantic_weight=semantic_weight,
+                                 rpn_proposals=rpn_proposals, test_proposals=test_proposals, detections=detections,
+                                 drop_path_rate=drop_path_rate, backbone_checkpoint=initial_weights(init_checkpoint))
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c["name"] for c in self.categories]
+
+    @property
+    def thing_names(self) -> list[str]:
+        return [c["name"] for c in self.categories if c["isthing"]]
+
+    # --- training ---------------------------------------------------------------------------------------------
+    @classmethod
+    def prepare(cls, cfg: PanopticConfig, progress: bool = True) -> tuple[Split, list[dict]]:
+        root = Path(cfg.data)
+        dataset = read_panoptic(root / ANNOTATIONS_FILE)
+        source = root / ANNOTATIONS_FILE
+        if not dataset.images:
+            raise DataError(f"{source}: no annotated images")
+        if not dataset.thing_classes:
+            raise DataError(f"{source}: no category is a thing (isthing 1); Panoptic FPN finds the objects of the "
+                            "thing classes")
+        folders = [_subset_folder(image) for image in dataset.images]
+        if any(folders):
+            if not all(folders):
+                outside = next(i.file_name for i, f in zip(dataset.images, folders, strict=True) if f is None)
+                raise DataError(f"{source}: some images are in {'/, '.join(SUBSETS)}/ subfolders, which are the "
+                                f"split, but {outside} is in none")
+            subsets = {name: [PanopticItem(i.file_name) for i, f in zip(dataset.images, folders, strict=True)
+                              if f == name] for name in SUBSETS}
+            subsets = {name: items for name, items in subsets.items() if items}
+        else:
+            subsets = split_items([PanopticItem(i.file_name) for i in dataset.images], cfg.split, cfg.seed,
+                                  key=lambda item: item.image, what=f"annotated images in {source}")
+        split = Split(root, subsets, {"categories": [{"id": c.id, "name": c.name, "isthing": c.isthing,
+                                                      "color": list(c.color)} for c in dataset.categories]})
+        train = _select(dataset, split.subsets["train"])
+        if not any(check_panoptic(dataset, train).values()):
+            raise DataError(f"{source}: the training images have no segment")
+        check_panoptic(dataset, _select(dataset, [i for i in split.all_items() if i not in set(subsets["train"])]))
+        return split, []
+
+    @classmethod
+    def load_meta(cls, meta: dict, source: str) -> dict:
+        categories = meta.get("categories")
+        if not isinstance(categories, list) or not categories or not all(
+                isinstance(c, dict) and {"id", "name", "isthing"} <= set(c) for c in categories):
+            raise DataError(f"{source}: \"meta\" must hold the categories (id, name, isthing)")
+        return meta
+
+    def run_meta(self) -> dict:
+        return {"categories": self.categories}
+
+    @classmethod
+    def training_images(cls, split: Split) -> list[Path]:
+        return [split.root / IMAGES_DIR / item.image for item in split.subsets["train"]]
+
+    @classmethod
+    def from_config(cls, cfg: PanopticConfig, split: Split, normalisation: Normalisation) -> PanopticTask:
+        return cls(cfg.model, split.meta["categories"], in_chans=normalisation.bands, img_size=cfg.img_size,
+                   window=cfg.window, stride=cfg.stride, mean=normalisation.mean, std=normalisation.std,
+                   input_dtype=normalisation.dtype, optimization=cfg.optimization().to_dict(),
+                   drop_path_rate=cfg.drop_path_rate, fpn_channels=cfg.fpn_channels,
+                   semantic_channels=cfg.semantic_channels, semantic_weight=cfg.semantic_weight,
+                   rpn_proposals=cfg.rpn_proposals, test_proposals=cfg.test_proposals, detections=cfg.detections,
+                   score_threshold=cfg.score_threshold, overlap_threshold=cfg.overlap_threshold,
+                   stuff_area=cfg.stuff_area, merge_iou=cfg.merge_iou, init_checkpoint=cfg.starting_weights,
+                   seed=cfg.seed)
+
+    def _dataset(self, root: Path) -> PanopticSet:
+        """The panoptic data set at ``root``, whose categories must be the model's."""
+        dataset = read_panoptic(Path(root) / ANNOTATIONS_FILE)
+        found = [(c.name, c.isthing) for c in dataset.categories]
+        if found != [(c["name"], bool(c["isthing"])) for c in self.categories]:
+            raise DataError(f"{Path(root) / ANNOTATIONS_FILE}: its categories {found} (name, isthing) are not the "
+                            f"model's {[(c['name'], bool(c['isthing'])) for c in self.categories]}")
+        return dataset
+
+    def datamodule(self, cfg: PanopticConfig, split: Split) -> SeededDataModule:
+        hp = self.hparams
+        dataset = self._dataset(split.root)
+        crops = PanopticCrops(dataset, _select(dataset, split.subsets["train"]), hp.img_size, hp.mean, hp.std,
+                              crops_per_image=cfg.crops_per_image, flip=cfg.flip, rotate90=cfg.rotate90)
+        evaluation = {name: self.evaluation_dataset(split.root, split.subsets[name])
+                      for name in ("val", "test") if split.subsets.get(name)}
+        self.inference_batch_size = cfg.batch_size
+        return SeededDataModule(crops, evaluation, cfg.batch_size, cfg.num_workers, cfg.seed, eval_batch_size=1,
+                                eval_collate_fn=first_item)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, ids, classes = batch
+        targets = [self.model.targets(i, c) for i, c in zip(ids, classes, strict=True)]
+        losses = self.model(images, targets)
+        loss = sum(losses.values())
+        self.log_loss(loss, images.shape[0], losses)
+        return loss
+
+    # --- inference --------------------------------------------------------------------------------------------
+    def configure_inference(self, options: InferenceOptions) -> None:
+        super().configure_inference(options)
+        given = {name: getattr(options, name) for name in ("score_threshold", "overlap_threshold", "stuff_area",
+                                                            "merge_iou") if getattr(options, name) is not None}
+        self.fusion = Fusion(**{**vars(self.fusion), **given})
+
+    def panoptic(self, image: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
+        """Segment ids and segments of one normalised image ``(C, H, W)`` (see
+        :func:`~lemevit.inference.panoptic.predict_panoptic`)."""
+        return predict_panoptic(self.model, image, self.window, self.stride, self.fusion, self.inference_batch_size)
+
+    # --- evaluation -------------------------------------------------------------------------------------------
+    def evaluation_dataset(self, root: Path, items: Sequence[PanopticItem]) -> Dataset:
+        dataset = self._dataset(root)
+        return PanopticTiles(dataset, _select(dataset, items), self.hparams.mean, self.hparams.std)
+
+    def evaluation_items(self, data: Path | None, split: Split | None) -> tuple[Path, list[PanopticItem]]:
+        if data is None:
+            return split.root, list(split.evaluation)
+        dataset = self._dataset(data)
+        folders = {_subset_folder(image) for image in dataset.images}
+        # A data set with its split in folders is scored on its held-out folder, as a run on it is.
+        held_out = "test" if "test" in folders else "val" if "val" in folders else None
+        items = [PanopticItem(i.file_name) for i in dataset.images
+                 if held_out is None or _subset_folder(i) == held_out]
+        if not items:
+            raise DataError(f"{Path(data) / ANNOTATIONS_FILE}: no annotated images")
+        first = Path(data) / IMAGES_DIR / items[0].image
+        pixel = read_region(first, 0, 0, 1, 1)
+        self.check_input(first, pixel.shape[-1], pixel.dtype.name)
+        return Path(data), items
+
+    def evaluation_records(self, batch) -> list[tuple[int, PanopticStats]]:
+        index, image, ids, classes = (t.cpu() if isinstance(t, torch.Tensor) else t for t in batch)
+        predicted, segments = self.panoptic(image)
+        found, where = np.unique(ids.numpy(), return_index=True)
+        class_of = classes.numpy().ravel()[where]
+        truth = {abs(int(i)): int(c) for i, c in zip(found, class_of, strict=True) if i != 0}
+        stats = PanopticStats(len(self.categories))
+        stats.update(predicted, {s["id"]: s["class"] for s in segments}, ids.abs(), truth,
+                     crowd={-int(i) for i in found if i < 0})
+        return [(int(index), stats)]
+
+    def summarize(self, records: list[PanopticStats]) -> dict:
+        total = PanopticStats(len(self.categories))
+        for stats in records:
+            total += stats
+        metrics = panoptic_metrics(total, self.class_names, self.thing_names)
+        metrics.update({"num_images": len(records), "window": self.window, "stride": self.stride,
+                        "fusion": vars(self.fusion)})
+        return metrics
+
+    def describe(self, metrics: dict) -> str:
+        def score(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.1%}"
+
+        return (f"PQ {score(metrics['pq'])}  SQ {score(metrics['sq'])}  RQ {score(metrics['rq'])}  (things PQ "
+                f"{score(metrics['things']['pq'])}, stuff PQ {score(metrics['stuff']['pq'])}) on "
+                f"{metrics['num_images']} images")
+
+    def label_names(self) -> list[str]:
+        return self.class_names
+
+    # --- prediction -------------------------------------------------------------------------------------------
+    def check_prediction(self, options: PanopticPredictOptions) -> None:
+        if not options.inputs:
+            raise ConfigError("inputs", "give the images to predict (files, folders or glob patterns)")
+        self._inputs = list_images(options.inputs)
+        check_distinct_names(self._inputs)
+        self._output = check_writable_folder(options.output)
+        check_outputs_spare_inputs(self._inputs, [p for path in self._inputs for p in self._outputs_of(path)])
+
+    def _outputs_of(self, path: Path) -> tuple[Path, Path]:
+        stem = Path(path).stem
+        return self._output / f"{stem}_panoptic.png", self._output / f"{stem}_segments.json"
+
+    def _read(self, path: Path) -> torch.Tensor:
+        pixels = read_image(path)
+        self.check_input(path, pixels.shape[-1], pixels.dtype.name)
+        mean = torch.tensor(self.hparams.mean, dtype=torch.float32)[:, None, None]
+        std = torch.tensor(self.hparams.std, dtype=torch.float32)[:, None, None]
+        return normalised_tensor(pixels, mean, std)
+
+    def prediction_dataset(self, options: PanopticPredictOptions) -> Dataset:
+        return PredictionFiles(self._inputs, self._read, options.skip_bad)
+
+    def predict_step(self, batch, batch_idx: int) -> None:
+        index, image = batch
+        path = self._inputs[index]
+        if isinstance(image, BadFile):
+            self._records.append((index, {"image": str(path), "error": image.reason}))
+            return
+        ids, segments = self.panoptic(image.cpu())
+        ids = ids.numpy()
+        png, segments_json = self._outputs_of(path)
+        write_segment_ids(png, ids)
+        extents = segment_extents(ids)
+        info = []
+        for segment in segments:
+            if segment["id"] not in extents:  # every pixel of it was taken by others
+                continue
+            category = self.categories[segment["class"]]
+            area, bbox, _ = extents[segment["id"]]
+            info.append({"id": segment["id"], "category_id": category["id"], "category": category["name"],
+                         "isthing": bool(category["isthing"]), "iscrowd": 0, "area": area, "bbox": bbox,
+                         "score": segment["score"]})
+        with atomic_path(segments_json) as tmp:
+            tmp.write_text(json.dumps({"file_name": Path(path).name, "height": int(ids.shape[0]),
+                                       "width": int(ids.shape[1]), "segments_info": info}, indent=1))
+        things = sum(s["isthing"] for s in info)
+        self._records.append((index, {"image": str(path), "png": str(png), "json": str(segments_json),
+                                      "things": things, "stuff": len(info) - things}))
+
+    def finish_prediction(self, records: list[dict], options: PanopticPredictOptions) -> list[str]:
+        return [f"skipped {r['image']}: {r['error']}" if "error" in r else
+                f"{r['image']}: {r['things']} objects and {r['stuff']} stuff regions in {r['png']} and {r['json']}"
+                for r in records]
+
+
+def _select(dataset: PanopticSet, items: Sequence[PanopticItem]) -> list[PanopticImage]:
+    by_name = {image.file_name: image for image in dataset.images}
+    missing = [item.image for item in items if item.image not in by_name]
+    if missing:
+        raise DataError(f"{dataset.image_dir.parent / ANNOTATIONS_FILE}: images of the run's split are not "
+                        f"annotated: {missing[:5]}")
+    return [by_name[item.image] for item in items]
