@@ -11,6 +11,7 @@ from PIL import Image
 from sample_data import make_scenes, make_tiles
 
 from lemevit.cli import main
+from lemevit.data.panoptic import prepare_panoptic
 from lemevit.recipes import get_recipe, recipe_names
 
 # Written from the sources (the papers and the published configs and scripts named in each recipe), not from the
@@ -58,6 +59,10 @@ SOURCE_VALUES = {
                                  schedule="poly", poly_power=1.0, warmup_iterations=1500, warmup_lr_factor=1e-6,
                                  min_lr_factor=0.0, img_size=512, scale_range=[0.5, 2.0], cat_max_ratio=0.75,
                                  photometric=True, decoder_channels=256),
+    "panoptic_fpn_lvt_coco": dict(model="lvt_backbone", epochs=36, lr=3e-4, lr_batch=64, weight_decay=1e-4,
+                                  schedule="multistep", milestones=[24, 33], decay_rate=0.1, warmup_iterations=500,
+                                  warmup_lr_factor=0.001, gradient_clip=None, img_size=800, flip=True, rotate90=False,
+                                  fpn_channels=96, rpn_proposals=1000, score_threshold=0.6, stuff_area=4096),
 }
 
 
@@ -134,9 +139,21 @@ def _cdd(root: Path) -> None:
             Image.fromarray(change).save(root / subset / "OUT" / f"{name}.jpg")
 
 
+def _coco_panoptic(root: Path) -> None:
+    """A panoptic data set split in train/ and val/ folders, derived from two Potsdam crops."""
+    tiles = make_tiles(root.parent / "tiles")
+    semantic = root.parent / "semantic"
+    for subset, index in (("train", 0), ("val", 1)):
+        for folder in ("img_dir", "ann_dir"):
+            (semantic / folder / subset).mkdir(parents=True)
+            shutil.copy(tiles / folder / f"tile{index}.png", semantic / folder / subset / "t.png")
+    shutil.copy(tiles / "classes.yaml", semantic)
+    prepare_panoptic(semantic, root, ["building", "car"])
+
+
 def _layout(tmp_path, name: str) -> list[str]:
     """Fixture data in the layout the recipe expects, and the options that point it there."""
-    dense = {"dota": _dota, "potsdam": _potsdam5, "ade20k": _ade20k, "cdd": _cdd}
+    dense = {"dota": _dota, "potsdam": _potsdam5, "ade20k": _ade20k, "cdd": _cdd, "coco": _coco_panoptic}
     for dataset, make in dense.items():
         if name.endswith(f"_{dataset}"):
             make(tmp_path / "data")
@@ -164,7 +181,9 @@ _FIXTURE_SIZES = {"classification": ["--img-size", "32"], "segmentation": ["--im
                                                                           "--stride", "24"],
                   "change": ["--img-size", "32", "--window", "32", "--stride", "24"],
                   "detection": ["--img-size", "64", "--overlap", "16", "--rpn-proposals", "100",
-                                "--test-proposals", "50"]}
+                                "--test-proposals", "50"],
+                  "panoptic": ["--img-size", "64", "--window", "64", "--rpn-proposals", "100", "--test-proposals",
+                               "50"]}
 
 
 @pytest.mark.parametrize("name", recipe_names())
