@@ -78,6 +78,27 @@ def test_prepare_train_evaluate_and_predict_through_the_cli(tmp_path, capsys):
         rows, cols = np.nonzero(ids == segment_id)
         assert (x, y, x + w, y + h) == (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
 
+    # A georeferenced GeoTIFF also gets its segment ids as a GeoTIFF with its CRS and transform, and the segments'
+    # polygons.
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    tif = tmp_path / "scene.tif"
+    transform = from_origin(368000.0, 5810000.0, 0.5, 0.5)
+    with rasterio.open(tif, "w", driver="GTiff", width=77, height=90, count=3, dtype="uint8", crs="EPSG:32633",
+                       transform=transform) as ds:
+        ds.write(np.asarray(Image.open(scene)).transpose(2, 0, 1))
+    geo = tmp_path / "geo"
+    assert main(["predict", "--checkpoint", str(run / "best.ckpt"), str(tif), "--output", str(geo), "--window", "48",
+                 "--stride", "40", "--score-threshold", "0", "--vector", "geojson"]) == 0
+    assert "scene_segments.geojson" in capsys.readouterr().out
+    with rasterio.open(geo / "scene_panoptic.tif") as ds:
+        assert ds.crs.to_string() == "EPSG:32633" and ds.transform == transform and ds.nodata == 0
+        np.testing.assert_array_equal(ds.read(1), ids)  # the same segments as the PNG's
+    polygons = json.loads((geo / "scene_segments.geojson").read_text())["features"]
+    assert {f["properties"]["value"] for f in polygons} == set(info)
+    assert all(f["properties"]["class"] == info[f["properties"]["value"]]["category"] for f in polygons)
+
 
 def test_prepare_refuses_data_without_things(tmp_path):
     from lemevit.data.panoptic import ANNOTATIONS_FILE

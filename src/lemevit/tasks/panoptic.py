@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from lemevit.data.datamodule import SeededDataModule
 from lemevit.data.files import BadFile, PredictionFiles
-from lemevit.data.images import read_image
+from lemevit.data.images import TIFF_EXTENSIONS, optional_rasterio, read_image
 from lemevit.data.panoptic import (
     ANNOTATIONS_FILE,
     IMAGES_DIR,
@@ -37,6 +37,8 @@ from lemevit.errors import ConfigError, DataError
 from lemevit.inference.panoptic import Fusion, predict_panoptic
 from lemevit.io import atomic_path
 from lemevit.io.paths import check_distinct_names, check_outputs_spare_inputs, check_writable_folder, list_images
+from lemevit.io.raster import CogWriter, RasterScene
+from lemevit.io.vector import check_vector_output, write_map_vectors
 from lemevit.metrics.panoptic import PanopticStats, panoptic_metrics
 from lemevit.models.panoptic_fpn import PanopticFPN
 from lemevit.tasks.base import initial_weights
@@ -133,7 +135,13 @@ class PanopticEvalOptions(_InferenceSettings, EvalOptions):
 @dataclass(kw_only=True)
 class PanopticPredictOptions(_InferenceSettings, PredictOptions):
     output: str = option(None, "a folder: <image>_panoptic.png (segment ids in COCO's encoding, R + 256 G + 256² B) "
-                               "and <image>_segments.json (each segment's category, area, box and score)")
+                               "and <image>_segments.json (each segment's category, area, box and score); for a "
+                               "georeferenced GeoTIFF also <image>_panoptic.tif, the segment ids (0: none) as a "
+                               "Cloud-Optimized GeoTIFF with its CRS and transform")
+    vector: str | None = option(None, "also polygonise the segments of georeferenced GeoTIFFs into "
+                                      "<image>_segments.geojson (RFC 7946: WGS84) or .gpkg (the scene's CRS): a "
+                                      "polygon per region of a segment, its category as class and its id as value",
+                                choices=("geojson", "gpkg"))
 
 
 def _subset_folder(image: PanopticImage) -> str | None:
@@ -345,10 +353,34 @@ class PanopticTask(SlidingWindowTask):
         check_distinct_names(self._inputs)
         self._output = check_writable_folder(options.output)
         check_outputs_spare_inputs(self._inputs, [p for path in self._inputs for p in self._outputs_of(path)])
+        self._vector = options.vector
+        if options.vector:
+            check_vector_output(self._output / f"segments.{options.vector}", "vector")
 
     def _outputs_of(self, path: Path) -> tuple[Path, Path]:
         stem = Path(path).stem
         return self._output / f"{stem}_panoptic.png", self._output / f"{stem}_segments.json"
+
+    def _write_geo(self, path: Path, ids: np.ndarray, segments: dict[int, str]) -> tuple[Path | None, Path | None]:
+        """For a georeferenced GeoTIFF scene: ``<stem>_panoptic.tif``, the segment ids with the scene's CRS and
+        transform, and with ``vector`` the polygons of the segments (``{id: category}``); else nothing."""
+        if Path(path).suffix.lower() not in TIFF_EXTENSIONS or optional_rasterio() is None:
+            return None, None
+        scene = RasterScene(path)
+        try:
+            if not scene.georeferenced:
+                return None, None
+            target = self._output / f"{Path(path).stem}_panoptic.tif"
+            with atomic_path(target) as tmp, CogWriter(target, tmp, scene, 1, "int32", "nearest", ["segment id"],
+                                                       nodata=0) as writer:
+                writer.write(0, ids[None].astype(np.int32))
+        finally:
+            scene.close()
+        if not self._vector:
+            return target, None
+        vectors = self._output / f"{Path(path).stem}_segments.{self._vector}"
+        write_map_vectors(target, vectors, segments)
+        return target, vectors
 
     def _read(self, path: Path) -> torch.Tensor:
         pixels = read_image(path)
@@ -383,13 +415,15 @@ class PanopticTask(SlidingWindowTask):
         with atomic_path(segments_json) as tmp:
             tmp.write_text(json.dumps({"file_name": Path(path).name, "height": int(ids.shape[0]),
                                        "width": int(ids.shape[1]), "segments_info": info}, indent=1))
+        geotiff, vectors = self._write_geo(path, ids, {s["id"]: s["category"] for s in info})
         things = sum(s["isthing"] for s in info)
-        self._records.append((index, {"image": str(path), "png": str(png), "json": str(segments_json),
-                                      "things": things, "stuff": len(info) - things}))
+        written = [str(p) for p in (png, segments_json, geotiff, vectors) if p is not None]
+        self._records.append((index, {"image": str(path), "written": written, "things": things,
+                                      "stuff": len(info) - things}))
 
     def finish_prediction(self, records: list[dict], options: PanopticPredictOptions) -> list[str]:
         return [f"skipped {r['image']}: {r['error']}" if "error" in r else
-                f"{r['image']}: {r['things']} objects and {r['stuff']} stuff regions in {r['png']} and {r['json']}"
+                f"{r['image']}: {r['things']} objects and {r['stuff']} stuff regions in {', '.join(r['written'])}"
                 for r in records]
 
 
