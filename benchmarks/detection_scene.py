@@ -32,7 +32,7 @@ from lemevit.io import atomic_path
 HERE = Path(__file__).parent
 SHARED = HERE.parent.parent / "shared" / "data" / "dota_v1_samples" / "images" / "P0168.png"
 SUMMARY = re.compile(r"([\d.]+) Mpx in ([\d.]+) s \(([\d.]+) Mpx/s\); by stage: (.*)")
-STAGE = re.compile(r"([a-z ()]+?) ([\d.]+) s \(\d+%\)")
+STAGE = re.compile(r"(?:^|, )([a-z ()]+) ([\d.]+) s \(\d+%\)")
 OBJECTS = re.compile(r": (\d+) objects")
 
 

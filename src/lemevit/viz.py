@@ -11,8 +11,8 @@ import numpy as np
 from lemevit.errors import ConfigError
 from lemevit.io import atomic_path
 
-__all__ = ["CHANGE_RGB", "class_colours", "display_rgb", "draw_oriented_boxes", "preview_step", "save_confusion_png",
-           "save_pair_preview", "save_palette_png", "to_uint8"]
+__all__ = ["CHANGE_RGB", "class_colours", "display_rgb", "display_uint8", "draw_oriented_boxes", "preview_step",
+           "save_confusion_png", "save_pair_preview", "save_palette_png", "to_uint8"]
 
 #: The colour change is drawn in, over the second date.
 CHANGE_RGB = (1.0, 0.1, 0.1)
@@ -38,6 +38,15 @@ def display_rgb(image: np.ndarray, bands: Sequence[int] | None = None) -> np.nda
         return shown / 255.0
     low, high = np.percentile(shown, [2, 98], axis=(0, 1))
     return np.clip((shown - low) / np.where(high > low, high - low, 1.0), 0.0, 1.0)
+
+
+def display_uint8(image: np.ndarray) -> np.ndarray:
+    """:func:`display_rgb` as ``(H, W, 3)`` uint8, without its float copy where the data is already 8-bit RGB (a
+    scene's picture would otherwise take 24 bytes a pixel)."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] >= 3:
+        return np.ascontiguousarray(image[..., :3])
+    return to_uint8(display_rgb(image))
 
 
 def preview_step(height: int, width: int, side: int) -> int:
@@ -88,7 +97,7 @@ def draw_oriented_boxes(image: np.ndarray, quads: np.ndarray, labels: np.ndarray
     with the class and score, as a PNG of the scene's size."""
     from PIL import Image, ImageDraw
 
-    picture = Image.fromarray(to_uint8(display_rgb(image)))
+    picture = Image.fromarray(display_uint8(image))
     draw = ImageDraw.Draw(picture)
     width = max(1, round(max(picture.size) / 600))
     colours = class_colours(len(class_names))

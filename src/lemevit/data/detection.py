@@ -368,8 +368,13 @@ def merge_patch_detections(boxes: Sequence[torch.Tensor], scores: Sequence[torch
                            labels: Sequence[torch.Tensor], windows: Sequence[tuple[int, int]],
                            iou_threshold: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Detections of the windows of one image moved to full-image coordinates, duplicates from overlapping
-    windows removed by class-wise rotated NMS."""
-    from lemevit.ops.rotated import rotated_batched_nms
+    windows removed by class-wise rotated NMS, by decreasing score.
+
+    Each window's detections already went through the same NMS, so a box can only be suppressed by, or suppress, a
+    box of another window that it overlaps: the boxes that overlap the region of no other window's boxes are kept
+    as they are, and only the others (those near the windows' overlaps) go through the NMS again. The result is
+    that of one NMS over all the boxes, at a fraction of its cost on a scene of many windows."""
+    from lemevit.ops.rotated import box_to_hbox, rotated_batched_nms
 
     shifted = []
     for b, (x0, y0) in zip(boxes, windows, strict=True):
@@ -378,5 +383,17 @@ def merge_patch_detections(boxes: Sequence[torch.Tensor], scores: Sequence[torch
         b[:, 1] += y0
         shifted.append(b)
     all_boxes, all_scores, all_labels = torch.cat(shifted), torch.cat(list(scores)), torch.cat(list(labels))
-    keep = rotated_batched_nms(all_boxes, all_scores, all_labels, iou_threshold)
+    window_of = torch.cat([torch.full((len(b),), k) for k, b in enumerate(boxes)])
+    bounds = box_to_hbox(all_boxes)
+    shared = torch.zeros(len(all_boxes), dtype=torch.bool)
+    for k in window_of.unique().tolist():
+        own = window_of == k
+        low, high = bounds[own, :2].amin(0), bounds[own, 2:].amax(0)
+        # Boxes that touch count as overlapping: the NMS's own test is stricter, so none is missed.
+        touches = (bounds[:, :2] <= high).all(-1) & (bounds[:, 2:] >= low).all(-1)
+        shared |= touches & ~own
+    alone, near = (~shared).nonzero()[:, 0], shared.nonzero()[:, 0]
+    keep = torch.cat([alone, near[rotated_batched_nms(all_boxes[near], all_scores[near], all_labels[near],
+                                                      iou_threshold)]])
+    keep = keep[all_scores[keep].argsort(descending=True)]
     return all_boxes[keep], all_scores[keep], all_labels[keep]

@@ -26,7 +26,7 @@ import numpy as np
 
 from lemevit.errors import ConfigError
 from lemevit.io.atomic import atomic_path
-from lemevit.viz import class_colours, display_rgb, preview_step, to_uint8
+from lemevit.viz import class_colours, display_uint8, preview_step
 
 __all__ = ["PAGE_SIDE", "Polygon", "map_page", "scene_picture", "value_overlay", "webmap_path", "write_detection_page",
            "write_map_page"]
@@ -56,7 +56,7 @@ def scene_picture(image: np.ndarray) -> np.ndarray:
     """A ``(H, W, C)`` image of any type → the uint8 RGB picture of it a page embeds, its longest side at most
     :data:`PAGE_SIDE` (as :func:`~lemevit.viz.display_rgb` shows it, every ``step``-th row and column)."""
     step = preview_step(image.shape[0], image.shape[1], PAGE_SIDE)
-    return to_uint8(display_rgb(image[::step, ::step]))
+    return display_uint8(image[::step, ::step])
 
 
 def value_overlay(values: np.ndarray, colours: Mapping[int, Sequence[int]]) -> np.ndarray:

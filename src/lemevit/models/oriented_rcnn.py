@@ -16,7 +16,9 @@ The layout and training settings are those of the published configuration used f
   0.2, 0.1; the w/h swap that gives the smaller angle change is taken); RoIs are proposals plus the
   ground-truth boxes, assigned by rotated IoU (positive >= 0.5), 512 sampled per image (a quarter positive
   at most); cross-entropy and smooth L1 (beta 1);
-- inference: scores above 0.05, class-wise rotated NMS at IoU 0.1, at most 2000 boxes per image.
+- inference: scores above 0.05, the 2000 best (class, box) candidates to a class-wise rotated NMS at IoU 0.1, at
+  most 2000 boxes per image (the test settings ``score_thr``, ``nms_pre``, ``nms`` and ``max_per_img`` of mmrotate's
+  ``oriented_rcnn_r50_fpn_1x_dota_le90``).
 
 Boxes are le90 ``(cx, cy, w, h, theta)`` in input pixels (see :mod:`lemevit.ops.rotated`).
 """
@@ -190,11 +192,14 @@ class OrientedRCNN(nn.Module):
     def __init__(self, backbone: str, num_classes: int, in_chans: int = 3, fpn_channels: int = 256,
                  drop_path_rate: float = 0.0, backbone_checkpoint: str | Path | dict | None = None,
                  rpn_proposals: int = 2000, test_proposals: int = 2000, score_threshold: float = 0.05,
-                 nms_threshold: float = 0.1, max_detections: int = 2000):
+                 pre_nms_top_k: int = 2000, nms_threshold: float = 0.1, max_detections: int = 2000):
         super().__init__()
         self.num_classes = num_classes
         self.rpn_proposals, self.test_proposals = rpn_proposals, test_proposals
         self.score_threshold, self.nms_threshold, self.max_detections = score_threshold, nms_threshold, max_detections
+        # An untrained or noisy box head scores every proposal near chance, above the threshold for every class: the
+        # cap keeps the NMS of such a window at the work of a trained one.
+        self.pre_nms_top_k = pre_nms_top_k
         self.backbone = create_dense_encoder(backbone, in_chans, checkpoint=backbone_checkpoint,
                                              drop_path_rate=drop_path_rate)
         self.fpn = FPN(self.backbone.feature_info.channels(), fpn_channels)
@@ -344,7 +349,11 @@ class OrientedRCNN(nn.Module):
                 p, bx = probs[start:start + len(props)], boxes[start:start + len(props)]
                 start += len(props)
                 roi, cls = (p > self.score_threshold).nonzero(as_tuple=True)
-                cand_boxes, cand_scores = bx[roi], p[roi, cls]
+                cand_scores = p[roi, cls]
+                if len(cand_scores) > self.pre_nms_top_k:
+                    best = cand_scores.topk(self.pre_nms_top_k).indices
+                    roi, cls, cand_scores = roi[best], cls[best], cand_scores[best]
+                cand_boxes = bx[roi]
                 keep = rotated_batched_nms(cand_boxes, cand_scores, cls, self.nms_threshold)[:self.max_detections]
                 out.append({"boxes": cand_boxes[keep], "scores": cand_scores[keep], "labels": cls[keep]})
         return out

@@ -176,20 +176,42 @@ def rotated_box_iou(a: torch.Tensor, b: torch.Tensor, aligned: bool = False) -> 
 
 
 def _overlapping_pairs(bounds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index pairs ``i < j`` whose axis-aligned ``bounds`` overlap, found a block of rows at a time so that
-    memory grows with the number of boxes, not its square."""
-    rows = max(1, _PAIR_CHUNK // max(len(bounds), 1))
-    first, second = [], []
-    for start in range(0, len(bounds), rows):
-        block = bounds[start:start + rows]
-        lt = torch.maximum(block[:, None, :2], bounds[None, :, :2])
-        rb = torch.minimum(block[:, None, 2:], bounds[None, :, 2:])
-        overlap = ((rb - lt) > 0).all(-1).triu(diagonal=start + 1)
-        i, j = overlap.nonzero(as_tuple=True)
-        first.append(i + start)
-        second.append(j)
+    """Index pairs ``i < j`` whose axis-aligned ``bounds`` ``(x1, y1, x2, y2)`` overlap.
+
+    A sweep along x: with the boxes sorted by their left edge, the candidates of a box are the boxes after it whose
+    left edge lies before its right edge, a range found by binary search. The work follows the pairs that overlap
+    along x, not the square of the number of boxes (boxes spread over a scene, or shifted apart by class, are
+    never compared), and the candidates are made at most :data:`_PAIR_CHUNK` at a time.
+    """
     empty = torch.zeros(0, dtype=torch.long, device=bounds.device)
-    return (torch.cat(first), torch.cat(second)) if first else (empty, empty)
+    count = len(bounds)
+    if count < 2:
+        return empty, empty
+    order = bounds[:, 0].argsort()
+    ordered = bounds[order]
+    rank = torch.arange(count, device=bounds.device)
+    ends = torch.searchsorted(ordered[:, 0].contiguous(), ordered[:, 2].contiguous(), side="left")
+    candidates = (ends - rank - 1).clamp(min=0)
+    total = candidates.cumsum(0)
+    first, second = [], []
+    start = 0
+    while start < count:
+        done = int(total[start - 1]) if start else 0
+        stop = max(start + 1, int(torch.searchsorted(total, done + _PAIR_CHUNK, side="right")))
+        per_row = candidates[start:stop]
+        i = rank[start:stop].repeat_interleave(per_row)
+        if len(i):
+            row_start = (per_row.cumsum(0) - per_row).repeat_interleave(per_row)
+            j = i + 1 + torch.arange(len(i), device=bounds.device) - row_start
+            a, b = ordered[i], ordered[j]
+            overlap = ((torch.minimum(a[:, 2:], b[:, 2:]) - torch.maximum(a[:, :2], b[:, :2])) > 0).all(-1)
+            first.append(order[i[overlap]])
+            second.append(order[j[overlap]])
+        start = stop
+    if not first:
+        return empty, empty
+    i, j = torch.cat(first), torch.cat(second)
+    return torch.minimum(i, j), torch.maximum(i, j)
 
 
 def rotated_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:

@@ -29,7 +29,7 @@ from lemevit.data.files import BadFile, PredictionFiles
 from lemevit.data.images import IMAGE_EXTENSIONS, ImageReadError
 from lemevit.data.splits import Split, split_items
 from lemevit.data.statistics import Normalisation
-from lemevit.engine.config import PredictOptions, RunConfig, option
+from lemevit.engine.config import EvalOptions, InferenceOptions, Options, PredictOptions, RunConfig, option
 from lemevit.errors import ConfigError, DataError
 from lemevit.export.onnx import NETWORK, GraphOf, OnnxGraph
 from lemevit.inference.timing import StageTimer
@@ -107,7 +107,27 @@ class DetectionConfig(RunConfig):
 
 
 @dataclass(kw_only=True)
-class DetectionPredictOptions(PredictOptions):
+class DetectorSettings(Options):
+    """What ``eval`` and ``predict`` of a detector share: how much of the box head's output goes on to NMS (the
+    published test settings by default)."""
+
+    score_threshold: float = option(0.05, "(class, box) candidates scoring at most this are dropped before NMS")
+    pre_nms_top_k: int = option(2000, "at most this many (class, box) candidates per window go to NMS, the best "
+                                      "scoring: bounds the work of an untrained or noisy model")
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_fraction("score_threshold", low_open=False, high_open=True)
+        self.check_positive("pre_nms_top_k")
+
+
+@dataclass(kw_only=True)
+class DetectionEvalOptions(DetectorSettings, EvalOptions):
+    pass
+
+
+@dataclass(kw_only=True)
+class DetectionPredictOptions(DetectorSettings, PredictOptions):
     output: str = option(None, "a folder: DOTA Task-1 files Task1_<class>.txt and Task1.zip of them (what DOTA's "
                                "evaluation server takes), <image>.png with the boxes drawn, <image>.geojson (or "
                                ".gpkg, see --vector) for georeferenced GeoTIFFs")
@@ -144,6 +164,7 @@ class DetectionTask(NamedClasses, BaseTask):
     name = "detection"
     description = "oriented object detection: DOTA or DIOR-R"
     config = DetectionConfig
+    eval_options = DetectionEvalOptions
     predict_options = DetectionPredictOptions
     monitor = "val/map50"
     logged_metrics = ("map50",)
@@ -219,6 +240,10 @@ class DetectionTask(NamedClasses, BaseTask):
         loss = sum(losses.values())
         self.log_loss(loss, images.shape[0], losses)
         return loss
+
+    def configure_inference(self, options: InferenceOptions) -> None:
+        super().configure_inference(options)
+        self.model.score_threshold, self.model.pre_nms_top_k = options.score_threshold, options.pre_nms_top_k
 
     # --- detection over whole images --------------------------------------------------------------------------
     @torch.inference_mode()
