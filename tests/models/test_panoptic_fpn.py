@@ -6,7 +6,14 @@ import torch
 
 from lemevit.data.segmentation import IGNORE_INDEX
 from lemevit.errors import ConfigError
-from lemevit.models.panoptic_fpn import PanopticFPN, default_fpn_channels, panoptic_fusion
+from lemevit.models.panoptic_fpn import (
+    LVT_HEADS,
+    PanopticFPN,
+    PanopticHeads,
+    default_fpn_channels,
+    default_heads,
+    panoptic_fusion,
+)
 
 
 def box_mask(top: int, left: int, bottom: int, right: int, size: int = 10) -> torch.Tensor:
@@ -52,6 +59,46 @@ def test_lvt_gets_lvts_96_channel_pyramid():
     assert PanopticFPN("resnet10t", 3, [0]).fpn.inner_blocks[0][0].out_channels == 256
     with pytest.raises(ConfigError, match=r"things: must be one or more class indices in 0..2, got \[3\]"):
         PanopticFPN("resnet10t", 3, [3])
+
+
+def test_lvt_gets_lvts_narrower_heads_and_other_backbones_the_papers():
+    model = PanopticFPN("lvt", num_classes=6, thing_classes=[1, 4])
+    assert model.heads == LVT_HEADS == default_heads("lvt_backbone")
+    assert model.roi_heads.box_head.fc6.out_features == model.roi_heads.box_head.fc7.out_features == 160
+    assert [m.out_channels for m in model.roi_heads.mask_head.modules() if isinstance(m, torch.nn.Conv2d)] == [96] * 4
+    norms = [m for m in model.semantic_head.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert {(m.num_groups, m.num_channels) for m in norms} == {(12, 48)}
+    other = PanopticFPN("resnet10t", 3, [0])
+    assert other.heads == PanopticHeads(1024, 2, 256, 4, 128, 32)  # Detectron2's, as before they were settings
+    assert sorted(other.roi_heads.box_head.state_dict()) == ["fc6.bias", "fc6.weight", "fc7.bias", "fc7.weight"]
+    given = PanopticFPN("lvt", 3, [0], box_channels=64, box_layers=3, mask_layers=2, semantic_channels=24)
+    assert given.heads == PanopticHeads(64, 3, 96, 2, 24, 12)
+    assert given.roi_heads.box_head.fc8.in_features == 64
+    with pytest.raises(ConfigError, match=r"semantic_channels: must be a multiple of semantic_groups \(12"):
+        PanopticFPN("lvt", 3, [0], semantic_channels=32)
+    with pytest.raises(ConfigError, match="box_layers: must be a positive integer, got 0"):
+        default_heads("resnet10t", box_layers=0)
+
+
+def test_lvt_panoptic_fpn_on_coco_has_the_published_5_4_m_parameters(capsys):
+    """LVT's README and paper: Panoptic FPN + LVT, 5.4 M parameters on COCO (80 things, 53 stuff).
+
+    The count is the whole detector, as the source's detection/tools/analysis_tools/get_flops.py counts it (mmcv's
+    get_model_complexity_info: every trainable parameter): backbone (3,430,180, per-stage
+    LayerNorms included), pyramid (384,768), RPN (84,495), box head and predictor (843,765), mask head and predictor
+    (376,977), semantic branch and its 54-class classifier (231,414). The source's released mmdetection code
+    differs by two conventions, both under 0.1 M: its detection backbone's per-stage norms are ``nn.Identity``
+    (1,088 fewer; the classification code's dense backbone, which lemevit follows, has them), and its box regression
+    and mask logits have no background class, which torchvision's predictors have (644 + 97 fewer): 5,349,770 in
+    all, which get_flops prints with two decimals as 5.35 M, 5.4 M in the paper (5.3 M if rounded once).
+    """
+    model = PanopticFPN("lvt_backbone", num_classes=133, thing_classes=range(80))
+    count = sum(p.numel() for p in model.parameters())
+    with capsys.disabled():
+        print(f"\nPanoptic FPN + LVT on COCO: {count:,} parameters")
+    assert round(count / 1e6, 1) == 5.4
+    assert count == 5_351_599
+    assert count - 1_088 - 644 - 97 == 5_349_770  # the source's own code
 
 
 def test_a_training_step_and_an_inference():

@@ -62,7 +62,9 @@ SOURCE_VALUES = {
     "panoptic_fpn_lvt_coco": dict(model="lvt_backbone", epochs=36, lr=3e-4, lr_batch=64, weight_decay=1e-4,
                                   schedule="multistep", milestones=[24, 33], decay_rate=0.1, warmup_iterations=500,
                                   warmup_lr_factor=0.001, gradient_clip=None, img_size=800, flip=True, rotate90=False,
-                                  fpn_channels=96, rpn_proposals=1000, score_threshold=0.6, stuff_area=4096),
+                                  fpn_channels=96, box_channels=160, box_layers=2, mask_channels=96, mask_layers=4,
+                                  semantic_channels=48, semantic_groups=12, rpn_proposals=1000, score_threshold=0.6,
+                                  stuff_area=4096),
 }
 
 

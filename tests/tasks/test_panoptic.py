@@ -157,3 +157,33 @@ def test_window_instances_are_clipped_to_the_scene_and_cropped():
                              top=100, left=200, height=120, width=213, score_threshold=0.5)
     (instance,) = found
     assert (instance.top, instance.left, instance.bottom, instance.right) == (104, 210, 108, 213)
+
+
+def test_head_widths_are_the_models_own_and_runs_saved_before_them_rebuild_as_they_were(tmp_path):
+    from dataclasses import asdict, replace
+
+    from lemevit.data.splits import Split
+    from lemevit.data.statistics import Normalisation
+    from lemevit.errors import ConfigError
+    from lemevit.models.panoptic_fpn import LVT_HEADS, PanopticHeads
+    from lemevit.tasks.panoptic import PanopticConfig, PanopticItem, PanopticTask
+
+    def config(**given) -> PanopticConfig:
+        return PanopticConfig(data=str(tmp_path), output=str(tmp_path / "run"), **given)
+
+    assert config(model="resnet10t").heads() == PanopticHeads()  # Detectron2's
+    assert config(model="lvt_backbone", mask_layers=2).heads() == replace(LVT_HEADS, mask_layers=2)
+    with pytest.raises(ConfigError, match=r"semantic_channels: must be a multiple of semantic_groups \(12"):
+        config(model="lvt", semantic_channels=64)
+    with pytest.raises(ConfigError, match="box_channels: must be a positive integer"):
+        config(model="lvt", box_channels=0)
+    categories = [{"id": 1, "name": "road", "isthing": 0}, {"id": 2, "name": "car", "isthing": 1}]
+    split = Split(tmp_path, {"train": [PanopticItem("a.png")], "val": [PanopticItem("b.png")]},
+                  {"categories": categories})
+    task = PanopticTask.from_config(config(model="lvt_backbone"), split,
+                                    Normalisation(3, (0.0,) * 3, (1.0,) * 3, "uint8"))
+    assert task.model.heads == LVT_HEADS
+    assert {name: task.hparams[name] for name in asdict(LVT_HEADS)} == asdict(LVT_HEADS)  # saved with the run
+    # A run saved before the widths were settings holds only semantic_channels: it rebuilds with the widths it had.
+    saved = {k: v for k, v in task.hparams.items() if k not in asdict(LVT_HEADS)}
+    assert PanopticTask(**saved, semantic_channels=128).model.heads == PanopticHeads()

@@ -8,22 +8,28 @@ the thing classes. The semantic branch (:class:`SemanticFPNHead`) labels every p
 regions of the semantic map on the pixels left, each dropped when smaller than an area limit.
 
 The pyramid is torchvision's ``FeaturePyramidNetwork`` on strides 4..32 plus a max-pooled stride 64 for the
-proposals, with LVT's 96 channels for ``lvt`` and 256 (the paper's) otherwise. Settings of the boxes, masks and
-fusion are Detectron2's Panoptic FPN defaults: RPN anchors 32..512 px on P2..P6, RoI Align 7x7 for boxes and
-14x14 for masks, two 1024-unit box layers, a four-conv mask head; semantic loss weight 0.5.
+proposals. Settings of the boxes, masks and fusion are Detectron2's Panoptic FPN defaults: RPN anchors 32..512 px
+on P2..P6, RoI Align 7x7 for boxes and 14x14 for masks; semantic loss weight 0.5. The widths of the pyramid and of
+the heads (:class:`PanopticHeads`) are the paper's (Detectron2's) - a 256-channel pyramid, two 1024-unit box
+layers, four 256-channel mask convs, a 128-channel semantic branch with 32 GroupNorm groups - except for LVT
+(``lvt``, ``lvt_backbone``), whose Panoptic FPN (github.com/Chenglin-Yang/LVT,
+``detection/configs/lvt/panoptic_fpn_lvt_fpn_1x_coco.py``) is narrower: a 96-channel pyramid (and RPN conv), two
+160-unit box layers, four 96-channel mask convs, a 48-channel semantic branch with 12 groups; with COCO's 80
+things and 53 stuff classes it has 5.35 M parameters, the 5.4 M published.
 """
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads, paste_masks_in_image
@@ -35,22 +41,73 @@ from lemevit.data.segmentation import IGNORE_INDEX
 from lemevit.errors import ConfigError
 from lemevit.models.factory import DENSE_STRIDES, create_dense_encoder
 
-__all__ = ["PanopticFPN", "SemanticFPN", "SemanticFPNHead", "default_fpn_channels", "panoptic_fusion"]
+__all__ = ["BoxHead", "PanopticFPN", "PanopticHeads", "SemanticFPN", "SemanticFPNHead", "default_fpn_channels",
+           "default_heads", "panoptic_fusion"]
 
 #: The pyramid's levels as torchvision's pooling layers name them (strides 4, 8, 16, 32).
 _LEVELS = ("0", "1", "2", "3")
 
 
+def _is_lvt(backbone: str) -> bool:
+    return backbone.split(".")[0] in ("lvt", "lvt_backbone")
+
+
 def default_fpn_channels(backbone: str) -> int:
     """LVT's Panoptic FPN has 96 channels (for ``lvt`` and ``lvt_backbone``); the paper's has 256."""
-    return 96 if backbone.split(".")[0] in ("lvt", "lvt_backbone") else 256
+    return 96 if _is_lvt(backbone) else 256
+
+
+@dataclass(frozen=True)
+class PanopticHeads:
+    """Widths of Panoptic FPN's heads; the defaults are the paper's (Detectron2's).
+
+    Attributes:
+        box_channels, box_layers: the box head's fully connected layers (mmdetection's ``fc_out_channels`` and
+            ``num_shared_fcs``).
+        mask_channels, mask_layers: the mask head's 3x3 convs (``conv_out_channels``, ``num_convs``); its
+            transposed conv has ``mask_channels`` too.
+        semantic_channels, semantic_groups: the semantic branch's width (``inner_channels``) and its GroupNorm
+            groups.
+    """
+
+    box_channels: int = 1024
+    box_layers: int = 2
+    mask_channels: int = 256
+    mask_layers: int = 4
+    semantic_channels: int = 128
+    semantic_groups: int = 32
+
+    def check(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(field.name, f"must be a positive integer, got {value!r}")
+        if self.semantic_channels % self.semantic_groups:
+            raise ConfigError("semantic_channels", f"must be a multiple of semantic_groups ({self.semantic_groups}, "
+                                                   f"its GroupNorm's groups), got {self.semantic_channels}")
+
+
+#: LVT's Panoptic FPN: github.com/Chenglin-Yang/LVT, detection/configs/lvt/panoptic_fpn_lvt_fpn_1x_coco.py (which
+#: the 3x config inherits): ``fc_out_channels=160`` of a Shared2FCBBoxHead, FCNMaskHead ``num_convs=4,
+#: conv_out_channels=96``, PanopticFPNHead ``inner_channels=48`` with ``GN, num_groups=12``.
+LVT_HEADS = PanopticHeads(box_channels=160, box_layers=2, mask_channels=96, mask_layers=4, semantic_channels=48,
+                          semantic_groups=12)
+
+
+def default_heads(backbone: str, **given: int | None) -> PanopticHeads:
+    """The head widths of Panoptic FPN over ``backbone``: LVT's for ``lvt`` and ``lvt_backbone``, the paper's
+    otherwise; the widths ``given`` (those not None) replace them."""
+    heads = replace(LVT_HEADS if _is_lvt(backbone) else PanopticHeads(),
+                    **{k: v for k, v in given.items() if v is not None})
+    heads.check()
+    return heads
 
 
 class SemanticFPNHead(nn.Module):
     """The semantic branch of Panoptic FPN on pyramid levels of strides 4, 8, 16, 32: each level goes through
-    3x3 conv, GroupNorm (32 groups) and ReLU, with a 2x bilinear upsampling after each, as many times as it takes to
-    reach stride 4 (once for stride 4, without upsampling); the levels are summed. Gives ``channels`` maps at
-    stride 4."""
+    3x3 conv (no bias), GroupNorm (``num_groups`` groups, 32 by default) and ReLU, with a 2x bilinear upsampling
+    after each, as many times as it takes to reach stride 4 (once for stride 4, without upsampling); the levels are
+    summed. Gives ``channels`` maps at stride 4 (mmdetection's ``PanopticFPNHead`` without its classifier)."""
 
     def __init__(self, in_channels: int, channels: int = 128, strides: Sequence[int] = DENSE_STRIDES,
                  num_groups: int = 32):
@@ -75,6 +132,24 @@ class SemanticFPNHead(nn.Module):
             out = out + (y if y.shape[-2:] == out.shape[-2:] else F.interpolate(y, size=out.shape[-2:],
                                                                                 mode="bilinear"))
         return out
+
+
+class BoxHead(nn.Module):
+    """The box head: the flattened RoI features through ``layers`` fully connected layers of ``channels`` units,
+    each followed by ReLU (mmdetection's ``Shared2FCBBoxHead`` for two; torchvision's ``TwoMLPHead``, whose
+    parameter names ``fc6``, ``fc7``, ... it keeps)."""
+
+    def __init__(self, in_channels: int, channels: int = 1024, layers: int = 2):
+        super().__init__()
+        self.layers = layers
+        for i in range(layers):
+            self.add_module(f"fc{6 + i}", nn.Linear(in_channels if i == 0 else channels, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(start_dim=1)
+        for i in range(self.layers):
+            x = F.relu(getattr(self, f"fc{6 + i}")(x))
+        return x
 
 
 class SemanticFPN(nn.Module):
@@ -148,8 +223,9 @@ class PanopticFPN(nn.Module):
         num_classes: number of classes; ``thing_classes`` are the indices of those made of objects, the others are
             stuff.
         in_chans: input bands.
-        fpn_channels: width of the pyramid (default :func:`default_fpn_channels`).
-        semantic_channels: width of the semantic branch (128, the paper's).
+        fpn_channels: width of the pyramid and of the RPN's conv (default :func:`default_fpn_channels`).
+        box_channels, box_layers, mask_channels, mask_layers, semantic_channels, semantic_groups: widths of the
+            heads (see :class:`PanopticHeads`; default :func:`default_heads`: LVT's for LVT, else the paper's).
         anchor_sizes: the RPN's anchor size on each of P2..P6, in input pixels.
         semantic_weight: weight of the semantic branch's cross-entropy in the loss.
         rpn_proposals: proposals kept per image after the RPN's NMS in training (twice as many before it);
@@ -165,7 +241,9 @@ class PanopticFPN(nn.Module):
     """
 
     def __init__(self, backbone: str, num_classes: int, thing_classes: Sequence[int], in_chans: int = 3,
-                 fpn_channels: int | None = None, semantic_channels: int = 128,
+                 fpn_channels: int | None = None, box_channels: int | None = None, box_layers: int | None = None,
+                 mask_channels: int | None = None, mask_layers: int | None = None,
+                 semantic_channels: int | None = None, semantic_groups: int | None = None,
                  anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512), semantic_weight: float = 0.5,
                  rpn_proposals: int = 1000, test_proposals: int = 1000, detections: int = 100,
                  drop_path_rate: float = 0.0, backbone_checkpoint: str | Path | dict | None = None):
@@ -180,6 +258,10 @@ class PanopticFPN(nn.Module):
         self.stuff_classes = [c for c in range(num_classes) if c not in things]
         self.semantic_weight = semantic_weight
         width = fpn_channels or default_fpn_channels(backbone)
+        heads = default_heads(backbone, box_channels=box_channels, box_layers=box_layers,
+                              mask_channels=mask_channels, mask_layers=mask_layers,
+                              semantic_channels=semantic_channels, semantic_groups=semantic_groups)
+        self.heads = heads
         self.encoder = create_dense_encoder(backbone, in_chans, checkpoint=backbone_checkpoint,
                                             drop_path_rate=drop_path_rate)
         self.fpn = FeaturePyramidNetwork(self.encoder.feature_info.channels(), width, extra_blocks=LastLevelMaxPool())
@@ -191,14 +273,14 @@ class PanopticFPN(nn.Module):
             post_nms_top_n={"training": rpn_proposals, "testing": test_proposals}, nms_thresh=0.7)
         num_instance_labels = len(things) + 1  # and the background
         self.roi_heads = RoIHeads(
-            MultiScaleRoIAlign(list(_LEVELS), 7, 2), TwoMLPHead(width * 7 * 7, 1024),
-            FastRCNNPredictor(1024, num_instance_labels), fg_iou_thresh=0.5, bg_iou_thresh=0.5,
+            MultiScaleRoIAlign(list(_LEVELS), 7, 2), BoxHead(width * 7 * 7, heads.box_channels, heads.box_layers),
+            FastRCNNPredictor(heads.box_channels, num_instance_labels), fg_iou_thresh=0.5, bg_iou_thresh=0.5,
             batch_size_per_image=512, positive_fraction=0.25, bbox_reg_weights=None, score_thresh=0.05,
             nms_thresh=0.5, detections_per_img=detections, mask_roi_pool=MultiScaleRoIAlign(list(_LEVELS), 14, 2),
-            mask_head=MaskRCNNHeads(width, (256, 256, 256, 256), 1),
-            mask_predictor=MaskRCNNPredictor(256, 256, num_instance_labels))
-        self.semantic_head = SemanticFPNHead(width, semantic_channels)
-        self.semantic_classifier = nn.Conv2d(semantic_channels, 1 + len(self.stuff_classes), 1)
+            mask_head=MaskRCNNHeads(width, (heads.mask_channels,) * heads.mask_layers, 1),
+            mask_predictor=MaskRCNNPredictor(heads.mask_channels, heads.mask_channels, num_instance_labels))
+        self.semantic_head = SemanticFPNHead(width, heads.semantic_channels, num_groups=heads.semantic_groups)
+        self.semantic_classifier = nn.Conv2d(heads.semantic_channels, 1 + len(self.stuff_classes), 1)
 
     def targets(self, ids: torch.Tensor, classes: torch.Tensor) -> dict:
         """The training targets of one image from its ``(H, W)`` segment ids (0 void, crowds negative) and each

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -40,7 +40,7 @@ from lemevit.io.paths import check_distinct_names, check_outputs_spare_inputs, c
 from lemevit.io.raster import CogWriter, RasterScene
 from lemevit.io.vector import check_vector_output, write_map_vectors
 from lemevit.metrics.panoptic import PanopticStats, panoptic_metrics
-from lemevit.models.panoptic_fpn import PanopticFPN
+from lemevit.models.panoptic_fpn import PanopticFPN, PanopticHeads, default_heads
 from lemevit.tasks.base import initial_weights
 from lemevit.tasks.dense import SlidingWindowTask, check_window, first_item
 from lemevit.tasks.registry import register_task
@@ -53,6 +53,10 @@ class PanopticItem:
     """An item of a panoptic split: an image, by its ``file_name`` in the data set's JSON (below ``img_dir/``)."""
 
     image: str
+
+
+#: The options of the heads' widths (:class:`~lemevit.models.panoptic_fpn.PanopticHeads`).
+_HEAD_WIDTHS = tuple(field.name for field in fields(PanopticHeads))
 
 
 def _check_fusion(options: Options) -> None:
@@ -86,7 +90,15 @@ class PanopticConfig(RunConfig):
     crops_per_image: int | None = option(None, "random crops per image and epoch (default: enough to cover the "
                                                "image once)")
     fpn_channels: int | None = option(None, "pyramid width (default 96 for LVT, as its Panoptic FPN, else 256)")
-    semantic_channels: int = option(128, "width of the semantic branch (a multiple of 32, its GroupNorm groups)")
+    box_channels: int | None = option(None, "units of the box head's fully connected layers (default 160 for LVT, "
+                                            "as its Panoptic FPN, else 1024)")
+    box_layers: int | None = option(None, "fully connected layers of the box head (default 2)")
+    mask_channels: int | None = option(None, "width of the mask head's convs (default 96 for LVT, else 256)")
+    mask_layers: int | None = option(None, "3x3 convs of the mask head (default 4)")
+    semantic_channels: int | None = option(None, "width of the semantic branch, a multiple of its GroupNorm groups "
+                                                 "(default 48 for LVT, else 128)")
+    semantic_groups: int | None = option(None, "GroupNorm groups of the semantic branch (default 12 for LVT, "
+                                               "else 32)")
     semantic_weight: float = option(0.5, "weight of the semantic branch's cross-entropy in the loss")
     rpn_proposals: int = option(1000, "proposals per image kept after the RPN's NMS in training")
     test_proposals: int = option(1000, "proposals per window at inference")
@@ -100,13 +112,15 @@ class PanopticConfig(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.check_positive("semantic_channels", "rpn_proposals", "test_proposals", "detections")
-        self.check_positive("fpn_channels", "crops_per_image", allow_none=True)
+        self.check_positive("rpn_proposals", "test_proposals", "detections")
+        self.check_positive("fpn_channels", "crops_per_image", *_HEAD_WIDTHS, allow_none=True)
         self.check_non_negative("semantic_weight")
-        if self.semantic_channels % 32:
-            raise ConfigError("semantic_channels", f"must be a multiple of 32 (its GroupNorm's groups), got "
-                                                   f"{self.semantic_channels}")
+        self.heads()  # the widths given, with the model's defaults for the others, must make a network
         _check_fusion(self)
+
+    def heads(self) -> PanopticHeads:
+        """The widths of the heads: those given, the model's defaults (:func:`default_heads`) for the others."""
+        return default_heads(self.model, **{name: getattr(self, name) for name in _HEAD_WIDTHS})
 
 
 @dataclass(kw_only=True)
@@ -153,7 +167,11 @@ def _subset_folder(image: PanopticImage) -> str | None:
 class PanopticTask(SlidingWindowTask):
     """Trains a :class:`~lemevit.models.panoptic_fpn.PanopticFPN` on random crops; validation predicts each whole
     image window by window (:func:`~lemevit.inference.panoptic.predict_panoptic`) and logs ``val/pq``, ``val/sq``
-    and ``val/rq`` over all of them (COCO's panopticapi's way)."""
+    and ``val/rq`` over all of them (COCO's panopticapi's way).
+
+    The heads' widths default to the paper's (Detectron2's), with which runs saved before they were settings were
+    built, so that their checkpoints still load; :meth:`from_config` gives the model's own
+    (:meth:`PanopticConfig.heads`: LVT's narrower ones for LVT), which the run's hyper-parameters then hold."""
 
     name = "panoptic"
     description = "panoptic segmentation: a COCO panoptic data set (lemevit prepare panoptic derives one)"
@@ -171,7 +189,9 @@ class PanopticTask(SlidingWindowTask):
                  window: int | None = None, stride: int | None = None,
                  mean: Sequence[float] = (123.675, 116.28, 103.53), std: Sequence[float] = (58.395, 57.12, 57.375),
                  input_dtype: str | None = None, optimization: dict | None = None, drop_path_rate: float = 0.1,
-                 fpn_channels: int | None = None, semantic_channels: int = 128, semantic_weight: float = 0.5,
+                 fpn_channels: int | None = None, box_channels: int = 1024, box_layers: int = 2,
+                 mask_channels: int = 256, mask_layers: int = 4, semantic_channels: int = 128,
+                 semantic_groups: int = 32, semantic_weight: float = 0.5,
                  rpn_proposals: int = 1000, test_proposals: int = 1000, detections: int = 100,
                  score_threshold: float = 0.5, overlap_threshold: float = 0.5, stuff_area: int = 1024,
                  merge_iou: float = 0.5, init_checkpoint: str | None = None, seed: int = 0):
@@ -183,7 +203,9 @@ class PanopticTask(SlidingWindowTask):
                              stuff_area=stuff_area, merge_iou=merge_iou)
         things = [i for i, c in enumerate(self.categories) if c["isthing"]]
         self.model = PanopticFPN(model, len(self.categories), things, in_chans=in_chans, fpn_channels=fpn_channels,
-                                 semantic_channels=semantic_channels, semantic_weight=semantic_weight,
+                                 box_channels=box_channels, box_layers=box_layers, mask_channels=mask_channels,
+                                 mask_layers=mask_layers, semantic_channels=semantic_channels,
+                                 semantic_groups=semantic_groups, semantic_weight=semantic_weight,
                                  rpn_proposals=rpn_proposals, test_proposals=test_proposals, detections=detections,
                                  drop_path_rate=drop_path_rate, backbone_checkpoint=initial_weights(init_checkpoint))
 
@@ -246,8 +268,8 @@ class PanopticTask(SlidingWindowTask):
         return cls(cfg.model, split.meta["categories"], in_chans=normalisation.bands, img_size=cfg.img_size,
                    window=cfg.window, stride=cfg.stride, mean=normalisation.mean, std=normalisation.std,
                    input_dtype=normalisation.dtype, optimization=cfg.optimization().to_dict(),
-                   drop_path_rate=cfg.drop_path_rate, fpn_channels=cfg.fpn_channels,
-                   semantic_channels=cfg.semantic_channels, semantic_weight=cfg.semantic_weight,
+                   drop_path_rate=cfg.drop_path_rate, fpn_channels=cfg.fpn_channels, **asdict(cfg.heads()),
+                   semantic_weight=cfg.semantic_weight,
                    rpn_proposals=cfg.rpn_proposals, test_proposals=cfg.test_proposals, detections=cfg.detections,
                    score_threshold=cfg.score_threshold, overlap_threshold=cfg.overlap_threshold,
                    stuff_area=cfg.stuff_area, merge_iou=cfg.merge_iou, init_checkpoint=cfg.starting_weights,
