@@ -6,8 +6,8 @@ proposal near the threshold and floods NMS, which a trained one does not).
     python benchmarks/detection_scene.py --checkpoint early=RUN/epoch1.ckpt trained=RUN/best.ckpt --label after
 
 The scene is the largest shipped DOTA sample (P0168, 2304x1792) mirrored about its edges into a --size x --size
-3-band GeoTIFF, written once into --work. Each checkpoint predicts it once (--overwrite). The figures are merged
-into results/detection_scene.json under --label, so that runs of two versions of the code sit side by side.
+3-band GeoTIFF (scene_throughput.py's), written once into --work. Each checkpoint predicts it once. The figures are
+merged into results/detection_scene.json under --label, so that runs of two versions of the code sit side by side.
 """
 from __future__ import annotations
 
@@ -22,9 +22,8 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+from scene_throughput import mirrored_scene
 
 from lemevit.cli import main as lemevit
 from lemevit.io import atomic_path
@@ -34,26 +33,6 @@ SHARED = HERE.parent.parent / "shared" / "data" / "dota_v1_samples" / "images" /
 SUMMARY = re.compile(r"([\d.]+) Mpx in ([\d.]+) s \(([\d.]+) Mpx/s\); by stage: (.*)")
 STAGE = re.compile(r"(?:^|, )([a-z ()]+) ([\d.]+) s \(\d+%\)")
 OBJECTS = re.compile(r": (\d+) objects")
-
-
-def mirrored_scene(path: Path, size: int, source: Path) -> Path:
-    """``source`` mirrored about its edges into a ``size`` x ``size`` GeoTIFF at ``path`` (tiled 512)."""
-    import rasterio
-    from rasterio.transform import from_origin
-
-    if path.is_file():
-        return path
-    tile = np.asarray(Image.open(source).convert("RGB"))
-    block = np.concatenate([np.concatenate([tile, tile[:, ::-1]], 1),
-                            np.concatenate([tile[::-1], tile[::-1, ::-1]], 1)], 0)
-    reps = -(-size // block.shape[0]), -(-size // block.shape[1])
-    scene = np.tile(block, (*reps, 1))[:size, :size].transpose(2, 0, 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, rasterio.open(
-            tmp, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32633",
-            transform=from_origin(500000, 4600000, 0.5, 0.5), tiled=True, blockxsize=512, blockysize=512) as dst:
-        dst.write(scene)
-    return path
 
 
 def predict_once(checkpoint: Path, scene: Path, output: Path, extra: list[str]) -> dict:

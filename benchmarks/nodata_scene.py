@@ -16,42 +16,16 @@ import json
 import os
 import platform
 import re
-from importlib.resources import files
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+from scene_throughput import mirrored_scene
 
 from lemevit.cli import main as lemevit
 from lemevit.io import atomic_path
 
 HERE = Path(__file__).parent
-TILE = Path(str(files("lemevit") / "demo_data" / "potsdam_seg" / "img_dir" / "2_10_0_0_512_512.png"))
 SUMMARY = re.compile(r"([\d.]+) Mpx in ([\d.]+) s")
-
-
-def bordered_scene(path: Path, size: int, border: int, declared: bool) -> Path:
-    """The shipped tile mirrored into a ``size`` GeoTIFF at ``path``, 0 outside a centre ``border`` pixels in from
-    each edge (values 1..255 inside); 0 declared as nodata when ``declared``."""
-    import rasterio
-    from rasterio.transform import from_origin
-
-    if path.is_file():
-        return path
-    tile = np.asarray(Image.open(TILE).convert("RGB")).clip(1, 255)
-    block = np.concatenate([np.concatenate([tile, tile[:, ::-1]], 1),
-                            np.concatenate([tile[::-1], tile[::-1, ::-1]], 1)], 0)
-    reps = -(-size // block.shape[0]), -(-size // block.shape[1])
-    scene = np.tile(block, (*reps, 1))[:size, :size].transpose(2, 0, 1).copy()
-    scene[:, :border] = scene[:, -border:] = scene[:, :, :border] = scene[:, :, -border:] = 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, rasterio.open(
-            tmp, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32632",
-            transform=from_origin(364000, 5810000, 0.05, 0.05), tiled=True, blockxsize=512, blockysize=512,
-            nodata=0 if declared else None) as dst:
-        dst.write(scene)
-    return path
 
 
 def predict_seconds(checkpoint: str, scene: Path, output: Path, extra: list[str]) -> float:
@@ -72,8 +46,8 @@ def main() -> None:
     p.add_argument("--border", type=int, default=640, help="pixels of no data along each edge")
     p.add_argument("--work", type=Path, default=HERE / "runs" / "nodata_scene")
     args = p.parse_args()
-    scenes = {declared: bordered_scene(args.work / f"scene_{'nodata' if declared else 'plain'}.tif", args.size,
-                                       args.border, declared) for declared in (True, False)}
+    scenes = {declared: mirrored_scene(args.work / f"scene_{'nodata' if declared else 'plain'}.tif", args.size,
+                                       border=args.border, declare_nodata=declared) for declared in (True, False)}
     results = {}
     for entry in args.checkpoint:
         name, _, checkpoint = entry.partition("=")

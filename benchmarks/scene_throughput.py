@@ -33,22 +33,29 @@ TILE = Path(str(files("lemevit") / "demo_data" / "potsdam_seg" / "img_dir" / "2_
 SUMMARY = re.compile(r"([\d.]+) Mpx in ([\d.]+) s \(([\d.]+) Mpx/s; the network (\d+)% of the time\)")
 
 
-def mirrored_scene(path: Path, size: int) -> Path:
-    """The shipped tile mirrored about its edges into a ``size`` x ``size`` georeferenced GeoTIFF at ``path``."""
+def mirrored_scene(path: Path, size: int, source: Path = TILE, border: int = 0, declare_nodata: bool = False) -> Path:
+    """``source`` (by default the shipped Potsdam tile) mirrored about its edges into a ``size`` x ``size``
+    georeferenced GeoTIFF at ``path`` (kept when it exists). ``border`` pixels along each edge are 0, the others
+    1..255 then, and ``declare_nodata`` declares 0 as nodata: the same pixels with and without a nodata border."""
     import rasterio
     from rasterio.transform import from_origin
 
     if path.is_file():
         return path
-    tile = np.asarray(Image.open(TILE).convert("RGB"))
+    tile = np.asarray(Image.open(source).convert("RGB"))
+    if border:
+        tile = tile.clip(1, 255)
     block = np.concatenate([np.concatenate([tile, tile[:, ::-1]], 1),
                             np.concatenate([tile[::-1], tile[::-1, ::-1]], 1)], 0)
     reps = -(-size // block.shape[0]), -(-size // block.shape[1])
-    scene = np.tile(block, (*reps, 1))[:size, :size].transpose(2, 0, 1)
+    scene = np.tile(block, (*reps, 1))[:size, :size].transpose(2, 0, 1).copy()
+    if border:
+        scene[:, :border] = scene[:, -border:] = scene[:, :, :border] = scene[:, :, -border:] = 0
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, rasterio.open(
             tmp, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32632",
-            transform=from_origin(364000, 5810000, 0.05, 0.05), tiled=True, blockxsize=512, blockysize=512) as dst:
+            transform=from_origin(364000, 5810000, 0.05, 0.05), tiled=True, blockxsize=512, blockysize=512,
+            nodata=0 if declare_nodata else None) as dst:
         dst.write(scene)
     return path
 

@@ -224,7 +224,8 @@ class OrientedRCNN(nn.Module):
         #: Times the stages of inference when set (see :class:`~lemevit.inference.timing.StageTimer`).
         self.timer: StageTimer | None = None
 
-    def _stage(self, name: str, device: torch.device) -> AbstractContextManager:
+    def stage(self, name: str, device: torch.device) -> AbstractContextManager:
+        """A context timing the stage ``name`` with :attr:`timer`, when there is one."""
         return self.timer.stage(name, device) if self.timer is not None else nullcontext()
 
     # --- anchors and RPN -------------------------------------------------------------------------------
@@ -311,9 +312,9 @@ class OrientedRCNN(nn.Module):
 
     def _box_head(self, pyramid: list[torch.Tensor], proposals: list[torch.Tensor], box_head=None):
         rois = torch.cat([torch.cat([p.new_full((len(p), 1), b), p], dim=1) for b, p in enumerate(proposals)])
-        with self._stage("roi align", rois.device):
+        with self.stage("roi align", rois.device):
             features = self._roi_features(pyramid, rois)
-        with self._stage("box head", rois.device):
+        with self.stage("box head", rois.device):
             return (box_head or self.box_head)(features)
 
     def _roi_loss(self, pyramid: list[torch.Tensor], proposals: list[torch.Tensor],
@@ -341,7 +342,7 @@ class OrientedRCNN(nn.Module):
     @torch.no_grad()
     def _detect(self, pyramid: list[torch.Tensor], proposals: list[torch.Tensor], box_head=None) -> list[dict]:
         scores, deltas = self._box_head(pyramid, proposals, box_head)
-        with self._stage("box nms", scores.device):
+        with self.stage("box nms", scores.device):
             probs = scores.float().softmax(1)[:, :-1]
             boxes = self.roi_coder.decode(torch.cat(proposals), deltas.float())
             out, start = [], 0
@@ -360,11 +361,11 @@ class OrientedRCNN(nn.Module):
 
     def trunk(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """What runs on the whole image: the pyramid P2..P6 and, per level, the RPN's objectness and deltas."""
-        with self._stage("backbone", images.device):
+        with self.stage("backbone", images.device):
             features = self.backbone(images)
-        with self._stage("fpn", images.device):
+        with self.stage("fpn", images.device):
             pyramid = self.fpn(features)
-        with self._stage("rpn head", images.device):
+        with self.stage("rpn head", images.device):
             logits, deltas = self._rpn(pyramid)
         return pyramid, logits, deltas
 
@@ -374,7 +375,7 @@ class OrientedRCNN(nn.Module):
         """Detections from the trunk's outputs: proposals decoded and filtered, rotated RoI Align, the box head
         (``box_head``: what runs it, by default :meth:`box_head`; an exported graph on another runtime), and the
         class-wise rotated NMS."""
-        with self._stage("proposals", pyramid[0].device):
+        with self.stage("proposals", pyramid[0].device):
             anchors = self.anchors([p.shape[-2:] for p in pyramid], pyramid[0].device)
             proposals = self._proposals(logits, deltas, anchors, self.test_proposals)
         return self._detect(pyramid, proposals, box_head)
@@ -407,7 +408,7 @@ class StagesOnRuntime:
         return self.box_head(roi_features)
 
     def __call__(self, images: torch.Tensor) -> list[dict]:
-        with self.model._stage("trunk (runtime)", images.device):
+        with self.model.stage("trunk (runtime)", images.device):
             outputs = list(self.trunk(images))
         levels = len(self.model.strides)
         if len(outputs) != 3 * levels:
