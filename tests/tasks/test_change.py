@@ -13,6 +13,8 @@ from conftest import FIXTURES
 from PIL import Image
 
 from lemevit.cli import main
+from lemevit.errors import ConfigError
+from lemevit.tasks.change import ChangeConfig
 
 LEVIR = FIXTURES / "levir_cd"
 
@@ -167,6 +169,16 @@ def test_options_of_other_tasks_are_refused(tmp_path, capsys):
     assert "--mixup" in capsys.readouterr().err
     assert main(train_args(LEVIR, tmp_path / "run", "--head", "upernet")) == 2
     assert "--head: invalid choice: 'upernet' (choose from 'bit', 'siamunet')" in capsys.readouterr().err
+
+
+def test_a_run_starts_from_the_pretrained_backbone_unless_told_otherwise(tmp_path):
+    # On pairs never trained on, the AID-pretrained backbone is what finds change (benchmarks/change_heldout.py).
+    run = dict(data=str(LEVIR), output=str(tmp_path / "run"))
+    assert ChangeConfig(**run).starting_weights == "lemevit_tiny.aid150"
+    assert ChangeConfig(**run, model="lemevit_tiny").starting_weights is None
+    assert ChangeConfig(**run, init_checkpoint="backbone.safetensors").starting_weights == "backbone.safetensors"
+    with pytest.raises(ConfigError, match="lemevit_small has no pretrained weights"):
+        ChangeConfig(**run, model="lemevit_small", pretrained=True)
 
 
 def square_pair(rng: np.random.Generator, height: int, width: int, top: int, left: int, side: int):

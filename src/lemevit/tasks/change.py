@@ -39,6 +39,7 @@ from lemevit.metrics.confusion import (
     confusion_matrix,
 )
 from lemevit.models.change import CHANGE_HEADS, StackedPair, create_change_model
+from lemevit.models.pretrained import PRETRAINED
 from lemevit.tasks.base import initial_weights
 from lemevit.tasks.dense import (
     CropTrainingConfig,
@@ -88,6 +89,12 @@ class ChangeConfig(CropTrainingConfig):
                              "subfolders, when present, are the split), or A/, B/ and OUT/ (the CDD release)")
     split_files: dict[str, str] = option({}, "list files of each subset's pairs (names one per line) instead of a "
                                              "split by `split`", nargs="+", metavar="SUBSET=FILE")
+    model: str = option("lemevit_tiny.aid150", "any model name of lemevit (`lemevit models`) or timm; one with "
+                                               "pretrained weights (`lemevit models --pretrained`) starts from them, "
+                                               "an untagged one such as lemevit_tiny from scratch")
+    pretrained: bool | None = option(None, "start from the pretrained weights --model names (default: whenever it "
+                                           "names some and no --init-checkpoint is given: on pairs never trained on, "
+                                           "they are what makes a model find change)")
     img_size: int = option(256, "side of the random training crops, in pixels")
     epochs: int = option(100, "training epochs", resumable=True)
     batch_size: int = option(8, "crops per batch and device; windows per batch at validation")
@@ -103,6 +110,8 @@ class ChangeConfig(CropTrainingConfig):
     mask_threshold: int | None = option(None, _MASK_THRESHOLD_HELP)
 
     def __post_init__(self):
+        if self.pretrained is None:
+            self.pretrained = self.model in PRETRAINED and not self.init_checkpoint
         super().__post_init__()
         self.check_positive("crops_per_pair", allow_none=True)
         self.check_non_negative("dice_weight")
