@@ -122,6 +122,11 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, given: di
                 run.write(cfg, split, bad)
                 if bad:
                     print(f"skipped {len(bad)} unreadable or inconsistent images; listed in {run.path / BAD_IMAGES}")
+                if progress:
+                    # A task may start from pretrained weights by default (change detection): say what it does.
+                    start = ("its pretrained weights" if cfg.pretrained else cfg.init_checkpoint if cfg.init_checkpoint
+                             else "a random initialisation")
+                    print(f"{cfg.model} starts from {start}")
         normalisation = band_normalisation(task.training_images(split))
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         module = task.from_config(cfg, split, normalisation)
