@@ -63,6 +63,7 @@ ARMS = {
     "defaults-lr3e-4": {"lr": 3e-4},
     # 128 px crops covering each pair once an epoch: the pixels of the 256 px crops in four times the steps.
     "img128": {"img_size": 128},
+    "defaults-e60": {"epochs": 60},
     "img128-photometric-lr3e-4": {"img_size": 128, "photometric": True, "lr": 3e-4},
 }
 # The UNet's probabilities on unseen change are low (its best thresholds 0.1-0.2): more weight on the Dice term,
