@@ -9,7 +9,9 @@ the siamese difference UNet over LeMeViT-Tiny trained by `lemevit train` with th
 Each arm's run is kept in RUNS/<head>-<arm>/ with record.json (not committed); a run that already finished is
 scored again, not retrained. The held-out F1 is that of the last epoch's weights at the run's threshold; the best
 threshold and the best epoch are chosen on the held-out pairs themselves, so they are upper bounds, not
-estimates. results/change_heldout.json holds the arms that were run (not every arm with both heads).
+estimates. results/change_heldout.json holds the arms that were run (not every arm with both heads nor every
+seed); --collect keeps the records of arms whose runs are no longer in RUNS and prints the table of
+benchmarks/README.md.
 """
 from __future__ import annotations
 
@@ -61,9 +63,9 @@ ARMS = {
     "crops128-aid150-photometric-lr3e-4-ema": {**CROPS128, **AID150, "photometric": True, "lr": 3e-4,
                                                "ema_decay": 0.99},
     "defaults-lr3e-4": {"lr": 3e-4},
+    "defaults-e60": {"epochs": 60},
     # 128 px crops covering each pair once an epoch: the pixels of the 256 px crops in four times the steps.
     "img128": {"img_size": 128},
-    "defaults-e60": {"epochs": 60},
     "img128-photometric-lr3e-4": {"img_size": 128, "photometric": True, "lr": 3e-4},
 }
 # The UNet's probabilities on unseen change are low (its best thresholds 0.1-0.2): more weight on the Dice term,
@@ -73,9 +75,8 @@ ARMS |= {"crops128-aid150-photometric-lr3e-4-dice3-seed1": {**UNET, "dice_weight
 ARMS |= {f"crops128-aid150-photometric-lr3e-4-balance0.8{suffix}": {**UNET, "change_balance": 0.8, "seed": seed}
          for seed, suffix in ((0, ""), (1, "-seed1"), (2, "-seed2"))}
 # Other seeds of the task's defaults and of the recipes that work best, for the spread of one figure.
-ARMS |= {f"{arm}-seed{seed}": {**ARMS[arm], "seed": seed} for arm in
-         ("defaults", "crops128-aid150", "crops128-aid150-photometric-lr3e-4",
-                     "crops128-aid150-photometric-lr3e-4-ema") for seed in (1, 2)}
+SEEDED = ("defaults", "crops128-aid150", "crops128-aid150-photometric-lr3e-4", "crops128-aid150-photometric-lr3e-4-ema")
+ARMS |= {f"{arm}-seed{seed}": {**ARMS[arm], "seed": seed} for arm in SEEDED for seed in (1, 2)}
 HEADS = ("bit", "siamunet")
 
 
