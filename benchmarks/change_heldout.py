@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import shlex
 import time
 from pathlib import Path
 
 import torch
 
+from lemevit.bench import machine_description
 from lemevit.engine import evaluate_checkpoint, train, training_minutes
 from lemevit.io import atomic_path
 from lemevit.tasks.change import ChangeConfig
@@ -145,7 +145,7 @@ def collect(runs: Path) -> None:
     result = {"train_pairs": list(TRAIN), "held_out_pairs": list(HELD_OUT), "common": COMMON,
               "arms": {name: records[name] for name in (f"{h}:{a}" for a in ARMS for h in HEADS) if name in records},
               "torch": torch.__version__, "device": "cpu",
-              "machine": f"{platform.machine()}, {platform.processor() or 'unknown cpu'}"}
+              "machine": machine_description()}
     with atomic_path(stored) as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     print("| head | arm | seed | F1 (last epoch, 0.5) | precision | recall | F1 at best threshold | best epoch's F1 "

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import time
 from pathlib import Path
 
 import torch
 
+from lemevit.bench import machine_description
 from lemevit.engine import evaluate_checkpoint, train
 from lemevit.io import atomic_path
 from lemevit.tasks.change import ChangeConfig
@@ -54,7 +54,7 @@ def main() -> None:
               **{key: metrics[key] for key in ("f1", "iou", "precision", "recall", "oa", "num_pairs")},
               "per_pair_f1": {p["name"]: p["f1"] for p in metrics["per_pair"]},
               "torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu",
-              "machine": f"{platform.machine()}, {platform.processor() or 'unknown cpu'}"}
+              "machine": machine_description()}
     print(json.dumps(record, indent=1))
     with atomic_path(HERE / "results" / f"{args.name}.json") as tmp:
         tmp.write_text(json.dumps(record, indent=1))

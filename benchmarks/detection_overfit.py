@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 from pathlib import Path
 
 import torch
 
+from lemevit.bench import machine_description
 from lemevit.engine import evaluate_checkpoint, train, training_minutes
 from lemevit.io import atomic_path
 from lemevit.tasks.detection import DetectionConfig
@@ -67,7 +67,7 @@ def main() -> None:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "map50": metrics["map50"], "per_class": metrics["per_class"], "val_map50_by_epoch": curve,
         "train_minutes": training_minutes(run / "last.ckpt"), "threads": torch.get_num_threads(), "device": "cpu",
-        "torch": torch.__version__, "machine": f"{platform.machine()}, {platform.processor() or 'unknown cpu'}",
+        "torch": torch.__version__, "machine": machine_description(),
     }
     output = HERE / "results" / "detection_overfit.json"
     with atomic_path(output) as tmp:

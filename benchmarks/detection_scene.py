@@ -16,7 +16,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import re
 import subprocess
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 from scene_throughput import mirrored_scene
 
+from lemevit.bench import machine_description
 from lemevit.cli import main as lemevit
 from lemevit.io import atomic_path
 
@@ -79,7 +79,7 @@ def main() -> None:
                                               if args.predict_options else ""),
         "commit": commit.stdout.strip(), "scene": f"{args.size}x{args.size}", "results": results,
         "threads": torch.get_num_threads(), "load_average_at_end": os.getloadavg(), "torch": torch.__version__,
-        "machine": f"{platform.machine()}, {platform.processor() or 'unknown cpu'}",
+        "machine": machine_description(),
     }
     with atomic_path(output) as tmp:
         tmp.write_text(json.dumps(record, indent=1))

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 
 import onnxruntime
 import torch
 
+from lemevit.bench import machine_description
 from lemevit.engine import evaluate_checkpoint
 from lemevit.engine.checkpoint import trained_model_task
 from lemevit.io import atomic_path
@@ -48,7 +48,7 @@ def main() -> None:
         print(f"{checkpoint} ({task}): " + ", ".join(f"{r} {first} {s[first]:.4f}" for r, s in scores.items()))
     record = {"what": "lemevit eval of each run on its evaluation split, per runtime", "results": results,
               "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-              "machine": f"{platform.machine()}, {platform.processor() or 'unknown cpu'}"}
+              "machine": machine_description()}
     output = HERE / "results" / "int8_accuracy.json"
     with atomic_path(output) as tmp:
         tmp.write_text(json.dumps(record, indent=1))

@@ -14,13 +14,13 @@ import contextlib
 import io
 import json
 import os
-import platform
 import re
 from pathlib import Path
 
 import torch
 from scene_throughput import mirrored_scene
 
+from lemevit.bench import machine_description
 from lemevit.cli import main as lemevit
 from lemevit.io import atomic_path
 
@@ -69,7 +69,7 @@ def main() -> None:
                    f"--border {args.border}",
         "scene": f"{args.size}x{args.size}, {args.border} px of no data along each edge ({valid:.0%} valid)",
         "results": results, "threads": torch.get_num_threads(), "load_average_at_end": os.getloadavg(),
-        "torch": torch.__version__, "machine": f"{platform.machine()}, {platform.processor() or 'unknown cpu'}",
+        "torch": torch.__version__, "machine": machine_description(),
     }
     output = HERE / "results" / "nodata_scene.json"
     with atomic_path(output) as tmp:

@@ -16,7 +16,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import re
 from importlib.resources import files
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lemevit.bench import machine_description
 from lemevit.cli import main as lemevit
 from lemevit.io import atomic_path
 
@@ -94,7 +94,7 @@ def main() -> None:
         "command": f"python benchmarks/scene_throughput.py --checkpoint {args.checkpoint} --size {args.size}",
         "scene": f"{args.size}x{args.size}", "results": results, "threads": torch.get_num_threads(),
         "load_average_at_end": os.getloadavg(), "torch": torch.__version__,
-        "machine": f"{platform.machine()}, {platform.processor() or 'unknown cpu'}",
+        "machine": machine_description(),
     }
     output = HERE / "results" / "scene_throughput.json"
     with atomic_path(output) as tmp:

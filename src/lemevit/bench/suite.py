@@ -15,7 +15,6 @@ import gc
 import io
 import json
 import os
-import platform
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 
 import lemevit
 from lemevit.bench.cost import MAC_COUNTER, count_macs, count_parameters
+from lemevit.bench.machine import cpu_name
 from lemevit.bench.memory import peak_memory_mib
 from lemevit.bench.throughput import (
     DTYPES,
@@ -113,15 +113,9 @@ def _unknown_model_message(name: str) -> str:
 
 
 def _environment(device: str) -> dict:
-    cpu = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
     return {
         "lemevit": lemevit.__version__, "torch": torch.__version__, "timm": timm.__version__,
-        "cpu": cpu, "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+        "cpu": cpu_name(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
     }
 
