@@ -64,6 +64,8 @@ ARMS = {
                                                "ema_decay": 0.99},
     "defaults-lr3e-4": {"lr": 3e-4},
     "defaults-e60": {"epochs": 60},
+    # The README's first change command (128 px crops, 4 per pair, batch 8, 40 epochs) with the held-out split.
+    "readme": {"img_size": 128, "crops_per_pair": 4, "batch_size": 8, "epochs": 40},
     # 128 px crops covering each pair once an epoch: the pixels of the 256 px crops in four times the steps.
     "img128": {"img_size": 128},
     "img128-photometric-lr3e-4": {"img_size": 128, "photometric": True, "lr": 3e-4},
