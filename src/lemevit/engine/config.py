@@ -18,7 +18,7 @@ import yaml
 from lemevit.engine.optimization import SCHEDULES, Optimization
 from lemevit.errors import ConfigError, DataError
 from lemevit.io import atomic_path
-from lemevit.models.pretrained import check_pretrained_request
+from lemevit.models.pretrained import PRETRAINED, check_pretrained_request
 
 __all__ = ["EvalOptions", "InferenceOptions", "Options", "PredictOptions", "RunConfig", "add_options", "flag", "option",
            "read_yaml_mapping"]
@@ -160,9 +160,10 @@ class RunConfig(Options):
     init_checkpoint: str | None = option(None, "start from these weights: a weights file of ours or of the published "
                                                "layout, or a lemevit run's checkpoint or model file of any task (its "
                                                "backbone)")
-    pretrained: bool = option(False, "start from the pretrained weights --model names, a tagged name such as "
-                                     "lemevit_tiny.aid150 (`lemevit models --pretrained` lists them; nothing is "
-                                     "downloaded)")
+    # A task may default to None: pretrained exactly when `model` names weights of ours and no `init_checkpoint`.
+    pretrained: bool | None = option(False, "start from the pretrained weights --model names, a tagged name such as "
+                                            "lemevit_tiny.aid150 (`lemevit models --pretrained` lists them; nothing "
+                                            "is downloaded)")
     img_size: int = option(224, "side of the training images or crops, in pixels")
     epochs: int = option(30, "training epochs", resumable=True)
     iterations: int | None = option(None, "training budget in optimizer steps instead of epochs (the schedule's "
@@ -211,6 +212,8 @@ class RunConfig(Options):
     sync_bn: bool = option(False, "synchronise the batch norms' statistics across processes under DDP")
 
     def __post_init__(self):
+        if self.pretrained is None:
+            self.pretrained = self.model in PRETRAINED and not self.init_checkpoint
         for name in ("data", "output"):
             if not getattr(self, name):
                 raise ConfigError(name, "is required")

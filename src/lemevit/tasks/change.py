@@ -39,7 +39,6 @@ from lemevit.metrics.confusion import (
     confusion_matrix,
 )
 from lemevit.models.change import CHANGE_HEADS, StackedPair, create_change_model
-from lemevit.models.pretrained import PRETRAINED
 from lemevit.tasks.base import initial_weights
 from lemevit.tasks.dense import (
     CropTrainingConfig,
@@ -110,8 +109,6 @@ class ChangeConfig(CropTrainingConfig):
     mask_threshold: int | None = option(None, _MASK_THRESHOLD_HELP)
 
     def __post_init__(self):
-        if self.pretrained is None:
-            self.pretrained = self.model in PRETRAINED and not self.init_checkpoint
         super().__post_init__()
         self.check_positive("crops_per_pair", allow_none=True)
         self.check_non_negative("dice_weight")
