@@ -64,7 +64,7 @@ _PREVIEW_SIDE = 1024
 def _check_thresholds(options) -> None:
     if options.threshold is not None:
         options.check_fraction("threshold", high_open=True)
-    value = options.mask_threshold
+    value = getattr(options, "mask_threshold", None)  # predict reads no masks
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 255):
         raise ConfigError("mask_threshold", f"is the mask value from which a pixel is change, 1..255; got {value!r}")
 
@@ -145,8 +145,7 @@ class ChangePredictOptions(WindowPredictOptions):
         if self.inputs or (len(self.pair) == 2) == (self.pairs is not None):
             raise ConfigError("pair", "a change checkpoint predicts pairs: give the two dates to `pair`, or a folder "
                                       "of pairs (A/, B/) to `pairs`, and no other images")
-        if self.threshold is not None:
-            self.check_fraction("threshold", high_open=True)
+        _check_thresholds(self)
 
 
 @register_task
