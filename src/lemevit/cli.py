@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import lemevit
+from lemevit.cpu import use_available_cpus
 from lemevit.errors import ConfigError, LemevitError
 
 _COMMANDS_WITH_TASK_OPTIONS = ("train", "eval", "predict")
@@ -453,6 +454,7 @@ def _exit_on_sigterm(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    use_available_cpus()
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     command = argv[0] if argv else None
