@@ -153,17 +153,17 @@ MTD = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
-def safe_folder(root, nodata_corner: bool = True):
+def safe_folder(root, nodata_corner: bool = True, date: str = "20240101"):
     """A SAFE-like L2A product: MTD_MSIL2A.xml (quantification 10000, offset -1000) and the JPEG 2000 bands of one
     granule in R10m, R20m and R60m, B02 at 10 m and 20 m both."""
-    safe = root / "S2B_MSIL2A_20240101T100000_N0510_R122_T33UUP_20240101T120000.SAFE"
+    safe = root / f"S2B_MSIL2A_{date}T100000_N0510_R122_T33UUP_{date}T120000.SAFE"
     offsets = "".join(f'<BOA_ADD_OFFSET band_id="{i}">-1000</BOA_ADD_OFFSET>' for i in range(13))
     safe.mkdir(parents=True)
     (safe / "MTD_MSIL2A.xml").write_text(MTD.format(offsets=offsets))
     img = safe / "GRANULE" / "L2A_T33UUP_A000000_20240101T100000" / "IMG_DATA"
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(int(date))
     truth = {}
-    for side, names in ((10, ("B02", "B04")), (20, ("B02", "B8A", "SCL")), (60, ("B01",))):
+    for side, names in ((10, ("B02", "B03", "B04", "B08")), (20, ("B02", "B8A", "SCL")), (60, ("B01",))):
         (img / f"R{side}m").mkdir(parents=True)
         for name in names:
             if name == "SCL":
@@ -181,7 +181,8 @@ def safe_folder(root, nodata_corner: bool = True):
 def test_a_safe_product_is_read_as_reflectance_by_its_metadata(tmp_path):
     safe, truth = safe_folder(tmp_path)
     (scene,) = find_band_scenes(safe)
-    assert scene.name == safe.name and [b.name for b in scene.bands] == ["B01", "B02", "B04", "B8A", "SCL"]
+    assert scene.name == safe.name
+    assert [b.name for b in scene.bands] == ["B01", "B02", "B03", "B04", "B08", "B8A", "SCL"]
     assert scene.find("B02").href.endswith("R10m/T33UUP_20240101T100000_B02_10m.jp2")
     assert (scene.find("B02").scale, scene.find("B02").offset) == (1e-4, -0.1)
     stack = BandStack(scene.select(["B04", "B02", "SCL"], reflectance=True))
@@ -206,29 +207,9 @@ def test_inputs_list_band_scenes_beside_image_files(tmp_path):
     assert scenes[0].name == "tile" and scenes[1] == tmp_path / "in" / "plain.tif"
 
 
-def segmentation_tiles(root, rng) -> None:
-    """Four-band uint16 tiles whose bands are named (B02 B03 B04 B08), class 1 where B08 is high."""
-    for sub in ("img_dir", "ann_dir"):
-        (root / sub).mkdir(parents=True)
-    for i in range(3):
-        bands = rng.integers(1000, 3000, (4, 32, 32)).astype(np.uint16)
-        label = (bands[3] > 2000).astype(np.uint8)
-        with rasterio.open(root / "img_dir" / f"t{i}.tif", "w", driver="GTiff", width=32, height=32, count=4,
-                           dtype="uint16") as ds:
-            ds.write(bands)
-            ds.descriptions = ("B02", "B03", "B04", "B08")
-        from PIL import Image
-
-        Image.fromarray(label).save(root / "ann_dir" / f"t{i}.png")
-
-
 @pytest.mark.slow
-def test_predict_reads_a_band_folder_in_the_bands_the_model_recorded(tmp_path, capsys):
-    segmentation_tiles(tmp_path / "tiles", np.random.default_rng(0))
-    run = tmp_path / "run"
-    assert main(["train", "--task", "segmentation", "--data", str(tmp_path / "tiles"), "--output", str(run),
-                 "--model", "resnet10t", "--img-size", "32", "--epochs", "1", "--batch-size", "2", "--num-workers",
-                 "0", "--decoder-channels", "16", "--class-names", "low", "high", "--split", "0.67"]) == 0
+def test_predict_reads_a_band_folder_in_the_bands_the_model_recorded(band_runs, tmp_path, capsys):
+    run = band_runs["segmentation"]
     import torch
 
     hparams = torch.load(run / "best.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]
@@ -256,3 +237,46 @@ def test_predict_reads_a_band_folder_in_the_bands_the_model_recorded(tmp_path, c
     assert main(["predict", "--checkpoint", str(run / "best.ckpt"), str(tmp_path / "scene"), "--reflectance-scale",
                  "0.0001", "--output", str(tmp_path / "scaled.tif"), "--num-workers", "0"]) == 2
     assert "--reflectance-scale: the model was trained on values as stored" in capsys.readouterr().err
+
+
+def as_reflectance_model(checkpoint, target):
+    """The change run as if trained on reflectance: float32 inputs, its statistics on the reflectance scale."""
+    import torch
+
+    content = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    hp = content["hyper_parameters"]
+    hp.update(reflectance=True, input_dtype="float32", mean=[(m - 1000) / 1e4 for m in hp["mean"]],
+              std=[s / 1e4 for s in hp["std"]])
+    torch.save(content, target)
+    return target
+
+
+@pytest.mark.slow
+def test_predict_a_pair_of_sentinel2_products_into_a_georeferenced_change_map(band_runs, tmp_path, capsys):
+    first, _ = safe_folder(tmp_path / "a", date="20240101")
+    second, _ = safe_folder(tmp_path / "b", date="20240301")
+    checkpoint = band_runs["change"] / "best.ckpt"
+    out = tmp_path / "change.tif"
+    assert main(["predict", "--checkpoint", str(checkpoint), "--pair", str(first), str(second), "--output", str(out),
+                 "--num-workers", "0", "--no-preview"]) == 0
+    with rasterio.open(out) as ds:
+        assert ds.driver == "GTiff" and ds.crs.to_string() == CRS and ds.transform == from_origin(LEFT, TOP, 10, 10)
+        assert (ds.height, ds.width) == (HEIGHT, WIDTH) and ds.nodata == 128
+        values = ds.read(1)
+        assert (values[:2, :2] == 128).all() and set(np.unique(values[2:, 2:])) <= {0, 255}
+
+    # A model trained on reflectance reads the products' DN as reflectance; band files that say no scale need one.
+    reflectance = as_reflectance_model(checkpoint, tmp_path / "reflectance.ckpt")
+    assert main(["predict", "--checkpoint", str(reflectance), "--pair", str(first), str(second), "--output",
+                 str(tmp_path / "r.tif"), "--num-workers", "0", "--no-preview"]) == 0
+    band_folder(tmp_path / "plain_a", names=("B02", "B03", "B04", "B08"))
+    band_folder(tmp_path / "plain_b", names=("B02", "B03", "B04", "B08"))
+    pair = ["--pair", str(tmp_path / "plain_a"), str(tmp_path / "plain_b"), "--num-workers", "0", "--no-preview"]
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(reflectance), *pair, "--output", str(tmp_path / "p.tif")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "--reflectance-scale:" in error and "nothing says the scale of B02" in error
+    assert main(["predict", "--checkpoint", str(reflectance), *pair, "--output", str(tmp_path / "p.tif"),
+                 "--reflectance-scale", "0.0001", "--reflectance-offset", "-0.1"]) == 0
+    with rasterio.open(tmp_path / "p.tif") as ds:
+        assert ds.transform == from_origin(LEFT, TOP, 10, 10) and (ds.height, ds.width) == (HEIGHT, WIDTH)

@@ -91,15 +91,15 @@ class BandFile:
 @dataclass(frozen=True)
 class BandScene:
     """A scene made of band files: ``name``, a file name whose stem names its map; ``source``, what it was read
-    from (for messages); ``bands``, in order; ``visual``, the names of the bands of its RGB picture (a STAC
-    Item's visual asset), the bands taken when nothing else says which; ``resolution``, the side of the grid's
+    from (for messages); ``bands``, in order; ``visual``, the bands of its RGB picture (a STAC Item's visual
+    asset), taken when nothing else says which; ``resolution``, the side of the grid's
     pixels when one was asked for (default: the finest band's); ``reflectance``, whether its values are read as
     reflectance (scaled) or as stored."""
 
     name: str
     source: str
     bands: tuple[BandFile, ...]
-    visual: tuple[str, ...] = ()
+    visual: tuple[BandFile, ...] = ()
     resolution: float | None = None
     reflectance: bool = False
 
@@ -132,19 +132,17 @@ class BandScene:
             resolution: the pixel side of the grid (default: the finest chosen band's).
         """
         available = ", ".join(b.name for b in self.bands)
-        if names:
-            wanted, why = list(names), "asked for"
-        elif trained:
-            wanted, why = list(trained), "the model was trained on"
+        if names or trained:
+            wanted, why = (list(names), "asked for") if names else (list(trained), "the model was trained on")
+            chosen = [self.find(name) for name in wanted]
+            missing = [name for name, band in zip(wanted, chosen, strict=True) if band is None]
+            if missing:
+                raise DataError(f"{self.source} lacks the band(s) {', '.join(missing)} {why} (it has {available})")
         elif self.visual:
-            wanted, why = list(self.visual), "of its visual asset"
+            chosen = list(self.visual)
         else:
             raise ConfigError("bands", f"{self.source}: say which of its bands ({available}) the model takes, in "
                                        "order, with `bands`: the model records no band names")
-        chosen = [self.find(name) for name in wanted]
-        missing = [name for name, band in zip(wanted, chosen, strict=True) if band is None]
-        if missing:
-            raise DataError(f"{self.source} lacks the band(s) {', '.join(missing)} {why} (it has {available})")
         if not reflectance and (scale is not None or offset is not None):
             raise ConfigError("reflectance_scale" if scale is not None else "reflectance_offset",
                               "the model was trained on values as stored, not on reflectance: it takes no scale")

@@ -82,7 +82,7 @@ def _item_scene(item: dict, base: str | Path, source: str) -> BandScene:
         categorical = bool(roles & _CATEGORICAL_ROLES) or any(
             k in asset for k in ("classification:classes", "classification:bitfields"))
         single = len(described) == 1
-        names = []
+        own_bands = []
         for index, (band, extra) in enumerate(zip(described, raster, strict=False), 1):
             own = band.get("name")
             name = key if single else (own or f"{key}:{index}")
@@ -90,13 +90,13 @@ def _item_scene(item: dict, base: str | Path, source: str) -> BandScene:
             scale = extra.get("scale", band.get("raster:scale"))
             offset = extra.get("offset", band.get("raster:offset"))
             nodata = extra.get("nodata", band.get("nodata", asset.get("nodata")))
-            names.append(name)
-            bands.append(BandFile(name, _href(asset["href"], base), index, band_aliases(key if single else None, own,
-                                                                                    common),
-                                  None if categorical else scale, None if categorical else offset,
-                                  None if nodata in (None, "nan") else float(nodata), categorical, single))
+            own_bands.append(BandFile(name, _href(asset["href"], base), index,
+                                      band_aliases(key if single else None, own, common),
+                                      None if categorical else scale, None if categorical else offset,
+                                      None if nodata in (None, "nan") else float(nodata), categorical, single))
+        bands += own_bands
         if not single and (key == "visual" or "visual" in roles) and not visual:
-            visual = tuple(names)
+            visual = tuple(own_bands)
     if not bands:
         raise DataError(f"{source}: no image assets (GeoTIFF or JPEG 2000) to read as bands")
     return BandScene(f"{item.get('id') or Path(source).stem}.json", source, tuple(bands), visual)
