@@ -12,7 +12,7 @@ from lemevit.data.images import TIFF_EXTENSIONS, optional_rasterio, read_image
 from lemevit.data.transforms import IMAGENET_RGB_MEAN_STD
 from lemevit.errors import DataError
 
-__all__ = ["Normalisation", "band_descriptions", "band_normalisation", "band_statistics"]
+__all__ = ["REFLECTANCE_TAG", "Normalisation", "band_metadata", "band_normalisation", "band_statistics"]
 
 _PROGRESS_MIN_IMAGES = 200
 
@@ -32,17 +32,21 @@ class Normalisation:
     reflectance: bool = False
 
 
-def band_descriptions(path: str | Path) -> tuple[str, ...] | None:
-    """The names a GeoTIFF gives its bands (their descriptions), when it names each band, and each differently;
-    None for other files."""
+#: The GeoTIFF tag that says a file's values are reflectance (as ``lemevit prepare oscd`` writes them).
+REFLECTANCE_TAG = "LEMEVIT_VALUES"
+
+
+def band_metadata(path: str | Path) -> tuple[tuple[str, ...] | None, bool]:
+    """What a GeoTIFF says of its bands: their names (its band descriptions, when it names each band, and each
+    differently), and whether its values are reflectance (:data:`REFLECTANCE_TAG`); ``(None, False)`` for other
+    files."""
     rasterio = optional_rasterio()
     if rasterio is None or Path(path).suffix.lower() not in TIFF_EXTENSIONS:
-        return None
+        return None, False
     with rasterio.open(path) as dataset:
-        names = dataset.descriptions
-    if not all(names) or len(set(names)) != len(names):
-        return None
-    return tuple(names)
+        names, reflectance = dataset.descriptions, dataset.tags().get(REFLECTANCE_TAG) == "reflectance"
+    named = all(names) and len(set(names)) == len(names)
+    return (tuple(names) if named else None), reflectance
 
 
 def _progress(items: Sequence, desc: str) -> Iterable:
@@ -90,7 +94,7 @@ def band_statistics(paths: Sequence[str | Path]) -> tuple[list[float], list[floa
 def band_normalisation(paths: Sequence[str | Path]) -> Normalisation:
     """The normalisation of a model trained on the images ``paths``: ImageNet's mean and std for 8-bit RGB
     (what pretrained backbones expect), else :func:`band_statistics` over them; the band names of the first image
-    (:func:`band_descriptions`)."""
+    (:func:`band_metadata`)."""
     if not paths:
         raise DataError("no training images to compute the band statistics from")
     first = read_image(paths[0])
@@ -104,4 +108,4 @@ def band_normalisation(paths: Sequence[str | Path]) -> Normalisation:
         raise DataError(f"band(s) {bad} are constant over the training images (std 0): they carry no information; "
                         "drop them")
     return Normalisation(bands, tuple(float(m) for m in mean), tuple(float(s) for s in std), dtype,
-                         band_descriptions(paths[0]))
+                         *band_metadata(paths[0]))

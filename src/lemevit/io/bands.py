@@ -174,11 +174,14 @@ class BandStack:
     Values are float32 reflectance when the scene is read as reflectance (categorical bands as stored), else as
     stored (in the type that holds every band's: uint16 for uint16 bands and a uint8 classification). A pixel has
     data where every band has (its nodata value, or its file's mask, says not): a pixel lacking one band would be
-    normalised from a fill value."""
+    normalised from a fill value.
+
+    ``grid``, ``(crs, transform, height, width)``, reads the bands onto another grid instead (the first date's,
+    for the second date of a pair whose products were cut on grids a few pixels apart)."""
 
     alpha = None
 
-    def __init__(self, scene: BandScene):
+    def __init__(self, scene: BandScene, grid: tuple | None = None):
         rasterio = optional_rasterio()
         if rasterio is None:
             raise DataError(f"cannot read {scene.source}: its bands are read through GDAL, {_READ_HINT}")
@@ -204,18 +207,20 @@ class BandStack:
                         raise DataError(f"{band.href} has {dataset.count} band(s), not the band {band.index} of "
                                         f"{band.name}")
                 datasets = [self._datasets[b.href] for b in scene.bands]
-                self.crs, self.transform, self.height, self.width = self._grid(datasets, scene)
+                self.crs, self.transform, self.height, self.width = grid or self._grid(datasets, scene)
                 self.masked = False
                 self._masked_bands = []
                 for band, dataset in zip(scene.bands, datasets, strict=True):
                     nodata = band.nodata if band.nodata is not None else dataset.nodatavals[band.index - 1]
-                    masked = nodata is not None or MaskFlags.all_valid not in dataset.mask_flag_enums[band.index - 1]
                     resampling = Resampling.nearest if band.categorical else Resampling.bilinear
-                    options = {"src_nodata": nodata, "nodata": nodata} if nodata is not None else {}
+                    # Without a nodata value, an alpha band of the warp tells the pixels outside the band's
+                    # footprint (a band cut a little smaller than the grid), which would otherwise read as 0.
+                    options = {"src_nodata": nodata, "nodata": nodata} if nodata is not None else {"add_alpha": True}
                     self._warped.append(WarpedVRT(dataset, crs=self.crs, transform=self.transform, width=self.width,
                                                   height=self.height, resampling=resampling, **options))
-                    self._masked_bands.append(masked)
-                    self.masked |= masked
+                    masked = nodata is not None or MaskFlags.all_valid not in dataset.mask_flag_enums[band.index - 1]
+                    self._masked_bands.append(masked or not self._covers(dataset))
+                    self.masked |= self._masked_bands[-1]
         except BaseException:
             self.close()
             raise
@@ -239,6 +244,22 @@ class BandStack:
         width = max(1, round((right - left) / scene.resolution))
         height = max(1, round((top - bottom) / scene.resolution))
         return crs, from_origin(left, top, scene.resolution, scene.resolution), height, width
+
+    def _covers(self, dataset) -> bool:
+        """Whether a band's footprint holds every pixel centre of the grid (same CRS: compared by bounds)."""
+        if dataset.crs != self.crs:
+            return False
+        left, bottom, right, top = dataset.bounds
+        half_x, half_y = abs(self.transform.a) / 2, abs(self.transform.e) / 2
+        x0, y0 = self.transform * (0, 0)
+        x1, y1 = self.transform * (self.width, self.height)
+        return (left <= min(x0, x1) + half_x and max(x0, x1) - half_x <= right
+                and bottom <= min(y0, y1) + half_y and max(y0, y1) - half_y <= top)
+
+    @property
+    def grid(self) -> tuple:
+        """``(crs, transform, height, width)``: what the bands are read onto."""
+        return self.crs, self.transform, self.height, self.width
 
     @property
     def georeferenced(self) -> bool:

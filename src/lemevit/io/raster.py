@@ -298,14 +298,21 @@ class SceneStack:
     is read as a band, as training reads it (a 4th band declared alpha may be near-infrared). ``arrays``, when
     given, are the ``(H, W, C)`` pixels of the scenes already read, ``paths`` then only naming them. A scene of
     band files (a :class:`~lemevit.io.bands.BandScene` whose bands were selected) is read as a
-    :class:`~lemevit.io.bands.BandStack`, on its finest band's grid."""
+    :class:`~lemevit.io.bands.BandStack`, on its finest band's grid, or on the first scene's when that is one
+    too."""
 
     def __init__(self, paths: Sequence[Path | str | BandScene], bands: int | None = None,
                  arrays: Sequence[np.ndarray] | None = None):
         self.scenes: list[RasterScene | BandStack] = []
         try:
             for path, array in zip(paths, arrays or [None] * len(paths), strict=True):
-                self.scenes.append(BandStack(path) if isinstance(path, BandScene) else RasterScene(path, array))
+                if isinstance(path, BandScene):
+                    # The dates of a pair of band scenes are read on the first date's grid: products of one
+                    # place cut at two dates may be a few pixels apart (OSCD's are).
+                    first = self.scenes[0] if self.scenes and isinstance(self.scenes[0], BandStack) else None
+                    self.scenes.append(BandStack(path, first.grid if first else None))
+                else:
+                    self.scenes.append(RasterScene(path, array))
             alphas = [s for s in self.scenes if s.alpha is not None]
             if alphas and sum(s.bands for s in self.scenes) - len(alphas) == bands:
                 for scene in alphas:
