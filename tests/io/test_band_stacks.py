@@ -7,6 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+# Runs trained on named bands.
+from band_models import change_band_run, segmentation_band_run  # noqa: F401
+
 from lemevit.cli import main
 from lemevit.errors import ConfigError, DataError
 from lemevit.io.bands import BandStack, band_name, find_band_scenes, list_scenes, read_band_folder, read_safe
@@ -208,8 +211,9 @@ def test_inputs_list_band_scenes_beside_image_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_predict_reads_a_band_folder_in_the_bands_the_model_recorded(band_runs, tmp_path, capsys):
-    run = band_runs["segmentation"]
+def test_predict_reads_a_band_folder_in_the_bands_the_model_recorded(segmentation_band_run,  # noqa: F811
+                                                                     tmp_path, capsys):
+    run = segmentation_band_run
     import torch
 
     hparams = torch.load(run / "best.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]
@@ -252,10 +256,11 @@ def as_reflectance_model(checkpoint, target):
 
 
 @pytest.mark.slow
-def test_predict_a_pair_of_sentinel2_products_into_a_georeferenced_change_map(band_runs, tmp_path, capsys):
+def test_predict_a_pair_of_sentinel2_products_into_a_georeferenced_change_map(change_band_run,  # noqa: F811
+                                                                              tmp_path, capsys):
     first, _ = safe_folder(tmp_path / "a", date="20240101")
     second, _ = safe_folder(tmp_path / "b", date="20240301")
-    checkpoint = band_runs["change"] / "best.ckpt"
+    checkpoint = change_band_run / "best.ckpt"
     out = tmp_path / "change.tif"
     assert main(["predict", "--checkpoint", str(checkpoint), "--pair", str(first), str(second), "--output", str(out),
                  "--num-workers", "0", "--no-preview"]) == 0

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from band_models import segmentation_band_run  # noqa: F401 - a run trained on named bands
 from test_remote_scenes import server  # noqa: F401 - the range-serving HTTP server on 127.0.0.1
 
 from lemevit.cli import main
@@ -134,11 +135,12 @@ def test_an_item_collection_and_a_folder_of_items_are_a_scene_per_item(tmp_path)
 
 
 @pytest.mark.slow
-def test_predict_an_item_url_into_a_map_on_its_finest_grid(band_runs, tmp_path, server):  # noqa: F811
+def test_predict_an_item_url_into_a_map_on_its_finest_grid(segmentation_band_run, tmp_path,  # noqa: F811
+                                                           server):  # noqa: F811
     url, _ = server
     served_item(tmp_path / "served")
     out = tmp_path / "maps"
-    assert main(["predict", "--checkpoint", str(band_runs["segmentation"] / "best.ckpt"),
+    assert main(["predict", "--checkpoint", str(segmentation_band_run / "best.ckpt"),
                  f"{url}/S2B_33UUP_20240101_0_L2A.json", "--output", str(out), "--num-workers", "0",
                  "--no-preview"]) == 0
     with rasterio.open(out / "S2B_33UUP_20240101_0_L2A.tif") as ds:

@@ -67,7 +67,8 @@ def band_aliases(*names: str | None) -> frozenset[str]:
     return frozenset(found)
 
 
-@dataclass(frozen=True)
+# Not frozen: Lightning rebuilds the dataclasses of a batch (a prediction job) field by field.
+@dataclass(unsafe_hash=True)
 class BandFile:
     """One band of a scene: band ``index`` of the file or URL ``href``, called ``name`` and answering to
     ``aliases`` (lower-cased). ``scale`` and ``offset`` turn its values into reflectance (None: the product does
@@ -88,7 +89,7 @@ class BandFile:
         return bool(band_aliases(name) & (self.aliases | {self.name.lower()}))
 
 
-@dataclass(frozen=True)
+@dataclass(unsafe_hash=True)
 class BandScene:
     """A scene made of band files: ``name``, a file name whose stem names its map; ``source``, what it was read
     from (for messages); ``bands``, in order; ``visual``, the bands of its RGB picture (a STAC Item's visual

@@ -194,13 +194,6 @@ class SlidingWindowTask(BaseTask):
                             scale=choice["reflectance_scale"], offset=choice["reflectance_offset"],
                             resolution=choice["resolution"])
 
-    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        # A prediction job names its scene and output (a scene of band files is a frozen dataclass, which
-        # Lightning's walk through the batch cannot rebuild); its windows go to the device as they are read.
-        if self.trainer is not None and self.trainer.predicting:
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def companion_outputs(self, output: Path) -> list[Path]:
         """The files written beside the map ``output``, as asked: its preview, probabilities, polygons and page."""
         return ([preview_path(output)] if self.write_preview else []) + \

@@ -22,12 +22,10 @@ def write_named_bands(path: Path, bands: np.ndarray) -> None:
         ds.descriptions = BAND_NAMES
 
 
-@pytest.fixture(scope="session")
-def band_runs(tmp_path_factory) -> dict[str, Path]:
-    """``{"segmentation": RUN, "change": RUN}``: one epoch of resnet10t on 32 px tiles (segmentation: class 1
-    where B08 is high; change: where B08 rose)."""
-    pytest.importorskip("rasterio")
-    root = tmp_path_factory.mktemp("band_runs")
+def _data(root: Path) -> Path:
+    """Three 32 px tiles (segmentation: class 1 where B08 is high) and pairs (change: where B08 rose)."""
+    if (root / "tiles").is_dir():
+        return root
     rng = np.random.default_rng(0)
     for sub in ("tiles/img_dir", "tiles/ann_dir", "pairs/A", "pairs/B", "pairs/label"):
         (root / sub).mkdir(parents=True)
@@ -38,11 +36,28 @@ def band_runs(tmp_path_factory) -> dict[str, Path]:
         write_named_bands(root / "pairs" / "A" / f"p{i}.tif", a)
         write_named_bands(root / "pairs" / "B" / f"p{i}.tif", b)
         Image.fromarray(((b[3] > a[3] + 500) * 255).astype(np.uint8)).save(root / "pairs" / "label" / f"p{i}.png")
-    common = ["--model", "resnet10t", "--img-size", "32", "--epochs", "1", "--batch-size", "2", "--num-workers", "0",
-              "--split", "0.67"]
-    runs = {"segmentation": root / "segmentation", "change": root / "change"}
-    assert main(["train", "--task", "segmentation", "--data", str(root / "tiles"), "--output",
-                 str(runs["segmentation"]), "--decoder-channels", "16", "--class-names", "low", "high", *common]) == 0
-    assert main(["train", "--task", "change", "--data", str(root / "pairs"), "--output", str(runs["change"]),
-                 "--head", "siamunet", *common]) == 0
-    return runs
+    return root
+
+
+_COMMON = ["--model", "resnet10t", "--img-size", "32", "--epochs", "1", "--batch-size", "2", "--num-workers", "0",
+           "--split", "0.67"]
+
+
+@pytest.fixture(scope="session")
+def segmentation_band_run(tmp_path_factory) -> Path:
+    """One epoch of a resnet10t UperNet on the named four-band tiles."""
+    pytest.importorskip("rasterio")
+    root = _data(tmp_path_factory.mktemp("band_segmentation"))
+    assert main(["train", "--task", "segmentation", "--data", str(root / "tiles"), "--output", str(root / "run"),
+                 "--decoder-channels", "16", "--class-names", "low", "high", *_COMMON]) == 0
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def change_band_run(tmp_path_factory) -> Path:
+    """One epoch of a resnet10t siamese UNet on the named four-band pairs."""
+    pytest.importorskip("rasterio")
+    root = _data(tmp_path_factory.mktemp("band_change"))
+    assert main(["train", "--task", "change", "--data", str(root / "pairs"), "--output", str(root / "run"),
+                 "--head", "siamunet", *_COMMON]) == 0
+    return root / "run"
