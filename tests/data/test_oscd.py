@@ -67,6 +67,12 @@ def test_cities_can_be_named_and_bands_chosen(tmp_path):
                      progress=False)
 
 
+def test_training_on_the_release_itself_says_how_to_stack_it(tmp_path, capsys):
+    assert main(["train", "--task", "change", "--data", str(OSCD), "--output", str(tmp_path / "run")]) == 2
+    assert "is the OSCD release, band files per date: stack it first with lemevit prepare oscd" in \
+        capsys.readouterr().err
+
+
 def test_change_maps_of_other_values_are_refused(tmp_path):
     Image.fromarray(np.array([[0, 3], [1, 2]], np.uint8)).save(tmp_path / "cm.png")
     with pytest.raises(DataError, match=r"cm.png holds the values \[0, 1, 2, 3\]"):

@@ -205,6 +205,7 @@ def test_a_safe_product_is_read_as_reflectance_by_its_metadata(tmp_path):
 
 def test_inputs_list_band_scenes_beside_image_files(tmp_path):
     band_folder(tmp_path / "in" / "tile", names=("B02", "B03"))
+    write_band(tmp_path / "in" / "tile" / "T33UUP_20240101T100000_TCI_10m.tif", np.zeros((4, 4), np.uint8), 10)
     write_band(tmp_path / "in" / "plain.tif", np.zeros((4, 4), np.uint8), 10)
     scenes = list_scenes([tmp_path / "in" / "tile", tmp_path / "in" / "plain.tif"])
     assert scenes[0].name == "tile" and scenes[1] == tmp_path / "in" / "plain.tif"

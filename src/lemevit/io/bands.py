@@ -40,6 +40,8 @@ _CATEGORICAL_BANDS = {"SCL"}
 # A band in a file name: B02, B2, B8A, SCL, delimited by anything but a letter or digit (T33UUB is a tile).
 _BAND_IN_NAME = re.compile(r"(?<![A-Za-z0-9])(B\d{1,2}|B8A|SCL)(?![A-Za-z0-9])", re.IGNORECASE)
 _RESOLUTION_IN_NAME = re.compile(r"_(\d+)m$")
+# The files of a Sentinel-2 product's image folders that are no band: true colour, aerosol, water vapour.
+_PRODUCT_EXTRAS = re.compile(r"_(TCI|AOT|WVP)(_\d+m)?$", re.IGNORECASE)
 _BAND_EXTENSIONS = (".tif", ".tiff", ".jp2")
 _SAFE_METADATA = ("MTD_MSIL2A.xml", "MTD_MSIL1C.xml")
 _READ_HINT = 'install rasterio: pip install "lemevit[geo]"'
@@ -342,9 +344,10 @@ def _band_order(name: str) -> tuple:
 
 
 def _is_band_folder(folder: Path) -> bool:
-    """Whether a folder holds a scene as band files: at least two image files, each named by a band."""
+    """Whether a folder holds a scene as band files: at least two image files, each named by a band (besides a
+    SAFE's true-colour picture, aerosol and water-vapour files)."""
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _BAND_EXTENSIONS
-             and not p.name.startswith(".")]
+             and not p.name.startswith(".") and not _PRODUCT_EXTRAS.search(p.stem)]
     return len(files) >= 2 and all(band_name(p.stem) for p in files) and len({band_name(p.stem) for p in files}) > 1
 
 

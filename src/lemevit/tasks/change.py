@@ -21,6 +21,7 @@ from lemevit.data.change import (
     scan_change_folder,
 )
 from lemevit.data.datamodule import SeededDataModule
+from lemevit.data.oscd import OSCD_IMAGES
 from lemevit.data.regions import read_region
 from lemevit.data.splits import Split, missing_files
 from lemevit.data.statistics import Normalisation
@@ -194,6 +195,9 @@ class ChangeTask(SlidingWindowTask):
     @classmethod
     def prepare(cls, cfg: ChangeConfig, progress: bool = True) -> tuple[Split, list[dict]]:
         root = Path(cfg.data)
+        if not (root / "A").is_dir() and ((root / OSCD_IMAGES).is_dir() or (root / "train.txt").is_file()):
+            raise DataError(f"{root} is the OSCD release, band files per date: stack it first with lemevit prepare "
+                            f"oscd --data {root} --output DIR, and train on DIR")
         subsets = find_change_splits(root, cfg.split, cfg.seed, cfg.split_files)
         check_pairs(root, sorted({p for pairs in subsets.values() for p in pairs}, key=lambda p: p.a),
                     cfg.mask_threshold)
