@@ -100,8 +100,9 @@ def prepare_oscd(data: str | Path, output: str | Path, bands: Sequence[str] = ()
     output = Path(output)
     names = list(bands) or list(SENTINEL2_BANDS)
     if split_files:
-        if not {"train", "val"} <= set(split_files):
-            raise ConfigError("split_files", f"needs the train and val lists of cities, got {sorted(split_files)}")
+        if not {"train", "val"} <= set(split_files) <= {"train", "val", "test"}:
+            raise ConfigError("split_files", f"takes the train and val lists of cities (and test), got "
+                                             f"{sorted(split_files)}")
         subsets = {subset: oscd_cities(path) for subset, path in split_files.items()}
     else:
         subsets = {"train": oscd_cities(images / "train.txt")}
