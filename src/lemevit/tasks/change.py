@@ -337,9 +337,9 @@ class ChangeTask(SlidingWindowTask):
         date = scene_source(date)
         if not is_remote(date):  # GDAL tells when it opens a URL
             if date.is_dir():
-                raise ConfigError("pair", f"{date} is a folder of no scene of band files; give the two image files "
-                                          "(or band folders, SAFEs, STAC Items) of the pair, or the folder of pairs "
-                                          "to `pairs`")
+                raise ConfigError("pair", f"{date} is a folder; give the two image files of the pair (or scenes of "
+                                          "band files: band folders, SAFEs, STAC Items), or the folder of pairs to "
+                                          "`pairs`")
             if not date.is_file():
                 raise ConfigError("pair", f"{date} does not exist")
         return self.scene_bands(date)
