@@ -305,6 +305,18 @@ def cmd_prepare_panoptic(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare_oscd(args: argparse.Namespace) -> int:
+    from lemevit.data.oscd import prepare_oscd
+
+    split = dict(args.split_files) if args.split_files else None
+    summary = prepare_oscd(args.data, args.output, args.bands or (), split, scale=args.reflectance_scale,
+                           offset=args.reflectance_offset)
+    subsets = ", ".join(f"{name} {n}" for name, n in summary["subsets"].items())
+    print(f"wrote {summary['cities']} cities ({subsets}) of {len(summary['bands'])} bands into {args.output}: A/, B/, "
+          f"label/, list/; {summary['changed_pixels']:,} changed pixels")
+    return 0
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from lemevit.bench.suite import BenchmarkConfig, format_ratios, run_benchmark, write_outputs
     from lemevit.io.paths import check_writable_folder
@@ -322,6 +334,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     print("wrote " + ", ".join(str(p) for p in written))
     measured = [r for r in record["rows"] if r["img_per_s"] is not None]
     return 0 if measured else 1
+
+
+def _subset_file(text: str) -> tuple[str, str]:
+    subset, sep, path = text.partition("=")
+    if not sep or not subset or not path:
+        raise argparse.ArgumentTypeError(f"expected SUBSET=FILE, got {text!r}")
+    return subset, path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -422,6 +441,23 @@ def build_parser() -> argparse.ArgumentParser:
     pan.add_argument("--min-area", type=int, default=0,
                      help="thing components of fewer pixels are left unlabelled (default 0: all kept)")
     pan.set_defaults(func=cmd_prepare_panoptic)
+    oscd = kinds.add_parser("oscd", help="a change-detection data set (A/, B/, label/, list/) from the OSCD release",
+                            description="Stacks each labelled city's two dates (Sentinel-2 band files at 10, 20 and "
+                                        "60 m) on the first date's 10 m grid as reflectance: OUTPUT/A|B/CITY.tif "
+                                        "(float32, bands named), OUTPUT/label/CITY.png (0/255 from CITY-cm.tif) and "
+                                        "OUTPUT/list/train.txt (and val.txt), for lemevit train --task change.")
+    oscd.add_argument("--data", required=True, help="the OSCD release (the folder holding 'Onera Satellite Change "
+                                                    "Detection dataset - Images'), or its images folder")
+    oscd.add_argument("--output", required=True, help="the folder of the change-detection data set")
+    oscd.add_argument("--bands", nargs="+", metavar="NAME", help="the bands, in order (default all 13: B01 ... B8A "
+                                                                 "B09 ... B12); B04 B03 B02 for RGB")
+    oscd.add_argument("--split-files", nargs="+", metavar="SUBSET=FILE", type=_subset_file,
+                      help="train=FILE val=FILE naming the cities of each (default: train.txt, and the labelled "
+                           "cities of test.txt to validate)")
+    oscd.add_argument("--reflectance-scale", type=float, default=1e-4,
+                      help="reflectance = DN * scale + offset (default 0.0001: OSCD's L1C products)")
+    oscd.add_argument("--reflectance-offset", type=float, default=0.0, help="(default 0)")
+    oscd.set_defaults(func=cmd_prepare_oscd)
 
     demo = sub.add_parser("demo", help="fine-tune, evaluate and explain the AID-pretrained LeMeViT-Tiny on AID scenes "
                                        "shipped with lemevit")

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lemevit.data.images import read_image
+from lemevit.data.images import TIFF_EXTENSIONS, optional_rasterio, read_image
 from lemevit.data.transforms import IMAGENET_RGB_MEAN_STD
 from lemevit.errors import DataError
 
-__all__ = ["Normalisation", "band_normalisation", "band_statistics"]
+__all__ = ["REFLECTANCE_TAG", "Normalisation", "band_metadata", "band_normalisation", "band_statistics"]
 
 _PROGRESS_MIN_IMAGES = 200
 
@@ -20,12 +20,33 @@ _PROGRESS_MIN_IMAGES = 200
 @dataclass(frozen=True)
 class Normalisation:
     """How a model's input is normalised: per-band ``mean`` and ``std`` in the images' own value scale, and the
-    band count and data type of the images it was trained on."""
+    band count and data type of the images it was trained on; ``band_names``, the names of their bands in order
+    when the images say them (a GeoTIFF's band descriptions), and ``reflectance``, whether their values are
+    reflectance (digital numbers scaled by their product's quantification) rather than as stored."""
 
     bands: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
     dtype: str
+    band_names: tuple[str, ...] | None = None
+    reflectance: bool = False
+
+
+#: The GeoTIFF tag that says a file's values are reflectance (as ``lemevit prepare oscd`` writes them).
+REFLECTANCE_TAG = "LEMEVIT_VALUES"
+
+
+def band_metadata(path: str | Path) -> tuple[tuple[str, ...] | None, bool]:
+    """What a GeoTIFF says of its bands: their names (its band descriptions, when it names each band, and each
+    differently), and whether its values are reflectance (:data:`REFLECTANCE_TAG`); ``(None, False)`` for other
+    files."""
+    rasterio = optional_rasterio()
+    if rasterio is None or Path(path).suffix.lower() not in TIFF_EXTENSIONS:
+        return None, False
+    with rasterio.open(path) as dataset:
+        names, reflectance = dataset.descriptions, dataset.tags().get(REFLECTANCE_TAG) == "reflectance"
+    named = all(names) and len(set(names)) == len(names)
+    return (tuple(names) if named else None), reflectance
 
 
 def _progress(items: Sequence, desc: str) -> Iterable:
@@ -72,7 +93,8 @@ def band_statistics(paths: Sequence[str | Path]) -> tuple[list[float], list[floa
 
 def band_normalisation(paths: Sequence[str | Path]) -> Normalisation:
     """The normalisation of a model trained on the images ``paths``: ImageNet's mean and std for 8-bit RGB
-    (what pretrained backbones expect), else :func:`band_statistics` over them."""
+    (what pretrained backbones expect), else :func:`band_statistics` over them; the band names of the first image
+    (:func:`band_metadata`)."""
     if not paths:
         raise DataError("no training images to compute the band statistics from")
     first = read_image(paths[0])
@@ -85,4 +107,5 @@ def band_normalisation(paths: Sequence[str | Path]) -> Normalisation:
     if bad:
         raise DataError(f"band(s) {bad} are constant over the training images (std 0): they carry no information; "
                         "drop them")
-    return Normalisation(bands, tuple(float(m) for m in mean), tuple(float(s) for s in std), dtype)
+    return Normalisation(bands, tuple(float(m) for m in mean), tuple(float(s) for s in std), dtype,
+                         *band_metadata(paths[0]))

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from lemevit.errors import ConfigError, DataError
 from lemevit.inference.sliding_window import blended_strips, window_starts
 from lemevit.io import atomic_path
+from lemevit.io.bands import BandScene
 from lemevit.io.paths import (
     check_distinct_names,
     check_outputs_spare_inputs,
@@ -84,7 +85,8 @@ def scene_outputs(scenes: Sequence[Path | str], output: Path, argument: str = "o
             raise ConfigError(argument, f"{nameless[0]} has no file name to name its map after: predict it alone, "
                                         "to a named OUT.tif")
         targets = [output / (Path(source_name(s)).stem + (".tif" if read_by_gdal(s) else ".png")) for s in scenes]
-    check_outputs_spare_inputs(inputs or scenes, targets + [p for t in targets for p in companions(t)], argument)
+    files = [f for s in inputs or scenes for f in (s.files() if isinstance(s, BandScene) else [s])]
+    check_outputs_spare_inputs(files, targets + [p for t in targets for p in companions(t)], argument)
     return targets
 
 
@@ -140,8 +142,9 @@ def predict_scene(predict: Callable[[torch.Tensor], torch.Tensor], scenes: Seque
     Args:
         predict: ``(B, C, window, window)`` normalised windows → ``(B, K, window, window)`` class probabilities.
         scenes: one scene, or the co-registered scenes whose bands are stacked into the model's input (the
-            dates of a change pair): local files, VRTs or URLs. An alpha band is the mask of its scene when the
-            model expects the other bands (see :class:`~lemevit.io.raster.SceneStack`).
+            dates of a change pair): local files, VRTs or URLs, or scenes of band files whose bands were selected
+            (:meth:`~lemevit.io.bands.BandScene.select`), read on their finest band's grid. An alpha band is the
+            mask of its scene when the model expects the other bands (see :class:`~lemevit.io.raster.SceneStack`).
         mean, std: per band of the stacked input, in the scenes' own value scale.
         palette: an RGB colour per map value: the GeoTIFF's colour table.
         to_map: ``(K, rows, width)`` probabilities → ``(rows, width)`` uint8 map values (default: the most probable
@@ -160,11 +163,12 @@ def predict_scene(predict: Callable[[torch.Tensor], torch.Tensor], scenes: Seque
     not run (see :func:`~lemevit.inference.sliding_window.blended_strips`). The map is written after the probabilities:
     a map that exists is complete with them.
     """
-    paths, output = [scene_source(s) for s in scenes], Path(output)
+    paths = [s if isinstance(s, BandScene) else scene_source(s) for s in scenes]
+    output = Path(output)
     if output.suffix.lower() not in OUTPUT_EXTENSIONS:
         raise ConfigError("output", f"must end in {', '.join(OUTPUT_EXTENSIONS)}, got {output}")
     for path in paths:
-        if not is_remote(path) and not path.is_file():
+        if not isinstance(path, BandScene) and not is_remote(path) and not path.is_file():
             raise DataError(f"scene {path} does not exist" if not path.exists() else f"scene {path} is not a file")
     if not 1 <= len(palette) <= 256:
         raise ConfigError("palette", f"maps are written as 8-bit images: at most 256 values, got {len(palette)}")
@@ -174,17 +178,16 @@ def predict_scene(predict: Callable[[torch.Tensor], torch.Tensor], scenes: Seque
     with gdal_cache(_GDAL_CACHE_MB * len(paths)):
         source = SceneStack(paths, len(mean))
         try:
+            named = " and ".join(str(s.path) for s in source.scenes)
             if source.bands != len(mean):
                 alpha = [s for s in source.scenes if s.alpha is not None]
                 note = (f" (band {alpha[0].alpha} of {alpha[0].path} is alpha: it is read as the mask when the model "
                         "expects the other bands)") if alpha else ""
-                raise DataError(f"{' and '.join(map(str, paths))}: {source.bands} band(s), the model expects "
-                                f"{len(mean)}{note}")
+                raise DataError(f"{named}: {source.bands} band(s), the model expects {len(mean)}{note}")
             if source.masked and nodata is None:
-                raise ConfigError("nodata", f"{' and '.join(map(str, paths))} mark pixels as no data: the map needs a "
-                                            "nodata value for them")
+                raise ConfigError("nodata", f"{named} mark pixels as no data: the map needs a nodata value for them")
             if expected_dtype is not None:
-                odd = [(p, d) for p, d in zip(paths, source.dtypes, strict=True) if d != expected_dtype]
+                odd = [(s.path, s.dtype) for s in source.scenes if s.dtype != expected_dtype]
                 if odd:
                     raise DataError(f"{odd[0][0]} holds {odd[0][1]} values, the model was trained on {expected_dtype} "
                                     f"images: its values would be normalised on the wrong scale; convert it to "

@@ -8,7 +8,7 @@ import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 from urllib.parse import urlsplit
 
 from lemevit.data.images import IMAGE_EXTENSIONS
@@ -33,7 +33,10 @@ def scene_source(item: str | Path) -> Path | str:
 
 def source_name(source: str | Path) -> str:
     """The file name of a scene: for a remote one, the last component of its URL's path (no query), which may be
-    empty (``https://host/``)."""
+    empty (``https://host/``); for a scene of several files (a :class:`~lemevit.io.bands.BandScene`), its
+    ``name``."""
+    if not isinstance(source, (str, PurePath)):
+        return source.name
     if not is_remote(source):
         return Path(source).name
     # /vsicurl/https://host/a/b.tif?x=1 -> https://host/a/b.tif?x=1 -> b.tif; /vsis3/bucket/b.tif -> b.tif

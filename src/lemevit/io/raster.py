@@ -25,6 +25,7 @@ import numpy as np
 from lemevit.data.images import TIFF_EXTENSIONS, optional_rasterio, read_image
 from lemevit.errors import ConfigError, DataError
 from lemevit.io.atomic import scratch_path
+from lemevit.io.bands import BandScene, BandStack
 from lemevit.io.paths import is_remote
 
 __all__ = ["GEO_HINT", "OUTPUT_EXTENSIONS", "PROBABILITY_DTYPES", "ClassMapWriter", "CogWriter", "RasterScene",
@@ -40,10 +41,11 @@ _READ_HINT = 'install rasterio: pip install "lemevit[geo]"'
 _TILE = 256
 
 
-def read_by_gdal(source: str | Path) -> bool:
-    """Whether a scene is read through GDAL, in windows: a TIFF, a VRT or a remote source (else, whole by
-    :func:`~lemevit.data.read_image`)."""
-    return is_remote(source) or Path(source).suffix.lower() in (*TIFF_EXTENSIONS, ".vrt")
+def read_by_gdal(source: str | Path | BandScene) -> bool:
+    """Whether a scene is read through GDAL, in windows: a TIFF, a VRT, a remote source or a scene of band files
+    (else, whole by :func:`~lemevit.data.read_image`)."""
+    return (isinstance(source, BandScene) or is_remote(source)
+            or Path(source).suffix.lower() in (*TIFF_EXTENSIONS, ".vrt"))
 
 
 def gdal_cache(megabytes: int):
@@ -165,7 +167,7 @@ class CogWriter:
         nodata: the value declared as no data.
     """
 
-    def __init__(self, path: Path, tmp: Path, scene: RasterScene | SceneStack, count: int, dtype: str,
+    def __init__(self, path: Path, tmp: Path, scene: RasterScene | SceneStack | BandStack, count: int, dtype: str,
                  resampling: str, descriptions: Sequence[str], colormap: Mapping[int, tuple] | None = None,
                  nodata: int | None = None):
         self.rasterio = optional_rasterio()
@@ -294,14 +296,23 @@ class SceneStack:
     ``bands``, the number the model expects, decides what an alpha band is: when the bands without the scenes'
     alpha bands are that many (an RGBA scene for an RGB model), each alpha band is its scene's mask; otherwise it
     is read as a band, as training reads it (a 4th band declared alpha may be near-infrared). ``arrays``, when
-    given, are the ``(H, W, C)`` pixels of the scenes already read, ``paths`` then only naming them."""
+    given, are the ``(H, W, C)`` pixels of the scenes already read, ``paths`` then only naming them. A scene of
+    band files (a :class:`~lemevit.io.bands.BandScene` whose bands were selected) is read as a
+    :class:`~lemevit.io.bands.BandStack`, on its finest band's grid, or on the first scene's when that is one
+    too."""
 
-    def __init__(self, paths: Sequence[Path | str], bands: int | None = None,
+    def __init__(self, paths: Sequence[Path | str | BandScene], bands: int | None = None,
                  arrays: Sequence[np.ndarray] | None = None):
-        self.scenes: list[RasterScene] = []
+        self.scenes: list[RasterScene | BandStack] = []
         try:
             for path, array in zip(paths, arrays or [None] * len(paths), strict=True):
-                self.scenes.append(RasterScene(path, array))
+                if isinstance(path, BandScene):
+                    # The dates of a pair of band scenes are read on the first date's grid: products of one
+                    # place cut at two dates may be a few pixels apart (OSCD's are).
+                    first = self.scenes[0] if self.scenes and isinstance(self.scenes[0], BandStack) else None
+                    self.scenes.append(BandStack(path, first.grid if first else None))
+                else:
+                    self.scenes.append(RasterScene(path, array))
             alphas = [s for s in self.scenes if s.alpha is not None]
             if alphas and sum(s.bands for s in self.scenes) - len(alphas) == bands:
                 for scene in alphas:

@@ -21,6 +21,7 @@ from lemevit.data.change import (
     scan_change_folder,
 )
 from lemevit.data.datamodule import SeededDataModule
+from lemevit.data.oscd import OSCD_IMAGES
 from lemevit.data.regions import read_region
 from lemevit.data.splits import Split, missing_files
 from lemevit.data.statistics import Normalisation
@@ -29,6 +30,7 @@ from lemevit.errors import ConfigError, DataError
 from lemevit.export.onnx import OnnxGraph, Probabilities
 from lemevit.inference.scene import predict_scene, preview_path
 from lemevit.inference.sliding_window import blended_strips
+from lemevit.io.bands import BandScene, find_band_scenes
 from lemevit.io.paths import is_remote, scene_source
 from lemevit.losses import dice_loss
 from lemevit.metrics.confusion import (
@@ -131,7 +133,9 @@ class ChangeEvalOptions(WindowEvalOptions):
 
 @dataclass(kw_only=True)
 class ChangePredictOptions(WindowPredictOptions):
-    pair: list[str] = option([], "the two dates (any size, the same size; GeoTIFF pairs give a GeoTIFF)", nargs=2,
+    pair: list[str] = option([], "the two dates (any size, the same size; GeoTIFF pairs give a GeoTIFF), each an image "
+                                 "or a scene of band files (a folder of *_B02.tif, a Sentinel-2 SAFE, a STAC Item), "
+                                 "read on the grid of its finest chosen band", nargs=2,
                              metavar=("A_IMAGE", "B_IMAGE"))
     pairs: str | None = option(None, "instead of --pair, a folder of pairs: A/ and B/ holding each pair's dates under "
                                      "one name (the training layout; label/ is not needed)")
@@ -173,7 +177,8 @@ class ChangeTask(SlidingWindowTask):
     def __init__(self, model: str = "lemevit_tiny", head: str = "bit", in_chans: int = 3, img_size: int = 256,
                  window: int | None = None, stride: int | None = None,
                  mean: Sequence[float] = (123.675, 116.28, 103.53), std: Sequence[float] = (58.395, 57.12, 57.375),
-                 input_dtype: str | None = None, optimization: dict | None = None, drop_path_rate: float = 0.0,
+                 input_dtype: str | None = None, band_names: Sequence[str] | None = None, reflectance: bool = False,
+                 optimization: dict | None = None, drop_path_rate: float = 0.0,
                  init_checkpoint: str | None = None, seed: int = 0, dice_weight: float = 0.0, threshold: float = 0.5,
                  mask_threshold: int | None = None):
         super().__init__()
@@ -190,6 +195,9 @@ class ChangeTask(SlidingWindowTask):
     @classmethod
     def prepare(cls, cfg: ChangeConfig, progress: bool = True) -> tuple[Split, list[dict]]:
         root = Path(cfg.data)
+        if not (root / "A").is_dir() and ((root / OSCD_IMAGES).is_dir() or (root / "train.txt").is_file()):
+            raise DataError(f"{root} is the OSCD release, band files per date: stack it first with lemevit prepare "
+                            f"oscd --data {root} --output DIR, and train on DIR")
         subsets = find_change_splits(root, cfg.split, cfg.seed, cfg.split_files)
         check_pairs(root, sorted({p for pairs in subsets.values() for p in pairs}, key=lambda p: p.a),
                     cfg.mask_threshold)
@@ -203,7 +211,9 @@ class ChangeTask(SlidingWindowTask):
     def from_config(cls, cfg: ChangeConfig, split: Split, normalisation: Normalisation) -> ChangeTask:
         return cls(cfg.model, cfg.head, in_chans=normalisation.bands, img_size=cfg.img_size, window=cfg.window,
                    stride=cfg.stride, mean=normalisation.mean, std=normalisation.std,
-                   input_dtype=normalisation.dtype, optimization=cfg.optimization().to_dict(),
+                   input_dtype=normalisation.dtype,
+                   band_names=normalisation.band_names, reflectance=normalisation.reflectance,
+                   optimization=cfg.optimization().to_dict(),
                    drop_path_rate=cfg.drop_path_rate, init_checkpoint=cfg.starting_weights, seed=cfg.seed,
                    dice_weight=cfg.dice_weight, threshold=cfg.threshold, mask_threshold=cfg.mask_threshold)
 
@@ -307,19 +317,32 @@ class ChangeTask(SlidingWindowTask):
     def check_prediction(self, options: ChangePredictOptions) -> None:
         if options.pairs is not None:
             root = Path(options.pairs)
-            pairs = [(root / p.a, root / p.b) for p in scan_change_folder(root, labels=False)]
+            pairs = [(self.scene_bands(root / p.a), self.scene_bands(root / p.b))
+                     for p in scan_change_folder(root, labels=False)]
         else:
-            pairs = [tuple(scene_source(p) for p in options.pair)]
-            for date in (d for d in pairs[0] if not is_remote(d)):  # GDAL tells when it opens a URL
-                if date.is_dir():
-                    raise ConfigError("pair", f"{date} is a folder; give the two image files of the pair, or the "
-                                              "folder of pairs to `pairs`")
-                if not date.is_file():
-                    raise ConfigError("pair", f"{date} does not exist")
+            pairs = [tuple(self._date(date) for date in options.pair)]
         # A pair's map is named after its first date.
         self._outputs = self.map_outputs([a for a, _ in pairs], Path(options.output),
                                          inputs=[date for pair in pairs for date in pair])
         self._pairs = pairs
+
+    def _date(self, date: str) -> Path | str | BandScene:
+        """A date of ``pair``: an image file or URL, or a scene of band files (a band folder, a SAFE, a STAC
+        Item) reduced to the model's bands."""
+        scenes = find_band_scenes(date)
+        if scenes is not None:
+            if len(scenes) != 1:
+                raise ConfigError("pair", f"{date} holds {len(scenes)} scenes; give one date (one STAC Item)")
+            return self.scene_bands(scenes[0])
+        date = scene_source(date)
+        if not is_remote(date):  # GDAL tells when it opens a URL
+            if date.is_dir():
+                raise ConfigError("pair", f"{date} is a folder; give the two image files of the pair (or scenes of "
+                                          "band files: band folders, SAFEs, STAC Items), or the folder of pairs to "
+                                          "`pairs`")
+            if not date.is_file():
+                raise ConfigError("pair", f"{date} does not exist")
+        return self.scene_bands(date)
 
     def prediction_dataset(self, options: ChangePredictOptions) -> Dataset:
         return self.pending_jobs(list(zip(self._pairs, self._outputs, strict=True)), options)

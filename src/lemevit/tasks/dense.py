@@ -23,6 +23,7 @@ from lemevit.inference.scene import (
     vector_path,
 )
 from lemevit.inference.sliding_window import default_stride, softmax_predictor
+from lemevit.io.bands import BandScene
 from lemevit.io.raster import GEO_HINT, PROBABILITY_DTYPES
 from lemevit.io.vector import check_vector_output, write_map_vectors
 from lemevit.io.webmap import scene_picture, value_overlay, webmap_path, write_map_page
@@ -95,11 +96,29 @@ class WindowPredictOptions(PredictOptions):
     min_area: float = option(0.0, "with --vector, drop the polygons smaller than this, in m²")
     simplify: float = option(0.0, "with --vector, simplify the polygons to this tolerance, in map units (0: the "
                                   "pixel edges)")
+    # A scene of band files: a folder of *_B02.tif, a Sentinel-2 SAFE, a STAC Item (see lemevit.io.bands).
+    bands: list[str] = option([], "of a scene of band files (a folder of *_B02.tif, a Sentinel-2 SAFE, a STAC Item), "
+                                  "the bands the model takes, in order, by band (B04), asset key, name or common name "
+                                  "(red) (default: the bands the model was trained on, else an Item's visual asset)",
+                              metavar="NAME")
+    resolution: float | None = option(None, "of a scene of band files, the pixel side of the grid its bands are "
+                                            "resampled onto, in its CRS's units (default: the finest chosen band's)")
+    reflectance_scale: float | None = option(None, "for a model trained on reflectance, the scale of the scenes' "
+                                                   "values (reflectance = value * scale + offset; Sentinel-2: "
+                                                   "0.0001) where the product says none")
+    reflectance_offset: float | None = option(None, "with `reflectance_scale`, the offset (Sentinel-2 from "
+                                                    "processing baseline 04.00: -0.1) (default 0)")
 
     def __post_init__(self):
         super().__post_init__()
         check_window(self)
         self.check_non_negative("min_area", "simplify")
+        for name in ("resolution", "reflectance_scale"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(name, f"must be positive, got {value!r}")
+        if self.reflectance_offset is not None and self.reflectance_scale is None:
+            raise ConfigError("reflectance_offset", "goes with `reflectance_scale`: give both")
         if self.vector is None:
             for name in ("min_area", "simplify"):
                 if getattr(self, name):
@@ -155,6 +174,25 @@ class SlidingWindowTask(BaseTask):
         self.vector = getattr(options, "vector", None)
         self.write_html = getattr(options, "html", False)
         self.min_area, self.simplify = getattr(options, "min_area", 0.0), getattr(options, "simplify", 0.0)
+        self.band_choice = {name: getattr(options, name, None) for name in
+                            ("bands", "resolution", "reflectance_scale", "reflectance_offset")}
+
+    def scene_bands(self, scene: Path | str | BandScene) -> Path | str | BandScene:
+        """A scene as the model reads it: of a scene of band files, the bands it takes, in its order, scaled as
+        it was trained (``bands``, else the bands it records, else an Item's visual asset); another scene as it
+        is, which takes none of the band options."""
+        choice = self.band_choice
+        if not isinstance(scene, BandScene):
+            given = [name for name, value in choice.items() if value]
+            if given:
+                raise ConfigError(given[0], f"applies to scenes of band files (a folder of *_B02.tif, a SAFE, a "
+                                            f"STAC Item); {scene} is one image file")
+            return scene
+        hp = self.hparams
+        return scene.select(choice["bands"] or (), trained=hp.get("band_names"), reflectance=hp.get("reflectance",
+                                                                                                      False),
+                            scale=choice["reflectance_scale"], offset=choice["reflectance_offset"],
+                            resolution=choice["resolution"])
 
     def companion_outputs(self, output: Path) -> list[Path]:
         """The files written beside the map ``output``, as asked: its preview, probabilities, polygons and page."""

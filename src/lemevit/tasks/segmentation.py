@@ -32,7 +32,7 @@ from lemevit.errors import ConfigError, DataError
 from lemevit.export.onnx import OnnxGraph, Probabilities
 from lemevit.inference.scene import predict_scene, preview_path
 from lemevit.inference.sliding_window import sliding_window_confusion
-from lemevit.io.paths import list_images
+from lemevit.io.bands import list_scenes
 from lemevit.losses import dice_loss
 from lemevit.metrics.confusion import segmentation_metrics
 from lemevit.models.segmentation import HEADS, SegmentationModel
@@ -125,7 +125,8 @@ class SegmentationTask(SlidingWindowTask):
                  aux_weight: float = 0.4, dice_weight: float = 0.0, in_chans: int = 3, img_size: int = 512,
                  window: int | None = None, stride: int | None = None,
                  mean: Sequence[float] = (123.675, 116.28, 103.53), std: Sequence[float] = (58.395, 57.12, 57.375),
-                 input_dtype: str | None = None, optimization: dict | None = None, drop_path_rate: float = 0.1,
+                 input_dtype: str | None = None, band_names: Sequence[str] | None = None, reflectance: bool = False,
+                 optimization: dict | None = None, drop_path_rate: float = 0.1,
                  init_checkpoint: str | None = None, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
@@ -168,7 +169,9 @@ class SegmentationTask(SlidingWindowTask):
         return cls(cfg.model, split.meta["labels"], head=cfg.head, decoder_channels=cfg.decoder_channels,
                    aux_weight=cfg.aux_weight, dice_weight=cfg.dice_weight, in_chans=normalisation.bands,
                    img_size=cfg.img_size, window=cfg.window, stride=cfg.stride, mean=normalisation.mean,
-                   std=normalisation.std, input_dtype=normalisation.dtype, optimization=cfg.optimization().to_dict(),
+                   std=normalisation.std, input_dtype=normalisation.dtype,
+                   band_names=normalisation.band_names, reflectance=normalisation.reflectance,
+                   optimization=cfg.optimization().to_dict(),
                    drop_path_rate=cfg.drop_path_rate, init_checkpoint=cfg.starting_weights, seed=cfg.seed)
 
     def datamodule(self, cfg: SegmentationConfig, split: Split) -> SeededDataModule:
@@ -250,7 +253,7 @@ class SegmentationTask(SlidingWindowTask):
     def check_prediction(self, options: SegmentationPredictOptions) -> None:
         if not options.inputs:
             raise ConfigError("inputs", "give the scenes to predict (files, folders or glob patterns)")
-        self._scenes = list_images(options.inputs)
+        self._scenes = [self.scene_bands(scene) for scene in list_scenes(options.inputs)]
         self._outputs = self.map_outputs(self._scenes, Path(options.output))
 
     def prediction_dataset(self, options: SegmentationPredictOptions) -> Dataset:
