@@ -148,3 +148,11 @@ def test_the_listing_shows_scores_data_and_command(capsys):
     assert "trained by: lemevit train --data AID150/train" in listing and "data: AID scene recognition" in listing
     assert timm.create_model(NAME).pretrained_cfg["notes"][0].startswith("held-out top-1 76.4%")
     assert timm.create_model("lemevit_tiny").pretrained_cfg.get("notes") is None  # the untagged one is the paper's
+
+
+def test_the_wheel_ships_only_small_registered_weights():
+    """The package stays a reasonable pip install: what lemevit/weights holds (it all goes into the wheel) is
+    registered weights, 25 MiB in all at most; larger ones are installed into the weights directory."""
+    shipped = sorted(pretrained.PACKAGE_WEIGHTS.glob("*.safetensors"))
+    assert shipped and all(p.name[:-len(".safetensors")] in PRETRAINED for p in shipped)
+    assert sum(p.stat().st_size for p in shipped) <= 25 * 2**20
