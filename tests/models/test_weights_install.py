@@ -156,3 +156,18 @@ def test_the_wheel_ships_only_small_registered_weights():
     shipped = sorted(pretrained.PACKAGE_WEIGHTS.glob("*.safetensors"))
     assert shipped and all(p.name[:-len(".safetensors")] in PRETRAINED for p in shipped)
     assert sum(p.stat().st_size for p in shipped) <= 25 * 2**20
+
+
+def test_a_registry_entry_is_all_new_weights_need(monkeypatch):
+    """A later run's weights are one more PRETRAINED entry: the model file's configs take the tag from it, with its
+    scores and command, and the untagged model stays timm's default (the published architecture)."""
+    from lemevit.models.pretrained import PretrainedWeights, with_tagged_cfgs
+
+    entry = PretrainedWeights("lvt.rs", "0" * 64, "scenes", "research", cfg=dict(num_classes=51),
+                              heldout={"AID": {"top1": 0.5, "top5": 0.75}}, command="lemevit train --model lvt")
+    monkeypatch.setitem(PRETRAINED, entry.name, entry)
+    default = timm.models.generate_default_cfgs(with_tagged_cfgs({"lvt": {"url": "", "num_classes": 1000}}))["lvt"]
+    assert default.tags[0] == "" and default.cfgs[""].num_classes == 1000
+    tagged = default.cfgs["rs"]
+    assert tagged.num_classes == 51 and tagged.file.endswith("lvt.rs.safetensors")
+    assert tagged.notes == ("held-out top-1 50.0%, top-5 75.0% (AID)", "trained by: lemevit train --model lvt")
