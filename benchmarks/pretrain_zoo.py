@@ -44,7 +44,7 @@ from lemevit.engine.checkpoint import read_checkpoint
 from lemevit.io import atomic_path
 
 HERE = Path(__file__).parent
-# The recipe of lemevit_tiny.aid150, less its model and budget (given by the flags below).
+# The recipe of lemevit_tiny.aid150 and of the zoo, less the model, size and epochs (given by the flags below).
 RECIPE = ["--batch-size", "64", "--split", "0.95", "--seed", "0", "--lr", "1.5e-3", "--drop-path-rate", "0.1",
           "--gradient-clip", "1.0", "--label-smoothing", "0.1", "--crop-scale", "0.8", "1.0", "--ema-decay", "0.998",
           "--checkpoint-steps", "16"]
