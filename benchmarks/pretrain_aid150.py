@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from pretrain_zoo import RECIPE
 
 from lemevit.cli import main as lemevit
 from lemevit.engine import RunDirectory, training_minutes
@@ -29,9 +30,7 @@ from lemevit.io import atomic_path
 HERE = Path(__file__).parent
 WEIGHTS = HERE.parent / "src" / "lemevit" / "weights" / "lemevit_tiny.aid150.safetensors"
 EPOCHS = 12
-TRAIN = ["--model", "lemevit_tiny", "--img-size", "128", "--epochs", str(EPOCHS), "--batch-size", "64",
-         "--split", "0.95", "--seed", "0", "--lr", "1.5e-3", "--drop-path-rate", "0.1", "--gradient-clip", "1.0",
-         "--label-smoothing", "0.1", "--crop-scale", "0.8", "1.0", "--ema-decay", "0.998", "--checkpoint-steps", "16"]
+TRAIN = ["--model", "lemevit_tiny", "--img-size", "128", "--epochs", str(EPOCHS), *RECIPE]
 
 
 def main() -> None:

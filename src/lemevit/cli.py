@@ -31,22 +31,33 @@ def _count_parameters(name: str, num_classes: int) -> int:
 
 
 def _list_pretrained(text: str) -> int:
-    from lemevit.models.pretrained import PRETRAINED, find_weights, weights_dir
+    from lemevit.models.pretrained import PRETRAINED, find_weights, how_to_install
 
-    rows = []
+    listed = 0
     for name, weights in sorted(PRETRAINED.items()):
         if text not in name:
             continue
         try:
             where = str(find_weights(name))
         except LemevitError:
-            where = f"not installed: put {weights.filename} in {weights_dir()}"
+            where = f"not installed: {how_to_install(weights)}"
         size = weights.cfg.get("input_size", (3, 224, 224))[-1]
-        rows.append((name, f"{size}px", weights.description, where))
-    for row in rows:
-        print("  ".join(row))
-    if not rows:
+        print("  ".join((name, f"{size}px", "; ".join(weights.scores) or "no held-out score", where)))
+        for line in (f"data: {weights.description}", *weights.notes[len(weights.scores):]):
+            print(f"    {line}")
+        listed += 1
+    if not listed:
         print("no pretrained weights match")
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        return _list_pretrained(args.filter)
+    from lemevit.models.pretrained import install_weights
+
+    name, path = install_weights(args.source, name=args.name, timeout=args.timeout)
+    print(f"installed {name}: {path} (sha256 checked); timm.create_model({name!r}, pretrained=True) loads it")
     return 0
 
 
@@ -352,8 +363,24 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--filter", default="", help="only names containing this text")
     models.add_argument("--num-classes", type=int, default=1000, help="classifier size for the count (default 1000)")
     models.add_argument("--pretrained", action="store_true",
-                        help="list the pretrained weights instead: name, input size, training data, file")
+                        help="list the pretrained weights instead (as `lemevit weights list`): name, input size, "
+                             "held-out scores, training data and command, file")
     models.set_defaults(func=cmd_models)
+
+    weights = sub.add_parser("weights", help="install pretrained weights that do not ship in the package, or list "
+                                             "all of them")
+    weights.set_defaults(func=cmd_weights)
+    actions = weights.add_subparsers(dest="action", required=True, metavar="ACTION")
+    install = actions.add_parser("install", help="copy a weights file (or download it) into the weights directory, "
+                                                 "its sha256 checked against lemevit's record")
+    install.add_argument("source", help="the weights file (<model>.<tag>.safetensors), an http(s) URL of it, or the "
+                                        "name of weights whose download address lemevit knows")
+    install.add_argument("--name", help="which weights the file is (default: told by its file name)")
+    install.add_argument("--timeout", type=float, default=60.0, help="seconds a download may wait for the server "
+                                                                     "(default 60)")
+    listing = actions.add_parser("list", help="the pretrained weights: held-out scores, data, command, where their "
+                                              "file is or how to get it")
+    listing.add_argument("--filter", default="", help="only names containing this text")
 
     recipes = sub.add_parser("recipes", help="list the papers' experiments as recipes for lemevit train --recipe")
     recipes.add_argument("--filter", default="", help="only names containing this text")

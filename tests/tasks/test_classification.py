@@ -114,3 +114,14 @@ def test_explain_says_clearly_that_other_models_have_no_meta_tokens(tmp_path, ca
     assert main(["explain", "--checkpoint", str(run / "best.ckpt"), str(image), "--output", str(png)]) == 2
     assert "resnet10t has no meta tokens" in capsys.readouterr().err
     assert not png.exists()
+
+
+@pytest.mark.slow
+def test_a_timm_model_of_fixed_input_size_trains_and_predicts_at_the_size_asked(tmp_path):
+    """A plain ViT's position table is built for --img-size (timm's default, 224 px, would refuse 32 px crops)."""
+    data = make_scenes(tmp_path / "scenes", per_class=2)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--output", str(run), "--model", "deit_tiny_patch16_224",
+                 "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--num-workers", "0"]) == 0
+    assert main(["eval", "--checkpoint", str(run / "best.ckpt"), "--data", str(data),
+                 "--output", str(tmp_path / "eval")]) == 0

@@ -14,8 +14,8 @@ from torch import nn
 from lemevit.errors import ConfigError, DataError
 from lemevit.io.model_file import model_file_folder, read_model_file
 
-__all__ = ["DENSE_STRIDES", "create_dense_encoder", "create_model", "list_models", "load_checkpoint_file",
-           "load_weights"]
+__all__ = ["DENSE_STRIDES", "create_dense_encoder", "create_model", "input_size_kwargs", "list_models",
+           "load_checkpoint_file", "load_weights"]
 
 _logger = logging.getLogger(__name__)
 
@@ -123,6 +123,13 @@ def _timm_model(name: str, **kwargs) -> nn.Module:
             raise ConfigError("model", f"unknown model {name!r}: not one of lemevit's (`lemevit models` lists them) "
                                        "nor of timm's") from None
         raise
+
+
+def input_size_kwargs(name: str, img_size: int) -> dict:
+    """``{"img_size": img_size}`` for a timm model whose input size is fixed when it is built (plain ViTs, Swin: their
+    position tables or attention windows), nothing for the others, which take any size."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    return {"img_size": img_size} if cfg is not None and cfg.fixed_input_size else {}
 
 
 def create_model(name: str, checkpoint: str | Path | dict[str, torch.Tensor] | None = None, **kwargs) -> nn.Module:

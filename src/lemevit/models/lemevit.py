@@ -32,7 +32,7 @@ from lemevit.layers.meta_attention import DualCrossAttention, MetaCrossAttention
 from lemevit.layers.mlp import Mlp
 from lemevit.models._checks import check_image_batch
 from lemevit.models._convert import prepare_state_dict
-from lemevit.models.pretrained import check_timm_pretrained, tagged_cfgs
+from lemevit.models.pretrained import check_timm_pretrained, with_tagged_cfgs
 
 __all__ = ["LeMeViT", "checkpoint_filter_fn"]
 
@@ -408,14 +408,11 @@ def _cfg(**kwargs) -> dict:
     }
 
 
-# The untagged config stays timm's default, the architecture as published (1000 ImageNet classes, 224 px), where
-# timm would take the first tag with weights (aid150's 30 AID classes): "*" after the tags marks it the default.
-default_cfgs = generate_default_cfgs({
-    **tagged_cfgs("lemevit_tiny", _cfg()),
-    "lemevit_tiny.*": _cfg(),
+default_cfgs = generate_default_cfgs(with_tagged_cfgs({
+    "lemevit_tiny": _cfg(),
     "lemevit_small": _cfg(),
     "lemevit_base": _cfg(),
-})
+}))
 
 
 @register_model

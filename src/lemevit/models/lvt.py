@@ -37,6 +37,7 @@ from lemevit.layers.lvt_attention import ClassAttention, ConvolutionalSelfAttent
 from lemevit.layers.mlp import Mlp
 from lemevit.models._checks import check_image_batch
 from lemevit.models._convert import prepare_state_dict
+from lemevit.models.pretrained import check_timm_pretrained, with_tagged_cfgs
 
 __all__ = ["LVT", "DwConvMlp", "OverlapPatchEmbed", "checkpoint_filter_fn"]
 
@@ -412,6 +413,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module |
 
 
 def _create_lvt(variant: str, pretrained: bool = False, **kwargs) -> LVT:
+    kwargs = check_timm_pretrained(variant, pretrained, kwargs)
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
     if kwargs.get("features_only"):
         # Dense features are those of the published dense backbone unless asked otherwise; no head is needed.
@@ -444,10 +446,10 @@ def _cfg(**kwargs) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs({
+default_cfgs = generate_default_cfgs(with_tagged_cfgs({
     "lvt": _cfg(),
     "lvt_backbone": _cfg(num_classes=0, classifier="head"),
-})
+}))
 
 
 @register_model

@@ -27,6 +27,7 @@ from lemevit.layers.vicinity_attention import VicinityAttention
 from lemevit.models._checks import check_image_batch
 from lemevit.models._convert import prepare_state_dict
 from lemevit.models.lvt import DwConvMlp, OverlapPatchEmbed
+from lemevit.models.pretrained import check_timm_pretrained, with_tagged_cfgs
 
 __all__ = ["VVT", "checkpoint_filter_fn"]
 
@@ -259,6 +260,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module |
 
 
 def _create_vvt(variant: str, pretrained: bool = False, **kwargs) -> VVT:
+    kwargs = check_timm_pretrained(variant, pretrained, kwargs)
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
     return build_model_with_cfg(
         VVT, variant, pretrained,
@@ -287,12 +289,12 @@ def _cfg(**kwargs) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs({
+default_cfgs = generate_default_cfgs(with_tagged_cfgs({
     "vvt_tiny": _cfg(),
     "vvt_small": _cfg(),
     "vvt_medium": _cfg(),
     "vvt_large": _cfg(),
-})
+}))
 
 
 @register_model

@@ -36,7 +36,7 @@ from lemevit.export.onnx import OnnxGraph
 from lemevit.io import atomic_path
 from lemevit.io.paths import check_outputs_spare_inputs, check_writable_folder, list_images
 from lemevit.metrics.classification import classification_metrics
-from lemevit.models import create_model
+from lemevit.models import create_model, input_size_kwargs
 from lemevit.tasks.base import BaseTask, NamedClasses, initial_weights
 from lemevit.tasks.registry import register_task
 
@@ -135,7 +135,7 @@ class ClassificationTask(NamedClasses, BaseTask):
         super().__init__()
         self.save_hyperparameters()
         self.model = create_model(model, num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate,
-                                  checkpoint=initial_weights(init_checkpoint))
+                                  checkpoint=initial_weights(init_checkpoint), **input_size_kwargs(model, img_size))
         self.mixup = (Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing,
                             num_classes=num_classes) if mixup > 0 or cutmix > 0 else None)
         self.soft_loss = SoftTargetCrossEntropy()

@@ -1,0 +1,147 @@
+"""The papers' efficiency claim on remote-sensing scenes: held-out AID top-1 against CPU inference throughput for
+our models and the peers of their related work that timm has, every one trained with the same recipe and budget.
+
+    # AID prepared as for pretrain_aid150.py (train/ and heldout/: the demo subset and a stratified 10 % left out)
+    nice -n 10 python benchmarks/zoo_pareto.py --data /data/aid150 --runs /work/zoo-runs/pareto \\
+        --output benchmarks/results/zoo_pareto
+
+For each model of ``--models``: ``lemevit train`` with the recipe of ``pretrain_zoo.py`` (rerun, an interrupted
+run resumes and finished ones are kept), ``lemevit eval`` of its ``best.ckpt`` on ``heldout/``; then one
+``lemevit benchmark`` of all of them interleaved (inference, fp32, ``--img-size``, batch ``--bench-batch``; its
+folder is kept and reused while its setting is the same). Writes ``zoo_pareto.json``, ``zoo_pareto.md`` (the
+table, the Pareto front marked: no other model is both more accurate and faster) and ``zoo_pareto.png`` into
+``--output``. ``--train-args`` is appended to the recipe (a later flag wins), for a short proving run:
+
+    python benchmarks/zoo_pareto.py --data TINY --runs /tmp/pareto --output /tmp/pareto/out --epochs 1 \\
+        --models lvt resnet18 deit_tiny_patch16_224 --rounds 1 \\
+        --train-args="--batch-size 4 --num-workers 0"
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+
+import torch
+from pretrain_zoo import RECIPE, epochs_done
+
+from lemevit.bench import machine_description
+from lemevit.cli import main as lemevit
+from lemevit.engine import training_minutes
+from lemevit.io import atomic_path
+
+# Ours, and the peers of the LeMeViT / LVT / VVT papers' related work that timm has (two of Swin, EfficientFormer,
+# FastViT and NextViT: EfficientFormer's attention biases are fixed to 224 px, and one hierarchical transformer
+# and one reparameterised convolutional net cover the two kinds).
+MODELS = ("lemevit_tiny", "lemevit_small", "lvt", "vvt_tiny", "pvt_v2_b1", "pvt_v2_b2", "deit_tiny_patch16_224",
+          "resnet18", "resnet50", "swin_tiny_patch4_window7_224", "fastvit_t8")
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:
+    """The names whose (accuracy, throughput) no other point beats in both (at least as good in both, better in
+    one)."""
+    def beaten(a: tuple[float, float], b: tuple[float, float]) -> bool:
+        return b[0] >= a[0] and b[1] >= a[1] and b != a
+
+    return {n for n, p in points.items() if not any(beaten(p, q) for m, q in points.items() if m != n)}
+
+
+def train_and_score(model: str, args: argparse.Namespace, train: list[str]) -> dict:
+    run = args.runs / model
+    last = run / "last.ckpt"
+    if not (last.is_file() and epochs_done(last) >= args.epochs):
+        resume = ["--resume"] if last.is_file() else []
+        assert lemevit(["train", "--data", str(args.data / "train"), "--output", str(run), "--model", model,
+                        *train, *resume]) == 0
+    evaluation = run / "heldout_eval"
+    assert lemevit(["eval", "--checkpoint", str(run / "best.ckpt"), "--data", str(args.data / "heldout"),
+                    "--output", str(evaluation)]) == 0
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    return {"top1": metrics["top1"], "top5": metrics["top5"], "num_images": metrics["num_images"],
+            "train_minutes": training_minutes(last)}
+
+
+def benchmark_argv(models: list[str], args: argparse.Namespace) -> list[str]:
+    return ["benchmark", "--models", *models, "--img-sizes", str(args.img_size), "--batch-sizes", str(args.bench_batch),
+            "--mode", "inference", "--device", "cpu", "--rounds", str(args.rounds), "--no-memory", "--no-latency"]
+
+
+def measure(models: list[str], args: argparse.Namespace) -> dict:
+    folder = args.runs / "benchmark"
+    record = folder / "benchmark.json"
+    wanted = {"models": models, "img_sizes": [args.img_size], "batch_sizes": [args.bench_batch], "rounds": args.rounds}
+    setting = json.loads(record.read_text())["setting"] if record.is_file() else {}
+    if any(setting.get(key) != value for key, value in wanted.items()):
+        assert lemevit([*benchmark_argv(models, args), "--quiet", "--output", str(folder)]) in (0, 1)
+    return json.loads(record.read_text())
+
+
+def plot(table: list[dict], front: set[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in table:
+        ours = row["model"].startswith(("lemevit", "lvt", "vvt"))
+        ax.scatter(row["img_per_s"], 100 * row["top1"], marker="o" if ours else "s",
+                   color="tab:red" if ours else "tab:blue", edgecolors="black" if row["model"] in front else "none")
+        ax.annotate(row["model"].split("_patch")[0], (row["img_per_s"], 100 * row["top1"]), fontsize=8,
+                    xytext=(3, 3), textcoords="offset points")
+    on_front = sorted((r for r in table if r["model"] in front), key=lambda r: r["img_per_s"])
+    ax.plot([r["img_per_s"] for r in on_front], [100 * r["top1"] for r in on_front], color="gray", lw=0.8, ls="--")
+    ax.set_xlabel("CPU inference throughput (img/s)")
+    ax.set_ylabel("held-out AID top-1 (%)")
+    ax.set_title("same recipe and budget; outlined: the Pareto front")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="the prepared folder: train/ and heldout/")
+    p.add_argument("--runs", type=Path, required=True, help="one run directory per model (outside the repository)")
+    p.add_argument("--output", type=Path, required=True, help="folder of the table, the record and the plot")
+    p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--img-size", type=int, default=128)
+    p.add_argument("--bench-batch", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--train-args", default="", help="flags appended to the recipe (quoted as one argument)")
+    args = p.parse_args()
+
+    train = ["--img-size", str(args.img_size), "--epochs", str(args.epochs), *RECIPE, *shlex.split(args.train_args)]
+    scores = {model: train_and_score(model, args, train) for model in args.models}
+    bench = measure(list(args.models), args)
+    speed = {r["model"]: r for r in bench["rows"] if r["measure"] == "inference" and r["img_per_s"] is not None}
+    table = [{"model": m, **scores[m], "params_m": speed[m]["params"] / 1e6, "gmacs": speed[m]["gmacs"],
+              "img_per_s": speed[m]["img_per_s"]} for m in args.models if m in speed]
+    front = pareto_front({r["model"]: (r["top1"], r["img_per_s"]) for r in table})
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    lines = ["| model | params (M) | GMACs | held-out top-1 | top-5 | CPU img/s | train min | Pareto |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['params_m']:.2f} | {r['gmacs']:.2f} | {r['top1']:.1%} | {r['top5']:.1%} | "
+              f"{r['img_per_s']:.1f} | {r['train_minutes']:.0f} | {'yes' if r['model'] in front else ''} |"
+              for r in sorted(table, key=lambda r: -r["img_per_s"])]
+    record = {
+        "command": "lemevit train --data AID150/train --output RUN --model MODEL " + shlex.join(train),
+        "benchmark": "lemevit " + shlex.join(benchmark_argv(list(args.models), args)),
+        "data": str(args.data), "machine": machine_description(), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "table": table, "pareto_front": sorted(front),
+        "missing_throughput": [m for m in args.models if m not in speed],
+    }
+    with atomic_path(args.output / "zoo_pareto.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
+    with atomic_path(args.output / "zoo_pareto.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    plot(table, front, args.output / "zoo_pareto.png")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
