@@ -126,7 +126,7 @@ def mlm_item(model: ModelDescription, assets: list[ModelAsset], folder: Path) ->
     files = {}
     for asset in assets:
         artifact, media = ARTIFACTS[asset.kind]
-        files[asset.path.stem.replace(".", "-")] = {
+        files[asset.path.name.replace(".", "-")] = {
             "href": f"./{asset.path.relative_to(folder).as_posix()}", "type": media, "title": asset.title,
             "roles": ["mlm:model", *asset.roles], "mlm:artifact_type": artifact}
     config = folder / "config.json"
