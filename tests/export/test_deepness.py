@@ -103,6 +103,9 @@ def test_the_metadata_the_plugin_reads_are_there_json_encoded(rgb_run, tmp_path)
     assert metadata["seg_thresh"] == 0.0  # the most probable class everywhere, as predict gives it
     np.testing.assert_allclose(metadata["standardization_mean"], np.array(IMAGENET_MEAN) / 255)
     np.testing.assert_allclose(metadata["standardization_std"], np.array(IMAGENET_STD) / 255)
+    proto = onnx.load(str(path))
+    # What onnxruntime 1.17, the newest the plugin installs, reads: IR version 9, opset 20 at most.
+    assert proto.ir_version <= 9 and all(o.version <= 20 for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
     # The plugin takes its tile size from the input's shape and counts the classes from the output's.
@@ -172,6 +175,10 @@ def test_without_a_resolution_a_run_of_plain_pngs_is_refused_before_anything_is_
     assert main(["export", "--checkpoint", str(run / "best.ckpt"), "--format", "deepness", "--output",
                  str(tmp_path / "qgis"), "--resolution-cm", "-5"]) == 2
     assert "--resolution-cm" in _one_line(capsys)
+    assert main(["export", "--checkpoint", str(run / "best.ckpt"), "--format", "deepness", "--output",
+                 str(tmp_path / "qgis"), "--resolution-cm", "5", "--opset", "21"]) == 2
+    assert "--opset" in _one_line(capsys)
+    assert not any((tmp_path / "qgis").iterdir())
 
 
 @pytest.mark.slow

@@ -30,19 +30,22 @@ DEEPNESS_FILE = "model.deepness.onnx"
 READABLE_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 #: What the plugin multiplies every tile by before it standardises it.
 PLUGIN_SCALE = 1 / 255
+#: The newest opset that onnxruntime 1.17, the newest version the plugin installs, reads.
+PLUGIN_MAX_OPSET = 20
 #: Why the graph's height and width are fixed.
 FIXED_TILE = "Deepness takes its tile size from the input's shape"
 
 
 @dataclass
 class DeepnessModel:
-    """What a Deepness export holds: ``network`` (normalised images -> class probabilities) at ``tile_size``, and the
-    plugin's ``metadata`` (plain values, JSON-encoded when written)."""
+    """What a Deepness export holds: ``network`` (normalised images -> class probabilities) at ``tile_size``, the
+    plugin's ``metadata`` (plain values, JSON-encoded when written), and the ONNX ``opset`` to write it in."""
 
     network: nn.Module
     channels: int
     tile_size: int
     metadata: dict[str, Any]
+    opset: int = 18
 
     def graph(self) -> OnnxGraph:
         return OnnxGraph(self.network, ("image",), ("probabilities",), self.channels, self.tile_size,
@@ -89,11 +92,14 @@ def data_resolution_cm(checkpoint: str | Path, module) -> float | None:
 
 
 def deepness_model(module, checkpoint: str | Path, resolution_cm: float | None = None,
-                   tile_size: int | None = None) -> DeepnessModel:
+                   tile_size: int | None = None, opset: int = 18) -> DeepnessModel:
     """The Deepness export of the task ``module`` loaded from ``checkpoint``: its class probabilities at
-    ``tile_size`` (default the run's window) with the run's overlap, normalisation and classes, and the pixel size
-    ``resolution_cm`` (default that of the run's georeferenced data). Everything is checked here, before any file
-    is written."""
+    ``tile_size`` (default the run's window) with the run's overlap, normalisation and classes, the pixel size
+    ``resolution_cm`` (default that of the run's georeferenced data), in ONNX ``opset``. Everything is checked here,
+    before any file is written."""
+    if opset > PLUGIN_MAX_OPSET:
+        raise ConfigError("opset", f"Deepness installs onnxruntime 1.17 at most, which reads opsets up to "
+                                   f"{PLUGIN_MAX_OPSET}; got {opset}")
     network, names = module.class_probabilities()
     hp = module.hparams
     mean, std = standardization(list(hp["mean"]), list(hp["std"]), hp.get("input_dtype"))
@@ -119,10 +125,10 @@ def deepness_model(module, checkpoint: str | Path, resolution_cm: float | None =
         "standardization_mean": mean,
         "standardization_std": std,
     }
-    return DeepnessModel(network.eval(), int(hp["in_chans"]), tile, metadata)
+    return DeepnessModel(network.eval(), int(hp["in_chans"]), tile, metadata, opset)
 
 
-def write_deepness(model: DeepnessModel, path: str | Path, opset: int = 18) -> tuple[Path, Deviation]:
+def write_deepness(model: DeepnessModel, path: str | Path) -> tuple[Path, Deviation]:
     """Write ``model`` to ``path`` (atomically) with its metadata, after checking the graph against PyTorch with
     onnxruntime; returns the path and the deviation."""
     require_onnxruntime()
@@ -131,7 +137,7 @@ def write_deepness(model: DeepnessModel, path: str | Path, opset: int = 18) -> t
     path = Path(path)
     graph = model.graph()
     with atomic_path(path) as tmp:
-        export_onnx(graph, tmp, opset=opset)
+        export_onnx(graph, tmp, opset=model.opset)
         proto = onnx.load(str(tmp))
         # The plugin counts the classes from the output's declared shape, which the exporter leaves symbolic.
         dims = proto.graph.output[0].type.tensor_type.shape.dim

@@ -14,6 +14,7 @@ import torch
 
 import lemevit
 from lemevit.io.atomic import atomic_path
+from lemevit.io.model_file import CONFIG_FILE
 
 __all__ = ["ITEM_FILE", "MLM_SCHEMA", "ModelAsset", "ModelDescription", "mlm_item", "write_mlm_item"]
 
@@ -129,9 +130,8 @@ def mlm_item(model: ModelDescription, assets: list[ModelAsset], folder: Path) ->
         files[asset.path.name.replace(".", "-")] = {
             "href": f"./{asset.path.relative_to(folder).as_posix()}", "type": media, "title": asset.title,
             "roles": ["mlm:model", *asset.roles], "mlm:artifact_type": artifact}
-    config = folder / "config.json"
-    if config.is_file():
-        files["config"] = {"href": "./config.json", "type": "application/json", "roles": ["metadata"],
+    if (folder / CONFIG_FILE).is_file():
+        files["config"] = {"href": f"./{CONFIG_FILE}", "type": "application/json", "roles": ["metadata"],
                            "title": "the model's settings: timm's fields and lemevit's task and hyper-parameters"}
     return {
         "type": "Feature", "stac_version": STAC_VERSION,

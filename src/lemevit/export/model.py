@@ -217,7 +217,7 @@ def export_model(output: str | Path, *, checkpoint: str | Path | None = None, mo
         module = load_task(checkpoint)
         initial = _initial_weights(checkpoint)
         if "deepness" in formats:
-            deepness = deepness_model(module, checkpoint, resolution_cm, img_size)
+            deepness = deepness_model(module, checkpoint, resolution_cm, img_size, opset)
         state, config = _task_model_file(module)
         if initial is not _UNKNOWN:
             config["lemevit"]["initial_weights"] = initial
@@ -252,7 +252,7 @@ def export_model(output: str | Path, *, checkpoint: str | Path | None = None, mo
                                             int8=True))
             assets.append(ModelAsset(quantized, "onnx-int8", f"ONNX graph of the {part}, dynamic int8 quantization"))
     if deepness is not None:
-        path, deviation = write_deepness(deepness, output / DEEPNESS_FILE, opset=opset)
+        path, deviation = write_deepness(deepness, output / DEEPNESS_FILE)
         result.files.append(path)
         result.checks.append(GraphCheck(path, deviation, FIXED_TILE))
         assets.append(ModelAsset(path, "onnx", f"ONNX model for QGIS's Deepness plugin: class probabilities of "
