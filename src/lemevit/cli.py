@@ -279,7 +279,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     result = export_model(args.output, checkpoint=args.checkpoint, model=args.model, weights=args.weights,
                           features_only=args.features_only, in_chans=args.in_chans, num_classes=args.num_classes,
                           img_size=args.img_size, formats=tuple(dict.fromkeys(["safetensors", args.format])),
-                          opset=args.opset, dtype=args.dtype)
+                          opset=args.opset, dtype=args.dtype, resolution_cm=args.resolution_cm,
+                          band_names=args.band_names)
     print("wrote " + ", ".join(str(p) for p in result.files))
     for check in result.checks:
         size = "x".join(map(str, check.deviation.size))
@@ -399,7 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "lemevit.create_model and timm load without unpickling; with --format onnx also "
                                      "DIR/model.onnx (dynamic batch, height and width; a detector also "
                                      "DIR/model.box_head.onnx), checked with onnxruntime against PyTorch at a size "
-                                     "other than the export size.")
+                                     "other than the export size; with --format deepness DIR/model.deepness.onnx, "
+                                     "which QGIS's Deepness plugin runs as it is. DIR/item.json describes the files "
+                                     "as a STAC Item (MLM extension).")
     source = exp.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a run's checkpoint (RUN/best.ckpt) or model file, of any task")
     source.add_argument("--model", help="a bare model by name (`lemevit models`), random or with --weights")
@@ -409,9 +412,15 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--num-classes", type=int, help="with --model: classifier size (default the model's)")
     exp.add_argument("--in-chans", type=int, default=3, help="with --model: input bands (default 3)")
     exp.add_argument("--img-size", type=int, help="export size (default the run's training size, or the model's)")
-    exp.add_argument("--format", choices=["safetensors", "onnx", "onnx-int8"], default="safetensors",
+    exp.add_argument("--format", choices=["safetensors", "onnx", "onnx-int8", "deepness"], default="safetensors",
                      help="onnx: also model.onnx (needs the export extra); onnx-int8: also model.int8.onnx, "
-                          "onnxruntime's dynamic int8 quantization of it")
+                          "onnxruntime's dynamic int8 quantization of it; deepness: also model.deepness.onnx, a "
+                          "segmentation (or panoptic: its semantic branch) run for QGIS's Deepness plugin")
+    exp.add_argument("--resolution-cm", type=float,
+                     help="with --format deepness: ground size of a pixel in cm (default: that of the run's "
+                          "georeferenced training images)")
+    exp.add_argument("--band-names", nargs="+", metavar="NAME",
+                     help="names of the input bands in order, for item.json (the STAC Item)")
     exp.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     exp.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
                      help="data type of the weights in model.safetensors (fp16 halves the file; the model computes "

@@ -97,9 +97,9 @@ def test_without_the_export_extra_onnx_is_one_line_naming_it(tmp_path, capsys, m
     assert not (tmp_path / "x").exists()
 
 
-def test_a_bare_export_without_onnx_writes_the_model_file_only(tmp_path):
+def test_a_bare_export_without_onnx_writes_the_model_file_and_its_stac_item_only(tmp_path):
     result = export_model(tmp_path / "m", model="vvt_tiny", num_classes=5, in_chans=4)
-    assert sorted(p.name for p in result.files) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in result.files) == ["config.json", "item.json", "model.safetensors"]
     assert result.checks == []
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "TilePair",
     "check_pairs",
     "dataset_subsets",
+    "default_palette",
     "resolve_labels",
     "scan_pairs",
     "split_tiles",
@@ -70,6 +71,11 @@ _DEFAULT_PALETTE = (
     (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210), (199, 199, 199),
     (219, 219, 141), (158, 218, 229),
 )
+
+
+def default_palette(count: int) -> tuple[tuple[int, int, int], ...]:
+    """``count`` distinct colours (repeating after 20), for classes that bring none."""
+    return tuple(_DEFAULT_PALETTE[i % len(_DEFAULT_PALETTE)] for i in range(count))
 
 
 def _rgb(colour, what: str) -> tuple[int, int, int]:
@@ -112,7 +118,7 @@ class LabelScheme:
             raise DataError(f"at most {IGNORE_INDEX - 1} classes are supported, got {len(names)}")
         palette = tuple(_rgb(c, f"palette entry {i}") for i, c in enumerate(self.palette))
         if not palette:
-            palette = tuple(_DEFAULT_PALETTE[i % len(_DEFAULT_PALETTE)] for i in range(len(names)))
+            palette = default_palette(len(names))
         if len(palette) != len(names):
             raise DataError(f"palette has {len(palette)} colours for {len(names)} classes")
         ignore_colors = tuple(_rgb(c, "ignore colour") for c in self.ignore_colors)

@@ -61,14 +61,15 @@ class GraphOf(nn.Module):
 
 
 class Probabilities(nn.Module):
-    """A network's class logits (B, K, H, W) as probabilities: what dense exports output."""
+    """The class logits (B, K, H, W) that ``network``'s ``method`` gives, as probabilities: what dense exports
+    output."""
 
-    def __init__(self, network: nn.Module):
+    def __init__(self, network: nn.Module, method: str = "forward"):
         super().__init__()
-        self.network = network
+        self.network, self.method = network, method
 
     def forward(self, *images: torch.Tensor) -> torch.Tensor:
-        return self.network(*images).softmax(dim=1)
+        return getattr(self.network, self.method)(*images).softmax(dim=1)
 
 
 @dataclass

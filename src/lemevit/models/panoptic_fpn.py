@@ -313,12 +313,20 @@ class PanopticFPN(nn.Module):
                 torch.zeros(0, height, width, dtype=torch.uint8, device=ids.device),
                 "semantic": semantic}
 
+    def _semantic(self, pyramid: OrderedDict, size: tuple[int, int]) -> torch.Tensor:
+        return F.interpolate(self.semantic_classifier(self.semantic_head([pyramid[k] for k in _LEVELS])),
+                             size=size, mode="bilinear", align_corners=False)
+
+    def semantic_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The semantic branch alone: ``(B, 1 + S, H, W)`` logits (0: things, then the stuff classes in order)."""
+        pyramid = self.fpn(OrderedDict(zip(_LEVELS, self.encoder(images), strict=True)))
+        return self._semantic(pyramid, tuple(images.shape[-2:]))
+
     def forward(self, images: torch.Tensor, targets: list[dict] | None = None):
         size = tuple(images.shape[-2:])
         pyramid = self.fpn(OrderedDict(zip(_LEVELS, self.encoder(images), strict=True)))
         image_list = ImageList(images, [size] * len(images))
-        semantic = F.interpolate(self.semantic_classifier(self.semantic_head([pyramid[k] for k in _LEVELS])),
-                                 size=size, mode="bilinear", align_corners=False)
+        semantic = self._semantic(pyramid, size)
         if self.training:
             if targets is None:
                 raise ValueError("training needs the targets")

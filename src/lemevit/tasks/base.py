@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from lemevit.data.sampling import reseed, step_seed
+from lemevit.data.segmentation import default_palette
 from lemevit.data.splits import Split
 from lemevit.data.statistics import Normalisation
 from lemevit.engine.checkpoint import TASK_KEY, backbone_state_dict, checkpoint_task, read_checkpoint
@@ -184,6 +185,10 @@ class BaseTask(pl.LightningModule):
         """The names of the classes the network outputs, in order (what a model file records)."""
         raise NotImplementedError
 
+    def label_colours(self) -> list[tuple[int, int, int]]:
+        """An RGB colour per class of :meth:`label_names` (those of the data's palette where it has one)."""
+        return list(default_palette(len(self.label_names())))
+
     def onnx_graph(self) -> OnnxGraph:
         """The network as it is exported to ONNX: its inputs and outputs, named, at the training size."""
         raise ConfigError("format", f"ONNX export of {self.name} models is not available")
@@ -192,6 +197,11 @@ class BaseTask(pl.LightningModule):
         """The graphs of the export by part name: the network alone, unless part of the model stays in Python
         between two graphs (a detector's proposals)."""
         return {NETWORK: self.onnx_graph()}
+
+    def class_probabilities(self) -> tuple[torch.nn.Module, list[str]]:
+        """A network from normalised images ``(B, C, H, W)`` to per-pixel class probabilities ``(B, K, H, W)``, and
+        the names of its K classes: what a class-map export (QGIS's Deepness) runs."""
+        raise ConfigError("format", f"{self.name} models give no per-pixel class probabilities")
 
     def network_on_runtime(self, networks: dict[str, torch.nn.Module]) -> Any:
         """What runs in place of ``model`` given a network per part of :meth:`onnx_graphs` on another runtime."""

@@ -34,6 +34,7 @@ from lemevit.data.statistics import Normalisation
 from lemevit.data.transforms import normalised_tensor
 from lemevit.engine.config import EvalOptions, InferenceOptions, Options, PredictOptions, RunConfig, option
 from lemevit.errors import ConfigError, DataError
+from lemevit.export.onnx import Probabilities
 from lemevit.inference.panoptic import Fusion, predict_panoptic
 from lemevit.io import atomic_path
 from lemevit.io.paths import check_distinct_names, check_outputs_spare_inputs, check_writable_folder, list_images
@@ -366,6 +367,14 @@ class PanopticTask(SlidingWindowTask):
 
     def label_names(self) -> list[str]:
         return self.class_names
+
+    def label_colours(self) -> list[tuple[int, int, int]]:
+        return [tuple(c["color"]) for c in self.categories]
+
+    def class_probabilities(self) -> tuple[torch.nn.Module, list[str]]:
+        # The semantic branch: one class for all objects, then the stuff classes.
+        names = [f"things ({', '.join(self.thing_names)})"] + [self.class_names[c] for c in self.model.stuff_classes]
+        return Probabilities(self.model, "semantic_logits"), names
 
     # --- prediction -------------------------------------------------------------------------------------------
     def check_prediction(self, options: PanopticPredictOptions) -> None:

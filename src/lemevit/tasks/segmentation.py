@@ -249,6 +249,12 @@ class SegmentationTask(SlidingWindowTask):
         return OnnxGraph(Probabilities(self.model), ("image",), ("probabilities",), self.hparams.in_chans,
                          self.window, fixed_size=fixed)
 
+    def label_colours(self) -> list[tuple[int, int, int]]:
+        return list(self.labels.palette)
+
+    def class_probabilities(self) -> tuple[torch.nn.Module, list[str]]:
+        return Probabilities(self.model), self.label_names()
+
     # --- prediction -------------------------------------------------------------------------------------------
     def check_prediction(self, options: SegmentationPredictOptions) -> None:
         if not options.inputs:
