@@ -176,6 +176,11 @@ class BaseTask(pl.LightningModule):
     def check_prediction(self, options: PredictOptions) -> None:
         """Refuse, before any work, options and outputs that ``predict`` cannot honour."""
 
+    @classmethod
+    def interrupted_prediction(cls, output: Path) -> str:
+        """What a ``predict`` into ``output`` stopped by Ctrl-C has left there, and how to finish it."""
+        return f"nothing was written to {output}; run the same command again"
+
     def finish_prediction(self, records: list[Any], options: PredictOptions) -> list[str]:
         """Write what gathers every item's prediction (a CSV, DOTA Task-1 files); returns lines to print."""
         raise NotImplementedError

@@ -223,6 +223,11 @@ class SlidingWindowTask(BaseTask):
             parts.append(f"page {record['html']}")
         return f" ({', '.join(parts)})" if parts else ""
 
+    @classmethod
+    def interrupted_prediction(cls, output: Path) -> str:
+        return (f"the maps written to {output} are complete (each is written whole); run the same command again to "
+                "predict the others (it keeps those)")
+
     def pending_jobs(self, jobs: list[tuple], options: WindowPredictOptions) -> SceneJobs:
         """The jobs (their output last) still to do: every job with ``overwrite``, else those whose map (or a file
         asked for beside it: preview, probabilities, polygons) is not there yet. Outputs are written atomically, so

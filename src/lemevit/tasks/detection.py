@@ -360,6 +360,11 @@ class DetectionTask(NamedClasses, BaseTask):
         if options.vector == "gpkg":
             check_vector_output(planned[-1], "vector")
 
+    @classmethod
+    def interrupted_prediction(cls, output: Path) -> str:
+        return (f"{output} holds the drawn boxes of the images done but no Task-1 files; run the same command again "
+                "(it predicts every image again)")
+
     def prediction_dataset(self, options: DetectionPredictOptions) -> Dataset:
         self._output, self._draw_threshold, self._vector = Path(options.output), options.draw_threshold, options.vector
         self._html = options.html

@@ -379,6 +379,11 @@ class PanopticTask(SlidingWindowTask):
         if options.vector:
             check_vector_output(self._output / f"segments.{options.vector}", "vector")
 
+    @classmethod
+    def interrupted_prediction(cls, output: Path) -> str:
+        return (f"{output} holds the complete outputs of the images done; run the same command again (it predicts "
+                "every image again)")
+
     def _outputs_of(self, path: Path) -> tuple[Path, Path]:
         stem = Path(path).stem
         return self._output / f"{stem}_panoptic.png", self._output / f"{stem}_segments.json"

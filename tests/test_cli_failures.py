@@ -1,0 +1,163 @@
+"""What goes wrong around a run, driven through the command line: a full disk, Ctrl-C, a broken ``last.ckpt``, an
+unreadable image met by a DataLoader worker. Each ends with one line saying what happened and what to do, and
+leaves nothing half-written. Each test names the item of issue #29 it holds to."""
+from __future__ import annotations
+
+import errno
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lemevit.cli import main
+from lemevit.tasks.base import BaseTask
+
+TINY = ["--model", "resnet10t", "--img-size", "32", "--batch-size", "4", "--split", "0.5", "--num-workers", "0",
+        "--accelerator", "cpu"]
+
+
+def scenes(root: Path, per_class: int = 4, size: int = 32) -> Path:
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("Farmland", "Forest")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            image = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+            image[..., c] += 150
+            Image.fromarray(image).save(root / name / f"{i}.png")
+    return root
+
+
+def error_of(capsys) -> str:
+    """The one line a failed command printed (and that it is one line, without a traceback)."""
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("lemevit ")]
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return scenes(tmp_path_factory.mktemp("failures") / "scenes")
+
+
+@pytest.fixture(scope="module")
+def run(data) -> Path:
+    output = data.parent / "run"
+    assert main(["train", "--data", str(data), "--output", str(output), "--epochs", "1", *TINY]) == 0
+    return output
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB file system (a tmpfs), where a checkpoint of a few MiB cannot be written; skipped where it cannot
+    be mounted (not root, no CAP_SYS_ADMIN)."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def _not_temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob(".*") if p.is_file())
+
+
+# 4 ----------------------------------------------------------------------------------------------------------
+def test_4_training_onto_a_full_disk_is_one_line_naming_the_checkpoint(data, small_disk, capsys):
+    output = small_disk / "run"
+    assert main(["train", "--data", str(data), "--output", str(output), "--epochs", "1", *TINY]) == 2
+    line = error_of(capsys)
+    assert "no space left on the device to write" in line and "MiB free there" in line, line
+    assert not (output / "last.ckpt").exists() and not (output / "best.ckpt").exists()
+    assert _not_temporaries(output) == [], "a half-written temporary was left"
+
+
+def test_4_a_prediction_meeting_a_full_disk_names_its_output_and_leaves_nothing(run, data, tmp_path, capsys,
+                                                                                monkeypatch):
+    out = tmp_path / "predictions.json"
+
+    def disk_full(self, text, *args, **kwargs):
+        with open(self, "w") as f:
+            f.write(text[:10])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    assert main(["predict", "--checkpoint", str(run / "best.ckpt"), str(data / "Forest"), "--output", str(out),
+                 "--num-workers", "0"]) == 2
+    line = error_of(capsys)
+    assert f"no space left on the device to write {out}: it needs more than the" in line, line
+    assert list(tmp_path.iterdir()) == [], "a half-written file was left"
+
+
+# 5 ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_5_resume_over_a_broken_last_checkpoint_names_it_and_suggests_best(run, tmp_path, capsys, damage):
+    copy = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(run), str(copy)], check=True)
+    last = copy / "last.ckpt"
+    if damage == "truncated":
+        last.write_bytes(last.read_bytes()[:5000])
+    else:
+        torch.save({"weights": torch.zeros(3)}, last)
+    assert main(["train", "--output", str(copy), "--resume"]) == 2
+    line = error_of(capsys)
+    assert str(last) in line and "best.ckpt" in line and "afresh" in line, line
+
+
+# 6 ----------------------------------------------------------------------------------------------------------
+def test_6_an_unreadable_image_met_by_a_worker_is_the_worker_s_one_line(run, data, tmp_path, capsys):
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for name in ("0.png", "1.png"):
+        (folder / name).write_bytes((data / "Forest" / name).read_bytes())
+    (folder / "truncated.png").write_bytes((data / "Forest" / "2.png").read_bytes()[:60])
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--checkpoint", str(run / "best.ckpt"), str(folder), "--output", str(out),
+                 "--num-workers", "1"]) == 2
+    line = error_of(capsys)
+    assert line.startswith(f"lemevit predict: error: cannot read image {folder / 'truncated.png'}: "), line
+    assert "Traceback" not in line and "worker" not in line and not out.exists()
+
+
+# 7 ----------------------------------------------------------------------------------------------------------
+def _ctrl_c_at(monkeypatch, method: str, when) -> None:
+    original = getattr(BaseTask, method)
+
+    def interrupted(self, *args, **kwargs):
+        if when(self):
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(BaseTask, method, interrupted)
+
+
+def test_7_ctrl_c_in_training_says_how_to_resume_and_exits_130(data, tmp_path, capsys, monkeypatch):
+    output = tmp_path / "run"
+    handler = signal.getsignal(signal.SIGINT)
+    # In the second epoch, after the first wrote last.ckpt.
+    _ctrl_c_at(monkeypatch, "on_train_batch_start", lambda module: module.current_epoch == 1)
+    assert main(["train", "--data", str(data), "--output", str(output), "--epochs", "2", *TINY]) == 130
+    assert error_of(capsys) == f"lemevit train: interrupted; resume with: lemevit train --output {output} --resume"
+    assert signal.getsignal(signal.SIGINT) is handler, "Lightning's SIG_IGN was left in place"
+    monkeypatch.undo()
+    assert main(["train", "--output", str(output), "--resume"]) == 0
+
+
+def test_7_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(data, tmp_path, capsys, monkeypatch):
+    _ctrl_c_at(monkeypatch, "on_train_batch_start", lambda module: True)
+    assert main(["train", "--data", str(data), "--output", str(tmp_path / "run"), "--epochs", "1", *TINY]) == 130
+    assert "nothing to resume" in error_of(capsys)
+
+
+def test_7_ctrl_c_in_prediction_says_what_was_written_and_exits_130(run, data, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "p.csv"
+    monkeypatch.setattr(BaseTask, "on_predict_epoch_end", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(["predict", "--checkpoint", str(run / "best.ckpt"), str(data / "Forest"), "--output", str(out),
+                 "--num-workers", "0"]) == 130
+    assert error_of(capsys) == f"lemevit predict: interrupted; nothing was written to {out}; run the same command again"
+    assert not out.exists()
