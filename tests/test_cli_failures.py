@@ -60,7 +60,8 @@ def small_disk(tmp_path):
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
     yield folder
-    subprocess.run(["umount", str(folder)], check=True)
+    # Lazily: a file a failed test left open must not keep the mount (and the test folder) in place.
+    subprocess.run(["umount", "--lazy", str(folder)], check=True)
 
 
 def _not_temporaries(folder: Path) -> list[str]:
