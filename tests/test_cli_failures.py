@@ -162,3 +162,47 @@ def test_7_ctrl_c_in_prediction_says_what_was_written_and_exits_130(run, data, t
                  "--num-workers", "0"]) == 130
     assert error_of(capsys) == f"lemevit predict: interrupted; nothing was written to {out}; run the same command again"
     assert not out.exists()
+
+
+# 3 ----------------------------------------------------------------------------------------------------------
+def _untrained(task, path: Path, **hparams) -> Path:
+    """The checkpoint of an untrained ``task`` module: what a run's checkpoint holds, without the training."""
+    from lemevit.engine.checkpoint import TASK_KEY
+
+    torch.manual_seed(0)
+    module = task(**hparams)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), TASK_KEY: task.name},
+               path)
+    return path
+
+
+def test_3_vectors_of_a_scene_without_a_crs_are_refused_before_anything_is_written(tmp_path, capsys):
+    rasterio = pytest.importorskip("rasterio")
+    pytest.importorskip("pyogrio")
+    from rasterio.errors import NotGeoreferencedWarning
+
+    from lemevit.data.segmentation import PRESETS
+    from lemevit.tasks.detection import DetectionTask
+    from lemevit.tasks.segmentation import SegmentationTask
+
+    plain = tmp_path / "plain.tif"
+    with pytest.warns(NotGeoreferencedWarning), rasterio.open(plain, "w", driver="GTiff", width=64, height=64,
+                                                               count=3, dtype="uint8") as ds:
+        ds.write(np.full((3, 64, 64), 100, np.uint8))
+    segmentation = _untrained(SegmentationTask, tmp_path / "seg.ckpt", model="resnet10t",
+                              labels=PRESETS["potsdam"].to_dict(), head="fpn", decoder_channels=8, img_size=32)
+    detection = _untrained(DetectionTask, tmp_path / "det.ckpt", model="resnet10t", num_classes=2,
+                           class_names=["plane", "ship"], img_size=64, fpn_channels=16, test_proposals=10)
+    out = tmp_path / "out"
+    cases = [(segmentation, ["--output", str(out / "map.tif"), "--vector", "geojson"]),
+             (detection, ["--output", str(out), "--vector", "geojson"])]
+    for checkpoint, options in cases:
+        assert main(["predict", "--checkpoint", str(checkpoint), str(plain), "--accelerator", "cpu",
+                     *options]) == 2
+        line = error_of(capsys)
+        assert line.startswith(f"lemevit predict: error: --vector: {plain} is not georeferenced"), line
+        assert not out.exists() or list(out.iterdir()) == [], list(out.iterdir())
+    # Without --vector, detection still predicts the image and says why it has no GeoJSON.
+    assert main(["predict", "--checkpoint", str(detection), str(plain), "--accelerator", "cpu", "--output",
+                 str(out)]) == 0
+    assert "no geojson: the GeoTIFF is not georeferenced" in capsys.readouterr().out

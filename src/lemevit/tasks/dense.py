@@ -24,7 +24,7 @@ from lemevit.inference.scene import (
 )
 from lemevit.inference.sliding_window import default_stride, softmax_predictor
 from lemevit.io.raster import GEO_HINT, PROBABILITY_DTYPES
-from lemevit.io.vector import check_vector_output, write_map_vectors
+from lemevit.io.vector import check_vector_output, check_vector_scenes, write_map_vectors
 from lemevit.io.webmap import scene_picture, value_overlay, webmap_path, write_map_page
 from lemevit.tasks.base import BaseTask
 
@@ -165,7 +165,8 @@ class SlidingWindowTask(BaseTask):
 
     def map_outputs(self, scenes: list[Path], output: Path, inputs: list[Path] | None = None) -> list[Path]:
         """:func:`~lemevit.inference.scene.scene_outputs` with the companions asked for, which must be writable:
-        probabilities need rasterio; polygons GeoTIFF maps, and one file of them one scene."""
+        probabilities need rasterio; polygons GeoTIFF maps of georeferenced ``scenes`` (a pair's first date), and one
+        file of them one scene."""
         targets = scene_outputs(scenes, output, inputs=inputs, companions=self.companion_outputs)
         if self.write_probabilities and optional_rasterio() is None:
             raise ConfigError("probabilities", f"they are written as GeoTIFF: {GEO_HINT}")
@@ -178,6 +179,7 @@ class SlidingWindowTask(BaseTask):
             if plain:
                 raise ConfigError("vector", f"polygons are read from GeoTIFF maps of georeferenced scenes, but "
                                             f"{plain[0]} is a PNG")
+            check_vector_scenes(scenes, "vector")
         return targets
 
     def probability_output(self, output: Path, names: Sequence[str],

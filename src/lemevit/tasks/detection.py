@@ -26,7 +26,7 @@ from lemevit.data.detection import (
     scan_detection_folder,
 )
 from lemevit.data.files import BadFile, PredictionFiles
-from lemevit.data.images import IMAGE_EXTENSIONS, ImageReadError
+from lemevit.data.images import IMAGE_EXTENSIONS, TIFF_EXTENSIONS, ImageReadError
 from lemevit.data.splits import Split, split_items
 from lemevit.data.statistics import Normalisation
 from lemevit.engine.config import EvalOptions, InferenceOptions, Options, PredictOptions, RunConfig, option
@@ -36,7 +36,7 @@ from lemevit.inference.timing import StageTimer
 from lemevit.io import atomic_path
 from lemevit.io.paths import check_distinct_names, check_outputs_spare_inputs, check_writable_folder, list_images
 from lemevit.io.raster import SceneStack
-from lemevit.io.vector import check_vector_output, write_detection_vectors
+from lemevit.io.vector import check_vector_output, check_vector_scenes, write_detection_vectors
 from lemevit.metrics.detection import detection_map
 from lemevit.models.oriented_rcnn import OrientedRCNN, StagesOnRuntime
 from lemevit.ops.rotated import box_to_quad
@@ -133,9 +133,10 @@ class DetectionPredictOptions(DetectorSettings, PredictOptions):
                                ".gpkg, see --vector) for georeferenced GeoTIFFs")
     batch_size: int = option(4, "windows per batch and device")
     draw_threshold: float = option(0.3, "boxes scoring at least this are drawn")
-    vector: str = option("geojson", "the boxes of georeferenced GeoTIFFs as <image>.geojson (RFC 7946: WGS84 "
-                                    "longitude/latitude) or <image>.gpkg (GeoPackage in the scene's CRS)",
-                         choices=("geojson", "gpkg"))
+    vector: str | None = option(None, "the boxes as <image>.geojson (RFC 7946: WGS84 longitude/latitude) or "
+                                      "<image>.gpkg (GeoPackage in the scene's CRS); given, every image must be a "
+                                      "georeferenced GeoTIFF (default: geojson for those that are)",
+                                choices=("geojson", "gpkg"))
     html: bool = option(False, "also write <image>.html: one self-contained page (it needs no network) showing the "
                                "image with the drawn boxes as a layer to switch on and off")
 
@@ -355,10 +356,12 @@ class DetectionTask(NamedClasses, BaseTask):
         check_distinct_names(self._inputs)
         output = check_writable_folder(options.output)
         planned = [output / f"Task1_{name}.txt" for name in self.class_names] + [output / TASK1_ZIP]
-        planned += [output / f"{p.stem}{suffix}" for p in self._inputs for suffix in (".png", f".{options.vector}")]
+        vector = options.vector or "geojson"
+        planned += [output / f"{p.stem}{suffix}" for p in self._inputs for suffix in (".png", f".{vector}")]
         check_outputs_spare_inputs(self._inputs, planned)
-        if options.vector == "gpkg":
+        if options.vector is not None:
             check_vector_output(planned[-1], "vector")
+            check_vector_scenes(self._inputs, "vector")
 
     @classmethod
     def interrupted_prediction(cls, output: Path) -> str:
@@ -366,7 +369,8 @@ class DetectionTask(NamedClasses, BaseTask):
                 "(it predicts every image again)")
 
     def prediction_dataset(self, options: DetectionPredictOptions) -> Dataset:
-        self._output, self._draw_threshold, self._vector = Path(options.output), options.draw_threshold, options.vector
+        self._output, self._draw_threshold = Path(options.output), options.draw_threshold
+        self._vector = options.vector or "geojson"
         self._html = options.html
         return PredictionFiles(self._inputs, self._open_scene, options.skip_bad)
 
@@ -415,6 +419,8 @@ class DetectionTask(NamedClasses, BaseTask):
                 corners = " ".join(f"{v:.1f}" for v in quad.ravel())
                 lines[self.class_names[label]].append(f"{stem} {score:.4f} {corners}")
             geo = f", {record['vector']}" if record["vector"] else ""
+            if not geo and Path(record["image"]).suffix.lower() in TIFF_EXTENSIONS:
+                geo = f"; no {options.vector or 'geojson'}: the GeoTIFF is not georeferenced"
             printed.append(f"{record['image']}: {len(record['scores'])} objects ({record['drawn']} drawn in "
                            f"{record['png']}{geo})")
             timer.add(record["seconds"])

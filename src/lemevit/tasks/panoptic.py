@@ -38,7 +38,7 @@ from lemevit.inference.panoptic import Fusion, predict_panoptic
 from lemevit.io import atomic_path
 from lemevit.io.paths import check_distinct_names, check_outputs_spare_inputs, check_writable_folder, list_images
 from lemevit.io.raster import CogWriter, RasterScene
-from lemevit.io.vector import check_vector_output, write_map_vectors
+from lemevit.io.vector import check_vector_output, check_vector_scenes, write_map_vectors
 from lemevit.metrics.panoptic import PanopticStats, panoptic_metrics
 from lemevit.models.panoptic_fpn import PanopticFPN, PanopticHeads, default_heads
 from lemevit.tasks.base import initial_weights
@@ -378,6 +378,7 @@ class PanopticTask(SlidingWindowTask):
         self._vector = options.vector
         if options.vector:
             check_vector_output(self._output / f"segments.{options.vector}", "vector")
+            check_vector_scenes(self._inputs, "vector")
 
     @classmethod
     def interrupted_prediction(cls, output: Path) -> str:
