@@ -206,3 +206,65 @@ def test_3_vectors_of_a_scene_without_a_crs_are_refused_before_anything_is_writt
     assert main(["predict", "--checkpoint", str(detection), str(plain), "--accelerator", "cpu", "--output",
                  str(out)]) == 0
     assert "no geojson: the GeoTIFF is not georeferenced" in capsys.readouterr().out
+
+
+# 1 ----------------------------------------------------------------------------------------------------------
+def _float_scenes(root: Path, nodata: float | None) -> Path:
+    """Two classes of float32 GeoTIFFs whose top-left corner is NaN, declared as nodata or not."""
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("Farmland", "Forest")):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            image = rng.normal(0.2, 0.05, (3, 32, 32)).astype(np.float32)
+            image[c] += 0.5
+            image[:, :6, :6] = np.nan
+            with rasterio.open(root / name / f"{i}.tif", "w", driver="GTiff", width=32, height=32, count=3,
+                               dtype="float32", crs="EPSG:32633", transform=from_origin(0, 0, 1, 1),
+                               nodata=nodata) as ds:
+                ds.write(image)
+    return root
+
+
+def test_1_training_honours_a_declared_nan_nodata_and_predict_says_how_many_pixels_were_no_data(tmp_path, capsys):
+    declared = _float_scenes(tmp_path / "declared", nodata=np.nan)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(declared), "--output", str(run), "--epochs", "1", *TINY]) == 0
+    weights = torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+    capsys.readouterr()
+
+    undeclared = _float_scenes(tmp_path / "undeclared", nodata=None)
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--checkpoint", str(run / "best.ckpt"), str(undeclared / "Forest" / "0.tif"),
+                 "--output", str(out), "--num-workers", "0"]) == 0
+    assert "0.tif: 36 pixels of no data (NaN or infinite values) read as the band means" in capsys.readouterr().out
+    assert "nan" not in out.read_text().lower()
+
+    assert main(["train", "--data", str(undeclared), "--output", str(tmp_path / "refused"), "--epochs", "1",
+                 *TINY]) == 2
+    assert "holds NaN or infinite values that it does not declare as no data" in error_of(capsys)
+
+
+def test_1_segmentation_of_a_float_scene_with_undeclared_nan_maps_them_as_no_data(tmp_path, capsys):
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    from lemevit.data.segmentation import PRESETS
+    from lemevit.tasks.segmentation import SegmentationTask
+
+    checkpoint = _untrained(SegmentationTask, tmp_path / "seg.ckpt", model="resnet10t",
+                            labels=PRESETS["potsdam"].to_dict(), head="fpn", decoder_channels=8, img_size=32)
+    pixels = np.random.default_rng(0).uniform(0, 255, (3, 64, 80)).astype(np.float32)
+    pixels[:, 10:14, 20:30] = np.nan  # 40 pixels, 0.8 %
+    with rasterio.open(tmp_path / "scene.tif", "w", driver="GTiff", width=80, height=64, count=3, dtype="float32",
+                       crs="EPSG:32633", transform=from_origin(0, 0, 1, 1)) as ds:
+        ds.write(pixels)
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "scene.tif"), "--output",
+                 str(tmp_path / "map.tif"), "--accelerator", "cpu"]) == 0
+    assert "80x64 class map, 40 pixels of no data (0.8%) left out" in capsys.readouterr().out
+    with rasterio.open(tmp_path / "map.tif") as ds:
+        classes, nodata = ds.read(1), ds.nodata
+    np.testing.assert_array_equal(classes == nodata, np.isnan(pixels[0]))

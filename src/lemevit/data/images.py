@@ -27,7 +27,8 @@ from PIL import Image, ImageOps
 
 from lemevit.errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "TIFF_EXTENSIONS", "ImageReadError", "optional_rasterio", "read_image", "shown_size"]
+__all__ = ["IMAGE_EXTENSIONS", "TIFF_EXTENSIONS", "ImageReadError", "declared_nodata", "optional_rasterio",
+           "read_image", "shown_size"]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 TIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
@@ -110,6 +111,20 @@ def _pil_to_array(im: Image.Image, path: Path, tiff: bool) -> np.ndarray:
     if arr.ndim != 3:
         raise ImageReadError(path, f"PIL gave an array of shape {arr.shape} for mode {mode!r}")
     return np.ascontiguousarray(arr)
+
+
+def declared_nodata(path: str | Path) -> float | None:
+    """The nodata value the file declares (GDAL's, of its first band: a GeoTIFF's tag), or None: it declares none,
+    or rasterio, which reads it, is not installed."""
+    rasterio = optional_rasterio()
+    if rasterio is None or Path(path).suffix.lower() not in TIFF_EXTENSIONS:
+        return None
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as ds:
+            return ds.nodata
 
 
 def shown_size(im: Image.Image) -> tuple[int, int]:

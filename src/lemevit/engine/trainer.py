@@ -167,7 +167,10 @@ def _quiet_lightning() -> None:
     for message in (r"Checkpoint directory .* exists and is not empty", r"predict returned None",
                     r".*isinstance\(treespec, LeafSpec\)",
                     # The data module itself skips what a run resumed within an epoch has trained on.
-                    r"You're resuming from a checkpoint that ended before the epoch ended"):
+                    r"You're resuming from a checkpoint that ended before the epoch ended",
+                    # The task's hook (no data fed as the band means) serves its loaders with and without a data
+                    # module.
+                    r"You have overridden `on_after_batch_transfer` in `LightningModule` but have passed in a"):
         warnings.filterwarnings("ignore", message=message)
 
 

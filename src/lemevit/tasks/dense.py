@@ -213,6 +213,15 @@ class SlidingWindowTask(BaseTask):
         return str(page)
 
     @staticmethod
+    def no_data_left_out(record: dict) -> str:
+        """``, N pixels of no data (P %) left out``: what a scene's record says of its pixels of no data (its nodata
+        value, mask or alpha, NaN or infinite values), which the map gives its nodata value; empty without any."""
+        pixels = record.get("no_data_pixels", 0)
+        if not pixels:
+            return ""
+        return f", {pixels:,} pixels of no data ({pixels / (record['height'] * record['width']):.1%}) left out"
+
+    @staticmethod
     def companions_written(record: dict) -> str:
         """`` (preview P, probabilities Q, N polygons in V, page H)``: what a scene's record says was written beside
         its map."""

@@ -275,10 +275,15 @@ class DetectionTask(NamedClasses, BaseTask):
                 chunk = windows[start:start + self.inference_batch_size]
                 with timer.stage("read"):
                     batch = torch.zeros(len(chunk), scene.bands, size, size)
+                    valid = torch.ones(len(chunk), size, size, dtype=torch.bool) if scene.masked else None
                     for k, (x0, y0) in enumerate(chunk):
-                        piece = scene.read(y0, min(y0 + size, scene.height), x0, min(x0 + size, scene.width))
-                        batch[k, :, :piece.shape[1], :piece.shape[2]] = torch.from_numpy(piece)
+                        y1, x1 = min(y0 + size, scene.height), min(x0 + size, scene.width)
+                        batch[k, :, :y1 - y0, :x1 - x0] = torch.from_numpy(scene.read(y0, y1, x0, x1))
+                        if valid is not None:
+                            valid[k, :y1 - y0, :x1 - x0] = torch.from_numpy(scene.read_valid(y0, y1, x0, x1))
                     batch = batch.sub_(mean).div_(std)  # padding normalised too, as in training
+                    if valid is not None:  # no data (a nodata value, NaN) fed as the band means, as padding is
+                        batch.masked_fill_(~valid[:, None], 0)
                 for det in self(batch.to(device)):
                     boxes.append(det["boxes"].float().cpu())
                     scores.append(det["scores"].float().cpu())
@@ -387,6 +392,8 @@ class DetectionTask(NamedClasses, BaseTask):
             return
         timer = StageTimer()
         try:
+            with timer.stage("read"):
+                no_data = scene.no_data_pixels()
             quads, scores, labels = self.detect(scene, timer)
             with timer.stage("write"):
                 shown = scores >= self._draw_threshold
@@ -404,7 +411,8 @@ class DetectionTask(NamedClasses, BaseTask):
             scene.close()
         self._records.append((index, {"image": str(path), "quads": quads, "scores": scores, "labels": labels,
                                       "png": str(png), "drawn": int(shown.sum()), "pixels": scene.height * scene.width,
-                                      "seconds": timer.seconds, "vector": str(vector) if located else None}))
+                                      "seconds": timer.seconds, "vector": str(vector) if located else None,
+                                      "no_data_pixels": no_data}))
 
     def finish_prediction(self, records: list[dict], options: DetectionPredictOptions) -> list[str]:
         output = Path(options.output)
@@ -421,6 +429,9 @@ class DetectionTask(NamedClasses, BaseTask):
             geo = f", {record['vector']}" if record["vector"] else ""
             if not geo and Path(record["image"]).suffix.lower() in TIFF_EXTENSIONS:
                 geo = f"; no {options.vector or 'geojson'}: the GeoTIFF is not georeferenced"
+            if record["no_data_pixels"]:
+                geo += (f"; {record['no_data_pixels']:,} pixels of no data "
+                        f"({record['no_data_pixels'] / record['pixels']:.1%}) left out")
             printed.append(f"{record['image']}: {len(record['scores'])} objects ({record['drawn']} drawn in "
                            f"{record['png']}{geo})")
             timer.add(record["seconds"])
