@@ -466,7 +466,7 @@ _WORKER_TRACEBACK = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\
                                r"Original Traceback \(most recent call last\):\n")
 
 
-def worker_error(error: BaseException) -> tuple[str, str] | None:
+def _worker_error(error: BaseException) -> tuple[str, str] | None:
     """The class name and message of the exception a DataLoader worker raised, when ``error`` is how torch re-raised
     it in the main process (the same class with the traceback as its message, or a RuntimeError for a class it cannot
     rebuild from a message alone); None for any other error."""
@@ -517,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("LEMEVIT_TRACEBACK"):
             raise
         said = isinstance(e, (LemevitError, *_FILE_ERRORS)) or _disk_full(e)
-        original = worker_error(e)
+        original = _worker_error(e)
         if original is not None and (said or original[0] in _lemevit_error_names()):
             message = " ".join(original[1].split())
         elif isinstance(e, LemevitError):
@@ -534,7 +534,6 @@ def main(argv: list[str] | None = None) -> int:
         note = context["interrupted"]() if "interrupted" in context else "interrupted"
         print(f"lemevit {command}: {note}", file=sys.stderr)
         return 130
-
 
 
 if __name__ == "__main__":
