@@ -8,8 +8,10 @@ is reported as one line naming the option or file, with exit status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -167,6 +169,8 @@ def cmd_train(argv: list[str], context: dict) -> int:
                                 "(lemevit train --task TASK --help).", extra=common)
     context["flags"] = parser.flags
     args, given = parser.parse(argv, f"--task {task.name}")
+    if args.output:
+        context["interrupted"] = lambda: _train_interrupted(Path(args.output))
     if args.resume:
         if not args.output:
             raise ConfigError("output", "is required: the run directory to resume")
@@ -195,6 +199,14 @@ def cmd_train(argv: list[str], context: dict) -> int:
     if _leader():
         print(f"run written to {run}: best.ckpt, last.ckpt, split.json, config.yaml, logs/")
     return 0
+
+
+def _train_interrupted(output: Path) -> str:
+    from lemevit.engine.run import LAST
+
+    if (output / LAST).is_file():
+        return f"interrupted; resume with: lemevit train --output {output} --resume"
+    return "interrupted before the first checkpoint: nothing to resume; run the same command again to start over"
 
 
 def _resolved_config(cfg) -> str:
@@ -257,6 +269,7 @@ def cmd_eval(argv: list[str], context: dict) -> int:
 
     task, options, parser, checkpoint = _checkpoint_parser("eval", argv, context)
     _, given = parser.parse(argv, f"{checkpoint}, a {task.name} checkpoint")
+    context["interrupted"] = lambda: "interrupted; no metrics were written"
     module, metrics = evaluate(options(**given))
     if _leader():
         print(f"{module.describe(metrics)}; wrote {Path(given['output']) / 'metrics.json'}")
@@ -268,6 +281,8 @@ def cmd_predict(argv: list[str], context: dict) -> int:
 
     task, options, parser, checkpoint = _checkpoint_parser("predict", argv, context)
     _, given = parser.parse(argv, f"{checkpoint}, a {task.name} checkpoint")
+    if "output" in given:
+        context["interrupted"] = lambda: f"interrupted; {task.interrupted_prediction(Path(given['output']))}"
     for line in predict(options(**given)):
         print(line)
     return 0
@@ -519,6 +534,42 @@ def render_error(error: LemevitError, flags: dict[str, str]) -> str:
     return " ".join(text.split())
 
 
+# How torch's DataLoader rebuilds an exception raised in one of its workers: the message holds the traceback.
+_WORKER_TRACEBACK = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\.\n"
+                               r"Original Traceback \(most recent call last\):\n")
+
+
+def _worker_error(error: BaseException) -> tuple[str, str] | None:
+    """The class name and message of the exception a DataLoader worker raised, when ``error`` is how torch re-raised
+    it in the main process (the same class with the traceback as its message, or a RuntimeError for a class it cannot
+    rebuild from a message alone); None for any other error."""
+    text = str(error)
+    match = _WORKER_TRACEBACK.match(text)
+    if match is None:
+        return None
+    # The traceback's last line is "module.Class: message", the original exception (after any it was raised from).
+    last = text.rstrip().splitlines()[-1]
+    name, _, message = last.partition(": ")
+    return match.group(1), message if name.rpartition(".")[2] == match.group(1) else last
+
+
+def _lemevit_error_names() -> set[str]:
+    found, pending = set(), [LemevitError]
+    while pending:
+        cls = pending.pop()
+        found.add(cls.__name__)
+        pending += cls.__subclasses__()
+    return found
+
+
+# Errors of the files given, told as "FILE: reason".
+_FILE_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def _disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def _exit_on_sigterm(signum, frame) -> None:
     # SystemExit unwinds the stack, so temporary files are removed and locks released.
     raise SystemExit(128 + signum)
@@ -536,18 +587,26 @@ def main(argv: list[str] | None = None) -> int:
             return {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict}[command](argv[1:], context)
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except (LemevitError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-            PermissionError) as e:
+    except Exception as e:
         if os.environ.get("LEMEVIT_TRACEBACK"):
             raise
-        if isinstance(e, LemevitError):
+        said = isinstance(e, (LemevitError, *_FILE_ERRORS)) or _disk_full(e)
+        original = _worker_error(e)
+        if original is not None and (said or original[0] in _lemevit_error_names()):
+            message = " ".join(original[1].split())
+        elif isinstance(e, LemevitError):
             message = render_error(e, context["flags"])
-        else:
+        elif said:
             message = f"{e.filename}: {e.strerror}" if e.filename else str(e)
+            if _disk_full(e) and e.filename:
+                message += f" ({shutil.disk_usage(Path(e.filename).parent).free / 2**20:.1f} MiB free there)"
+        else:
+            raise
         print(f"lemevit {command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"lemevit {command}: interrupted", file=sys.stderr)
+        note = context["interrupted"]() if "interrupted" in context else "interrupted"
+        print(f"lemevit {command}: {note}", file=sys.stderr)
         return 130
 
 

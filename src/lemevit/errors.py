@@ -2,7 +2,7 @@
 status 2; from Python they are ordinary exceptions (``ConfigError`` and ``DataError`` are ``ValueError``s)."""
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError", "LemevitError", "RunError"]
+__all__ = ["ConfigError", "DataError", "DiskFullError", "LemevitError", "RunError"]
 
 
 class LemevitError(Exception):
@@ -29,3 +29,16 @@ class DataError(LemevitError, ValueError):
 
 class RunError(LemevitError):
     """A run directory that cannot be used as asked: it holds another run, is in use, or lacks a file."""
+
+
+class DiskFullError(LemevitError):
+    """A file that could not be written for want of space: ``path``, and ``free``, the bytes free on its device once
+    the partial file was removed (the file needs more than that)."""
+
+    def __init__(self, path, free: int):
+        self.path, self.free = path, free
+        super().__init__(f"no space left on the device to write {path}: it needs more than the "
+                         f"{free / 2**20:.1f} MiB free there; free some space or write elsewhere")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.free)

@@ -36,6 +36,13 @@ def display_rgb(image: np.ndarray, bands: Sequence[int] | None = None) -> np.nda
         shown = np.repeat(shown, 3, axis=-1)
     if image.dtype == np.uint8:
         return shown / 255.0
+    finite = np.isfinite(shown)
+    if not finite.all():  # no data (NaN or infinite values) is shown black, and stretches nothing
+        if not finite.any():
+            return np.zeros_like(shown)
+        shown = np.where(finite, shown, np.nan)
+        low, high = np.nanpercentile(shown, [2, 98], axis=(0, 1))
+        return np.nan_to_num(np.clip((shown - low) / np.where(high > low, high - low, 1.0), 0.0, 1.0))
     low, high = np.percentile(shown, [2, 98], axis=(0, 1))
     return np.clip((shown - low) / np.where(high > low, high - low, 1.0), 0.0, 1.0)
 

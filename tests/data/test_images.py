@@ -128,3 +128,21 @@ def test_read_image_errors_name_the_file(tmp_path):
         (tmp_path / "cut.tif").write_bytes(data[: len(data) // 2])
         with pytest.raises(ImageReadError, match=r"cut\.tif"):
             read_image(tmp_path / "cut.tif")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_read_image_turns_a_picture_as_its_exif_orientation_says(tmp_path, suffix):
+    # Issue #29, 2: a drone's picture stored sideways with orientation 6 (shown turned 90° clockwise) is read as
+    # shown, so that a mask drawn over the shown picture fits it; the header's size agrees.
+    from lemevit.data.regions import raster_size
+
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:5, :10] = 255  # a bright top-left corner, which orientation 6 shows at the top right
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / f"drone{suffix}"
+    Image.fromarray(stored).save(path, exif=exif, **({"quality": 100} if suffix == ".jpg" else {}))
+    shown = read_image(path)
+    assert shown.shape == (40, 20, 3) and raster_size(path) == (40, 20)
+    expected = np.rot90(stored, k=-1)
+    assert np.abs(shown.astype(int) - expected).max() <= (0 if suffix == ".png" else 40)

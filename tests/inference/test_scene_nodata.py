@@ -151,3 +151,39 @@ def test_an_alpha_band_is_a_band_for_a_model_that_expects_it_and_refused_otherwi
     assert (classes != 255).all()
     with pytest.raises(DataError, match="band 4 of .*rgba.tif is alpha"):
         predict([tmp_path / "rgba.tif"], tmp_path / "map2.tif", pointwise(5), bands=5)
+
+
+@pytest.mark.parametrize("value, declared", [(np.nan, None), (np.nan, np.nan), (np.inf, None)])
+def test_non_finite_pixels_of_a_float_scene_are_no_data_declared_or_not(tmp_path, value, declared):
+    # Issue #29, 1: a float scene whose NaN pixels were not declared gave class 0 over the windows holding them
+    # (NaN probabilities), silently. Any NaN or infinite band makes a pixel no data, as a nodata value does.
+    mask = valid_mask()
+    mask[100, 100:103] = False  # a few pixels among the data, too
+    bands = np.where(mask, scene().astype(np.float32), np.float32(value))
+    bands[1, 100, 103] = value  # one band alone is enough
+    mask[100, 103] = False
+    write(tmp_path / "float.tif", bands, nodata=declared)
+    write(tmp_path / "whole.tif", scene().astype(np.float32))
+    model, names = pointwise(), ["a", "b", "c", "d"]
+    counting = Counting(model)
+    result = predict_scene(counting, [tmp_path / "float.tif"], tmp_path / "map.tif", [128.0] * 3, [64.0] * 3,
+                           PALETTE, window=WINDOW, stride=STRIDE, batch_size=4, progress=False, nodata=255,
+                           probabilities=ProbabilityOutput(tmp_path / "p.tif", names, "float16"))
+    predict([tmp_path / "whole.tif"], tmp_path / "whole_map.tif", model)
+    (classes,), _ = read(tmp_path / "map.tif")
+    (whole,), _ = read(tmp_path / "whole_map.tif")
+    np.testing.assert_array_equal(classes == 255, ~mask)
+    np.testing.assert_array_equal(classes[mask], whole[mask])
+    assert result.no_data_pixels == int((~mask).sum())
+    assert counting.windows == windows_touching(mask)
+    probs, _ = read(tmp_path / "p.tif")
+    assert np.isfinite(probs[:, mask]).all()
+
+
+def test_a_float_scene_without_non_finite_pixels_needs_no_nodata_value(tmp_path):
+    write(tmp_path / "float.tif", scene().astype(np.float32))
+    predict([tmp_path / "float.tif"], tmp_path / "map.tif", pointwise(), nodata=None)
+    write(tmp_path / "nan.tif", np.where(valid_mask(), scene().astype(np.float32), np.float32(np.nan)))
+    with pytest.raises(ConfigError, match="NaN or infinite"):
+        predict([tmp_path / "nan.tif"], tmp_path / "nan_map.tif", pointwise(), nodata=None)
+    assert not (tmp_path / "nan_map.tif").exists()

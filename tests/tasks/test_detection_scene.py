@@ -143,3 +143,33 @@ def test_an_untrained_box_head_sends_at_most_pre_nms_top_k_candidates_to_nms(tmp
         oriented_rcnn.rotated_batched_nms = original
     assert calls[0] > 2000 and calls[1] == 500
     assert len(capped[0]["scores"]) <= 500
+
+
+def test_nan_pixels_of_a_float_scene_are_no_data_even_undeclared(tmp_path, capsys):
+    # Issue #29, 1: NaN pixels reached the network (NaN features, and so boxes anywhere or none); they are no
+    # data like a declared nodata value: their windows are not run, and the line says how many there were.
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    write_detector(tmp_path / "detector.ckpt", img_size=256, overlap=0)
+    pixels = np.random.default_rng(0).uniform(0, 255, (3, 512, 512)).astype(np.float32)
+    pixels[:, :256] = np.nan  # the top two of the 2 x 2 windows
+    pixels[0, 300, 300] = np.nan
+    with rasterio.open(tmp_path / "float.tif", "w", driver="GTiff", width=512, height=512, count=3, dtype="float32",
+                       crs="EPSG:32633", transform=from_origin(500000, 4600000, 0.5, 0.5)) as ds:
+        ds.write(pixels)
+    fed = []
+    original = DetectionTask.forward
+
+    def recording(self, images):
+        fed.append(images.clone())
+        return original(self, images)
+
+    DetectionTask.forward = recording
+    try:
+        assert main(["predict", "--checkpoint", str(tmp_path / "detector.ckpt"), str(tmp_path / "float.tif"),
+                     "--output", str(tmp_path / "out"), "--accelerator", "cpu"]) == 0
+    finally:
+        DetectionTask.forward = original
+    assert sum(len(batch) for batch in fed) == 2 and all(torch.isfinite(batch).all() for batch in fed)
+    assert f"{256 * 512 + 1:,} pixels of no data (50.0%) left out" in capsys.readouterr().out

@@ -12,6 +12,10 @@ Band conventions:
   and rasterio cannot tell such a band from alpha reliably), so the two TIFF readers agree;
 - 16-bit PNG stays ``uint16``. PIL decodes 16-bit grayscale PNG losslessly but 16-bit colour PNG only
   to 8 bits, so the latter is read with rasterio and is an error without it.
+
+A JPEG, PNG or BMP is returned as it is shown: turned as its EXIF orientation says (a camera's or a drone's
+picture taken upright is stored sideways with orientation 6), as every viewer and labelling tool shows it, so that
+an image and a mask drawn over it agree. TIFF bands are read as stored (GDAL does not apply orientation).
 """
 from __future__ import annotations
 
@@ -19,11 +23,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from lemevit.errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "TIFF_EXTENSIONS", "ImageReadError", "optional_rasterio", "read_image"]
+__all__ = ["IMAGE_EXTENSIONS", "TIFF_EXTENSIONS", "ImageReadError", "declared_nodata", "optional_rasterio",
+           "read_image", "shown_size"]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 TIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
@@ -32,6 +37,10 @@ _GEO_HINT = 'install rasterio to read it: pip install "lemevit[geo]"'
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # PNG colour types (IHDR byte 25) that PIL decodes to 8 bits when the bit depth is 16.
 _PNG_COLOUR_TYPES_PIL_REDUCES = {2: "RGB", 4: "grayscale+alpha", 6: "RGBA"}
+
+# EXIF orientations that turn the picture by a quarter (or transpose it): height and width swap.
+_ORIENTATIONS_SWAPPING_SIDES = frozenset({5, 6, 7, 8})
+_EXIF_ORIENTATION = 0x0112
 
 # PIL modes whose pixels ``np.asarray`` gives losslessly; the value is the data type it gives.
 _PIL_DIRECT_MODES = {"L": np.uint8, "RGB": np.uint8, "I;16": np.uint16, "I;16L": np.uint16,
@@ -104,6 +113,28 @@ def _pil_to_array(im: Image.Image, path: Path, tiff: bool) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def declared_nodata(path: str | Path) -> float | None:
+    """The nodata value the file declares (GDAL's, of its first band: a GeoTIFF's tag), or None: it declares none,
+    or rasterio, which reads it, is not installed."""
+    rasterio = optional_rasterio()
+    if rasterio is None or Path(path).suffix.lower() not in TIFF_EXTENSIONS:
+        return None
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as ds:
+            return ds.nodata
+
+
+def shown_size(im: Image.Image) -> tuple[int, int]:
+    """``(height, width)`` of a PIL image opened but not decoded, as :func:`read_image` returns it: after its EXIF
+    orientation (TIFF as stored)."""
+    if im.format != "TIFF" and im.getexif().get(_EXIF_ORIENTATION) in _ORIENTATIONS_SWAPPING_SIDES:
+        return im.width, im.height
+    return im.height, im.width
+
+
 def _png_header(path: Path) -> tuple[int, int] | None:
     """(bit depth, colour type) from a PNG's IHDR chunk, or None for a file that is not PNG."""
     with open(path, "rb") as f:
@@ -116,9 +147,9 @@ def _png_header(path: Path) -> tuple[int, int] | None:
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as an ``(H, W, C)`` array in the file's own data type.
 
-    ``uint8`` JPEG/PNG/BMP, ``uint16`` PNG/TIFF, float TIFF, ... are returned as stored (see the module
-    docstring for how grayscale, palette and alpha are handled). Raises :class:`ImageReadError`
-    naming the file for a missing, unsupported, corrupt or truncated file.
+    ``uint8`` JPEG/PNG/BMP, ``uint16`` PNG/TIFF, float TIFF, ... are returned as stored, a JPEG/PNG/BMP turned as
+    its EXIF orientation says (see the module docstring for how grayscale, palette and alpha are handled). Raises
+    :class:`ImageReadError` naming the file for a missing, unsupported, corrupt or truncated file.
     """
     path = Path(path)
     ext = path.suffix.lower()
@@ -147,6 +178,8 @@ def read_image(path: str | Path) -> np.ndarray:
             if tiff and getattr(im, "n_frames", 1) > 1:
                 raise ImageReadError(path, f"multi-page TIFF ({im.n_frames} pages); {_GEO_HINT}")
             im.load()  # decode now: Image.open reads only the header, so truncation would pass unseen
+            if not tiff:
+                im = ImageOps.exif_transpose(im)
             arr = _pil_to_array(im, path, tiff)
     except ImageReadError:
         raise

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
-from lemevit.data.images import TIFF_EXTENSIONS, ImageReadError, optional_rasterio, read_image
+from lemevit.data.images import TIFF_EXTENSIONS, ImageReadError, optional_rasterio, read_image, shown_size
 from lemevit.errors import ConfigError
 
 __all__ = ["RegionReader", "raster_size", "read_region"]
 
 
 def raster_size(path: str | Path) -> tuple[int, int]:
-    """``(height, width)`` of an image from its header, without decoding the pixels."""
+    """``(height, width)`` of an image from its header, without decoding the pixels (as :func:`read_image` gives
+    it: after a JPEG's EXIF orientation)."""
     path = Path(path)
     rasterio = optional_rasterio()
     if path.suffix.lower() in TIFF_EXTENSIONS and rasterio is not None:
@@ -27,7 +28,7 @@ def raster_size(path: str | Path) -> tuple[int, int]:
 
     try:
         with Image.open(path) as im:
-            return im.height, im.width
+            return shown_size(im)
     except Exception as e:  # noqa: BLE001 - PIL raises several types for bad files
         raise ImageReadError(path, f"{type(e).__name__}: {e}") from e
 

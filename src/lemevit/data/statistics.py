@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lemevit.data.images import TIFF_EXTENSIONS, optional_rasterio, read_image
+from lemevit.data.images import TIFF_EXTENSIONS, declared_nodata, optional_rasterio, read_image
 from lemevit.data.transforms import IMAGENET_RGB_MEAN_STD
 from lemevit.errors import DataError
 
@@ -62,6 +62,8 @@ def band_statistics(paths: Sequence[str | Path]) -> tuple[list[float], list[floa
 
     Streaming: each image's count, mean and sum of squared deviations (float64) are merged into the running
     totals (Chan et al.), which keeps 16-bit and float data precise where a raw sum of squares would cancel.
+    The pixels of an image that declares NaN as its nodata value and holds NaN or infinite values there are left
+    out; such values in an image that does not declare them are refused.
     """
     if not paths:
         raise DataError("band statistics need at least one image; the training set is empty")
@@ -71,8 +73,14 @@ def band_statistics(paths: Sequence[str | Path]) -> tuple[list[float], list[floa
         pixels = image.reshape(-1, image.shape[2]).astype(np.float64)
         if mean is not None and pixels.shape[1] != mean.shape[0]:
             raise DataError(f"image {path} has {pixels.shape[1]} band(s), expected {mean.shape[0]} like the others")
-        if not np.isfinite(pixels).all():
-            raise DataError(f"image {path} holds NaN or infinite values; mean and std would be undefined")
+        finite = np.isfinite(pixels).all(axis=1)
+        if not finite.all():
+            nodata = declared_nodata(path)
+            if nodata is None or not math.isnan(nodata):
+                raise DataError(f"image {path} holds NaN or infinite values that it does not declare as no data; "
+                                "declare them (nodata=nan, e.g. gdal_edit.py -a_nodata nan FILE) to train with those "
+                                "pixels left out of the statistics and fed as the band means")
+            pixels = pixels[finite]  # its no data: left out of the statistics
         n = pixels.shape[0]
         if n == 0:
             continue

@@ -24,8 +24,8 @@ from torchvision.transforms import v2
 from lemevit.errors import ConfigError, DataError
 
 __all__ = ["IMAGENET_RGB_MEAN_STD", "INTERPOLATIONS", "PhotometricDistortion", "check_scale_range", "class_cells",
-           "crop_origin", "eval_transform", "normalised_tensor", "pixel_tensor", "region_side", "rescaled",
-           "train_transform"]
+           "crop_origin", "eval_transform", "fill_no_data", "normalised_tensor", "pixel_tensor", "region_side",
+           "rescaled", "train_transform"]
 
 #: ImageNet's RGB mean and std in the 0..255 scale of 8-bit images: ``mean, std = IMAGENET_RGB_MEAN_STD``.
 IMAGENET_RGB_MEAN_STD: tuple[tuple[float, ...], tuple[float, ...]] = (
@@ -173,6 +173,18 @@ def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float],
 def pixel_tensor(image: np.ndarray) -> torch.Tensor:
     """``(H, W, C)`` pixels of any data type → ``(C, H, W)`` float32 in the image's own value scale."""
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+
+
+def fill_no_data(image: np.ndarray, fill: Sequence[float]) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(H, W, C)`` pixels with those of no data, a NaN or infinite value in a band (which no model input can hold),
+    set to ``fill``, a value a band (the band means, which normalise to 0); and the ``(H, W)`` booleans of the pixels
+    with data, None when all have (an integer image always does)."""
+    if image.dtype.kind != "f":
+        return image, None
+    valid = np.isfinite(image).all(axis=-1)
+    if valid.all():
+        return image, None
+    return np.where(valid[..., None], image, np.asarray(fill, image.dtype)), valid
 
 
 def normalised_tensor(image: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from lemevit.data.datamodule import Indexed
 from lemevit.engine.checkpoint import read_trained_model, trained_model_task
 from lemevit.engine.config import EvalOptions, PredictOptions
 from lemevit.engine.run import RunDirectory
-from lemevit.engine.trainer import build_inference_trainer
+from lemevit.engine.trainer import build_inference_trainer, interruptible
 from lemevit.errors import ConfigError, DataError
 from lemevit.io.model_file import model_file_folder
 from lemevit.io.paths import check_writable_folder
@@ -69,7 +69,8 @@ def evaluate(options: EvalOptions, progress: bool = True) -> tuple[BaseTask, dic
                      options.num_workers, module.evaluation_collate)
     trainer = build_inference_trainer(options.accelerator, options.devices, options.num_nodes, options.precision,
                                       progress=progress)
-    trainer.test(module, dataloaders=loader, verbose=False)
+    with interruptible(trainer):
+        trainer.test(module, dataloaders=loader, verbose=False)
     metrics = {**module.test_metrics, "checkpoint": str(Path(options.checkpoint).resolve()), "data": str(root)}
     if trainer.is_global_zero:
         module.write_evaluation(metrics, output)
@@ -97,7 +98,8 @@ def predict(options: PredictOptions, progress: bool = True) -> list[str]:
     if len(dataset):
         loader = _loader(module, dataset, options.batch_size, 0 if module.batches_whole_images else options.num_workers,
                          module.prediction_collate)
-        trainer.predict(module, dataloaders=loader, return_predictions=False)
+        with interruptible(trainer):
+            trainer.predict(module, dataloaders=loader, return_predictions=False)
     else:
         module.prediction_records = []
     return module.finish_prediction(module.prediction_records, options) if trainer.is_global_zero else []

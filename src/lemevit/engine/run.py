@@ -18,9 +18,10 @@ import lightning.pytorch as pl
 
 from lemevit.data.splits import Split, load_split, save_split
 from lemevit.data.statistics import band_normalisation
+from lemevit.engine.checkpoint import UnreadableCheckpoint, checkpoint_task, read_checkpoint
 from lemevit.engine.config import RunConfig
-from lemevit.engine.trainer import build_trainer, is_launch_leader
-from lemevit.errors import RunError
+from lemevit.engine.trainer import build_trainer, interruptible, is_launch_leader
+from lemevit.errors import DataError, RunError
 from lemevit.io import atomic_path, remove_stale_temporaries
 from lemevit.io.lock import FolderLock
 from lemevit.io.paths import check_writable_folder
@@ -69,13 +70,26 @@ class RunDirectory:
         for name in (CONFIG_FILE, SPLIT_FILE, BEST, LAST, BAD_IMAGES, "logs/metrics.csv"):
             remove_stale_temporaries(self.path / name)
 
-    def check_resumable(self) -> None:
+    def check_resumable(self, task: str) -> None:
+        """Refuse a resume that Lightning would stop with a traceback: no run here, or a ``last.ckpt`` that is
+        truncated (a copy cut short, a full disk before atomic writes) or is not this run's task's."""
         if not self.last.is_file():
             raise RunError(f"--resume: {self.path} holds no {LAST} to resume from" if self.path.is_dir() else
                            f"--resume: there is no run directory {self.path}")
         for path in (self.config_file, self.split_file):
             if not path.is_file():
                 raise RunError(f"--resume: {path} is missing; the run cannot be continued")
+        instead = (f"resume from {BEST} by copying it over {LAST}, or train afresh into another --output"
+                   if (self.path / BEST).is_file() else "train afresh into another --output")
+        try:
+            content = read_checkpoint(self.last)
+        except DataError as e:
+            reason = e.reason if isinstance(e, UnreadableCheckpoint) else "no state_dict and hyper_parameters"
+            raise RunError(f"--resume: {self.last} cannot be resumed from ({reason}): it is cut short or not a "
+                           f"lemevit checkpoint; {instead}") from None
+        if checkpoint_task(content) != task:
+            raise RunError(f"--resume: {self.last} is a checkpoint of a {checkpoint_task(content)} run, not of this "
+                           f"{task} run; {instead}")
 
     def read_split(self, task: str, data: str | Path | None = None) -> Split:
         task_cls = get_task(task)
@@ -106,7 +120,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, given: di
     leader = is_launch_leader()
     with run.lock() if leader else contextlib.nullcontext():
         if resume:
-            run.check_resumable()
+            run.check_resumable(cfg.task)
             saved = type(cfg).from_yaml(run.config_file)
             cfg = saved.resumed_with(cfg.to_dict() if given is None else given, run.config_file).absolute()
             split = run.read_split(cfg.task, data=cfg.data)
@@ -137,5 +151,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, given: di
                                 gradient_clip=cfg.gradient_clip, ema_decay=cfg.ema_decay, val_every=cfg.val_every,
                                 checkpoint_steps=cfg.checkpoint_steps, progress=progress,
                                 find_unused_parameters=task.find_unused_parameters, sync_batchnorm=cfg.sync_bn)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(run.last) if resume else None, weights_only=True)
+        with interruptible(trainer):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(run.last) if resume else None,
+                        weights_only=True)
     return run.path

@@ -5,7 +5,11 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import signal
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,7 @@ from lemevit.errors import ConfigError
 from lemevit.io import atomic_path
 
 __all__ = ["AtomicCheckpointIO", "ContinuedCSVLogger", "ExponentialMovingAverage", "build_inference_trainer",
-           "build_trainer", "is_launch_leader", "resolve_precision"]
+           "build_trainer", "interruptible", "is_launch_leader", "resolve_precision"]
 
 
 def is_launch_leader() -> bool:
@@ -163,7 +167,10 @@ def _quiet_lightning() -> None:
     for message in (r"Checkpoint directory .* exists and is not empty", r"predict returned None",
                     r".*isinstance\(treespec, LeafSpec\)",
                     # The data module itself skips what a run resumed within an epoch has trained on.
-                    r"You're resuming from a checkpoint that ended before the epoch ended"):
+                    r"You're resuming from a checkpoint that ended before the epoch ended",
+                    # The task's hook (no data fed as the band means) serves its loaders with and without a data
+                    # module.
+                    r"You have overridden `on_after_batch_transfer` in `LightningModule` but have passed in a"):
         warnings.filterwarnings("ignore", message=message)
 
 
@@ -181,6 +188,26 @@ def _trainer(**kwargs) -> pl.Trainer:
         # Lightning's checks of the devices asked for (more than there are, an unknown name).
         argument = "devices" if "device" in str(e).lower() and "accelerator" not in str(e).lower() else "accelerator"
         raise ConfigError(argument, str(e).splitlines()[0]) from None
+
+
+@contextmanager
+def interruptible(trainer: pl.Trainer) -> Iterator[None]:
+    """A context for ``trainer.fit``, ``test`` or ``predict`` in which Ctrl-C stays a ``KeyboardInterrupt``.
+
+    Lightning answers Ctrl-C with its graceful shutdown and then ``sys.exit(1)``, leaving SIGINT ignored: the
+    caller could not tell an interruption from a failure, and a second Ctrl-C would do nothing. The exit is
+    turned back into the ``KeyboardInterrupt`` and the SIGINT handler restored."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if main_thread else None
+    try:
+        yield
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if main_thread and handler is not None and signal.getsignal(signal.SIGINT) is not handler:
+            signal.signal(signal.SIGINT, handler)
 
 
 def build_trainer(run_dir: str | Path, monitor: str, max_epochs: int, accelerator: str = "auto",

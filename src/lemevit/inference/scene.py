@@ -6,8 +6,9 @@ held in memory whole; the class map, a Cloud-Optimized GeoTIFF, keeps the scene'
 the probabilities written beside it when asked.
 
 A scene may be a local file, a VRT mosaic or a URL (``https://``, ``/vsicurl/``: GDAL reads the byte ranges of
-the blocks it needs). The pixels its nodata value, alpha band or mask mark are not predicted: the map gives them
-its nodata value, and the windows holding none of the others are not run.
+the blocks it needs). The pixels its nodata value, alpha band or mask mark, and those with a NaN or infinite value
+in a band (a floating-point scene's, declared as nodata or not), are not predicted: the map gives them its nodata
+value, and the windows holding none of the others are not run.
 """
 from __future__ import annotations
 
@@ -116,8 +117,9 @@ class ProbabilityOutput:
 
 @dataclass
 class ScenePrediction:
-    """What :func:`predict_scene` wrote and saw: the map's size, its windows, the pixels of each map value, and,
-    for a preview, the map and each scene downsampled by ``preview_step`` (every ``step``-th row and column)."""
+    """What :func:`predict_scene` wrote and saw: the map's size, its windows, the pixels of each map value, for a
+    preview the map and each scene downsampled by ``preview_step`` (every ``step``-th row and column), and the
+    pixels of no data (the scenes' nodata, mask or alpha, and NaN or infinite values), given the map's nodata."""
 
     output: Path
     height: int
@@ -127,6 +129,7 @@ class ScenePrediction:
     preview_step: int
     small_map: np.ndarray
     small_scenes: list[np.ndarray]
+    no_data_pixels: int = 0
 
 
 @torch.inference_mode()
@@ -154,7 +157,8 @@ def predict_scene(predict: Callable[[torch.Tensor], torch.Tensor], scenes: Seque
             values would be normalised on the wrong scale.
         value_names: ``{value: name}`` of the map values, the GeoTIFF's band description (``0=name, 1=...``).
         nodata: the value the GeoTIFF declares as no data, one no class takes; the map's value at the pixels the
-            scenes mark as no data (a pixel of a stack is no data when it is in one scene). Needed for such scenes.
+            scenes mark as no data or hold a NaN or infinite value at (a pixel of a stack is no data when it is in
+            one scene). Needed for such scenes.
         probabilities: also write the probabilities, a GeoTIFF whatever ``output`` is.
 
     A GeoTIFF scene gives a GeoTIFF with the same CRS and transform. Memory: one strip of ``window`` rows (the
@@ -184,7 +188,7 @@ def predict_scene(predict: Callable[[torch.Tensor], torch.Tensor], scenes: Seque
                 note = (f" (band {alpha[0].alpha} of {alpha[0].path} is alpha: it is read as the mask when the model "
                         "expects the other bands)") if alpha else ""
                 raise DataError(f"{named}: {source.bands} band(s), the model expects {len(mean)}{note}")
-            if source.masked and nodata is None:
+            if any(s.mask_declared for s in source.scenes) and nodata is None:
                 raise ConfigError("nodata", f"{named} mark pixels as no data: the map needs a nodata value for them")
             if expected_dtype is not None:
                 odd = [(s.path, s.dtype) for s in source.scenes if s.dtype != expected_dtype]
@@ -198,6 +202,7 @@ def predict_scene(predict: Callable[[torch.Tensor], torch.Tensor], scenes: Seque
             small_map = np.zeros(small_shape, np.uint8)
             small_scenes = [np.zeros((*small_shape, s.bands), s.dtype) for s in source.scenes]
             counts = np.zeros(256, np.int64)
+            no_data = 0
             windows = len(window_starts(height, window, stride)) * len(window_starts(width, window, stride))
 
             def read_rows(top: int, bottom: int) -> torch.Tensor:
@@ -241,8 +246,12 @@ def predict_scene(predict: Callable[[torch.Tensor], torch.Tensor], scenes: Seque
                                                  bar.update, normalise, read_valid):
                     values = to_map(probs).numpy()
                     valid = strip_valid(top, len(values))
-                    if valid is not None:
+                    if valid is not None and not valid.all():
+                        if nodata is None:
+                            raise ConfigError("nodata", f"{' and '.join(map(str, paths))} hold NaN or infinite "
+                                                        "values: the map needs a nodata value for them")
                         values[~valid] = nodata
+                        no_data += int(valid.size - np.count_nonzero(valid))
                     writer.write(top, values)
                     if probabilities is not None:
                         probability_writer.write(top, probabilities.values(probs, valid))
@@ -253,4 +262,4 @@ def predict_scene(predict: Callable[[torch.Tensor], torch.Tensor], scenes: Seque
                     small_map[(top + first) // step:(top + first) // step + len(kept)] = kept
         finally:
             source.close()
-    return ScenePrediction(output, height, width, windows, counts, step, small_map, small_scenes)
+    return ScenePrediction(output, height, width, windows, counts, step, small_map, small_scenes, no_data)

@@ -1,16 +1,23 @@
 """Writing files so that an interruption never leaves a half-written or corrupted result."""
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lemevit.errors import DiskFullError, LemevitError
+
 __all__ = ["atomic_path", "remove_stale_temporaries", "scratch_path"]
 
+# A write that failed with less than this free on its device failed for want of space: torch.save ("basic_ios::clear",
+# "unexpected pos") and GDAL ("Write failed") do not pass the system's ENOSPC on.
+_FULL_BELOW = 2**20
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
 
 
@@ -58,7 +65,8 @@ def _umask() -> int:
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` in one rename, on error it is
-    removed and ``path`` keeps its previous content.
+    removed and ``path`` keeps its previous content. A write that fails for want of space raises
+    :class:`~lemevit.errors.DiskFullError` naming ``path`` and the space there is.
 
     The result gets the permissions of a file created by ``open`` (0666 less the umask), not the 0600 of a
     temporary file, so that colleagues on a shared machine can read it. Temporaries that killed processes left
@@ -72,9 +80,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except Exception as e:
+        full = _out_of_space(e, path.parent)
+        _remove(tmp)
+        if full:
+            raise DiskFullError(path, shutil.disk_usage(path.parent).free) from e
+        raise
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _remove(tmp)
 
 
 @contextmanager
@@ -86,8 +99,24 @@ def scratch_path(path: str | Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _remove(tmp)
+
+
+def _remove(tmp: str) -> None:
+    if os.path.exists(tmp):
+        os.remove(tmp)
+
+
+def _out_of_space(error: Exception, folder: Path) -> bool:
+    """Whether ``error``, met while writing into ``folder``, came from a full device (or quota)."""
+    if isinstance(error, LemevitError):  # already said, by an atomic write within this one
+        return False
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return isinstance(error, (OSError, RuntimeError)) and shutil.disk_usage(folder).free < _FULL_BELOW
 
 
 def _temporary(path: Path) -> str:

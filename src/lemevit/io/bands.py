@@ -289,6 +289,11 @@ class BandStack:
                                                                               strict=True)]
         return self._values(parts)
 
+    @property
+    def mask_declared(self) -> bool:
+        """Whether the bands declare pixels without data (a nodata value, a mask, a footprint short of the grid)."""
+        return self.masked
+
     def read_valid(self, top: int, bottom: int, left: int = 0, right: int | None = None) -> np.ndarray | None:
         """``(rows, columns)`` booleans, the pixels where every band has data, or None when all have."""
         if not self.masked:

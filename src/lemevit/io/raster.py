@@ -9,7 +9,8 @@ overviews, without reading the full-resolution map.
 Scenes are read through GDAL when it can read them in parts: TIFFs, GDAL's virtual mosaics (``.vrt``) and remote
 sources (``https://`` URLs, ``/vsicurl/`` and the other virtual file systems), of which GDAL fetches only the
 byte ranges of the blocks read. Their nodata value, alpha band or mask (GDAL's mask of the dataset, whichever of
-the three it has) tells which pixels are not to be predicted.
+the three it has) tells which pixels are not to be predicted; so does a NaN or infinite value in a band of a
+floating-point scene, declared or not (no model input can hold it).
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ class RasterScene:
     """Rows of a scene: one GDAL reads (:func:`read_by_gdal`) through rasterio windows; other formats (PNG,
     JPEG), which cannot be decoded in parts, from the whole image as :func:`~lemevit.data.read_image` reads it.
     ``height``, ``width``, ``bands``, ``dtype`` (of the first band), ``crs`` and ``transform`` describe it;
-    ``masked`` tells whether some pixels may be no data, which :meth:`read_valid` gives.
+    ``masked`` tells whether some pixels may be no data, which :meth:`read_valid` gives: those GDAL's mask of the
+    dataset marks (``mask_declared``) and, in a floating-point scene, those with a NaN or infinite band.
 
     ``path`` is a local :class:`~pathlib.Path` or a remote source's string, or the name of ``array``, the
     ``(H, W, C)`` pixels of a scene already read. A remote source is opened without
@@ -74,7 +76,10 @@ class RasterScene:
         self.path = path
         self.dataset = None
         self.crs = self.transform = None
-        self.masked, self.alpha = False, None
+        self.mask_declared, self.alpha = False, None
+        # The window last read and whether each of its pixels is finite in every band, which read_valid takes
+        # instead of reading the window again.
+        self._finite: tuple[tuple, np.ndarray] | None = None
         if array is None and read_by_gdal(path):
             if rasterio is None:
                 raise DataError(f"cannot read scene {path}: GDAL reads it, {_READ_HINT}")
@@ -95,13 +100,18 @@ class RasterScene:
             if ColorInterp.alpha in self.dataset.colorinterp:
                 self.alpha = self.dataset.colorinterp.index(ColorInterp.alpha) + 1
             else:  # an alpha band read as a band is no mask (until use_alpha_as_mask)
-                self.masked = any(MaskFlags.all_valid not in flags for flags in self.dataset.mask_flag_enums)
+                self.mask_declared = any(MaskFlags.all_valid not in flags for flags in self.dataset.mask_flag_enums)
         else:
             self.array = read_image(path) if array is None else array
             if not self.array.flags.writeable:  # torch.from_numpy warns about read-only arrays
                 self.array = self.array.copy()
             self.height, self.width, self.bands = self.array.shape
             self.dtype = self.array.dtype.name
+        self.floating = np.dtype(self.dtype).kind == "f"
+
+    @property
+    def masked(self) -> bool:
+        return self.mask_declared or self.floating
 
     @property
     def georeferenced(self) -> bool:
@@ -112,28 +122,41 @@ class RasterScene:
         """Read the alpha band as the mask of the other bands, no longer as a band."""
         self.indexes.remove(self.alpha)
         self.bands -= 1
-        self.masked = True
+        self.mask_declared = True
 
     def read(self, top: int, bottom: int, left: int = 0, right: int | None = None) -> np.ndarray:
         """``(C, rows, columns)`` of rows ``top:bottom`` and columns ``left:right`` (default: all), in the file's
         data type."""
         right = self.width if right is None else right
         if self.dataset is None:
-            return self.array[top:bottom, left:right].transpose(2, 0, 1)
-        from rasterio.windows import Window
+            data = self.array[top:bottom, left:right].transpose(2, 0, 1)
+        else:
+            from rasterio.windows import Window
 
-        return self.dataset.read(self.indexes, window=Window(left, top, right - left, bottom - top))
+            data = self.dataset.read(self.indexes, window=Window(left, top, right - left, bottom - top))
+        if self.floating:
+            self._finite = ((top, bottom, left, right), np.isfinite(data).all(axis=0))
+        return data
 
     def read_valid(self, top: int, bottom: int, left: int = 0, right: int | None = None) -> np.ndarray | None:
         """``(rows, columns)`` booleans, the pixels with data, or None when all have. As GDAL's mask of the
         dataset: a pixel is no data where its bands all are (their nodata value, the alpha band's 0, the mask's
-        0)."""
+        0); in a floating-point scene, also where a band is NaN or infinite."""
         if not self.masked:
             return None
-        from rasterio.windows import Window
-
         right = self.width if right is None else right
-        return self.dataset.read_masks(self.indexes, window=Window(left, top, right - left, bottom - top)).any(axis=0)
+        valid = None
+        if self.mask_declared:
+            from rasterio.windows import Window
+
+            valid = self.dataset.read_masks(self.indexes,
+                                            window=Window(left, top, right - left, bottom - top)).any(axis=0)
+        if self.floating:
+            if self._finite is None or self._finite[0] != (top, bottom, left, right):
+                self.read(top, bottom, left, right)
+            finite = self._finite[1]
+            valid = finite if valid is None else valid & finite
+        return valid
 
     def read_decimated(self, step: int) -> np.ndarray:
         """``(C, ceil(H / step), ceil(W / step))``: every ``step``-th row and column (GDAL reads them from the
@@ -361,6 +384,13 @@ class SceneStack:
         date), or None when all have."""
         masks = [m for m in (s.read_valid(top, bottom, left, right) for s in self.scenes) if m is not None]
         return np.logical_and.reduce(masks) if masks else None
+
+    def no_data_pixels(self, rows: int = 512) -> int:
+        """The pixels of no data (see :meth:`read_valid`) of the whole stack, counted strip by strip of ``rows``."""
+        if not self.masked:
+            return 0
+        return sum(int(valid.size - np.count_nonzero(valid)) for top in range(0, self.height, rows)
+                   if (valid := self.read_valid(top, min(top + rows, self.height))) is not None)
 
     def close(self) -> None:
         for scene in self.scenes:

@@ -18,10 +18,10 @@ from shapely.geometry.polygon import orient
 from lemevit.data.images import TIFF_EXTENSIONS, optional_rasterio
 from lemevit.errors import ConfigError, DataError
 from lemevit.io.atomic import atomic_path
-from lemevit.io.raster import gdal_cache
+from lemevit.io.raster import RasterScene, gdal_cache, read_by_gdal
 
-__all__ = ["VECTOR_SUFFIXES", "check_vector_output", "require_pyogrio", "write_detection_vectors",
-           "write_map_vectors"]
+__all__ = ["VECTOR_SUFFIXES", "check_vector_output", "check_vector_scenes", "require_pyogrio",
+           "write_detection_vectors", "write_map_vectors"]
 
 #: What vectors can be written as.
 VECTOR_SUFFIXES = (".geojson", ".gpkg")
@@ -52,6 +52,23 @@ def check_vector_output(output: Path, argument: str) -> None:
         raise ConfigError(argument, f"placing vectors on the ground needs rasterio: {_HINT}")
     if output.suffix.lower() == ".gpkg":
         require_pyogrio(argument)
+
+
+def check_vector_scenes(scenes: Sequence[Path | str], argument: str) -> None:
+    """Refuse before predicting vectors of scenes that are not placed on the ground: one GDAL does not read (a PNG,
+    a JPEG), or one without a CRS and a geotransform. Only the headers are read."""
+    for scene in scenes:
+        if not read_by_gdal(scene):
+            raise ConfigError(argument, f"{scene} is not georeferenced (a {Path(str(scene)).suffix or 'plain'} "
+                                        "image): vectors are placed on the ground from a GeoTIFF's CRS; leave "
+                                        f"`{argument}` out for it")
+        raster = RasterScene(scene)
+        try:
+            if raster.crs is None or raster.transform.is_identity:
+                raise ConfigError(argument, f"{scene} is not georeferenced (no CRS or geotransform): its vectors "
+                                            f"cannot be placed on the ground; leave `{argument}` out for it")
+        finally:
+            raster.close()
 
 
 def write_map_vectors(map_path: Path, output: Path, names: Mapping[int, str], min_area: float = 0.0,

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
+from lightning.fabric.utilities.apply_func import apply_to_collection
 from torch.utils.data import Dataset
 
 from lemevit.data.sampling import reseed, step_seed
@@ -177,6 +178,11 @@ class BaseTask(pl.LightningModule):
     def check_prediction(self, options: PredictOptions) -> None:
         """Refuse, before any work, options and outputs that ``predict`` cannot honour."""
 
+    @classmethod
+    def interrupted_prediction(cls, output: Path) -> str:
+        """What a ``predict`` into ``output`` stopped by Ctrl-C has left there, and how to finish it."""
+        return f"nothing was written to {output}; run the same command again"
+
     def finish_prediction(self, records: list[Any], options: PredictOptions) -> list[str]:
         """Write what gathers every item's prediction (a CSV, DOTA Task-1 files); returns lines to print."""
         raise NotImplementedError
@@ -226,6 +232,15 @@ class BaseTask(pl.LightningModule):
             raise ConfigError("runtime", f"onnxruntime: {e.message}") from None
         self.runtime_network = self.network_on_runtime(onnx_networks(checkpoint, graphs,
                                                                      int8=runtime == "onnxruntime-int8"))
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Pixels of no data (NaN or infinite values, which a float image declaring nodata=nan holds) are fed as the
+        # band means, as padding is: 0 in the normalised images, the (B, C, H, W) float tensors of every batch.
+        def fill(x: torch.Tensor) -> torch.Tensor:
+            return torch.nan_to_num_(x, nan=0.0, posinf=0.0, neginf=0.0) if x.is_floating_point() and x.ndim == 4 \
+                else x
+
+        return apply_to_collection(batch, torch.Tensor, fill)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         reseed(step_seed(self.hparams.seed, self.global_step, self.global_rank))

@@ -371,11 +371,13 @@ class ChangeTask(SlidingWindowTask):
                                                               _VALUE_NAMES, ["date A", "date B"]),
                                       "height": result.height, "width": result.width,
                                       "changed_pixels": int(result.value_pixels[CHANGE_VALUE]),
+                                      "no_data_pixels": result.no_data_pixels,
                                       "model_seconds": self.model_seconds - model_seconds}))
 
     def finish_prediction(self, records: list[dict], options: ChangePredictOptions) -> list[str]:
         return [f"wrote {r['output']}: {r['width']}x{r['height']} change map, {r['changed_pixels']:,} changed pixels"
-                + self.companions_written(r) for r in records] + [self.prediction_summary(records)]
+                + self.no_data_left_out(r) + self.companions_written(r)
+                for r in records] + [self.prediction_summary(records)]
 
 
 class _NamedPairs(Dataset):

@@ -29,7 +29,7 @@ from lemevit.data.files import PredictionFiles, collate_readable
 from lemevit.data.images import read_image
 from lemevit.data.splits import Split, missing_files, split_items
 from lemevit.data.statistics import Normalisation
-from lemevit.data.transforms import INTERPOLATIONS, eval_transform, pixel_tensor, train_transform
+from lemevit.data.transforms import INTERPOLATIONS, eval_transform, fill_no_data, pixel_tensor, train_transform
 from lemevit.engine.config import PredictOptions, RunConfig, option
 from lemevit.errors import ConfigError, DataError
 from lemevit.export.onnx import OnnxGraph
@@ -255,11 +255,17 @@ class ClassificationTask(NamedClasses, BaseTask):
     def load_image(self, path: Path) -> torch.Tensor:
         """An image file as the model's input: its bands and data type checked against the training images',
         resized to the run's size and normalised."""
+        return self.prediction_input(path)[0]
+
+    def prediction_input(self, path: Path) -> tuple[torch.Tensor, int]:
+        """:meth:`load_image`, and its pixels of no data (NaN or infinite values), which are given the band means
+        before the resize (what the model is fed for no data, and so that they do not spread)."""
         image = read_image(path)
         self.check_input(path, image.shape[-1], image.dtype.name)
-        x = pixel_tensor(image)
         hp = self.hparams
-        return eval_transform(hp.img_size, hp.mean, hp.std)(x)
+        image, valid = fill_no_data(image, hp.mean)
+        no_data = 0 if valid is None else int(valid.size - np.count_nonzero(valid))
+        return eval_transform(hp.img_size, hp.mean, hp.std)(pixel_tensor(image)), no_data
 
     def check_prediction(self, options: ClassificationPredictOptions) -> None:
         if not options.inputs:
@@ -269,17 +275,19 @@ class ClassificationTask(NamedClasses, BaseTask):
         check_outputs_spare_inputs(self._inputs, [Path(options.output)])
 
     def prediction_dataset(self, options: ClassificationPredictOptions) -> Dataset:
-        return PredictionFiles(self._inputs, self.load_image, options.skip_bad)
+        return PredictionFiles(self._inputs, self.prediction_input, options.skip_bad)
 
     prediction_collate = staticmethod(collate_readable)
 
     def predict_step(self, batch, batch_idx: int) -> None:
-        indices, x, bad = batch
+        indices, read, bad = batch
         self._records += [(i, {"path": str(b.path), "error": b.reason}) for i, b in bad]
-        if x is None:
+        if read is None:
             return
+        x, no_data = read
         probs = self(x).float().softmax(dim=1).cpu()
-        self._records += [(i, {"path": str(self._inputs[i]), "probs": p}) for i, p in zip(indices, probs, strict=True)]
+        self._records += [(i, {"path": str(self._inputs[i]), "probs": p, "no_data_pixels": int(n)})
+                          for i, p, n in zip(indices, probs, no_data, strict=True)]
 
     def finish_prediction(self, records: list[dict], options: ClassificationPredictOptions) -> list[str]:
         names, k = self.class_names, min(options.topk, len(self.class_names))
@@ -302,4 +310,6 @@ class ClassificationTask(NamedClasses, BaseTask):
                                                                                          f"{t['prob']:.6f}")])
         lines = [f"predicted {len(rows)} images; wrote {output}"]
         lines += [f"skipped {r['path']}: {r['error']}" for r in bad]
+        lines += [f"{r['path']}: {r['no_data_pixels']:,} pixels of no data (NaN or infinite values) read as the band "
+                  "means" for r in records if r.get("no_data_pixels")]
         return lines

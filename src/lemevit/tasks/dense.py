@@ -25,7 +25,7 @@ from lemevit.inference.scene import (
 from lemevit.inference.sliding_window import default_stride, softmax_predictor
 from lemevit.io.bands import BandScene
 from lemevit.io.raster import GEO_HINT, PROBABILITY_DTYPES
-from lemevit.io.vector import check_vector_output, write_map_vectors
+from lemevit.io.vector import check_vector_output, check_vector_scenes, write_map_vectors
 from lemevit.io.webmap import scene_picture, value_overlay, webmap_path, write_map_page
 from lemevit.tasks.base import BaseTask
 
@@ -203,7 +203,8 @@ class SlidingWindowTask(BaseTask):
 
     def map_outputs(self, scenes: list[Path], output: Path, inputs: list[Path] | None = None) -> list[Path]:
         """:func:`~lemevit.inference.scene.scene_outputs` with the companions asked for, which must be writable:
-        probabilities need rasterio; polygons GeoTIFF maps, and one file of them one scene."""
+        probabilities need rasterio; polygons GeoTIFF maps of georeferenced ``scenes`` (a pair's first date), and one
+        file of them one scene."""
         targets = scene_outputs(scenes, output, inputs=inputs, companions=self.companion_outputs)
         if self.write_probabilities and optional_rasterio() is None:
             raise ConfigError("probabilities", f"they are written as GeoTIFF: {GEO_HINT}")
@@ -216,6 +217,7 @@ class SlidingWindowTask(BaseTask):
             if plain:
                 raise ConfigError("vector", f"polygons are read from GeoTIFF maps of georeferenced scenes, but "
                                             f"{plain[0]} is a PNG")
+            check_vector_scenes(scenes, "vector")
         return targets
 
     def probability_output(self, output: Path, names: Sequence[str],
@@ -249,6 +251,15 @@ class SlidingWindowTask(BaseTask):
         return str(page)
 
     @staticmethod
+    def no_data_left_out(record: dict) -> str:
+        """``, N pixels of no data (P %) left out``: what a scene's record says of its pixels of no data (its nodata
+        value, mask or alpha, NaN or infinite values), which the map gives its nodata value; empty without any."""
+        pixels = record.get("no_data_pixels", 0)
+        if not pixels:
+            return ""
+        return f", {pixels:,} pixels of no data ({pixels / (record['height'] * record['width']):.1%}) left out"
+
+    @staticmethod
     def companions_written(record: dict) -> str:
         """`` (preview P, probabilities Q, N polygons in V, page H)``: what a scene's record says was written beside
         its map."""
@@ -260,6 +271,11 @@ class SlidingWindowTask(BaseTask):
         if record.get("html"):
             parts.append(f"page {record['html']}")
         return f" ({', '.join(parts)})" if parts else ""
+
+    @classmethod
+    def interrupted_prediction(cls, output: Path) -> str:
+        return (f"the maps written to {output} are complete (each is written whole); run the same command again to "
+                "predict the others (it keeps those)")
 
     def pending_jobs(self, jobs: list[tuple], options: WindowPredictOptions) -> SceneJobs:
         """The jobs (their output last) still to do: every job with ``overwrite``, else those whose map (or a file

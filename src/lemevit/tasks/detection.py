@@ -26,7 +26,7 @@ from lemevit.data.detection import (
     scan_detection_folder,
 )
 from lemevit.data.files import BadFile, PredictionFiles
-from lemevit.data.images import IMAGE_EXTENSIONS, ImageReadError
+from lemevit.data.images import IMAGE_EXTENSIONS, TIFF_EXTENSIONS, ImageReadError
 from lemevit.data.splits import Split, split_items
 from lemevit.data.statistics import Normalisation
 from lemevit.engine.config import EvalOptions, InferenceOptions, Options, PredictOptions, RunConfig, option
@@ -36,7 +36,7 @@ from lemevit.inference.timing import StageTimer
 from lemevit.io import atomic_path
 from lemevit.io.paths import check_distinct_names, check_outputs_spare_inputs, check_writable_folder, list_images
 from lemevit.io.raster import SceneStack
-from lemevit.io.vector import check_vector_output, write_detection_vectors
+from lemevit.io.vector import check_vector_output, check_vector_scenes, write_detection_vectors
 from lemevit.metrics.detection import detection_map
 from lemevit.models.oriented_rcnn import OrientedRCNN, StagesOnRuntime
 from lemevit.ops.rotated import box_to_quad
@@ -133,9 +133,10 @@ class DetectionPredictOptions(DetectorSettings, PredictOptions):
                                ".gpkg, see --vector) for georeferenced GeoTIFFs")
     batch_size: int = option(4, "windows per batch and device")
     draw_threshold: float = option(0.3, "boxes scoring at least this are drawn")
-    vector: str = option("geojson", "the boxes of georeferenced GeoTIFFs as <image>.geojson (RFC 7946: WGS84 "
-                                    "longitude/latitude) or <image>.gpkg (GeoPackage in the scene's CRS)",
-                         choices=("geojson", "gpkg"))
+    vector: str | None = option(None, "the boxes as <image>.geojson (RFC 7946: WGS84 longitude/latitude) or "
+                                      "<image>.gpkg (GeoPackage in the scene's CRS); given, every image must be a "
+                                      "georeferenced GeoTIFF (default: geojson for those that are)",
+                                choices=("geojson", "gpkg"))
     html: bool = option(False, "also write <image>.html: one self-contained page (it needs no network) showing the "
                                "image with the drawn boxes as a layer to switch on and off")
 
@@ -274,10 +275,15 @@ class DetectionTask(NamedClasses, BaseTask):
                 chunk = windows[start:start + self.inference_batch_size]
                 with timer.stage("read"):
                     batch = torch.zeros(len(chunk), scene.bands, size, size)
+                    valid = torch.ones(len(chunk), size, size, dtype=torch.bool) if scene.masked else None
                     for k, (x0, y0) in enumerate(chunk):
-                        piece = scene.read(y0, min(y0 + size, scene.height), x0, min(x0 + size, scene.width))
-                        batch[k, :, :piece.shape[1], :piece.shape[2]] = torch.from_numpy(piece)
+                        y1, x1 = min(y0 + size, scene.height), min(x0 + size, scene.width)
+                        batch[k, :, :y1 - y0, :x1 - x0] = torch.from_numpy(scene.read(y0, y1, x0, x1))
+                        if valid is not None:
+                            valid[k, :y1 - y0, :x1 - x0] = torch.from_numpy(scene.read_valid(y0, y1, x0, x1))
                     batch = batch.sub_(mean).div_(std)  # padding normalised too, as in training
+                    if valid is not None:  # no data (a nodata value, NaN) fed as the band means, as padding is
+                        batch.masked_fill_(~valid[:, None], 0)
                 for det in self(batch.to(device)):
                     boxes.append(det["boxes"].float().cpu())
                     scores.append(det["scores"].float().cpu())
@@ -355,13 +361,21 @@ class DetectionTask(NamedClasses, BaseTask):
         check_distinct_names(self._inputs)
         output = check_writable_folder(options.output)
         planned = [output / f"Task1_{name}.txt" for name in self.class_names] + [output / TASK1_ZIP]
-        planned += [output / f"{p.stem}{suffix}" for p in self._inputs for suffix in (".png", f".{options.vector}")]
+        vector = options.vector or "geojson"
+        planned += [output / f"{p.stem}{suffix}" for p in self._inputs for suffix in (".png", f".{vector}")]
         check_outputs_spare_inputs(self._inputs, planned)
-        if options.vector == "gpkg":
+        if options.vector is not None:
             check_vector_output(planned[-1], "vector")
+            check_vector_scenes(self._inputs, "vector")
+
+    @classmethod
+    def interrupted_prediction(cls, output: Path) -> str:
+        return (f"{output} holds the drawn boxes of the images done but no Task-1 files; run the same command again "
+                "(it predicts every image again)")
 
     def prediction_dataset(self, options: DetectionPredictOptions) -> Dataset:
-        self._output, self._draw_threshold, self._vector = Path(options.output), options.draw_threshold, options.vector
+        self._output, self._draw_threshold = Path(options.output), options.draw_threshold
+        self._vector = options.vector or "geojson"
         self._html = options.html
         return PredictionFiles(self._inputs, self._open_scene, options.skip_bad)
 
@@ -378,6 +392,8 @@ class DetectionTask(NamedClasses, BaseTask):
             return
         timer = StageTimer()
         try:
+            with timer.stage("read"):
+                no_data = scene.no_data_pixels()
             quads, scores, labels = self.detect(scene, timer)
             with timer.stage("write"):
                 shown = scores >= self._draw_threshold
@@ -395,7 +411,8 @@ class DetectionTask(NamedClasses, BaseTask):
             scene.close()
         self._records.append((index, {"image": str(path), "quads": quads, "scores": scores, "labels": labels,
                                       "png": str(png), "drawn": int(shown.sum()), "pixels": scene.height * scene.width,
-                                      "seconds": timer.seconds, "vector": str(vector) if located else None}))
+                                      "seconds": timer.seconds, "vector": str(vector) if located else None,
+                                      "no_data_pixels": no_data}))
 
     def finish_prediction(self, records: list[dict], options: DetectionPredictOptions) -> list[str]:
         output = Path(options.output)
@@ -410,6 +427,11 @@ class DetectionTask(NamedClasses, BaseTask):
                 corners = " ".join(f"{v:.1f}" for v in quad.ravel())
                 lines[self.class_names[label]].append(f"{stem} {score:.4f} {corners}")
             geo = f", {record['vector']}" if record["vector"] else ""
+            if not geo and Path(record["image"]).suffix.lower() in TIFF_EXTENSIONS:
+                geo = f"; no {options.vector or 'geojson'}: the GeoTIFF is not georeferenced"
+            if record["no_data_pixels"]:
+                geo += (f"; {record['no_data_pixels']:,} pixels of no data "
+                        f"({record['no_data_pixels'] / record['pixels']:.1%}) left out")
             printed.append(f"{record['image']}: {len(record['scores'])} objects ({record['drawn']} drawn in "
                            f"{record['png']}{geo})")
             timer.add(record["seconds"])

@@ -31,7 +31,7 @@ from lemevit.data.panoptic import (
 from lemevit.data.regions import read_region
 from lemevit.data.splits import SUBSETS, Split, split_items
 from lemevit.data.statistics import Normalisation
-from lemevit.data.transforms import normalised_tensor
+from lemevit.data.transforms import fill_no_data, normalised_tensor
 from lemevit.engine.config import EvalOptions, InferenceOptions, Options, PredictOptions, RunConfig, option
 from lemevit.errors import ConfigError, DataError
 from lemevit.export.onnx import Probabilities
@@ -39,7 +39,7 @@ from lemevit.inference.panoptic import Fusion, predict_panoptic
 from lemevit.io import atomic_path
 from lemevit.io.paths import check_distinct_names, check_outputs_spare_inputs, check_writable_folder, list_images
 from lemevit.io.raster import CogWriter, RasterScene
-from lemevit.io.vector import check_vector_output, write_map_vectors
+from lemevit.io.vector import check_vector_output, check_vector_scenes, write_map_vectors
 from lemevit.metrics.panoptic import PanopticStats, panoptic_metrics
 from lemevit.models.panoptic_fpn import PanopticFPN, PanopticHeads, default_heads
 from lemevit.tasks.base import initial_weights
@@ -387,6 +387,12 @@ class PanopticTask(SlidingWindowTask):
         self._vector = options.vector
         if options.vector:
             check_vector_output(self._output / f"segments.{options.vector}", "vector")
+            check_vector_scenes(self._inputs, "vector")
+
+    @classmethod
+    def interrupted_prediction(cls, output: Path) -> str:
+        return (f"{output} holds the complete outputs of the images done; run the same command again (it predicts "
+                "every image again)")
 
     def _outputs_of(self, path: Path) -> tuple[Path, Path]:
         stem = Path(path).stem
@@ -413,24 +419,30 @@ class PanopticTask(SlidingWindowTask):
         write_map_vectors(target, vectors, segments)
         return target, vectors
 
-    def _read(self, path: Path) -> torch.Tensor:
+    def _read(self, path: Path) -> tuple[torch.Tensor, np.ndarray | None]:
+        """The normalised image, its pixels of no data (NaN or infinite values) given the band means, and the mask of
+        the pixels with data (None: all)."""
         pixels = read_image(path)
         self.check_input(path, pixels.shape[-1], pixels.dtype.name)
+        pixels, valid = fill_no_data(pixels, self.hparams.mean)
         mean = torch.tensor(self.hparams.mean, dtype=torch.float32)[:, None, None]
         std = torch.tensor(self.hparams.std, dtype=torch.float32)[:, None, None]
-        return normalised_tensor(pixels, mean, std)
+        return normalised_tensor(pixels, mean, std), valid
 
     def prediction_dataset(self, options: PanopticPredictOptions) -> Dataset:
         return PredictionFiles(self._inputs, self._read, options.skip_bad)
 
     def predict_step(self, batch, batch_idx: int) -> None:
-        index, image = batch
+        index, read = batch
         path = self._inputs[index]
-        if isinstance(image, BadFile):
-            self._records.append((index, {"image": str(path), "error": image.reason}))
+        if isinstance(read, BadFile):
+            self._records.append((index, {"image": str(path), "error": read.reason}))
             return
+        image, valid = read
         ids, segments = self.panoptic(image.cpu())
         ids = ids.numpy()
+        if valid is not None:  # no data belongs to no segment
+            ids[~valid] = 0
         png, segments_json = self._outputs_of(path)
         write_segment_ids(png, ids)
         extents = segment_extents(ids)
@@ -449,12 +461,15 @@ class PanopticTask(SlidingWindowTask):
         geotiff, vectors = self._write_geo(path, ids, {s["id"]: s["category"] for s in info})
         things = sum(s["isthing"] for s in info)
         written = [str(p) for p in (png, segments_json, geotiff, vectors) if p is not None]
+        no_data = 0 if valid is None else int(valid.size - np.count_nonzero(valid))
         self._records.append((index, {"image": str(path), "written": written, "things": things,
-                                      "stuff": len(info) - things}))
+                                      "stuff": len(info) - things, "no_data_pixels": no_data}))
 
     def finish_prediction(self, records: list[dict], options: PanopticPredictOptions) -> list[str]:
         return [f"skipped {r['image']}: {r['error']}" if "error" in r else
                 f"{r['image']}: {r['things']} objects and {r['stuff']} stuff regions in {', '.join(r['written'])}"
+                + (f"; {r['no_data_pixels']:,} pixels of no data (NaN or infinite values) in no segment"
+                   if r["no_data_pixels"] else "")
                 for r in records]
 
 

@@ -294,9 +294,11 @@ class SegmentationTask(SlidingWindowTask):
                 "html": self.write_page(output, result, "classes", dict(enumerate(self.labels.palette[:len(names)])),
                                         names, ["scene"]),
                 "class_pixels": result.value_pixels[:self.labels.num_classes].tolist(),
+                "no_data_pixels": result.no_data_pixels,
                 "model_seconds": self.model_seconds - model_seconds}
 
     def finish_prediction(self, records: list[dict], options: SegmentationPredictOptions) -> list[str]:
         return [f"skipped {r['scene']}: {r['error']}" if "error" in r else
-                f"wrote {r['output']}: {r['width']}x{r['height']} class map" + self.companions_written(r)
+                f"wrote {r['output']}: {r['width']}x{r['height']} class map" + self.no_data_left_out(r)
+                + self.companions_written(r)
                 for r in records] + [self.prediction_summary(records)]
