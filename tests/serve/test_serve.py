@@ -350,3 +350,78 @@ def test_sigterm_answers_the_request_in_flight_then_exits_0(servers, tmp_path):
     assert (status, headers["content-type"]) == (200, "image/png")
     assert np.asarray(Image.open(io.BytesIO(body))).shape == (640, 640)
     assert server.process.wait(60) == 0
+
+
+def _untrained(tmp_path: Path, name: str, **hparams) -> Path:
+    """A model of the task ``name`` with its random weights saved as a run checkpoint (training a detector or a
+    panoptic model costs too much here; the answers need not be good to be compared)."""
+    import torch
+
+    from lemevit.engine.checkpoint import TASK_KEY
+    from lemevit.tasks import get_task
+
+    torch.manual_seed(0)
+    module = get_task(name)(**hparams)
+    checkpoint = tmp_path / f"{name}.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), TASK_KEY: name},
+               checkpoint)
+    return checkpoint
+
+
+def _worker_answers(name: str, checkpoint: Path, scene: Path, folder: Path, accepts) -> list[dict]:
+    """What a worker of ``lemevit serve`` answers to requests for ``scene`` asking for each of ``accepts`` (without
+    HTTP, which the tests above cover)."""
+    from lemevit.engine.inference import load_task
+    from lemevit.serve.answers import Request, answers_for
+    from lemevit.tasks import get_task
+
+    answers = answers_for(name)
+    options = answers.predict_options(get_task(name), checkpoint=str(checkpoint), runtime="torch", accelerator="cpu")
+    module = load_task(checkpoint)
+    module.configure_inference(options)
+    module.show_progress = False
+    answers.setup(module, options)
+    requests = []
+    for k, accept in enumerate(accepts):
+        (folder / str(k)).mkdir()
+        requests.append(Request({"image": str(scene)}, accept, str(folder / str(k)), time.time() + 600))
+    return answers.answer(requests)
+
+
+def test_detection_answers_are_predict_s_boxes(tmp_path):
+    """predict's GeoJSON for a georeferenced GeoTIFF, its DOTA boxes in pixels on request."""
+    from lemevit.serve.answers import GEOJSON, JSON
+
+    checkpoint = _untrained(tmp_path, "detection", model="resnet10t", num_classes=2, class_names=["plane", "ship"],
+                            img_size=128, fpn_channels=16, rpn_proposals=50, test_proposals=20)
+    scene = _geotiff(tmp_path / "scene.tif", np.random.default_rng(0).integers(0, 255, (200, 200, 3), np.uint8))
+    assert main(["predict", "--checkpoint", str(checkpoint), str(scene), "--output", str(tmp_path / "boxes")]) == 0
+    geojson, pixels = _worker_answers("detection", checkpoint, scene, tmp_path, (None, JSON))
+    assert geojson["media_type"] == GEOJSON
+    assert Path(geojson["file"]).read_text() == (tmp_path / "boxes" / "scene.geojson").read_text()
+    expected = sorted([name, *line.split()] for name in ("plane", "ship")
+                      for line in (tmp_path / "boxes" / f"Task1_{name}.txt").read_text().splitlines())
+    objects = pixels["json"]["objects"]
+    assert objects and len(objects) == len(expected)
+    served = sorted([o["class"], scene.stem, f"{o['score']:.4f}", *(f"{v:.1f}" for v in np.ravel(o["corners"]))]
+                    for o in objects)
+    assert served == expected
+
+
+def test_panoptic_answers_are_predict_s_segments(tmp_path):
+    """predict's polygons of the segments (--vector geojson) for a georeferenced GeoTIFF, its segments JSON on
+    request."""
+    from lemevit.serve.answers import GEOJSON, JSON
+
+    categories = [{"id": 1, "name": "building", "isthing": 1, "color": [0, 0, 255]},
+                  {"id": 2, "name": "low_vegetation", "isthing": 0, "color": [0, 255, 255]}]
+    checkpoint = _untrained(tmp_path, "panoptic", model="resnet10t", categories=categories, img_size=64,
+                            fpn_channels=16)
+    scene = _geotiff(tmp_path / "scene.tif", np.random.default_rng(0).integers(0, 255, (96, 96, 3), np.uint8))
+    assert main(["predict", "--checkpoint", str(checkpoint), str(scene), "--output", str(tmp_path / "panoptic"),
+                 "--vector", "geojson"]) == 0
+    geojson, segments = _worker_answers("panoptic", checkpoint, scene, tmp_path, (None, JSON))
+    assert geojson["media_type"] == GEOJSON
+    assert Path(geojson["file"]).read_text() == (tmp_path / "panoptic" / "scene_segments.geojson").read_text()
+    expected = json.loads((tmp_path / "panoptic" / "scene_segments.json").read_text())
+    assert segments["json"]["segments_info"] and segments["json"] == expected

@@ -228,15 +228,41 @@ class DetectionAnswers(TaskAnswers):
             if write_detection_vectors(path, quads, labels, scores, names, vectors):
                 return {"status": 200, "file": str(vectors), "media_type": GEOJSON}
             if request.accept == GEOJSON:
-                raise DataError(f"{path} is not a georeferenced GeoTIFF: its boxes have no place on the ground; "
-                                "ask for application/json (pixel coordinates)")
+                raise _not_on_the_ground(path)
         return _json({"objects": [{"class": names[int(label)], "score": float(score),
                                    "corners": np.asarray(quad, np.float64).tolist()}
                                   for quad, score, label in zip(quads, scores, labels, strict=True)]})
 
 
+class PanopticAnswers(TaskAnswers):
+    """The segments ``predict`` finds: GeoJSON (RFC 7946, WGS84) of their polygons, as ``predict --vector geojson``
+    writes them, for a georeferenced GeoTIFF; else, or with ``Accept: application/json``, the segments JSON
+    ``predict`` writes (COCO's ``segments_info``: category, area, box in pixels, score)."""
+
+    task = "panoptic"
+    media_types = (GEOJSON, JSON)
+
+    def predict_options(self, task, **common):
+        return task.predict_options(output="panoptic", inputs=["request"], **common)
+
+    def answer_one(self, request: Request) -> dict:
+        path = Path(request.inputs["image"])
+        record = self.module.predict_image(path, self.module.load_image(path), Path(request.folder),
+                                           None if request.accept == JSON else "geojson")
+        if record["vectors"] is not None:
+            return {"status": 200, "file": record["vectors"], "media_type": GEOJSON}
+        if request.accept == GEOJSON:
+            raise _not_on_the_ground(path)
+        return _json(record["segments"])
+
+
+def _not_on_the_ground(path: Path) -> DataError:
+    return DataError(f"{path} is not a georeferenced GeoTIFF: what was found in it has no place on the ground; ask "
+                     "for application/json (pixel coordinates)")
+
+
 ANSWERS: dict[str, type[TaskAnswers]] = {a.task: a for a in (ClassificationAnswers, SegmentationAnswers,
-                                                                ChangeAnswers, DetectionAnswers)}
+                                                                ChangeAnswers, DetectionAnswers, PanopticAnswers)}
 
 
 def answers_for(task: str) -> TaskAnswers:
