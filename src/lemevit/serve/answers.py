@@ -105,17 +105,14 @@ class TaskAnswers:
     def answer(self, requests: Sequence[Request]) -> list[dict]:
         """The answer to each request: ``{"status": 200, "json": ...}``, ``{"status": 200, "file": PATH,
         "media_type": ...}`` or a :func:`refusal`. One bad request spoils no other."""
-        answers = []
-        for request in requests:
-            answers.append(self._guarded(request, lambda r=request: self.answer_one(r)))
-        return answers
+        return [self._guarded(request, lambda r=request: self.answer_one(r)) for request in requests]
 
     def answer_one(self, request: Request) -> dict:
         raise NotImplementedError
 
     def _guarded(self, request: Request, work) -> dict:
-        """``work()``, its input errors turned into refusals that name the request's part instead of the file it
-        was written to."""
+        """``work()`` for ``request`` until its deadline (504 past it); its input errors turned into 400s that name
+        the uploaded file, not where the server keeps it."""
         try:
             request.check_deadline()
             with self.deadlines.of(request):
