@@ -352,6 +352,18 @@ def test_sigterm_answers_the_request_in_flight_then_exits_0(servers, tmp_path):
     assert server.process.wait(60) == 0
 
 
+@pytest.mark.parametrize("args, said", [
+    (["--host", "192.168.1.10"], "--host: LitServe binds 127.0.0.1, 0.0.0.0, ::"),
+    (["--timeout", "0"], "--timeout: must be positive"),
+    (["--batch-timeout", "5", "--timeout", "2"], "--batch-timeout: must be 0 or more and less than the timeout"),
+    (["--token-file", "no-such-token-file"], "--token-file: cannot read no-such-token-file"),
+    (["--checkpoint", "no-such.ckpt"], "no-such.ckpt does not exist")])
+def test_bad_options_are_refused_in_one_line_before_anything_starts(args, said, capsys):
+    assert main(["serve", "--checkpoint", "run.ckpt", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and said in err[0], err
+
+
 def _untrained(tmp_path: Path, name: str, **hparams) -> Path:
     """A model of the task ``name`` with its random weights saved as a run checkpoint (training a detector or a
     panoptic model costs too much here; the answers need not be good to be compared)."""
