@@ -103,6 +103,8 @@ def serve(options: ServeOptions) -> int:
     server = ls.LitServer(api, accelerator=accelerator, devices=options.devices, workers_per_device=options.workers,
                           timeout=options.timeout, model_metadata=card, max_payload_size=max_body,
                           restart_workers=True, disable_openapi_url=True)
+    # On SIGTERM the HTTP server waits this long for the requests in flight (LitServe's default: 30 s).
+    server.uvicorn_graceful_timeout = options.timeout
 
     async def one_line(request, error: StarletteHTTPException):
         if error.status_code == 413:
