@@ -343,8 +343,9 @@ def _add_serve_parser(sub) -> None:
                                          "GET /info, GET /health); needs the serve extra",
                            description="Answers POST /predict as `lemevit predict` answers one input: an image body "
                                        "(PNG, JPEG, TIFF; multipart parts a and b for a change model); top classes "
-                                       "as JSON, maps as GeoTIFF or PNG (Accept), boxes as GeoJSON or pixel JSON. "
-                                       "Stops on SIGTERM once the requests in flight are answered.")
+                                       "as JSON, maps as GeoTIFF or PNG (Accept), boxes and panoptic segments as "
+                                       "GeoJSON or pixel JSON. Stops on SIGTERM once the requests in flight are "
+                                       "answered.")
     serve.add_argument("--checkpoint", required=True, help="a run's checkpoint (RUN/best.ckpt) or a model file "
                                                            "folder (lemevit export), of any task")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind: 127.0.0.1 (default: this machine "
