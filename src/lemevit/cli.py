@@ -370,6 +370,56 @@ def _subset_file(text: str) -> tuple[str, str]:
     return subset, path
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from lemevit.serve import ServeOptions, serve
+
+    token = args.token
+    if args.token_file is not None:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as e:
+            raise ConfigError("token_file", f"cannot read {args.token_file}: {e.strerror or e}") from None
+    return serve(ServeOptions(args.checkpoint, host=args.host, port=args.port, workers=args.workers,
+                              max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout, token=token,
+                              max_body_mb=args.max_body_mb, timeout=args.timeout, runtime=args.runtime,
+                              accelerator=args.accelerator, devices=args.devices, allow_urls=args.allow_urls))
+
+
+def _add_serve_parser(sub) -> None:
+    serve = sub.add_parser("serve", help="serve a run's checkpoint or a model file over HTTP (POST /predict, "
+                                         "GET /info, GET /health); needs the serve extra",
+                           description="Answers POST /predict as `lemevit predict` answers one input: an image body "
+                                       "(PNG, JPEG, TIFF; multipart parts a and b for a change model); top classes "
+                                       "as JSON, maps as GeoTIFF or PNG (Accept), boxes and panoptic segments as "
+                                       "GeoJSON or pixel JSON. Stops on SIGTERM once the requests in flight are "
+                                       "answered.")
+    serve.add_argument("--checkpoint", required=True, help="a run's checkpoint (RUN/best.ckpt) or a model file "
+                                                           "folder (lemevit export), of any task")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind: 127.0.0.1 (default: this machine "
+                                                          "only), 0.0.0.0 or ::")
+    serve.add_argument("--port", type=int, default=8000, help="(default 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="model processes per device (default 1)")
+    serve.add_argument("--max-batch-size", type=int, default=1, help="requests run through a classifier as one "
+                                                                     "batch (default 1; dense tasks batch the "
+                                                                     "windows of each image instead)")
+    serve.add_argument("--batch-timeout", type=float, default=0.0, help="seconds a batch waits to fill (default 0)")
+    auth = serve.add_mutually_exclusive_group()
+    auth.add_argument("--token", help="requests must carry Authorization: Bearer TOKEN (GET /health excepted)")
+    auth.add_argument("--token-file", help="read the token from this file (not shown in the process list)")
+    serve.add_argument("--max-body-mb", type=float, default=64.0, help="larger bodies are refused with 413 "
+                                                                       "(default 64)")
+    serve.add_argument("--timeout", type=float, default=60.0, help="seconds a request may take before 504 "
+                                                                   "(default 60)")
+    serve.add_argument("--runtime", choices=["torch", "onnxruntime", "onnxruntime-int8"], default="torch",
+                       help="as predict's --runtime (default torch)")
+    serve.add_argument("--accelerator", choices=["auto", "cpu", "gpu", "cuda"], default="auto")
+    serve.add_argument("--devices", default="auto", type=lambda text: text if text == "auto" else int(text),
+                       help="devices, each with --workers processes (default auto)")
+    serve.add_argument("--allow-urls", action="store_true", help="also take JSON naming an image URL or a STAC "
+                                                                 "Item to read (off: the server fetches nothing)")
+    serve.set_defaults(func=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lemevit", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"lemevit {lemevit.__version__}")
@@ -518,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, help="default 10 (25 with --scratch)")
     demo.add_argument("--img-size", type=int, default=128)
     demo.set_defaults(func=cmd_demo)
+    _add_serve_parser(sub)
     return parser
 
 

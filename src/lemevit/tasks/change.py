@@ -349,10 +349,13 @@ class ChangeTask(SlidingWindowTask):
 
     def predict_step(self, batch, batch_idx: int) -> None:
         index, dates, output = batch
+        self._records.append((index, self.predict_map(dates, output)))
+
+    def predict_map(self, scenes: Sequence[Path | str], output: Path) -> dict:
         hp = self.hparams
         model_seconds = self.model_seconds
         probabilities = self.probability_output(output, ["change probability"], bands=lambda probs: probs[1:])
-        result = predict_scene(self.window_predictor(StackedPair(self.model)), dates, output, [*hp.mean, *hp.mean],
+        result = predict_scene(self.window_predictor(StackedPair(self.model)), scenes, output, [*hp.mean, *hp.mean],
                                [*hp.std, *hp.std], _PALETTE, window=self.window, stride=self.stride,
                                batch_size=self.inference_batch_size,
                                to_map=lambda probs: (probs[1] >= self.threshold).to(torch.uint8) * CHANGE_VALUE,
@@ -363,16 +366,15 @@ class ChangeTask(SlidingWindowTask):
         if self.write_preview:
             preview = preview_path(output)
             save_pair_preview(*result.small_scenes, result.small_map == CHANGE_VALUE, preview)
-        self._records.append((index, {"output": str(output), "preview": str(preview) if preview else None,
-                                      "probabilities": str(probabilities.path) if probabilities else None,
-                                      "vector": self.write_vectors(output, {CHANGE_VALUE: "change"}),
-                                      "html": self.write_page(output, result, "change",
-                                                              {CHANGE_VALUE: [round(255 * c) for c in CHANGE_RGB]},
-                                                              _VALUE_NAMES, ["date A", "date B"]),
-                                      "height": result.height, "width": result.width,
-                                      "changed_pixels": int(result.value_pixels[CHANGE_VALUE]),
-                                      "no_data_pixels": result.no_data_pixels,
-                                      "model_seconds": self.model_seconds - model_seconds}))
+        return {"output": str(output), "preview": str(preview) if preview else None,
+                "probabilities": str(probabilities.path) if probabilities else None,
+                "vector": self.write_vectors(output, {CHANGE_VALUE: "change"}),
+                "html": self.write_page(output, result, "change", {CHANGE_VALUE: [round(255 * c) for c in CHANGE_RGB]},
+                                        _VALUE_NAMES, ["date A", "date B"]),
+                "height": result.height, "width": result.width,
+                "changed_pixels": int(result.value_pixels[CHANGE_VALUE]),
+                "no_data_pixels": result.no_data_pixels,
+                "model_seconds": self.model_seconds - model_seconds}
 
     def finish_prediction(self, records: list[dict], options: ChangePredictOptions) -> list[str]:
         return [f"wrote {r['output']}: {r['width']}x{r['height']} change map, {r['changed_pixels']:,} changed pixels"

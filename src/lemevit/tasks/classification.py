@@ -285,18 +285,25 @@ class ClassificationTask(NamedClasses, BaseTask):
         if read is None:
             return
         x, no_data = read
-        probs = self(x).float().softmax(dim=1).cpu()
+        probs = self.probabilities(x)
         self._records += [(i, {"path": str(self._inputs[i]), "probs": p, "no_data_pixels": int(n)})
                           for i, p, n in zip(indices, probs, no_data, strict=True)]
 
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """The class probabilities ``(B, K)``, on the CPU, of a batch of images as :meth:`load_image` gives them."""
+        return self(x).float().softmax(dim=1).cpu()
+
+    def top_classes(self, probs: torch.Tensor, k: int) -> list[dict]:
+        """The ``k`` most probable classes of one image's probabilities, as ``{"class": name, "prob": p}``."""
+        values, indices = probs.topk(min(k, len(self.class_names)))
+        return [{"class": self.class_names[c], "prob": float(p)} for c, p in zip(indices.tolist(), values, strict=True)]
+
     def finish_prediction(self, records: list[dict], options: ClassificationPredictOptions) -> list[str]:
-        names, k = self.class_names, min(options.topk, len(self.class_names))
+        k = min(options.topk, len(self.class_names))
         rows, bad = [], [r for r in records if "error" in r]
         for record in records:
             if "probs" in record:
-                values, indices = record["probs"].topk(k)
-                rows.append({"path": record["path"], "top": [{"class": names[c], "prob": float(p)}
-                                                             for c, p in zip(indices.tolist(), values, strict=True)]})
+                rows.append({"path": record["path"], "top": self.top_classes(record["probs"], k)})
         output = Path(options.output)
         with atomic_path(output) as tmp:
             if output.suffix.lower() == ".json":

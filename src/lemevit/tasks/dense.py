@@ -316,6 +316,12 @@ class SlidingWindowTask(BaseTask):
             rate = f" ({pixels / seconds:.2f} Mpx/s; the network {share:.0%} of the time)"
         return f"{len(done)} scene(s) predicted{kept}: {pixels:.1f} Mpx in {seconds:.1f} s{rate}"
 
+    def predict_map(self, scenes: Sequence[Path | str], output: Path) -> dict:
+        """Write the map of one input (the scene of a segmentation, the dates of a change pair) to ``output``, with
+        the companions asked for; returns what ``predict`` reports of it (its size, its values' pixels, the files
+        written). ``predict`` and ``serve`` both make their maps through it."""
+        raise NotImplementedError
+
     def window_predictor(self, network: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         """Windows ``(B, C, h, w)`` → class probabilities on the CPU: ``network``'s softmax, or the probabilities of
         the ONNX graph when eval or predict run on onnxruntime. The time spent in it adds to ``model_seconds``."""

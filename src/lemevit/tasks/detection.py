@@ -339,7 +339,7 @@ class DetectionTask(NamedClasses, BaseTask):
                 "images")
 
     # --- prediction -------------------------------------------------------------------------------------------
-    def _open_scene(self, path: Path) -> SceneStack:
+    def open_scene(self, path: Path) -> SceneStack:
         """The scene at ``path``, opened to be read by windows (see :meth:`detect`)."""
         try:
             scene = SceneStack([path], self.hparams.in_chans)
@@ -377,7 +377,7 @@ class DetectionTask(NamedClasses, BaseTask):
         self._output, self._draw_threshold = Path(options.output), options.draw_threshold
         self._vector = options.vector or "geojson"
         self._html = options.html
-        return PredictionFiles(self._inputs, self._open_scene, options.skip_bad)
+        return PredictionFiles(self._inputs, self.open_scene, options.skip_bad)
 
     prediction_collate = staticmethod(first_item)
 

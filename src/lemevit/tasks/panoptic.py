@@ -383,7 +383,8 @@ class PanopticTask(SlidingWindowTask):
         self._inputs = list_images(options.inputs)
         check_distinct_names(self._inputs)
         self._output = check_writable_folder(options.output)
-        check_outputs_spare_inputs(self._inputs, [p for path in self._inputs for p in self._outputs_of(path)])
+        check_outputs_spare_inputs(self._inputs, [p for path in self._inputs
+                                                  for p in self._outputs_of(path, self._output)])
         self._vector = options.vector
         if options.vector:
             check_vector_output(self._output / f"segments.{options.vector}", "vector")
@@ -394,11 +395,13 @@ class PanopticTask(SlidingWindowTask):
         return (f"{output} holds the complete outputs of the images done; run the same command again (it predicts "
                 "every image again)")
 
-    def _outputs_of(self, path: Path) -> tuple[Path, Path]:
+    @staticmethod
+    def _outputs_of(path: Path, output: Path) -> tuple[Path, Path]:
         stem = Path(path).stem
-        return self._output / f"{stem}_panoptic.png", self._output / f"{stem}_segments.json"
+        return output / f"{stem}_panoptic.png", output / f"{stem}_segments.json"
 
-    def _write_geo(self, path: Path, ids: np.ndarray, segments: dict[int, str]) -> tuple[Path | None, Path | None]:
+    def _write_geo(self, path: Path, ids: np.ndarray, segments: dict[int, str], output: Path,
+                   vector: str | None) -> tuple[Path | None, Path | None]:
         """For a georeferenced GeoTIFF scene: ``<stem>_panoptic.tif``, the segment ids with the scene's CRS and
         transform, and with ``vector`` the polygons of the segments (``{id: category}``); else nothing."""
         if Path(path).suffix.lower() not in TIFF_EXTENSIONS or optional_rasterio() is None:
@@ -407,21 +410,21 @@ class PanopticTask(SlidingWindowTask):
         try:
             if not scene.georeferenced:
                 return None, None
-            target = self._output / f"{Path(path).stem}_panoptic.tif"
+            target = output / f"{Path(path).stem}_panoptic.tif"
             with atomic_path(target) as tmp, CogWriter(target, tmp, scene, 1, "int32", "nearest", ["segment id"],
                                                        nodata=0) as writer:
                 writer.write(0, ids[None].astype(np.int32))
         finally:
             scene.close()
-        if not self._vector:
+        if not vector:
             return target, None
-        vectors = self._output / f"{Path(path).stem}_segments.{self._vector}"
+        vectors = output / f"{Path(path).stem}_segments.{vector}"
         write_map_vectors(target, vectors, segments)
         return target, vectors
 
-    def _read(self, path: Path) -> tuple[torch.Tensor, np.ndarray | None]:
-        """The normalised image, its pixels of no data (NaN or infinite values) given the band means, and the mask of
-        the pixels with data (None: all)."""
+    def load_image(self, path: Path) -> tuple[torch.Tensor, np.ndarray | None]:
+        """An image file as the model's input: its bands and data type checked, its pixels of no data (NaN or
+        infinite values) given the band means, normalised; and the mask of the pixels with data (None: all)."""
         pixels = read_image(path)
         self.check_input(path, pixels.shape[-1], pixels.dtype.name)
         pixels, valid = fill_no_data(pixels, self.hparams.mean)
@@ -430,7 +433,7 @@ class PanopticTask(SlidingWindowTask):
         return normalised_tensor(pixels, mean, std), valid
 
     def prediction_dataset(self, options: PanopticPredictOptions) -> Dataset:
-        return PredictionFiles(self._inputs, self._read, options.skip_bad)
+        return PredictionFiles(self._inputs, self.load_image, options.skip_bad)
 
     def predict_step(self, batch, batch_idx: int) -> None:
         index, read = batch
@@ -438,12 +441,19 @@ class PanopticTask(SlidingWindowTask):
         if isinstance(read, BadFile):
             self._records.append((index, {"image": str(path), "error": read.reason}))
             return
-        image, valid = read
+        self._records.append((index, self.predict_image(path, *read, self._output, self._vector)))
+
+    def predict_image(self, path: Path, image: torch.Tensor, valid: np.ndarray | None, output: Path,
+                      vector: str | None) -> dict:
+        """Write the panoptic PNG and the segments (JSON) of ``image`` and its mask of pixels with data ``valid``
+        (as :meth:`load_image` gives them) into ``output``, and for a georeferenced GeoTIFF at ``path`` its segment
+        ids as a GeoTIFF, with ``vector`` also their polygons; returns what ``predict`` reports of it, the segments
+        among it. ``predict`` and ``serve`` both predict an image through it."""
         ids, segments = self.panoptic(image.cpu())
         ids = ids.numpy()
         if valid is not None:  # no data belongs to no segment
             ids[~valid] = 0
-        png, segments_json = self._outputs_of(path)
+        png, segments_json = self._outputs_of(path, output)
         write_segment_ids(png, ids)
         extents = segment_extents(ids)
         info = []
@@ -455,15 +465,16 @@ class PanopticTask(SlidingWindowTask):
             info.append({"id": segment["id"], "category_id": category["id"], "category": category["name"],
                          "isthing": bool(category["isthing"]), "iscrowd": 0, "area": area, "bbox": bbox,
                          "score": segment["score"]})
+        segments_file = {"file_name": Path(path).name, "height": int(ids.shape[0]), "width": int(ids.shape[1]),
+                         "segments_info": info}
         with atomic_path(segments_json) as tmp:
-            tmp.write_text(json.dumps({"file_name": Path(path).name, "height": int(ids.shape[0]),
-                                       "width": int(ids.shape[1]), "segments_info": info}, indent=1))
-        geotiff, vectors = self._write_geo(path, ids, {s["id"]: s["category"] for s in info})
+            tmp.write_text(json.dumps(segments_file, indent=1))
+        geotiff, vectors = self._write_geo(path, ids, {s["id"]: s["category"] for s in info}, output, vector)
         things = sum(s["isthing"] for s in info)
         written = [str(p) for p in (png, segments_json, geotiff, vectors) if p is not None]
         no_data = 0 if valid is None else int(valid.size - np.count_nonzero(valid))
-        self._records.append((index, {"image": str(path), "written": written, "things": things,
-                                      "stuff": len(info) - things, "no_data_pixels": no_data}))
+        return {"image": str(path), "written": written, "things": things, "stuff": len(info) - things,
+                "no_data_pixels": no_data, "segments": segments_file, "vectors": str(vectors) if vectors else None}
 
     def finish_prediction(self, records: list[dict], options: PanopticPredictOptions) -> list[str]:
         return [f"skipped {r['image']}: {r['error']}" if "error" in r else

@@ -268,18 +268,18 @@ class SegmentationTask(SlidingWindowTask):
     def predict_step(self, batch, batch_idx: int) -> None:
         index, scene, output = batch
         try:
-            self._records.append((index, self._predict_scene(scene, output)))
+            self._records.append((index, self.predict_map([scene], output)))
         except DataError as e:
             if not self.skip_bad:
                 raise
             self._records.append((index, {"scene": str(scene), "error": str(e)}))
 
-    def _predict_scene(self, scene: Path, output: Path) -> dict:
+    def predict_map(self, scenes: Sequence[Path | str], output: Path) -> dict:
         model_seconds = self.model_seconds
         names = dict(enumerate(self.labels.class_names))
         probabilities = self.probability_output(output, self.labels.class_names)
         # No class takes the ignore index (at most IGNORE_INDEX - 1 classes): it is the map's no-data value.
-        result = predict_scene(self.window_predictor(self.model), [scene], output, self.hparams.mean, self.hparams.std,
+        result = predict_scene(self.window_predictor(self.model), scenes, output, self.hparams.mean, self.hparams.std,
                                self.labels.palette, window=self.window, stride=self.stride,
                                batch_size=self.inference_batch_size, progress=self.show_progress,
                                expected_dtype=self.hparams.get("input_dtype"), value_names=names, nodata=IGNORE_INDEX,
