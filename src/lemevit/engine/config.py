@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -55,6 +56,26 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise DataError(f"config {path}: expected a mapping of keys to values, got {type(values).__name__}")
     return values
+
+
+#: A number as YAML 1.2 writes it, which PyYAML (YAML 1.1) reads as a string when it has an exponent and no dot.
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _yaml_floats(value: Any, kind: Any) -> Any:
+    """``value`` read from YAML for a field of type ``kind``, with the numbers PyYAML left as strings (``1e-3``)
+    made floats where the field takes floats: alone, in lists and as mapping values."""
+    kind = _unwrap(kind)
+    if typing.get_origin(kind) is list and isinstance(value, list):
+        (item,) = typing.get_args(kind)
+        return [_yaml_floats(v, item) for v in value]
+    if typing.get_origin(kind) is dict and isinstance(value, dict):
+        item = typing.get_args(kind)[1]
+        return {k: _yaml_floats(v, item) for k, v in value.items()}
+    takes_float = kind is float or (isinstance(kind, tuple) and float in kind)
+    if takes_float and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    return value
 
 
 def flag(name: str) -> str:
@@ -114,7 +135,8 @@ class Options:
         unknown = sorted(set(values) - set(cls.fields()))
         if unknown:
             raise DataError(f"config {path}: unknown keys {unknown}; the keys of this task are {sorted(cls.fields())}")
-        return values
+        hints = typing.get_type_hints(cls)
+        return {name: _yaml_floats(value, hints[name]) for name, value in values.items()}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
