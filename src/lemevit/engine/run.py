@@ -118,19 +118,21 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, given: di
             if leader:
                 run.start_new()
             split, bad = task.prepare(cfg, progress=progress and leader)
-            if leader:
-                run.write(cfg, split, bad)
-                if bad:
-                    print(f"skipped {len(bad)} unreadable or inconsistent images; listed in {run.path / BAD_IMAGES}")
-                if progress:
-                    # A task may start from pretrained weights by default (change detection): say what it does.
-                    start = ("its pretrained weights" if cfg.pretrained else cfg.init_checkpoint if cfg.init_checkpoint
-                             else "a random initialisation")
-                    print(f"{cfg.model} starts from {start}")
         normalisation = band_normalisation(task.training_images(split))
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        # The model is built before the run's files are written: a model that cannot be made (an unknown name, a
+        # backbone without the maps the head reads) leaves the output as it was.
         module = task.from_config(cfg, split, normalisation)
         datamodule = module.datamodule(cfg, split)
+        if leader and not resume:
+            run.write(cfg, split, bad)
+            if bad:
+                print(f"skipped {len(bad)} unreadable or inconsistent images; listed in {run.path / BAD_IMAGES}")
+            if progress:
+                # A task may start from pretrained weights by default (change detection): say what it does.
+                start = ("its pretrained weights" if cfg.pretrained else cfg.init_checkpoint if cfg.init_checkpoint
+                         else "a random initialisation")
+                print(f"{cfg.model} starts from {start}")
         budget = dict(max_epochs=-1, max_steps=cfg.iterations) if cfg.iterations else dict(max_epochs=cfg.epochs)
         trainer = build_trainer(run.path, task.monitor, **budget, accelerator=cfg.accelerator,
                                 devices=cfg.devices, num_nodes=cfg.num_nodes, precision=cfg.precision,
