@@ -45,3 +45,35 @@ def test_12_a_bad_model_is_refused_before_the_run_writes_anything(task, data, mo
                  *TINY[2:], "--model", model]) == 2
     assert message in error_of(capsys)
     assert not any(out.iterdir()) if out.exists() else True
+
+
+# 9 ----------------------------------------------------------------------------------------------------------
+def test_9_an_unsafe_or_damaged_checkpoint_is_told_as_what_it_is_not_without_torch_s_advice(tmp_path, capsys):
+    import torch
+
+    unsafe = tmp_path / "unsafe.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "hyper_parameters": {}, "where": Path("/x")}, unsafe)
+    whole = tmp_path / "whole.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(4096)}, "hyper_parameters": {}}, whole)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(whole.read_bytes()[:3000])
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not weights")
+    expected = {unsafe: "holds Python objects besides tensors and plain values (pathlib.PosixPath), which could run "
+                        "code when loaded, and lemevit loads no code from a file",
+                truncated: "it is truncated: a torch file whose end is missing",
+                text: "it is not a torch file (nor a safetensors file)"}
+    for path, reason in expected.items():
+        assert main(["eval", "--checkpoint", str(path), "--output", str(tmp_path / "e")]) == 2
+        line = error_of(capsys)
+        assert f"{path} is not a lemevit checkpoint that can be read safely: " in line and reason in line, line
+        assert "weights_only" not in line and "trust" not in line
+    data = scenes(tmp_path / "scenes")
+    fake = tmp_path / "weights.safetensors"
+    fake.write_text("not weights")
+    for path, reason in ((fake, f"{fake} is not a safetensors file, or it is truncated"),
+                         (unsafe.rename(tmp_path / "unsafe.pth"), "holds Python objects besides tensors")):
+        assert main(["train", "--data", str(data), "--output", str(tmp_path / "run"), "--img-size", "32",
+                     "--init-checkpoint", str(path), *TINY]) == 2
+        line = error_of(capsys)
+        assert reason in line and "weights_only" not in line, line

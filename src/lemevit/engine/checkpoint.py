@@ -14,6 +14,7 @@ import torch
 
 from lemevit.errors import DataError
 from lemevit.io.model_file import ModelFile, model_file_folder, read_model_file, weights_under
+from lemevit.io.tensor_file import load_torch_file
 
 __all__ = ["TASK_KEY", "TrainedModel", "backbone_state_dict", "checkpoint_task", "read_checkpoint",
            "read_trained_model", "trained_model_task", "training_minutes"]
@@ -30,12 +31,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                         "section beside model.safetensors)")
     if not path.is_file():
         raise DataError(f"checkpoint {path} {'is not a file' if path.exists() else 'does not exist'}")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for files that are not checkpoints
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"{path} is not a lemevit checkpoint that can be read safely ({first[:200]}); a file from "
-                        "someone else should come as a portable model file") from None
+    content = load_torch_file(path, "a lemevit checkpoint", mmap=True)
     if not isinstance(content, dict) or not isinstance(content.get("state_dict"), dict) \
             or not isinstance(content.get("hyper_parameters"), dict):
         raise DataError(f"{path} is not a lemevit run checkpoint (no state_dict and hyper_parameters)")

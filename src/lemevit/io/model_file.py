@@ -18,6 +18,7 @@ import torch
 
 from lemevit.errors import DataError
 from lemevit.io.atomic import atomic_path
+from lemevit.io.tensor_file import load_safetensors
 
 __all__ = ["CONFIG_FILE", "FORMAT_VERSION", "WEIGHTS_FILE", "ModelFile", "model_file_folder", "read_model_file",
            "weights_under", "write_model_file"]
@@ -54,15 +55,10 @@ class ModelFile:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The network's weights (the task module's ``model``, or the bare model)."""
-        from safetensors.torch import load_file
-
         path = self.folder / WEIGHTS_FILE
         if not path.is_file():
             raise DataError(f"{path} is missing: a model file folder holds {WEIGHTS_FILE} beside {CONFIG_FILE}")
-        try:
-            return load_file(str(path))
-        except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
-            raise DataError(f"cannot read {path}: {e}") from None
+        return load_safetensors(path)
 
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
         """The backbone's weights, keyed as in the bare model: what ``lemevit.create_model`` and the

@@ -13,6 +13,7 @@ from torch import nn
 
 from lemevit.errors import ConfigError, DataError
 from lemevit.io.model_file import model_file_folder, read_model_file
+from lemevit.io.tensor_file import load_safetensors, load_torch_file
 
 __all__ = ["DENSE_STRIDES", "create_dense_encoder", "create_model", "list_models", "load_checkpoint_file",
            "load_weights"]
@@ -44,15 +45,10 @@ def load_checkpoint_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"checkpoint file {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any reader failure means the same thing to the user
-        raise DataError(f"cannot read checkpoint {path}: {e}") from e
+    if path.suffix == ".safetensors":
+        state = load_safetensors(path)
+    else:
+        state = load_torch_file(path, "a checkpoint of weights")
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
