@@ -77,3 +77,42 @@ def test_9_an_unsafe_or_damaged_checkpoint_is_told_as_what_it_is_not_without_tor
                      "--init-checkpoint", str(path), *TINY]) == 2
         line = error_of(capsys)
         assert reason in line and "weights_only" not in line, line
+
+
+@pytest.fixture(scope="module")
+def cls_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cls")
+    data = scenes(root / "scenes")
+    assert main(["train", "--data", str(data), "--output", str(root / "run"), "--img-size", "32", "--batch-size",
+                 "4", "--split", "0.5", *TINY]) == 0
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("seg") / "run"
+    assert main(["train", "--task", "segmentation", "--data", str(POTSDAM), "--preset", "potsdam", "--output",
+                 str(run), "--img-size", "32", "--batch-size", "2", "--crops-per-tile", "2", "--split", "1.0",
+                 "--decoder-channels", "8", "--window", "128", *TINY]) == 0
+    return run
+
+
+# 11 ---------------------------------------------------------------------------------------------------------
+def test_11_eval_of_another_task_s_data_names_the_layout_found_and_the_one_needed(cls_run, seg_run, tmp_path,
+                                                                                  capsys):
+    from conftest import FIXTURES
+
+    cases = [(cls_run, POTSDAM, "is laid out as segmentation data (img_dir/ (images) and ann_dir/"),
+             (cls_run, FIXTURES / "levir_cd", "is laid out as change data (A/, B/ and label/"),
+             (cls_run, FIXTURES / "dota_v1_samples", "is laid out as detection data (DOTA's images/ and labelTxt/"),
+             (seg_run, cls_run.parent / "scenes", "is laid out as classification data (a folder per class")]
+    for run, data, found in cases:
+        assert main(["eval", "--checkpoint", str(run / "best.ckpt"), "--data", str(data), "--output",
+                     str(tmp_path / "e")]) == 2
+        line = error_of(capsys)
+        task = "classification" if run == cls_run else "segmentation"
+        needed = "a folder per class holding its images" if run == cls_run else "img_dir/ (images) and ann_dir/"
+        assert f"--data: {data} {found}" in line and f"a {task} model needs {needed}" in line, line
+    # Its own layout is evaluated as before.
+    assert main(["eval", "--checkpoint", str(seg_run / "best.ckpt"), "--data", str(POTSDAM), "--output",
+                 str(tmp_path / "e")]) == 0

@@ -34,13 +34,22 @@ from lemevit.io.atomic import atomic_path
 from lemevit.io.paths import check_writable_folder
 from lemevit.metrics.panoptic import VOID
 
-__all__ = ["ANNOTATIONS_FILE", "IMAGES_DIR", "PNG_DIR", "Category", "PanopticCrops", "PanopticImage", "PanopticSet",
-           "PanopticTiles", "check_panoptic", "connected_components", "decode_ids", "encode_ids", "prepare_panoptic",
+__all__ = ["ANNOTATIONS_FILE", "IMAGES_DIR", "PANOPTIC_LAYOUT", "PNG_DIR", "Category", "PanopticCrops", "PanopticImage",
+           "PanopticSet", "PanopticTiles", "check_panoptic", "connected_components", "decode_ids", "encode_ids",
+           "is_panoptic_data", "prepare_panoptic",
            "read_panoptic", "read_segment_ids", "segment_extents", "segment_labels", "semantic_to_panoptic",
            "write_segment_ids"]
 
 #: The JSON, image folder and PNG folder of a panoptic data set, below its root.
 ANNOTATIONS_FILE, IMAGES_DIR, PNG_DIR = "panoptic.json", "img_dir", "panoptic"
+#: The layout of a panoptic data set, as messages name it.
+PANOPTIC_LAYOUT = f"a COCO panoptic data set ({ANNOTATIONS_FILE}, {IMAGES_DIR}/ and {PNG_DIR}/)"
+
+
+def is_panoptic_data(root: str | Path) -> bool:
+    """Whether ``root`` is laid out as a panoptic data set (its JSON is there)."""
+    return (Path(root) / ANNOTATIONS_FILE).is_file()
+
 
 
 @dataclass(frozen=True)

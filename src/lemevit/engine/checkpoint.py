@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from lemevit.errors import DataError
-from lemevit.io.model_file import ModelFile, model_file_folder, read_model_file, weights_under
+from lemevit.io.model_file import BackboneWeights, ModelFile, model_file_folder, read_model_file, weights_under
 from lemevit.io.tensor_file import load_torch_file
 
 __all__ = ["TASK_KEY", "TrainedModel", "backbone_state_dict", "checkpoint_task", "read_checkpoint",
@@ -67,10 +67,11 @@ def training_minutes(path: str | Path) -> float:
         raise DataError(f"checkpoint {path} records no training time (written before lemevit kept it)") from None
 
 
-def backbone_state_dict(content: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
+def backbone_state_dict(content: dict[str, Any], prefix: str, source: str | Path = "the checkpoint") -> BackboneWeights:
     """The weights under ``prefix`` of a run checkpoint's state dict (``model.encoder.`` for a segmentation run's
-    backbone, say), as :func:`lemevit.models.create_model` loads them into the backbone of any task."""
-    return weights_under(content["state_dict"], prefix, "the checkpoint")
+    backbone, say), as :func:`lemevit.models.create_model` loads them into the backbone of any task; ``source``
+    names the checkpoint in messages."""
+    return weights_under(content["state_dict"], prefix, source)
 
 
 @dataclass

@@ -11,12 +11,14 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from lemevit.data.change import (
+    CHANGE_LAYOUT,
     IGNORE_INDEX,
     ChangeCrops,
     ChangePair,
     ChangePairs,
     check_pairs,
     find_change_splits,
+    is_change_data,
     read_list_file,
     scan_change_folder,
 )
@@ -168,6 +170,8 @@ class ChangeTask(SlidingWindowTask):
     logged_metrics = ("f1", "iou", "precision", "recall", "oa", "best_f1")
     backbone_prefix = "model.encoder."
     entry_type = ChangePair
+    data_layout = CHANGE_LAYOUT
+    holds_data = staticmethod(is_change_data)
     find_unused_parameters = True
 
     def __init__(self, model: str = "lemevit_tiny", head: str = "bit", in_chans: int = 3, img_size: int = 256,

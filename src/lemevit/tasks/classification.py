@@ -16,10 +16,12 @@ from torch.utils.data import Dataset
 
 from lemevit.data.classification import (
     RSP_LISTS,
+    SCENE_LAYOUT,
     Sample,
     SceneDataset,
     check_images,
     is_label_list,
+    is_scene_data,
     read_label_lists,
     read_split_file,
     scan_class_folders,
@@ -125,6 +127,9 @@ class ClassificationTask(NamedClasses, BaseTask):
     logged_metrics = ("top1", "top5", "loss")
     backbone_prefix = "model."
     entry_type = Sample
+    data_layout = SCENE_LAYOUT
+    holds_data = staticmethod(is_scene_data)
+    loose_layout = True
 
     def __init__(self, model: str, num_classes: int, class_names: Sequence[str] | None = None, in_chans: int = 3,
                  img_size: int = 224, mean: Sequence[float] = (123.675, 116.28, 103.53),

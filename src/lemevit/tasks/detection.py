@@ -15,11 +15,13 @@ from torch.utils.data import Dataset
 
 from lemevit.data.datamodule import SeededDataModule
 from lemevit.data.detection import (
+    DETECTION_LAYOUT,
     UNSPLIT,
     DetectionImages,
     ImageLabels,
     PatchDataset,
     collate_detection,
+    is_detection_data,
     merge_patch_detections,
     patch_windows,
     scan_detection_data,
@@ -170,6 +172,8 @@ class DetectionTask(NamedClasses, BaseTask):
     logged_metrics = ("map50",)
     backbone_prefix = "model.backbone."
     entry_type = LabelledImage
+    data_layout = DETECTION_LAYOUT
+    holds_data = staticmethod(is_detection_data)
     find_unused_parameters = True
     batches_whole_images = True
     evaluation_collate = staticmethod(first_item)

@@ -19,11 +19,13 @@ from lemevit.data.images import TIFF_EXTENSIONS, optional_rasterio, read_image
 from lemevit.data.panoptic import (
     ANNOTATIONS_FILE,
     IMAGES_DIR,
+    PANOPTIC_LAYOUT,
     PanopticCrops,
     PanopticImage,
     PanopticSet,
     PanopticTiles,
     check_panoptic,
+    is_panoptic_data,
     read_panoptic,
     segment_extents,
     write_segment_ids,
@@ -182,6 +184,8 @@ class PanopticTask(SlidingWindowTask):
     logged_metrics = ("pq", "sq", "rq")
     backbone_prefix = "model.encoder."
     entry_type = PanopticItem
+    data_layout = PANOPTIC_LAYOUT
+    holds_data = staticmethod(is_panoptic_data)
     find_unused_parameters = True
     evaluation_collate = staticmethod(first_item)
 

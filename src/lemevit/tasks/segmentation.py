@@ -15,12 +15,14 @@ from lemevit.data.regions import read_region
 from lemevit.data.segmentation import (
     IGNORE_INDEX,
     PRESETS,
+    SEGMENTATION_LAYOUT,
     LabelScheme,
     SegmentationCrops,
     SegmentationTiles,
     TilePair,
     check_pairs,
     dataset_subsets,
+    is_segmentation_data,
     resolve_labels,
     scan_pairs,
     split_tiles,
@@ -119,6 +121,8 @@ class SegmentationTask(SlidingWindowTask):
     logged_metrics = ("miou", "oa", "mf1")
     backbone_prefix = "model.encoder."
     entry_type = TilePair
+    data_layout = SEGMENTATION_LAYOUT
+    holds_data = staticmethod(is_segmentation_data)
     find_unused_parameters = True
 
     def __init__(self, model: str, labels: dict, head: str = "upernet", decoder_channels: int | None = None,
