@@ -2,6 +2,10 @@
 wrong before anything is written, and outputs and help that say what they are. Each test names its item."""
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +120,48 @@ def test_11_eval_of_another_task_s_data_names_the_layout_found_and_the_one_neede
     # Its own layout is evaluated as before.
     assert main(["eval", "--checkpoint", str(seg_run / "best.ckpt"), "--data", str(POTSDAM), "--output",
                  str(tmp_path / "e")]) == 0
+
+
+# 13 ---------------------------------------------------------------------------------------------------------
+def _predict(run: Path, scenes_folder: Path, output: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lemevit.cli", "predict", "--checkpoint", str(run / "best.ckpt"),
+                             str(scenes_folder), "--output", str(output), "--accelerator", "cpu", "--no-preview"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+
+
+def _tiles(folder: Path, count: int) -> Path:
+    tile = next((POTSDAM / "img_dir").iterdir())
+    folder.mkdir()
+    for i in range(count):
+        shutil.copy(tile, folder / f"tile{i}.png")
+    return folder
+
+
+@pytest.mark.slow
+def test_13_predicts_into_one_folder_share_the_maps_out(seg_run, tmp_path):
+    from lemevit.io.lock import OutputLock
+
+    tiles = _tiles(tmp_path / "tiles", 2)
+    out = tmp_path / "maps"
+    out.mkdir()
+    # This process writes tile0's map: the predict started beside it leaves that map to it.
+    lock = OutputLock(out / "tile0.png")
+    assert lock.try_acquire() is None
+    try:
+        done = _predict(seg_run, tiles, out)
+        stdout, stderr = done.communicate(timeout=300)
+    finally:
+        lock.release()
+    assert done.returncode == 0, stderr
+    assert not (out / "tile0.png").exists() and (out / "tile1.png").is_file()
+    assert f"1 scene(s) predicted, 1 left to another predict writing them (process {os.getpid()} on" in stdout
+    assert not list(out.glob(".*.lock"))
+    # Two predicts at once write each map once between them.
+    tiles = _tiles(tmp_path / "more", 4)
+    both = [_predict(seg_run, tiles, tmp_path / "shared") for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in both]
+    assert all(p.returncode == 0 for p in both), [err for _, err in outputs]
+    written = [line.split()[1].rstrip(":") for stdout, _ in outputs for line in stdout.splitlines()
+               if line.startswith("wrote ")]
+    assert sorted(written) == sorted(str(tmp_path / "shared" / f"tile{i}.png") for i in range(4)), outputs

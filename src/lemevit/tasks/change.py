@@ -171,6 +171,7 @@ class ChangeTask(SlidingWindowTask):
     backbone_prefix = "model.encoder."
     entry_type = ChangePair
     data_layout = CHANGE_LAYOUT
+    item_noun = "pair"
     holds_data = staticmethod(is_change_data)
     find_unused_parameters = True
 
@@ -330,6 +331,9 @@ class ChangeTask(SlidingWindowTask):
 
     def predict_step(self, batch, batch_idx: int) -> None:
         index, dates, output = batch
+        self.predict_claimed(index, output, lambda: self._predict_pair(dates, output))
+
+    def _predict_pair(self, dates: tuple, output: Path) -> dict:
         hp = self.hparams
         model_seconds = self.model_seconds
         probabilities = self.probability_output(output, ["change probability"], bands=lambda probs: probs[1:])
@@ -344,19 +348,18 @@ class ChangeTask(SlidingWindowTask):
         if self.write_preview:
             preview = preview_path(output)
             save_pair_preview(*result.small_scenes, result.small_map == CHANGE_VALUE, preview)
-        self._records.append((index, {"output": str(output), "preview": str(preview) if preview else None,
-                                      "probabilities": str(probabilities.path) if probabilities else None,
-                                      "vector": self.write_vectors(output, {CHANGE_VALUE: "change"}),
-                                      "html": self.write_page(output, result, "change",
-                                                              {CHANGE_VALUE: [round(255 * c) for c in CHANGE_RGB]},
-                                                              _VALUE_NAMES, ["date A", "date B"]),
-                                      "height": result.height, "width": result.width,
-                                      "changed_pixels": int(result.value_pixels[CHANGE_VALUE]),
-                                      "model_seconds": self.model_seconds - model_seconds}))
+        return {"output": str(output), "preview": str(preview) if preview else None,
+                "probabilities": str(probabilities.path) if probabilities else None,
+                "vector": self.write_vectors(output, {CHANGE_VALUE: "change"}),
+                "html": self.write_page(output, result, "change", {CHANGE_VALUE: [round(255 * c) for c in CHANGE_RGB]},
+                                        _VALUE_NAMES, ["date A", "date B"]),
+                "height": result.height, "width": result.width,
+                "changed_pixels": int(result.value_pixels[CHANGE_VALUE]),
+                "model_seconds": self.model_seconds - model_seconds}
 
     def finish_prediction(self, records: list[dict], options: ChangePredictOptions) -> list[str]:
         return [f"wrote {r['output']}: {r['width']}x{r['height']} change map, {r['changed_pixels']:,} changed pixels"
-                + self.companions_written(r) for r in records] + [self.prediction_summary(records)]
+                + self.companions_written(r) for r in records if "height" in r] + [self.prediction_summary(records)]
 
 
 class _NamedPairs(Dataset):

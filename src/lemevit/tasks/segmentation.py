@@ -262,12 +262,15 @@ class SegmentationTask(SlidingWindowTask):
 
     def predict_step(self, batch, batch_idx: int) -> None:
         index, scene, output = batch
+        self.predict_claimed(index, output, lambda: self._predict_or_skip(scene, output))
+
+    def _predict_or_skip(self, scene: Path, output: Path) -> dict:
         try:
-            self._records.append((index, self._predict_scene(scene, output)))
+            return self._predict_scene(scene, output)
         except DataError as e:
             if not self.skip_bad:
                 raise
-            self._records.append((index, {"scene": str(scene), "error": str(e)}))
+            return {"scene": str(scene), "error": str(e)}
 
     def _predict_scene(self, scene: Path, output: Path) -> dict:
         model_seconds = self.model_seconds
@@ -294,4 +297,4 @@ class SegmentationTask(SlidingWindowTask):
     def finish_prediction(self, records: list[dict], options: SegmentationPredictOptions) -> list[str]:
         return [f"skipped {r['scene']}: {r['error']}" if "error" in r else
                 f"wrote {r['output']}: {r['width']}x{r['height']} class map" + self.companions_written(r)
-                for r in records] + [self.prediction_summary(records)]
+                for r in records if "error" in r or "height" in r] + [self.prediction_summary(records)]
