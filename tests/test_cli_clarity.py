@@ -165,3 +165,31 @@ def test_13_predicts_into_one_folder_share_the_maps_out(seg_run, tmp_path):
     written = [line.split()[1].rstrip(":") for stdout, _ in outputs for line in stdout.splitlines()
                if line.startswith("wrote ")]
     assert sorted(written) == sorted(str(tmp_path / "shared" / f"tile{i}.png") for i in range(4)), outputs
+
+
+# 15 ---------------------------------------------------------------------------------------------------------
+def test_15_resume_of_a_finished_run_says_it_is_complete_without_training(cls_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(cls_run, run)
+    before = (run / "last.ckpt").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--resume", "--output", str(run), "--num-workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"{run} is complete: it trained the 1 epochs of --epochs 1; give more to train on" in out
+    assert (run / "last.ckpt").read_bytes() == before
+    assert main(["train", "--resume", "--output", str(run), "--num-workers", "0", "--epochs", "2"]) == 0
+    assert "is complete" not in capsys.readouterr().out and (run / "last.ckpt").read_bytes() != before
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["train", "--task", "panoptic"], ["export"], ["demo"],
+                                     ["predict"], ["prepare", "panoptic"]])
+def test_15_help_is_plain_text_and_demo_names_its_folder(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([*command, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "`" not in text, [line for line in text.splitlines() if "`" in line]
+    if command == ["demo"]:
+        assert "default lemevit-demo" in text and "run/, eval/" in text
+    if command == ["train"]:
+        assert "the global batch --lr is given for" in text  # a field named in help is its flag

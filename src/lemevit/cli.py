@@ -81,6 +81,7 @@ class _TaskParser:
         if extra is not None:
             extra(self.parser)
         self.flags = add_options(self.parser, options, skip=("task",))
+        _plain_help(self.parser, self.flags)
 
     def parse(self, argv: list[str], misplaced: str) -> tuple[argparse.Namespace, dict]:
         """The namespace and the fields given; an option of another task is refused naming it."""
@@ -343,8 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train", help="train a model of any task into a run directory (resumable); "
                                  "lemevit train --task TASK --help", add_help=False)
     sub.add_parser("eval", help="evaluate a checkpoint of any task: metrics.json and plots", add_help=False)
-    sub.add_parser("predict", help="predict with a checkpoint: top classes (CSV/JSON), class maps, change maps or "
-                                   "oriented boxes of whole scenes", add_help=False)
+    sub.add_parser("predict", help="predict with a checkpoint: top classes (CSV/JSON), class maps, change maps, "
+                                   "oriented boxes or panoptic segments of whole scenes", add_help=False)
 
     exp = sub.add_parser("export", help="a run of any task, or a bare model, as a portable model file "
                                         "(model.safetensors + config.json) and optionally ONNX",
@@ -423,14 +424,35 @@ def build_parser() -> argparse.ArgumentParser:
     pan.set_defaults(func=cmd_prepare_panoptic)
 
     demo = sub.add_parser("demo", help="fine-tune, evaluate and explain the AID-pretrained LeMeViT-Tiny on AID scenes "
-                                       "shipped with lemevit")
-    demo.add_argument("--output", default="lemevit-demo", help="folder for the run and its results")
+                                       "shipped with lemevit",
+                          description="Fine-tunes the AID-pretrained LeMeViT-Tiny on AID scenes shipped with lemevit "
+                                      "(none of which its pretraining saw), evaluates it on held-out ones and draws "
+                                      "its meta-token attention, into --output (default lemevit-demo in the current "
+                                      "folder): run/ (the run, resumed when the demo is run again), eval/ "
+                                      "(metrics.json, confusion_matrix.png) and attention.png.")
+    demo.add_argument("--output", default="lemevit-demo",
+                      help="folder for run/, eval/ and attention.png (default lemevit-demo, in the current folder)")
     demo.add_argument("--model", help="default lemevit_tiny.aid150 (lemevit_tiny with --scratch)")
     demo.add_argument("--scratch", action="store_true", help="train from a random initialisation instead")
     demo.add_argument("--epochs", type=int, help="default 10 (25 with --scratch)")
     demo.add_argument("--img-size", type=int, default=128)
     demo.set_defaults(func=cmd_demo)
+    _plain_help(parser)
     return parser
+
+
+def _plain_help(parser: argparse.ArgumentParser, flags: dict[str, str] | None = None) -> None:
+    """The help of ``parser`` and of its subcommands as plain text (see :func:`~lemevit.engine.config.plain`)."""
+    from lemevit.engine.config import plain
+
+    parser.description, parser.epilog = plain(parser.description, flags), plain(parser.epilog, flags)
+    for action in parser._actions:
+        action.help = plain(action.help, flags)
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                choice.help = plain(choice.help, flags)
+            for sub in set(action.choices.values()):
+                _plain_help(sub, flags)
 
 
 def render_error(error: LemevitError, flags: dict[str, str]) -> str:

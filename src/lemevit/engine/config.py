@@ -8,7 +8,7 @@ import argparse
 import dataclasses
 import re
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import NoneType, UnionType
@@ -22,7 +22,7 @@ from lemevit.io import atomic_path
 from lemevit.models.pretrained import PRETRAINED, check_pretrained_request
 
 __all__ = ["EvalOptions", "InferenceOptions", "Options", "PredictOptions", "RunConfig", "add_options", "flag", "option",
-           "read_yaml_mapping"]
+           "plain", "read_yaml_mapping"]
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, resumable: bool = False, cli: bool = True,
@@ -81,6 +81,16 @@ def _yaml_floats(value: Any, kind: Any) -> Any:
 def flag(name: str) -> str:
     """The command-line spelling of a field: ``img_size`` → ``--img-size``."""
     return "--" + name.replace("_", "-")
+
+
+def plain(text: str | None, flags: Mapping[str, str] | None = None) -> str | None:
+    """``text`` of a docstring or an option's help as ``--help`` shows it: without reStructuredText's quotes (``x``
+    is x), a quoted name of ``flags`` as its flag (`img_size` is --img-size), any other quoted text in plain quotes
+    (`lemevit models` is 'lemevit models')."""
+    if text is None:
+        return None
+    text = re.sub(r"``([^`]+)``", r"\1", text)
+    return re.sub(r"`([^`]+)`", lambda m: (flags or {}).get(m.group(1), f"'{m.group(1)}'"), text)
 
 
 def _unwrap(kind: Any) -> Any:
@@ -375,6 +385,9 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, optio
     """Add the fields of ``options`` as arguments (every default None, so that what was given can be told from
     what was not); returns ``{field: flag}``. ``defaults`` shows each field's default in its help."""
     hints = typing.get_type_hints(options)
+    # The flag of each field, for the help texts that name other fields.
+    names = {f.name: ("--no-" + f.name.replace("_", "-") if f.default is True else flag(f.name))
+             for f in dataclasses.fields(options) if f.metadata.get("cli", True) and f.name not in skip}
     flags = {}
     for f in dataclasses.fields(options):
         meta = f.metadata
@@ -383,7 +396,7 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, optio
         kind = _unwrap(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        help_text = meta.get("help", "")
+        help_text = plain(meta.get("help", ""), names)
         if defaults and default not in (None, [], {}, False) and not isinstance(default, bool):
             help_text += f" (default {default})"
         kwargs: dict[str, Any] = {"help": help_text, "default": None}

@@ -18,6 +18,7 @@ import lightning.pytorch as pl
 
 from lemevit.data.splits import Split, load_split, save_split
 from lemevit.data.statistics import band_normalisation
+from lemevit.engine.checkpoint import read_checkpoint
 from lemevit.engine.config import RunConfig
 from lemevit.engine.trainer import build_trainer, is_launch_leader
 from lemevit.errors import RunError
@@ -77,6 +78,19 @@ class RunDirectory:
             if not path.is_file():
                 raise RunError(f"--resume: {path} is missing; the run cannot be continued")
 
+    def completion(self, cfg: RunConfig) -> str | None:
+        """What makes the run complete under ``cfg``'s budget (its ``last.ckpt`` trained every epoch or step of
+        it), or None while training remains."""
+        progress = read_checkpoint(self.last)
+        if cfg.iterations:
+            done = progress.get("global_step", 0)
+            return f"its {done} steps reach --iterations {cfg.iterations}" if done >= cfg.iterations else None
+        try:
+            epochs = progress["loops"]["fit_loop"]["epoch_progress"]["total"]["processed"]
+        except (KeyError, TypeError):
+            return None
+        return f"it trained the {epochs} epochs of --epochs {cfg.epochs}" if epochs >= cfg.epochs else None
+
     def read_split(self, task: str, data: str | Path | None = None) -> Split:
         task_cls = get_task(task)
         return load_split(self.split_file, task, task_cls.entry_type, root=data, validate_meta=task_cls.load_meta)
@@ -109,6 +123,11 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, given: di
             run.check_resumable()
             saved = type(cfg).from_yaml(run.config_file)
             cfg = saved.resumed_with(cfg.to_dict() if given is None else given, run.config_file).absolute()
+            complete = run.completion(cfg)
+            if complete:
+                if leader:
+                    print(f"{run.path} is complete: {complete}; give more to train on")
+                return run.path
             split = run.read_split(cfg.task, data=cfg.data)
             if leader:
                 run.remove_temporaries()
