@@ -193,3 +193,31 @@ def test_15_help_is_plain_text_and_demo_names_its_folder(command, capsys):
         assert "default lemevit-demo" in text and "run/, eval/" in text
     if command == ["train"]:
         assert "the global batch --lr is given for" in text  # a field named in help is its flag
+
+
+def test_15_prepare_panoptic_copies_the_images_unless_asked_to_link_them(tmp_path, capsys):
+    for link, same in (([], False), (["--link"], True)):
+        out = tmp_path / f"panoptic{len(link)}"
+        assert main(["prepare", "panoptic", "--data", str(POTSDAM), "--preset", "potsdam", "--output", str(out),
+                     "--things", "building", "car", "--min-area", "16", *link]) == 0
+        said = capsys.readouterr().out
+        source = next((POTSDAM / "img_dir").iterdir())
+        assert (source.stat().st_ino == (out / "img_dir" / source.name).stat().st_ino) is same
+        assert ("hard-linked" in said) is same and ("copied" in said) is not same
+
+
+def test_15_summaries_count_what_they_predicted(tmp_path):
+    from lemevit.tasks.change import ChangeTask
+    from lemevit.tasks.detection import DetectionPredictOptions, DetectionTask
+
+    detector = DetectionTask("resnet10t", num_classes=2, class_names=["plane", "ship"], img_size=64, fpn_channels=16,
+                             rpn_proposals=10, test_proposals=10)
+    options = DetectionPredictOptions(checkpoint="run/best.ckpt", output=str(tmp_path / "boxes"), inputs=["a.png"])
+    record = {"image": "a.png", "quads": np.zeros((3, 4, 2)), "scores": np.array([0.9, 0.2, 0.1]),
+              "labels": np.array([0, 1, 1]), "png": "boxes/a.png", "drawn": 1, "pixels": 64 * 64, "seconds": {},
+              "vector": None}
+    lines = detector.finish_prediction([record], options)
+    assert "a.png: 3 objects (1 drawn in boxes/a.png, 2 under --draw-threshold 0.3)" in lines
+    change = ChangeTask("resnet10t", "siamunet", img_size=64)
+    change._kept, change._prediction_seconds = [], 0.0
+    assert change.prediction_summary([]).startswith("0 pair(s) predicted")

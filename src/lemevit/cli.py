@@ -296,12 +296,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare_panoptic(args: argparse.Namespace) -> int:
-    from lemevit.data.panoptic import ANNOTATIONS_FILE, prepare_panoptic
+    from lemevit.data.panoptic import ANNOTATIONS_FILE, IMAGES_DIR, prepare_panoptic
 
     summary = prepare_panoptic(args.data, args.output, args.things, preset=args.preset, class_names=args.class_names,
-                               min_area=args.min_area)
+                               min_area=args.min_area, link=args.link)
     segments = ", ".join(f"{name} {n}" for name, n in summary["segments"].items())
-    print(f"wrote {Path(args.output) / ANNOTATIONS_FILE} and {summary['images']} panoptic PNG(s); segments: {segments}")
+    images = Path(args.output) / IMAGES_DIR
+    placed = (f"{summary['links']} image(s) hard-linked into {images} (the same files as in {args.data}: edit one, "
+              "both change)" if summary["links"] else f"the images copied into {images}")
+    print(f"wrote {Path(args.output) / ANNOTATIONS_FILE}, {summary['images']} panoptic PNG(s) and {placed}; "
+          f"segments: {segments}")
     return 0
 
 
@@ -413,12 +417,16 @@ def build_parser() -> argparse.ArgumentParser:
     pan = kinds.add_parser("panoptic", help="a COCO panoptic data set from a semantic-segmentation one",
                            description="Each connected component of a --things class becomes an instance, every other "
                                        "class a stuff region; writes OUTPUT/panoptic.json, OUTPUT/panoptic/*.png "
-                                       "(segment ids) and OUTPUT/img_dir/ (the images, linked or copied).")
+                                       "(segment ids) and OUTPUT/img_dir/ (the images, copied; with --link, hard "
+                                       "links to them).")
     pan.add_argument("--data", required=True, help="semantic-segmentation data set (img_dir/ and ann_dir/)")
     pan.add_argument("--output", required=True, help="a new folder for the panoptic data set")
     pan.add_argument("--things", nargs="+", required=True, metavar="CLASS", help="the classes made of objects")
     pan.add_argument("--preset", help="label scheme of --data (as for segmentation: potsdam5, vaihingen5, ...)")
     pan.add_argument("--class-names", nargs="+", help="class names of --data, instead of --preset or classes.yaml")
+    pan.add_argument("--link", action="store_true",
+                     help="hard-link the images instead of copying them: no extra disk space, but an image edited in "
+                          "place then changes in both data sets")
     pan.add_argument("--min-area", type=int, default=0,
                      help="thing components of fewer pixels are left unlabelled (default 0: all kept)")
     pan.set_defaults(func=cmd_prepare_panoptic)

@@ -414,8 +414,9 @@ class DetectionTask(NamedClasses, BaseTask):
                 corners = " ".join(f"{v:.1f}" for v in quad.ravel())
                 lines[self.class_names[label]].append(f"{stem} {score:.4f} {corners}")
             geo = f", {record['vector']}" if record["vector"] else ""
+            under = len(record["scores"]) - record["drawn"]
             printed.append(f"{record['image']}: {len(record['scores'])} objects ({record['drawn']} drawn in "
-                           f"{record['png']}{geo})")
+                           f"{record['png']}, {under} under --draw-threshold {options.draw_threshold:g}{geo})")
             timer.add(record["seconds"])
             pixels += record["pixels"]
         texts = {f"Task1_{name}.txt": "".join(row + "\n" for row in rows) for name, rows in lines.items()}
