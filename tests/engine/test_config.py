@@ -81,3 +81,23 @@ def test_yaml_numbers_in_exponent_notation_are_numbers_in_every_float_option(tmp
 
     assert main(["train", "--config", str(tmp_path / "run.yaml"), "--print-config"]) == 0
     assert "lr: 0.001\n" in capsys.readouterr().out
+
+
+def test_a_task_s_module_takes_its_defaults_from_its_config():
+    import dataclasses
+    import inspect
+
+    from lemevit.models.panoptic_fpn import PanopticHeads
+    from lemevit.tasks import get_task, task_names
+
+    # Runs saved before the heads' widths were settings were built with Detectron2's (PanopticHeads'); a new run's
+    # config resolves the model's own and saves them.
+    widths = {("panoptic", f.name): f.default for f in dataclasses.fields(PanopticHeads)}
+    for name in task_names():
+        task = get_task(name)
+        config = {f.name: f for f in dataclasses.fields(task.config)}
+        for parameter in inspect.signature(task.__init__).parameters.values():
+            if parameter.name not in config or parameter.default is inspect.Parameter.empty:
+                continue
+            expected = widths.get((name, parameter.name), config[parameter.name].default)
+            assert parameter.default == expected, (name, parameter.name, parameter.default, expected)

@@ -175,12 +175,17 @@ class ChangeTask(SlidingWindowTask):
     holds_data = staticmethod(is_change_data)
     find_unused_parameters = True
 
-    def __init__(self, model: str = "lemevit_tiny", head: str = "bit", in_chans: int = 3, img_size: int = 256,
-                 window: int | None = None, stride: int | None = None,
+    # The settings of a run default to its config's (written once there). A checkpoint saved before the Dice loss
+    # and the thresholds were settings loads with these defaults: the thresholds are what those runs used (0.5,
+    # masks read exactly); dice_weight only weighs training, so it changes nothing of such a checkpoint's eval or
+    # predict.
+    def __init__(self, model: str, head: str = ChangeConfig.head, in_chans: int = 3,
+                 img_size: int = ChangeConfig.img_size, window: int | None = None, stride: int | None = None,
                  mean: Sequence[float] = (123.675, 116.28, 103.53), std: Sequence[float] = (58.395, 57.12, 57.375),
-                 input_dtype: str | None = None, optimization: dict | None = None, drop_path_rate: float = 0.0,
-                 init_checkpoint: str | None = None, seed: int = 0, dice_weight: float = 0.0, threshold: float = 0.5,
-                 mask_threshold: int | None = None):
+                 input_dtype: str | None = None, optimization: dict | None = None,
+                 drop_path_rate: float = ChangeConfig.drop_path_rate, init_checkpoint: str | None = None,
+                 seed: int = ChangeConfig.seed, dice_weight: float = ChangeConfig.dice_weight,
+                 threshold: float = ChangeConfig.threshold, mask_threshold: int | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.set_window(window, stride)

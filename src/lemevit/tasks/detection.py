@@ -178,12 +178,16 @@ class DetectionTask(NamedClasses, BaseTask):
     batches_whole_images = True
     evaluation_collate = staticmethod(first_item)
 
+    # The settings of a run default to its config's (written once there); a checkpoint saved before a setting
+    # existed (nms_iou) loads with that default too, which is what those runs did.
     def __init__(self, model: str, num_classes: int, class_names: Sequence[str] | None = None, in_chans: int = 3,
-                 img_size: int = 1024, overlap: int | None = None, mean: Sequence[float] = (123.675, 116.28, 103.53),
-                 std: Sequence[float] = (58.395, 57.12, 57.375), input_dtype: str | None = None,
-                 optimization: dict | None = None, drop_path_rate: float = 0.1, fpn_channels: int = 256,
-                 rpn_proposals: int = 2000, test_proposals: int = 2000, nms_iou: float = 0.1,
-                 init_checkpoint: str | None = None, seed: int = 0):
+                 img_size: int = DetectionConfig.img_size, overlap: int | None = None,
+                 mean: Sequence[float] = (123.675, 116.28, 103.53), std: Sequence[float] = (58.395, 57.12, 57.375),
+                 input_dtype: str | None = None, optimization: dict | None = None,
+                 drop_path_rate: float = DetectionConfig.drop_path_rate,
+                 fpn_channels: int = DetectionConfig.fpn_channels, rpn_proposals: int = DetectionConfig.rpn_proposals,
+                 test_proposals: int = DetectionConfig.test_proposals, nms_iou: float = DetectionConfig.nms_iou,
+                 init_checkpoint: str | None = None, seed: int = DetectionConfig.seed):
         super().__init__()
         self.save_hyperparameters()
         self.overlap = default_overlap(img_size) if overlap is None else overlap

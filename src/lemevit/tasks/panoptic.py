@@ -189,16 +189,24 @@ class PanopticTask(SlidingWindowTask):
     find_unused_parameters = True
     evaluation_collate = staticmethod(first_item)
 
-    def __init__(self, model: str, categories: Sequence[dict], in_chans: int = 3, img_size: int = 256,
-                 window: int | None = None, stride: int | None = None,
+    # The settings of a run default to its config's (written once there). The heads' widths default to
+    # PanopticHeads' (Detectron2's), not to the config's None (the model's own widths, which from_config resolves
+    # and the run saves): a checkpoint saved before the widths were settings was built with those.
+    def __init__(self, model: str, categories: Sequence[dict], in_chans: int = 3,
+                 img_size: int = PanopticConfig.img_size, window: int | None = None, stride: int | None = None,
                  mean: Sequence[float] = (123.675, 116.28, 103.53), std: Sequence[float] = (58.395, 57.12, 57.375),
-                 input_dtype: str | None = None, optimization: dict | None = None, drop_path_rate: float = 0.1,
-                 fpn_channels: int | None = None, box_channels: int = 1024, box_layers: int = 2,
-                 mask_channels: int = 256, mask_layers: int = 4, semantic_channels: int = 128,
-                 semantic_groups: int = 32, semantic_weight: float = 0.5,
-                 rpn_proposals: int = 1000, test_proposals: int = 1000, detections: int = 100,
-                 score_threshold: float = 0.5, overlap_threshold: float = 0.5, stuff_area: int = 1024,
-                 merge_iou: float = 0.5, init_checkpoint: str | None = None, seed: int = 0):
+                 input_dtype: str | None = None, optimization: dict | None = None,
+                 drop_path_rate: float = PanopticConfig.drop_path_rate, fpn_channels: int | None = None,
+                 box_channels: int = PanopticHeads.box_channels, box_layers: int = PanopticHeads.box_layers,
+                 mask_channels: int = PanopticHeads.mask_channels, mask_layers: int = PanopticHeads.mask_layers,
+                 semantic_channels: int = PanopticHeads.semantic_channels,
+                 semantic_groups: int = PanopticHeads.semantic_groups,
+                 semantic_weight: float = PanopticConfig.semantic_weight,
+                 rpn_proposals: int = PanopticConfig.rpn_proposals, test_proposals: int = PanopticConfig.test_proposals,
+                 detections: int = PanopticConfig.detections, score_threshold: float = PanopticConfig.score_threshold,
+                 overlap_threshold: float = PanopticConfig.overlap_threshold,
+                 stuff_area: int = PanopticConfig.stuff_area, merge_iou: float = PanopticConfig.merge_iou,
+                 init_checkpoint: str | None = None, seed: int = PanopticConfig.seed):
         super().__init__()
         self.save_hyperparameters()
         self.categories = [dict(c) for c in categories]

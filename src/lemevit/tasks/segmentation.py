@@ -125,12 +125,16 @@ class SegmentationTask(SlidingWindowTask):
     holds_data = staticmethod(is_segmentation_data)
     find_unused_parameters = True
 
-    def __init__(self, model: str, labels: dict, head: str = "upernet", decoder_channels: int | None = None,
-                 aux_weight: float = 0.4, dice_weight: float = 0.0, in_chans: int = 3, img_size: int = 512,
-                 window: int | None = None, stride: int | None = None,
+    # The settings of a run default to its config's (written once there); a checkpoint saved before a setting
+    # existed (dice_weight) loads with that default too, which is what those runs did.
+    def __init__(self, model: str, labels: dict, head: str = SegmentationConfig.head,
+                 decoder_channels: int | None = None, aux_weight: float = SegmentationConfig.aux_weight,
+                 dice_weight: float = SegmentationConfig.dice_weight, in_chans: int = 3,
+                 img_size: int = SegmentationConfig.img_size, window: int | None = None, stride: int | None = None,
                  mean: Sequence[float] = (123.675, 116.28, 103.53), std: Sequence[float] = (58.395, 57.12, 57.375),
-                 input_dtype: str | None = None, optimization: dict | None = None, drop_path_rate: float = 0.1,
-                 init_checkpoint: str | None = None, seed: int = 0):
+                 input_dtype: str | None = None, optimization: dict | None = None,
+                 drop_path_rate: float = SegmentationConfig.drop_path_rate, init_checkpoint: str | None = None,
+                 seed: int = SegmentationConfig.seed):
         super().__init__()
         self.save_hyperparameters()
         self.labels = LabelScheme.from_dict(labels)
