@@ -221,3 +221,35 @@ def test_15_summaries_count_what_they_predicted(tmp_path):
     change = ChangeTask("resnet10t", "siamunet", img_size=64)
     change._kept, change._prediction_seconds = [], 0.0
     assert change.prediction_summary([]).startswith("0 pair(s) predicted")
+
+
+def test_15_panoptic_predict_draws_a_preview_and_says_what_it_lacks(tmp_path, capsys):
+    import torch
+
+    from lemevit.data.splits import Split
+    from lemevit.data.statistics import Normalisation
+    from lemevit.engine.checkpoint import TASK_KEY
+    from lemevit.tasks.panoptic import PanopticConfig, PanopticTask
+
+    cfg = PanopticConfig(data=str(tmp_path), output=str(tmp_path / "run"), model="resnet10t", img_size=64,
+                         fpn_channels=16, box_channels=16, mask_channels=16, semantic_channels=16, semantic_groups=4,
+                         stuff_area=16)
+    categories = [{"id": 1, "name": "road", "isthing": 0, "color": [255, 255, 255]},
+                  {"id": 2, "name": "car", "isthing": 1, "color": [255, 255, 0]}]
+    module = PanopticTask.from_config(cfg, Split(tmp_path, {"train": ["a"], "val": ["b"]}, {"categories": categories}),
+                                      Normalisation(3, (120.0,) * 3, (60.0,) * 3, "uint8"))
+    checkpoint = tmp_path / "panoptic.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), TASK_KEY: "panoptic"},
+               checkpoint)
+    tile = next((POTSDAM / "img_dir").iterdir())
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tile), "--output", str(tmp_path / "out")]) == 0
+    preview = tmp_path / "out" / f"{tile.stem}_preview.png"
+    assert str(preview) in capsys.readouterr().out
+    assert Image.open(preview).size == Image.open(tile).size
+    for lacking in (["--runtime", "onnxruntime"], ["--html"]):
+        assert main(["predict", "--checkpoint", str(checkpoint), str(tile), "--output", str(tmp_path / "o"),
+                     *lacking]) == 2
+        assert "panoptic" in error_of(capsys)
+    with pytest.raises(SystemExit):
+        main(["predict", "--checkpoint", str(checkpoint), "--help"])
+    assert "Every task but panoptic, which has no ONNX export" in " ".join(capsys.readouterr().out.split())

@@ -343,7 +343,8 @@ class InferenceOptions(Options):
     num_workers: int = option(2, "data loading worker processes per device")
     runtime: str = option("torch", "torch, or onnxruntime on the CPU (the model file's model.onnx, or an export of the "
                                    "checkpoint made on first use and kept beside it as .onnx); onnxruntime-int8: its "
-                                   "dynamic int8 quantization", choices=("torch", "onnxruntime", "onnxruntime-int8"))
+                                   "dynamic int8 quantization. Every task but panoptic, which has no ONNX export",
+                          choices=("torch", "onnxruntime", "onnxruntime-int8"))
 
     def __post_init__(self):
         for name in ("checkpoint", "output"):

@@ -46,6 +46,7 @@ from lemevit.models.panoptic_fpn import PanopticFPN, PanopticHeads, default_head
 from lemevit.tasks.base import initial_weights
 from lemevit.tasks.dense import SlidingWindowTask, check_window, first_item
 from lemevit.tasks.registry import register_task
+from lemevit.viz import class_colours, save_panoptic_preview
 
 __all__ = ["PanopticConfig", "PanopticEvalOptions", "PanopticItem", "PanopticPredictOptions", "PanopticTask"]
 
@@ -154,6 +155,8 @@ class PanopticPredictOptions(_InferenceSettings, PredictOptions):
                                "and <image>_segments.json (each segment's category, area, box and score); for a "
                                "georeferenced GeoTIFF also <image>_panoptic.tif, the segment ids (0: none) as a "
                                "Cloud-Optimized GeoTIFF with its CRS and transform")
+    preview: bool = option(True, "write <image>_preview.png: the segments over the image, each in its category's "
+                                 "colour and outlined")
     vector: str | None = option(None, "also polygonise the segments of georeferenced GeoTIFFs into "
                                       "<image>_segments.geojson (RFC 7946: WGS84) or .gpkg (the scene's CRS): a "
                                       "polygon per region of a segment, its category as class and its id as value",
@@ -386,14 +389,17 @@ class PanopticTask(SlidingWindowTask):
         self._inputs = list_images(options.inputs)
         check_distinct_names(self._inputs)
         self._output = check_writable_folder(options.output)
-        check_outputs_spare_inputs(self._inputs, [p for path in self._inputs for p in self._outputs_of(path)])
+        self._preview = options.preview
+        check_outputs_spare_inputs(self._inputs, [p for path in self._inputs for p in self._outputs_of(path) if p])
         self._vector = options.vector
         if options.vector:
             check_vector_output(self._output / f"segments.{options.vector}", "vector")
 
-    def _outputs_of(self, path: Path) -> tuple[Path, Path]:
+    def _outputs_of(self, path: Path) -> tuple[Path, Path, Path | None]:
+        """The segment ids' PNG, the segments' JSON and, when asked, the preview of the image ``path``."""
         stem = Path(path).stem
-        return self._output / f"{stem}_panoptic.png", self._output / f"{stem}_segments.json"
+        preview = self._output / f"{stem}_preview.png" if self._preview else None
+        return self._output / f"{stem}_panoptic.png", self._output / f"{stem}_segments.json", preview
 
     def _write_geo(self, path: Path, ids: np.ndarray, segments: dict[int, str]) -> tuple[Path | None, Path | None]:
         """For a georeferenced GeoTIFF scene: ``<stem>_panoptic.tif``, the segment ids with the scene's CRS and
@@ -434,7 +440,7 @@ class PanopticTask(SlidingWindowTask):
             return
         ids, segments = self.panoptic(image.cpu())
         ids = ids.numpy()
-        png, segments_json = self._outputs_of(path)
+        png, segments_json, preview = self._outputs_of(path)
         write_segment_ids(png, ids)
         extents = segment_extents(ids)
         info = []
@@ -450,8 +456,15 @@ class PanopticTask(SlidingWindowTask):
             tmp.write_text(json.dumps({"file_name": Path(path).name, "height": int(ids.shape[0]),
                                        "width": int(ids.shape[1]), "segments_info": info}, indent=1))
         geotiff, vectors = self._write_geo(path, ids, {s["id"]: s["category"] for s in info})
+        if preview is not None:
+            hp = self.hparams
+            pixels = image.cpu().numpy().transpose(1, 2, 0) * np.asarray(hp.std) + np.asarray(hp.mean)
+            colours = class_colours(len(self.categories))
+            save_panoptic_preview(pixels, ids, {s["id"]: self.categories[s["class"]].get("color") or
+                                                colours[s["class"]] for s in segments if s["id"] in extents},
+                                  preview)
         things = sum(s["isthing"] for s in info)
-        written = [str(p) for p in (png, segments_json, geotiff, vectors) if p is not None]
+        written = [str(p) for p in (png, segments_json, preview, geotiff, vectors) if p is not None]
         self._records.append((index, {"image": str(path), "written": written, "things": things,
                                       "stuff": len(info) - things}))
 
