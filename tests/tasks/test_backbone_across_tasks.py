@@ -24,11 +24,11 @@ SMALL = {"segmentation": {"decoder_channels": 16}, "detection": {"fpn_channels":
                       "semantic_groups": 4}}
 
 
-def build(task: str, model: str, tmp_path: Path, **given):
+def build(task: str, model: str, tmp_path: Path, meta: dict | None = None, **given):
     cls = get_task(task)
     cfg = cls.config(data=str(tmp_path), output=str(tmp_path / "run"), model=model, img_size=64,
                      **SMALL.get(task, {}), **given)
-    return cls.from_config(cfg, Split(tmp_path, {"train": ["x"], "val": ["y"]}, META[task]), NORMALISATION)
+    return cls.from_config(cfg, Split(tmp_path, {"train": ["x"], "val": ["y"]}, meta or META[task]), NORMALISATION)
 
 
 def backbone(module) -> dict[str, torch.Tensor]:
@@ -65,3 +65,16 @@ def test_a_backbone_of_another_architecture_is_still_refused(tmp_path):
                 TASK_KEY: "segmentation"}, checkpoint)
     with pytest.raises(DataError, match="does not fit LeMeViT"):
         build("classification", "lemevit_tiny", tmp_path, init_checkpoint=str(checkpoint))
+
+
+def test_a_classifier_of_other_classes_keeps_its_backbone_and_starts_its_head_afresh(tmp_path, caplog):
+    trained = build("classification", "resnet10t", tmp_path)
+    checkpoint = tmp_path / "cls.ckpt"
+    torch.save({"state_dict": trained.state_dict(), "hyper_parameters": dict(trained.hparams),
+                TASK_KEY: "classification"}, checkpoint)
+    with caplog.at_level(logging.WARNING):
+        started = build("classification", "resnet10t", tmp_path, meta={"class_names": list("abcde")},
+                        init_checkpoint=str(checkpoint))
+    assert torch.equal(started.model.conv1[0].weight, trained.model.conv1[0].weight)
+    assert started.model.fc.weight.shape[0] == 5
+    assert any("left at initialisation: 2 (fc.weight, fc.bias)" in r.getMessage() for r in caplog.records)

@@ -124,6 +124,13 @@ def _load_backbone(target: nn.Module, backbone: BackboneWeights, full_keys: set[
     key = f"{cfg['first_conv']}.weight" if cfg.get("first_conv") else None
     if key in state and key in own and state[key].shape[1] != own[key].shape[1]:
         state[key] = adapt_input_conv(own[key].shape[1], state[key])
+    classifier = cfg.get("classifier")
+    # A classifier of another size (another run's classes) is left at its initialisation, as for any checkpoint.
+    head_keys = {name + suffix for name in ([classifier] if isinstance(classifier, str) else classifier or [])
+                 for suffix in (".weight", ".bias")}
+    for k in head_keys & set(state) & set(own):
+        if state[k].shape != own[k].shape:
+            del state[k]
     taken = [k for k in own if k in state and state[k].shape == own[k].shape]
     mismatched = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
                   for k in own if k in state and state[k].shape != own[k].shape]
