@@ -95,6 +95,7 @@ class _TaskParser:
         if extra is not None:
             extra(self.parser)
         self.flags = add_options(self.parser, options, skip=("task",))
+        _plain_help(self.parser, self.flags)
 
     def parse(self, argv: list[str], misplaced: str) -> tuple[argparse.Namespace, dict]:
         """The namespace and the fields given; an option of another task is refused naming it."""
@@ -323,12 +324,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare_panoptic(args: argparse.Namespace) -> int:
-    from lemevit.data.panoptic import ANNOTATIONS_FILE, prepare_panoptic
+    from lemevit.data.panoptic import ANNOTATIONS_FILE, IMAGES_DIR, prepare_panoptic
 
     summary = prepare_panoptic(args.data, args.output, args.things, preset=args.preset, class_names=args.class_names,
-                               min_area=args.min_area)
+                               min_area=args.min_area, link=args.link)
     segments = ", ".join(f"{name} {n}" for name, n in summary["segments"].items())
-    print(f"wrote {Path(args.output) / ANNOTATIONS_FILE} and {summary['images']} panoptic PNG(s); segments: {segments}")
+    images = Path(args.output) / IMAGES_DIR
+    placed = (f"{summary['links']} image(s) hard-linked into {images} (the same files as in {args.data}: edit one, "
+              "both change)" if summary["links"] else f"the images copied into {images}")
+    print(f"wrote {Path(args.output) / ANNOTATIONS_FILE}, {summary['images']} panoptic PNG(s) and {placed}; "
+          f"segments: {segments}")
     return 0
 
 
@@ -456,8 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train", help="train a model of any task into a run directory (resumable); "
                                  "lemevit train --task TASK --help", add_help=False)
     sub.add_parser("eval", help="evaluate a checkpoint of any task: metrics.json and plots", add_help=False)
-    sub.add_parser("predict", help="predict with a checkpoint: top classes (CSV/JSON), class maps, change maps or "
-                                   "oriented boxes of whole scenes", add_help=False)
+    sub.add_parser("predict", help="predict with a checkpoint: top classes (CSV/JSON), class maps, change maps, "
+                                   "oriented boxes or panoptic segments of whole scenes", add_help=False)
 
     exp = sub.add_parser("export", help="a run of any task, or a bare model, as a portable model file "
                                         "(model.safetensors + config.json) and optionally ONNX",
@@ -533,12 +538,16 @@ def build_parser() -> argparse.ArgumentParser:
     pan = kinds.add_parser("panoptic", help="a COCO panoptic data set from a semantic-segmentation one",
                            description="Each connected component of a --things class becomes an instance, every other "
                                        "class a stuff region; writes OUTPUT/panoptic.json, OUTPUT/panoptic/*.png "
-                                       "(segment ids) and OUTPUT/img_dir/ (the images, linked or copied).")
+                                       "(segment ids) and OUTPUT/img_dir/ (the images, copied; with --link, hard "
+                                       "links to them).")
     pan.add_argument("--data", required=True, help="semantic-segmentation data set (img_dir/ and ann_dir/)")
     pan.add_argument("--output", required=True, help="a new folder for the panoptic data set")
     pan.add_argument("--things", nargs="+", required=True, metavar="CLASS", help="the classes made of objects")
     pan.add_argument("--preset", help="label scheme of --data (as for segmentation: potsdam5, vaihingen5, ...)")
     pan.add_argument("--class-names", nargs="+", help="class names of --data, instead of --preset or classes.yaml")
+    pan.add_argument("--link", action="store_true",
+                     help="hard-link the images instead of copying them: no extra disk space, but an image edited in "
+                          "place then changes in both data sets")
     pan.add_argument("--min-area", type=int, default=0,
                      help="thing components of fewer pixels are left unlabelled (default 0: all kept)")
     pan.set_defaults(func=cmd_prepare_panoptic)
@@ -561,15 +570,36 @@ def build_parser() -> argparse.ArgumentParser:
     oscd.set_defaults(func=cmd_prepare_oscd)
 
     demo = sub.add_parser("demo", help="fine-tune, evaluate and explain the AID-pretrained LeMeViT-Tiny on AID scenes "
-                                       "shipped with lemevit")
-    demo.add_argument("--output", default="lemevit-demo", help="folder for the run and its results")
+                                       "shipped with lemevit",
+                          description="Fine-tunes the AID-pretrained LeMeViT-Tiny on AID scenes shipped with lemevit "
+                                      "(none of which its pretraining saw), evaluates it on held-out ones and draws "
+                                      "its meta-token attention, into --output (default lemevit-demo in the current "
+                                      "folder): run/ (the run, resumed when the demo is run again), eval/ "
+                                      "(metrics.json, confusion_matrix.png) and attention.png.")
+    demo.add_argument("--output", default="lemevit-demo",
+                      help="folder for run/, eval/ and attention.png (default lemevit-demo, in the current folder)")
     demo.add_argument("--model", help="default lemevit_tiny.aid150 (lemevit_tiny with --scratch)")
     demo.add_argument("--scratch", action="store_true", help="train from a random initialisation instead")
     demo.add_argument("--epochs", type=int, help="default 10 (25 with --scratch)")
     demo.add_argument("--img-size", type=int, default=128)
     demo.set_defaults(func=cmd_demo)
     _add_serve_parser(sub)
+    _plain_help(parser)
     return parser
+
+
+def _plain_help(parser: argparse.ArgumentParser, flags: dict[str, str] | None = None) -> None:
+    """The help of ``parser`` and of its subcommands as plain text (see :func:`~lemevit.engine.config.plain`)."""
+    from lemevit.engine.config import plain
+
+    parser.description, parser.epilog = plain(parser.description, flags), plain(parser.epilog, flags)
+    for action in parser._actions:
+        action.help = plain(action.help, flags)
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                choice.help = plain(choice.help, flags)
+            for sub in set(action.choices.values()):
+                _plain_help(sub, flags)
 
 
 def render_error(error: LemevitError, flags: dict[str, str]) -> str:

@@ -12,7 +12,7 @@ from lemevit.errors import ConfigError
 from lemevit.io import atomic_path
 
 __all__ = ["CHANGE_RGB", "class_colours", "display_rgb", "display_uint8", "draw_oriented_boxes", "preview_step",
-           "save_confusion_png", "save_pair_preview", "save_palette_png", "to_uint8"]
+           "save_confusion_png", "save_pair_preview", "save_palette_png", "save_panoptic_preview", "to_uint8"]
 
 #: The colour change is drawn in, over the second date.
 CHANGE_RGB = (1.0, 0.1, 0.1)
@@ -88,6 +88,29 @@ def save_pair_preview(a: np.ndarray, b: np.ndarray, change: np.ndarray, path: st
     with atomic_path(path) as tmp:
         Image.fromarray(to_uint8(np.concatenate([shown_a, gap, shown_b, gap, overlay], axis=1))).save(tmp,
                                                                                                       format="PNG")
+
+
+def save_panoptic_preview(image: np.ndarray, ids: np.ndarray, colours: dict[int, Sequence[int]], path: str | Path,
+                          side: int = 1024) -> None:
+    """The image ``(H, W, C)`` with each segment of ``ids`` (``(H, W)``, 0: none) in its colour ``colours[id]``
+    over it and outlined in white (objects of one class touching each other stay apart), at most ``side`` pixels
+    on its longer side, as a PNG."""
+    from PIL import Image
+
+    step = preview_step(*ids.shape, side)
+    shown, ids = display_rgb(image[::step, ::step]), ids[::step, ::step]
+    table = np.zeros((int(ids.max(initial=0)) + 1, 3))
+    for segment, colour in colours.items():
+        if segment < len(table):
+            table[segment] = np.asarray(colour[:3]) / 255
+    segmented = ids > 0
+    shown[segmented] = 0.45 * shown[segmented] + 0.55 * table[ids[segmented]]
+    edges = np.zeros_like(segmented)
+    edges[1:] |= ids[1:] != ids[:-1]
+    edges[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+    shown[edges] = 1.0
+    with atomic_path(path) as tmp:
+        Image.fromarray(to_uint8(shown)).save(tmp, format="PNG")
 
 
 def class_colours(count: int) -> list[tuple[int, int, int]]:

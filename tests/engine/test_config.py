@@ -64,3 +64,40 @@ def test_a_resumed_config_takes_what_may_change_and_refuses_the_rest(tmp_path):
     assert (resumed.epochs, resumed.devices) == (20, 2)
     with pytest.raises(ConfigError, match="lr: 0.1 contradicts the run being resumed, which has 0.001"):
         saved.resumed_with({"lr": 0.1}, tmp_path / "config.yaml")
+
+
+def test_yaml_numbers_in_exponent_notation_are_numbers_in_every_float_option(tmp_path, capsys):
+    # PyYAML (YAML 1.1) reads 1e-3 as a string: it needs a dot (1.0e-3) to be a float.
+    (tmp_path / "run.yaml").write_text("lr: 1e-3\nwarmup_epochs: 5e-1\ngradient_clip: 1E+1\nmilestones: [1e1, 2e1]\n"
+                                       "lr_multipliers: {decoder: 1e1}\ncrop_scale: [5e-1, 1]\n")
+    cfg = ClassificationConfig.from_yaml(tmp_path / "run.yaml", data="d", output="o")
+    assert (cfg.lr, cfg.warmup_epochs, cfg.gradient_clip) == (1e-3, 0.5, 10.0)
+    assert cfg.milestones == [10.0, 20.0] and cfg.lr_multipliers == {"decoder": 10.0} and cfg.crop_scale == [0.5, 1]
+    assert isinstance(cfg.lr, float)
+    (tmp_path / "bad.yaml").write_text("lr: fast\n")
+    with pytest.raises(ConfigError, match="lr: must be a non-negative number, got 'fast'"):
+        ClassificationConfig.from_yaml(tmp_path / "bad.yaml", data="d", output="o")
+    from lemevit.cli import main
+
+    assert main(["train", "--config", str(tmp_path / "run.yaml"), "--print-config"]) == 0
+    assert "lr: 0.001\n" in capsys.readouterr().out
+
+
+def test_a_task_s_module_takes_its_defaults_from_its_config():
+    import dataclasses
+    import inspect
+
+    from lemevit.models.panoptic_fpn import PanopticHeads
+    from lemevit.tasks import get_task, task_names
+
+    # Runs saved before the heads' widths were settings were built with Detectron2's (PanopticHeads'); a new run's
+    # config resolves the model's own and saves them.
+    widths = {("panoptic", f.name): f.default for f in dataclasses.fields(PanopticHeads)}
+    for name in task_names():
+        task = get_task(name)
+        config = {f.name: f for f in dataclasses.fields(task.config)}
+        for parameter in inspect.signature(task.__init__).parameters.values():
+            if parameter.name not in config or parameter.default is inspect.Parameter.empty:
+                continue
+            expected = widths.get((name, parameter.name), config[parameter.name].default)
+            assert parameter.default == expected, (name, parameter.name, parameter.default, expected)

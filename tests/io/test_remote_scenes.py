@@ -142,3 +142,47 @@ def test_a_url_without_a_file_name_needs_a_named_map(tmp_path):
     with pytest.raises(ConfigError, match="no file name"):
         scene_outputs(["https://example.com/", tmp_path / "a.tif"], tmp_path / "maps")
     assert scene_outputs(["https://example.com/"], tmp_path / "map.tif") == [tmp_path / "map.tif"]
+
+
+class WholeFileHandler(RangeHandler):
+    """A server that ignores ``Range`` and sends whole files, as some do: GDAL cannot read them by ranges."""
+
+    def respond(self, head: bool):
+        path = self.root / self.path.lstrip("/").split("?")[0]
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if not head:
+            self.log.append((self.path, self.headers.get("Range"), len(data)))
+            self.wfile.write(data)
+
+
+def test_a_scene_on_a_server_without_ranges_is_downloaded_whole_saying_so(tmp_path, monkeypatch, caplog):
+    import tempfile
+
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "served").mkdir()
+    handler = type("Handler", (WholeFileHandler,), {"root": tmp_path / "served", "log": []})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    try:
+        write(tmp_path / "served" / "scene.tif", scene(), tiled=True, blockxsize=256, blockysize=256)
+        source = f"http://127.0.0.1:{httpd.server_address[1]}/scene.tif"
+        with caplog.at_level("WARNING"):
+            remote = predict_map(source, tmp_path / "remote_map.tif")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    np.testing.assert_array_equal(remote, predict_map(tmp_path / "served" / "scene.tif", tmp_path / "m.tif"))
+    lines = [r.getMessage() for r in caplog.records if source in r.getMessage()]
+    assert len(lines) == 1 and "its server does not send byte ranges; downloading the whole file into" in lines[0]
+    assert not list(scratch.iterdir())  # the whole copy is removed
+    assert len(handler.log) <= 3  # GDAL's probe and one download, not a request per block

@@ -80,7 +80,7 @@ def test_predict_over_a_folder_of_pairs_maps_each_as_a_single_pair(levir_run, tm
             shutil.copy(LEVIR / date / name, pairs / date / name)
     predict = ["predict", "--checkpoint", str(levir_run / "best.ckpt")]
     assert main(predict + ["--pairs", str(pairs), "--output", str(tmp_path / "maps")]) == 0
-    assert "2 scene(s) predicted" in capsys.readouterr().out
+    assert "2 pair(s) predicted" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == sorted(
         [*names, *(n.replace(".png", "_preview.png") for n in names)])
     assert main(predict + ["--pair", str(pairs / "A" / names[1]), str(pairs / "B" / names[1]), "--output",

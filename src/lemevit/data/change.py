@@ -43,7 +43,9 @@ from lemevit.data.transforms import (
 from lemevit.errors import ConfigError, DataError
 
 __all__ = [
+    "CHANGE_LAYOUT",
     "IGNORE_INDEX",
+    "is_change_data",
     "ChangeCrops",
     "ChangePair",
     "ChangePairs",
@@ -81,6 +83,16 @@ def _images_by_stem(folder: Path) -> dict[str, str]:
                              "matched by name, so each name may appear once per folder")
         found[stem] = entry.name
     return found
+
+
+#: The layout of a change-detection data set, as messages name it.
+CHANGE_LAYOUT = "A/, B/ and label/ (or OUT/) folders of the pairs' dates and change masks"
+
+
+def is_change_data(root: str | Path) -> bool:
+    """Whether ``root`` is laid out as a change-detection data set: A/ and B/ in it or in its subset folders."""
+    root = Path(root)
+    return any((folder / "A").is_dir() and (folder / "B").is_dir() for folder in (root, *(root / s for s in SUBSETS)))
 
 
 def _label_folder(root: Path) -> str:

@@ -24,8 +24,8 @@ from lemevit.errors import ConfigError, DataError
 from lemevit.io import atomic_path
 from lemevit.viz import display_rgb
 
-__all__ = ["RSP_IMAGES", "RSP_LISTS", "Sample", "SceneDataset", "check_images", "is_label_list", "read_label_lists",
-           "read_split_file", "scan_class_folders"]
+__all__ = ["RSP_IMAGES", "RSP_LISTS", "SCENE_LAYOUT", "Sample", "SceneDataset", "check_images", "is_label_list",
+           "is_scene_data", "read_label_lists", "read_split_file", "scan_class_folders"]
 
 _PROGRESS_MIN_IMAGES = 200
 
@@ -52,6 +52,25 @@ def _check_root(root: str | Path) -> Path:
     if not root.is_dir():
         raise DataError(f"data folder {root} is a file; expected a folder with one subfolder per class")
     return root
+
+
+#: The layout of a scene-recognition data set, as messages name it.
+SCENE_LAYOUT = ("a folder per class holding its images (or train/ and val/ such folders, or an RSP release's "
+                f"{RSP_IMAGES}/ with its label lists)")
+
+
+def is_scene_data(root: str | Path) -> bool:
+    """Whether ``root`` holds class folders of images (in it or in its train/), or is an RSP release. Any folder of
+    image folders is one: a data set of another task's layout is also this one."""
+    root = Path(root)
+    if (root / RSP_IMAGES).is_dir():
+        return True
+    top = root / "train" if (root / "train").is_dir() else root
+    if not top.is_dir():
+        return False
+    return any(entry.is_dir() and not entry.name.startswith(".") and
+               any(_is_image(name) for _, _, files in os.walk(entry.path) for name in files)
+               for entry in os.scandir(top))
 
 
 def scan_class_folders(root: str | Path) -> tuple[list[str], list[Sample]]:

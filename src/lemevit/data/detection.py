@@ -34,8 +34,9 @@ from lemevit.io.paths import is_listed_image
 from lemevit.ops.rotated import normalize_boxes, quad_to_box
 
 __all__ = [
-    "DIOR_R_CLASSES", "DOTA_V1_CLASSES", "UNSPLIT", "DetectionImages", "ImageLabels", "LabelError", "PatchDataset",
-    "collate_detection", "collate_single", "flip_boxes", "merge_patch_detections", "parse_dior_xml", "parse_dota_txt",
+    "DETECTION_LAYOUT", "DIOR_R_CLASSES", "DOTA_V1_CLASSES", "UNSPLIT", "DetectionImages", "ImageLabels", "LabelError",
+    "PatchDataset", "collate_detection", "collate_single", "flip_boxes", "is_detection_data", "merge_patch_detections",
+    "parse_dior_xml", "parse_dota_txt",
     "patch_objects", "patch_windows", "rot90_boxes", "scan_detection_data", "scan_detection_folder",
 ]
 
@@ -150,6 +151,17 @@ def _image_files(folder: Path) -> dict[str, Path]:
 
 def _is_labelled_folder(folder: Path) -> bool:
     return ((folder / "labelTxt").is_dir() and (folder / "images").is_dir()) or (folder / _DIOR_ANNOTATIONS).is_dir()
+
+
+#: The layout of a detection data set, as messages name it.
+DETECTION_LAYOUT = ("DOTA's images/ and labelTxt/ (or its released train/ and val/ such folders) or DIOR-R's "
+                    "JPEGImages*/ and 'Annotations/Oriented Bounding Boxes/'")
+
+
+def is_detection_data(root: str | Path) -> bool:
+    """Whether ``root`` is laid out as a DOTA or DIOR-R data set, itself or in its subset folders."""
+    root = Path(root)
+    return any(_is_labelled_folder(folder) for folder in (root, *(root / s for s in SUBSETS)))
 
 
 def _scan_labelled_folder(root: Path) -> tuple[list[str], list[ImageLabels]]:

@@ -34,13 +34,22 @@ from lemevit.io.atomic import atomic_path
 from lemevit.io.paths import check_writable_folder
 from lemevit.metrics.panoptic import VOID
 
-__all__ = ["ANNOTATIONS_FILE", "IMAGES_DIR", "PNG_DIR", "Category", "PanopticCrops", "PanopticImage", "PanopticSet",
-           "PanopticTiles", "check_panoptic", "connected_components", "decode_ids", "encode_ids", "prepare_panoptic",
+__all__ = ["ANNOTATIONS_FILE", "IMAGES_DIR", "PANOPTIC_LAYOUT", "PNG_DIR", "Category", "PanopticCrops", "PanopticImage",
+           "PanopticSet", "PanopticTiles", "check_panoptic", "connected_components", "decode_ids", "encode_ids",
+           "is_panoptic_data", "prepare_panoptic",
            "read_panoptic", "read_segment_ids", "segment_extents", "segment_labels", "semantic_to_panoptic",
            "write_segment_ids"]
 
 #: The JSON, image folder and PNG folder of a panoptic data set, below its root.
 ANNOTATIONS_FILE, IMAGES_DIR, PNG_DIR = "panoptic.json", "img_dir", "panoptic"
+#: The layout of a panoptic data set, as messages name it.
+PANOPTIC_LAYOUT = f"a COCO panoptic data set ({ANNOTATIONS_FILE}, {IMAGES_DIR}/ and {PNG_DIR}/)"
+
+
+def is_panoptic_data(root: str | Path) -> bool:
+    """Whether ``root`` is laid out as a panoptic data set (its JSON is there)."""
+    return (Path(root) / ANNOTATIONS_FILE).is_file()
+
 
 
 @dataclass(frozen=True)
@@ -289,22 +298,30 @@ def segment_extents(ids: np.ndarray) -> dict[int, tuple[int, list[int], tuple[in
             for k, i in enumerate(found)}
 
 
-def _place(source: Path, target: Path) -> None:
-    """The image at ``target``: a hard link to ``source`` where the file system allows, else a copy."""
+def _place(source: Path, target: Path, link: bool) -> bool:
+    """The image at ``target``: a copy of ``source``, or with ``link`` a hard link to it where the file system allows
+    (else a copy); returns whether it is a link."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
+    if link:
+        try:
+            os.link(source, target)
+            return True
+        except OSError:
+            pass
+    shutil.copy2(source, target)
+    return False
 
 
 def prepare_panoptic(data: str | Path, output: str | Path, things: Sequence[str], preset: str | None = None,
-                     class_names: Sequence[str] | None = None, min_area: int = 0) -> dict:
+                     class_names: Sequence[str] | None = None, min_area: int = 0, link: bool = False) -> dict:
     """Derive a COCO panoptic data set in ``output`` from the semantic-segmentation data set ``data`` (its
     ``img_dir/`` and ``ann_dir/``, the label scheme of ``preset``, ``class_names`` or its ``classes.yaml``): each
     connected component of a class in ``things`` becomes an instance, every other class a stuff region.
 
-    Returns a summary: the number of images and, per class, of segments.
+    The images are copied into ``output/img_dir``; with ``link`` they are hard links to the originals where the file
+    system allows (no extra space, but an image edited in place is then edited in both data sets).
+
+    Returns a summary: the number of images, how many are links, and per class the number of segments.
     """
     data, output = Path(data), Path(output)
     labels: LabelScheme = resolve_labels(data, preset, class_names)
@@ -325,7 +342,7 @@ def prepare_panoptic(data: str | Path, output: str | Path, things: Sequence[str]
     categories = [{"id": i + 1, "name": name, "isthing": int(i in thing_index), "color": list(labels.palette[i]),
                    "supercategory": "thing" if i in thing_index else "stuff"}
                   for i, name in enumerate(labels.class_names)]
-    images, annotations = [], []
+    images, annotations, links = [], [], 0
     counts = dict.fromkeys(labels.class_names, 0)
     for image_id, pair in enumerate(pairs, start=1):
         # The images' paths below img_dir/ (and so their subsets) are kept; the PNG takes the image's stem.
@@ -335,7 +352,7 @@ def prepare_panoptic(data: str | Path, output: str | Path, things: Sequence[str]
         classes = labels.decode(read_image(mask_path), mask_path)
         ids, segments = semantic_to_panoptic(classes, thing_index, min_area)
         write_segment_ids(output / PNG_DIR / png_name, ids)
-        _place(data / pair.image, output / IMAGES_DIR / relative)
+        links += _place(data / pair.image, output / IMAGES_DIR / relative, link)
         images.append({"id": image_id, "file_name": relative.as_posix(), "height": int(classes.shape[0]),
                        "width": int(classes.shape[1])})
         annotations.append({"image_id": image_id, "file_name": png_name, "segments_info": segments})
@@ -345,7 +362,7 @@ def prepare_panoptic(data: str | Path, output: str | Path, things: Sequence[str]
         tmp.write_text(json.dumps({"info": {"description": f"derived by lemevit from {data}",
                                             "things": list(things), "min_area": min_area},
                                    "images": images, "annotations": annotations, "categories": categories}))
-    return {"images": len(images), "segments": counts}
+    return {"images": len(images), "links": links, "segments": counts}
 
 
 def check_panoptic(dataset: PanopticSet, images: Sequence[PanopticImage] | None = None) -> dict[str, int]:

@@ -41,6 +41,8 @@ from lemevit.errors import ConfigError, DataError
 
 __all__ = [
     "IGNORE_INDEX",
+    "SEGMENTATION_LAYOUT",
+    "is_segmentation_data",
     "LABELS_FILE",
     "PRESETS",
     "LabelScheme",
@@ -328,6 +330,15 @@ _LAYOUTS = (_Layout("img_dir", "ann_dir", {s: s for s in SUBSETS}),
 
 def _described(layout: _Layout) -> str:
     return f"{layout.images}/ (images) and {layout.masks}/ (masks of the same names)"
+
+
+#: The layout of a segmentation data set, as messages name it.
+SEGMENTATION_LAYOUT = " or ".join(map(_described, _LAYOUTS))
+
+
+def is_segmentation_data(root: str | Path) -> bool:
+    """Whether ``root`` is laid out as a segmentation data set (its images' and masks' folders are there)."""
+    return any((Path(root) / layout.images).is_dir() and (Path(root) / layout.masks).is_dir() for layout in _LAYOUTS)
 
 
 def _layout(root: Path) -> _Layout:

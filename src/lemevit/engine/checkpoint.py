@@ -13,26 +13,14 @@ from typing import Any
 import torch
 
 from lemevit.errors import DataError
-from lemevit.io.model_file import ModelFile, model_file_folder, read_model_file, weights_under
+from lemevit.io.model_file import BackboneWeights, ModelFile, model_file_folder, read_model_file, weights_under
+from lemevit.io.tensor_file import load_torch_file
 
-__all__ = ["TASK_KEY", "TrainedModel", "UnreadableCheckpoint", "backbone_state_dict", "checkpoint_task",
+__all__ = ["TASK_KEY", "TrainedModel", "backbone_state_dict", "checkpoint_task",
            "read_checkpoint", "read_trained_model", "trained_model_task", "training_minutes"]
 
 #: Key naming the task in a checkpoint, so that ``lemevit eval`` and ``predict`` know what they load.
 TASK_KEY = "lemevit_task"
-
-
-class UnreadableCheckpoint(DataError):
-    """A file that ``torch.load`` cannot read with ``weights_only``: cut short, not a checkpoint, or pickling code;
-    ``reason`` is the first line of torch's error."""
-
-    def __init__(self, path: str | Path, reason: str):
-        self.path, self.reason = Path(path), reason
-        super().__init__(f"{path} is not a lemevit checkpoint that can be read safely ({reason}); a file from "
-                         "someone else should come as a portable model file")
-
-    def __reduce__(self):
-        return type(self), (self.path, self.reason)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -43,11 +31,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                         "section beside model.safetensors)")
     if not path.is_file():
         raise DataError(f"checkpoint {path} {'is not a file' if path.exists() else 'does not exist'}")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for files that are not checkpoints
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UnreadableCheckpoint(path, first[:200]) from None
+    content = load_torch_file(path, "a lemevit checkpoint", mmap=True)
     if not isinstance(content, dict) or not isinstance(content.get("state_dict"), dict) \
             or not isinstance(content.get("hyper_parameters"), dict):
         raise DataError(f"{path} is not a lemevit run checkpoint (no state_dict and hyper_parameters)")
@@ -83,10 +67,11 @@ def training_minutes(path: str | Path) -> float:
         raise DataError(f"checkpoint {path} records no training time (written before lemevit kept it)") from None
 
 
-def backbone_state_dict(content: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
+def backbone_state_dict(content: dict[str, Any], prefix: str, source: str | Path = "the checkpoint") -> BackboneWeights:
     """The weights under ``prefix`` of a run checkpoint's state dict (``model.encoder.`` for a segmentation run's
-    backbone, say), as :func:`lemevit.models.create_model` loads them into the backbone of any task."""
-    return weights_under(content["state_dict"], prefix, "the checkpoint")
+    backbone, say), as :func:`lemevit.models.create_model` loads them into the backbone of any task; ``source``
+    names the checkpoint in messages."""
+    return weights_under(content["state_dict"], prefix, source)
 
 
 @dataclass

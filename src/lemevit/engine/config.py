@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import NoneType, UnionType
@@ -21,7 +22,7 @@ from lemevit.io import atomic_path
 from lemevit.models.pretrained import PRETRAINED, check_pretrained_request
 
 __all__ = ["EvalOptions", "InferenceOptions", "Options", "PredictOptions", "RunConfig", "add_options", "flag", "option",
-           "read_yaml_mapping"]
+           "plain", "read_yaml_mapping"]
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, resumable: bool = False, cli: bool = True,
@@ -57,9 +58,39 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     return values
 
 
+#: A number as YAML 1.2 writes it, which PyYAML (YAML 1.1) reads as a string when it has an exponent and no dot.
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _yaml_floats(value: Any, kind: Any) -> Any:
+    """``value`` read from YAML for a field of type ``kind``, with the numbers PyYAML left as strings (``1e-3``)
+    made floats where the field takes floats: alone, in lists and as mapping values."""
+    kind = _unwrap(kind)
+    if typing.get_origin(kind) is list and isinstance(value, list):
+        (item,) = typing.get_args(kind)
+        return [_yaml_floats(v, item) for v in value]
+    if typing.get_origin(kind) is dict and isinstance(value, dict):
+        item = typing.get_args(kind)[1]
+        return {k: _yaml_floats(v, item) for k, v in value.items()}
+    takes_float = kind is float or (isinstance(kind, tuple) and float in kind)
+    if takes_float and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
 def flag(name: str) -> str:
     """The command-line spelling of a field: ``img_size`` → ``--img-size``."""
     return "--" + name.replace("_", "-")
+
+
+def plain(text: str | None, flags: Mapping[str, str] | None = None) -> str | None:
+    """``text`` of a docstring or an option's help as ``--help`` shows it: without reStructuredText's quotes (``x``
+    is x), a quoted name of ``flags`` as its flag (`img_size` is --img-size), any other quoted text in plain quotes
+    (`lemevit models` is 'lemevit models')."""
+    if text is None:
+        return None
+    text = re.sub(r"``([^`]+)``", r"\1", text)
+    return re.sub(r"`([^`]+)`", lambda m: (flags or {}).get(m.group(1), f"'{m.group(1)}'"), text)
 
 
 def _unwrap(kind: Any) -> Any:
@@ -114,7 +145,8 @@ class Options:
         unknown = sorted(set(values) - set(cls.fields()))
         if unknown:
             raise DataError(f"config {path}: unknown keys {unknown}; the keys of this task are {sorted(cls.fields())}")
-        return values
+        hints = typing.get_type_hints(cls)
+        return {name: _yaml_floats(value, hints[name]) for name, value in values.items()}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -311,7 +343,8 @@ class InferenceOptions(Options):
     num_workers: int = option(2, "data loading worker processes per device")
     runtime: str = option("torch", "torch, or onnxruntime on the CPU (the model file's model.onnx, or an export of the "
                                    "checkpoint made on first use and kept beside it as .onnx); onnxruntime-int8: its "
-                                   "dynamic int8 quantization", choices=("torch", "onnxruntime", "onnxruntime-int8"))
+                                   "dynamic int8 quantization. Every task but panoptic, which has no ONNX export",
+                          choices=("torch", "onnxruntime", "onnxruntime-int8"))
 
     def __post_init__(self):
         for name in ("checkpoint", "output"):
@@ -353,6 +386,9 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, optio
     """Add the fields of ``options`` as arguments (every default None, so that what was given can be told from
     what was not); returns ``{field: flag}``. ``defaults`` shows each field's default in its help."""
     hints = typing.get_type_hints(options)
+    # The flag of each field, for the help texts that name other fields.
+    names = {f.name: ("--no-" + f.name.replace("_", "-") if f.default is True else flag(f.name))
+             for f in dataclasses.fields(options) if f.metadata.get("cli", True) and f.name not in skip}
     flags = {}
     for f in dataclasses.fields(options):
         meta = f.metadata
@@ -361,7 +397,7 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, optio
         kind = _unwrap(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        help_text = meta.get("help", "")
+        help_text = plain(meta.get("help", ""), names)
         if defaults and default not in (None, [], {}, False) and not isinstance(default, bool):
             help_text += f" (default {default})"
         kwargs: dict[str, Any] = {"help": help_text, "default": None}

@@ -16,7 +16,7 @@ from lemevit.errors import ConfigError, DataError
 from lemevit.io.model_file import model_file_folder
 from lemevit.io.paths import check_writable_folder
 from lemevit.tasks.base import BaseTask
-from lemevit.tasks.registry import get_task
+from lemevit.tasks.registry import check_data_layout, get_task
 
 __all__ = ["evaluate", "evaluate_checkpoint", "load_task", "predict"]
 
@@ -63,6 +63,8 @@ def evaluate(options: EvalOptions, progress: bool = True) -> tuple[BaseTask, dic
         if split.meta != module.run_meta():
             raise DataError(f"{run.split_file} is not the split of {options.checkpoint}: their classes differ (was "
                             "another run written into this folder?)")
+    else:
+        check_data_layout(type(module), options.data)
     root, items = module.evaluation_items(Path(options.data) if options.data else None, split)
     output = check_writable_folder(options.output)
     loader = _loader(module, Indexed(module.evaluation_dataset(root, items)), options.batch_size,

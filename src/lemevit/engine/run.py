@@ -18,13 +18,14 @@ import lightning.pytorch as pl
 
 from lemevit.data.splits import Split, load_split, save_split
 from lemevit.data.statistics import band_normalisation
-from lemevit.engine.checkpoint import UnreadableCheckpoint, checkpoint_task, read_checkpoint
+from lemevit.engine.checkpoint import checkpoint_task, read_checkpoint
 from lemevit.engine.config import RunConfig
 from lemevit.engine.trainer import build_trainer, interruptible, is_launch_leader
 from lemevit.errors import DataError, RunError
 from lemevit.io import atomic_path, remove_stale_temporaries
 from lemevit.io.lock import FolderLock
 from lemevit.io.paths import check_writable_folder
+from lemevit.io.tensor_file import UnreadableTensorFile
 from lemevit.tasks.registry import get_task
 
 __all__ = ["RunDirectory", "train"]
@@ -84,12 +85,25 @@ class RunDirectory:
         try:
             content = read_checkpoint(self.last)
         except DataError as e:
-            reason = e.reason if isinstance(e, UnreadableCheckpoint) else "no state_dict and hyper_parameters"
+            reason = e.reason if isinstance(e, UnreadableTensorFile) else "no state_dict and hyper_parameters"
             raise RunError(f"--resume: {self.last} cannot be resumed from ({reason}): it is cut short or not a "
                            f"lemevit checkpoint; {instead}") from None
         if checkpoint_task(content) != task:
             raise RunError(f"--resume: {self.last} is a checkpoint of a {checkpoint_task(content)} run, not of this "
                            f"{task} run; {instead}")
+
+    def completion(self, cfg: RunConfig) -> str | None:
+        """What makes the run complete under ``cfg``'s budget (its ``last.ckpt`` trained every epoch or step of
+        it), or None while training remains."""
+        progress = read_checkpoint(self.last)
+        if cfg.iterations:
+            done = progress.get("global_step", 0)
+            return f"its {done} steps reach --iterations {cfg.iterations}" if done >= cfg.iterations else None
+        try:
+            epochs = progress["loops"]["fit_loop"]["epoch_progress"]["total"]["processed"]
+        except (KeyError, TypeError):
+            return None
+        return f"it trained the {epochs} epochs of --epochs {cfg.epochs}" if epochs >= cfg.epochs else None
 
     def read_split(self, task: str, data: str | Path | None = None) -> Split:
         task_cls = get_task(task)
@@ -123,6 +137,11 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, given: di
             run.check_resumable(cfg.task)
             saved = type(cfg).from_yaml(run.config_file)
             cfg = saved.resumed_with(cfg.to_dict() if given is None else given, run.config_file).absolute()
+            complete = run.completion(cfg)
+            if complete:
+                if leader:
+                    print(f"{run.path} is complete: {complete}; give more to train on")
+                return run.path
             split = run.read_split(cfg.task, data=cfg.data)
             if leader:
                 run.remove_temporaries()
@@ -132,19 +151,21 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, given: di
             if leader:
                 run.start_new()
             split, bad = task.prepare(cfg, progress=progress and leader)
-            if leader:
-                run.write(cfg, split, bad)
-                if bad:
-                    print(f"skipped {len(bad)} unreadable or inconsistent images; listed in {run.path / BAD_IMAGES}")
-                if progress:
-                    # A task may start from pretrained weights by default (change detection): say what it does.
-                    start = ("its pretrained weights" if cfg.pretrained else cfg.init_checkpoint if cfg.init_checkpoint
-                             else "a random initialisation")
-                    print(f"{cfg.model} starts from {start}")
         normalisation = band_normalisation(task.training_images(split))
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        # The model is built before the run's files are written: a model that cannot be made (an unknown name, a
+        # backbone without the maps the head reads) leaves the output as it was.
         module = task.from_config(cfg, split, normalisation)
         datamodule = module.datamodule(cfg, split)
+        if leader and not resume:
+            run.write(cfg, split, bad)
+            if bad:
+                print(f"skipped {len(bad)} unreadable or inconsistent images; listed in {run.path / BAD_IMAGES}")
+            if progress:
+                # A task may start from pretrained weights by default (change detection): say what it does.
+                start = ("its pretrained weights" if cfg.pretrained else cfg.init_checkpoint if cfg.init_checkpoint
+                         else "a random initialisation")
+                print(f"{cfg.model} starts from {start}")
         budget = dict(max_epochs=-1, max_steps=cfg.iterations) if cfg.iterations else dict(max_epochs=cfg.epochs)
         trainer = build_trainer(run.path, task.monitor, **budget, accelerator=cfg.accelerator,
                                 devices=cfg.devices, num_nodes=cfg.num_nodes, precision=cfg.precision,

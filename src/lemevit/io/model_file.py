@@ -18,9 +18,10 @@ import torch
 
 from lemevit.errors import DataError
 from lemevit.io.atomic import atomic_path
+from lemevit.io.tensor_file import load_safetensors
 
-__all__ = ["CONFIG_FILE", "FORMAT_VERSION", "WEIGHTS_FILE", "ModelFile", "model_file_folder", "read_model_file",
-           "weights_under", "write_model_file"]
+__all__ = ["CONFIG_FILE", "FORMAT_VERSION", "WEIGHTS_FILE", "BackboneWeights", "ModelFile", "model_file_folder",
+           "read_model_file", "weights_under", "write_model_file"]
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -54,23 +55,32 @@ class ModelFile:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The network's weights (the task module's ``model``, or the bare model)."""
-        from safetensors.torch import load_file
-
         path = self.folder / WEIGHTS_FILE
         if not path.is_file():
             raise DataError(f"{path} is missing: a model file folder holds {WEIGHTS_FILE} beside {CONFIG_FILE}")
-        try:
-            return load_file(str(path))
-        except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
-            raise DataError(f"cannot read {path}: {e}") from None
+        return load_safetensors(path)
 
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
         """The backbone's weights, keyed as in the bare model: what ``lemevit.create_model`` and the
         ``--init-checkpoint`` of a run load from a model file of any task."""
-        return weights_under(self.state_dict(), self.lemevit.get("backbone_prefix", ""), self.folder / WEIGHTS_FILE)
+        what = f"a {self.task} model file" if self.task else "a model file"
+        return weights_under(self.state_dict(), self.lemevit.get("backbone_prefix", ""), f"{self.folder} ({what})")
 
 
-def weights_under(state: dict[str, torch.Tensor], prefix: str, source: str | Path) -> dict[str, torch.Tensor]:
+class BackboneWeights(dict):
+    """The weights of the backbone of a trained network of some task, keyed as in the bare model, from ``source``.
+
+    Another task's network is built on the same backbone in another form (a classifier ends in a norm and a head, a
+    dense encoder in feature maps, change detection's BIT stops at stride 16), so loading these takes the tensors
+    both have and leaves the rest of the network at its initialisation, where a weights file of the bare model
+    must fit it whole."""
+
+    def __init__(self, state: dict[str, torch.Tensor], source: str | Path):
+        super().__init__(state)
+        self.source = str(source)
+
+
+def weights_under(state: dict[str, torch.Tensor], prefix: str, source: str | Path) -> BackboneWeights:
     """The weights of ``state`` under ``prefix`` (``encoder.`` for a segmentation network's backbone, say), with the
     prefix and a ``features_only`` wrapper's own ``model.`` removed: a state dict of the bare model."""
     state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -78,7 +88,7 @@ def weights_under(state: dict[str, torch.Tensor], prefix: str, source: str | Pat
         raise DataError(f"{source} holds no weights under {prefix!r}")
     if all(k.startswith("model.") for k in state):
         state = {k[len("model."):]: v for k, v in state.items()}
-    return state
+    return BackboneWeights(state, source)
 
 
 def model_file_folder(path: str | Path) -> Path | None:

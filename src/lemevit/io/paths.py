@@ -3,8 +3,10 @@ that keep outputs from replacing inputs or each other."""
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -14,8 +16,10 @@ from urllib.parse import urlsplit
 from lemevit.data.images import IMAGE_EXTENSIONS
 from lemevit.errors import ConfigError, DataError
 
-__all__ = ["check_distinct_names", "check_outputs_spare_inputs", "check_writable_folder", "is_listed_image",
-           "is_remote", "list_images", "scene_source", "source_name"]
+__all__ = ["check_distinct_names", "check_outputs_spare_inputs", "check_writable_folder", "download_whole",
+           "http_url", "is_listed_image", "is_remote", "list_images", "scene_source", "source_name"]
+
+_logger = logging.getLogger(__name__)
 
 
 def is_remote(source: str | Path) -> bool:
@@ -41,6 +45,33 @@ def source_name(source: str | Path) -> str:
         return Path(source).name
     # /vsicurl/https://host/a/b.tif?x=1 -> https://host/a/b.tif?x=1 -> b.tif; /vsis3/bucket/b.tif -> b.tif
     return PurePosixPath(urlsplit(re.sub(r"^(/vsi\w+/)+", "", str(source))).path).name
+
+
+def http_url(source: str | Path) -> str | None:
+    """The HTTP(S) URL of a remote scene given as one or as GDAL's ``/vsicurl/`` path of one; None for any other
+    source."""
+    url = re.sub(r"^/vsicurl/", "", str(source))
+    return url if re.match(r"https?://", url) else None
+
+
+def download_whole(source: str | Path, reason: str, timeout: float = 60.0) -> Path:
+    """Download the HTTP(S) scene ``source`` whole into a temporary file (the caller removes it), saying so in one
+    line with ``reason``: for servers GDAL cannot read by byte ranges."""
+    import urllib.error
+    import urllib.request
+
+    url = http_url(source)
+    if url is None:
+        raise DataError(f"cannot read scene {source}: {reason}")
+    fd, name = tempfile.mkstemp(prefix="lemevit-scene-", suffix=Path(source_name(source)).suffix)
+    _logger.warning("%s: %s; downloading the whole file into %s (removed when done)", source, reason, name)
+    try:
+        with os.fdopen(fd, "wb") as file, urllib.request.urlopen(url, timeout=timeout) as response:
+            shutil.copyfileobj(response, file, 1 << 20)
+    except (OSError, urllib.error.URLError) as e:
+        os.remove(name)
+        raise DataError(f"cannot download scene {source}: {getattr(e, 'reason', None) or e}") from None
+    return Path(name)
 
 
 def is_listed_image(name: str) -> bool:

@@ -27,7 +27,7 @@ from lemevit.data.images import TIFF_EXTENSIONS, optional_rasterio, read_image
 from lemevit.errors import ConfigError, DataError
 from lemevit.io.atomic import scratch_path
 from lemevit.io.bands import BandScene, BandStack
-from lemevit.io.paths import is_remote
+from lemevit.io.paths import download_whole, is_remote
 
 __all__ = ["GEO_HINT", "OUTPUT_EXTENSIONS", "PROBABILITY_DTYPES", "ClassMapWriter", "CogWriter", "RasterScene",
            "SceneStack", "gdal_cache", "read_by_gdal"]
@@ -80,6 +80,8 @@ class RasterScene:
         # The window last read and whether each of its pixels is finite in every band, which read_valid takes
         # instead of reading the window again.
         self._finite: tuple[tuple, np.ndarray] | None = None
+        #: The temporary whole copy of a remote scene whose server cannot send byte ranges.
+        self.download: Path | None = None
         if array is None and read_by_gdal(path):
             if rasterio is None:
                 raise DataError(f"cannot read scene {path}: GDAL reads it, {_READ_HINT}")
@@ -92,7 +94,16 @@ class RasterScene:
                 try:
                     self.dataset = rasterio.open(path)
                 except Exception as e:  # noqa: BLE001 - GDAL reports all unreadable files alike
-                    raise DataError(f"cannot read scene {path}: {type(e).__name__}: {e}") from e
+                    if "Range downloading not supported" not in str(e):
+                        raise DataError(f"cannot read scene {path}: {type(e).__name__}: {e}") from e
+                    # GDAL reads a remote file by the byte ranges of the blocks it needs; a server that sends
+                    # only whole files is read from a whole copy.
+                    self.download = download_whole(path, "its server does not send byte ranges")
+                    try:
+                        self.dataset = rasterio.open(self.download)
+                    except Exception as e:  # noqa: BLE001 - as above
+                        self.close()
+                        raise DataError(f"cannot read scene {path}: {type(e).__name__}: {e}") from e
             self.height, self.width, self.bands = self.dataset.height, self.dataset.width, self.dataset.count
             self.crs, self.transform = self.dataset.crs, self.dataset.transform
             self.dtype = np.dtype(self.dataset.dtypes[0]).name
@@ -171,6 +182,9 @@ class RasterScene:
     def close(self) -> None:
         if self.dataset is not None:
             self.dataset.close()
+        if self.download is not None:
+            self.download.unlink(missing_ok=True)
+            self.download = None
 
 
 class CogWriter:

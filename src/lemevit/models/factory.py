@@ -12,7 +12,8 @@ from timm.models import adapt_input_conv
 from torch import nn
 
 from lemevit.errors import ConfigError, DataError
-from lemevit.io.model_file import model_file_folder, read_model_file
+from lemevit.io.model_file import BackboneWeights, model_file_folder, read_model_file
+from lemevit.io.tensor_file import load_safetensors, load_torch_file
 
 __all__ = ["DENSE_STRIDES", "create_dense_encoder", "create_model", "input_size_kwargs", "list_models",
            "load_checkpoint_file", "load_weights"]
@@ -44,15 +45,10 @@ def load_checkpoint_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"checkpoint file {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any reader failure means the same thing to the user
-        raise DataError(f"cannot read checkpoint {path}: {e}") from e
+    if path.suffix == ".safetensors":
+        state = load_safetensors(path)
+    else:
+        state = load_torch_file(path, "a checkpoint of weights")
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -76,6 +72,8 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
     ``features_only`` one) may be present in the checkpoint without being used.
     """
     target = getattr(model, "model", model) if isinstance(model, nn.ModuleDict) else model
+    if isinstance(state_dict, BackboneWeights):
+        return _load_backbone(target, state_dict, full_keys)
     filter_fn = _filter_fn(target)
     if filter_fn is not None:
         state_dict = filter_fn(state_dict, target)
@@ -115,6 +113,45 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
     target.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
 
 
+def _load_backbone(target: nn.Module, backbone: BackboneWeights, full_keys: set[str] | None) -> None:
+    """Load the backbone of another task's network into ``target``: the tensors both have, the rest of ``target``
+    left at its initialisation (its head, a classifier's last norm, the stages a truncated encoder lacks), the
+    backbone's task-specific parts (a dense encoder's stage norms) unused; one line says what was taken. A backbone
+    of another architecture, of which little fits, is refused as a weights file of the bare model is."""
+    own = target.state_dict()
+    state = dict(backbone)
+    cfg = getattr(target, "pretrained_cfg", {}) or {}
+    key = f"{cfg['first_conv']}.weight" if cfg.get("first_conv") else None
+    if key in state and key in own and state[key].shape[1] != own[key].shape[1]:
+        state[key] = adapt_input_conv(own[key].shape[1], state[key])
+    classifier = cfg.get("classifier")
+    # A classifier of another size (another run's classes) is left at its initialisation, as for any checkpoint.
+    head_keys = {name + suffix for name in ([classifier] if isinstance(classifier, str) else classifier or [])
+                 for suffix in (".weight", ".bias")}
+    for k in head_keys & set(state) & set(own):
+        if state[k].shape != own[k].shape:
+            del state[k]
+    taken = [k for k in own if k in state and state[k].shape == own[k].shape]
+    mismatched = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                  for k in own if k in state and state[k].shape != own[k].shape]
+    unused = [k for k in state if k not in own and k not in (full_keys or ())]
+    if mismatched or len(taken) * 2 < len(state):
+        missing = [k for k in own if k not in state]
+        raise DataError(f"{backbone.source} does not fit {type(target).__name__}: {len(taken)} of the backbone's "
+                        f"{len(state)} tensors do; shape mismatch {mismatched[:5]}, missing keys {missing[:5]}, "
+                        f"unexpected keys {unused[:5]}")
+    target.load_state_dict({k: state[k] for k in taken}, strict=False)
+    left = [k for k in own if k not in state]
+    rest = f"; left at initialisation: {_some(left)}" if left else ""
+    others = f"; not used: {_some(unused)}" if unused else ""
+    _logger.warning("%s: took %d tensors of its backbone%s%s", backbone.source, len(taken), rest, others)
+
+
+def _some(keys: list[str], shown: int = 4) -> str:
+    """``keys`` counted, with the first few named."""
+    return f"{len(keys)} ({', '.join(keys[:shown])}{', ...' if len(keys) > shown else ''})"
+
+
 def _timm_model(name: str, **kwargs) -> nn.Module:
     try:
         return timm.create_model(name, **kwargs)
@@ -152,7 +189,9 @@ def create_model(name: str, checkpoint: str | Path | dict[str, torch.Tensor] | N
                 full_keys = set(timm.create_model(name, **full_kwargs).state_dict())
         state_dict = checkpoint if isinstance(checkpoint, dict) else load_checkpoint_file(checkpoint)
         source = "the given state dict" if isinstance(checkpoint, dict) else str(checkpoint)
-        load_weights(model, dict(state_dict), source=source, full_keys=full_keys)
+        # The conversions change a copy (a backbone's loading copies it itself).
+        load_weights(model, state_dict if isinstance(state_dict, BackboneWeights) else dict(state_dict),
+                     source=source, full_keys=full_keys)
     return model
 
 

@@ -46,7 +46,8 @@ def initial_weights(path: str | Path | None) -> str | dict[str, torch.Tensor] | 
     from lemevit.tasks.registry import get_task
 
     content = read_checkpoint(path)
-    return backbone_state_dict(content, get_task(checkpoint_task(content)).backbone_prefix)
+    task = checkpoint_task(content)
+    return backbone_state_dict(content, get_task(task).backbone_prefix, f"{path} (a {task} run)")
 
 
 class BaseTask(pl.LightningModule):
@@ -64,8 +65,9 @@ class BaseTask(pl.LightningModule):
 
     A subclass declares, as class attributes, its ``name`` (the registry key and ``--task``), its ``config``
     (a :class:`~lemevit.engine.config.RunConfig` subclass), its ``eval_options`` and ``predict_options``, the
-    metric ``monitor`` that picks ``best.ckpt``, the ``logged_metrics`` of validation, and ``backbone_prefix``
-    (where its backbone's weights are in the state dict); and implements the class methods ``prepare``
+    metric ``monitor`` that picks ``best.ckpt``, the ``logged_metrics`` of validation, ``backbone_prefix``
+    (where its backbone's weights are in the state dict) and its ``data_layout`` with ``holds_data``; and
+    implements the class methods ``prepare``
     (scan, split and check the data), ``training_images`` and ``from_config``, and the methods below.
     """
 
@@ -78,6 +80,13 @@ class BaseTask(pl.LightningModule):
     logged_metrics: ClassVar[tuple[str, ...]]
     backbone_prefix: ClassVar[str]
     entry_type: ClassVar[type]
+    #: How the task's data is laid out, as messages name it, and the test of a folder for it (``eval --data`` of
+    #: another task's layout is refused naming both).
+    data_layout: ClassVar[str]
+    holds_data: ClassVar[Callable[[Path], bool]]
+    #: The layout is loose enough that another task's data also passes ``holds_data`` (any folder of image
+    #: folders is one of class folders): a folder is checked for the strict layouts first.
+    loose_layout: ClassVar[bool] = False
     #: Evaluation and prediction take one whole image (tile, pair, scene) per batch, whose windows the task
     #: batches itself, rather than batches of images.
     batches_whole_images: ClassVar[bool] = False

@@ -11,12 +11,14 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from lemevit.data.change import (
+    CHANGE_LAYOUT,
     IGNORE_INDEX,
     ChangeCrops,
     ChangePair,
     ChangePairs,
     check_pairs,
     find_change_splits,
+    is_change_data,
     read_list_file,
     scan_change_folder,
 )
@@ -172,14 +174,22 @@ class ChangeTask(SlidingWindowTask):
     logged_metrics = ("f1", "iou", "precision", "recall", "oa", "best_f1")
     backbone_prefix = "model.encoder."
     entry_type = ChangePair
+    data_layout = CHANGE_LAYOUT
+    item_noun = "pair"
+    holds_data = staticmethod(is_change_data)
     find_unused_parameters = True
 
-    def __init__(self, model: str = "lemevit_tiny", head: str = "bit", in_chans: int = 3, img_size: int = 256,
-                 window: int | None = None, stride: int | None = None,
+    # The settings of a run default to its config's (written once there). A checkpoint saved before the Dice loss
+    # and the thresholds were settings loads with these defaults: the thresholds are what those runs used (0.5,
+    # masks read exactly); dice_weight only weighs training, so it changes nothing of such a checkpoint's eval or
+    # predict.
+    def __init__(self, model: str, head: str = ChangeConfig.head, in_chans: int = 3,
+                 img_size: int = ChangeConfig.img_size, window: int | None = None, stride: int | None = None,
                  mean: Sequence[float] = (123.675, 116.28, 103.53), std: Sequence[float] = (58.395, 57.12, 57.375),
                  input_dtype: str | None = None, band_names: Sequence[str] | None = None, reflectance: bool = False,
-                 optimization: dict | None = None, drop_path_rate: float = 0.0,
-                 init_checkpoint: str | None = None, seed: int = 0, dice_weight: float = 0.0, threshold: float = 0.5,
+                 optimization: dict | None = None, drop_path_rate: float = ChangeConfig.drop_path_rate,
+                 init_checkpoint: str | None = None, seed: int = ChangeConfig.seed,
+                 dice_weight: float = ChangeConfig.dice_weight, threshold: float = ChangeConfig.threshold,
                  mask_threshold: int | None = None):
         super().__init__()
         self.save_hyperparameters()
@@ -349,7 +359,7 @@ class ChangeTask(SlidingWindowTask):
 
     def predict_step(self, batch, batch_idx: int) -> None:
         index, dates, output = batch
-        self._records.append((index, self.predict_map(dates, output)))
+        self.predict_claimed(index, output, lambda: self.predict_map(dates, output))
 
     def predict_map(self, scenes: Sequence[Path | str], output: Path) -> dict:
         hp = self.hparams
@@ -379,7 +389,7 @@ class ChangeTask(SlidingWindowTask):
     def finish_prediction(self, records: list[dict], options: ChangePredictOptions) -> list[str]:
         return [f"wrote {r['output']}: {r['width']}x{r['height']} change map, {r['changed_pixels']:,} changed pixels"
                 + self.no_data_left_out(r) + self.companions_written(r)
-                for r in records] + [self.prediction_summary(records)]
+                for r in records if "height" in r] + [self.prediction_summary(records)]
 
 
 class _NamedPairs(Dataset):

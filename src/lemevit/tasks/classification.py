@@ -16,10 +16,12 @@ from torch.utils.data import Dataset
 
 from lemevit.data.classification import (
     RSP_LISTS,
+    SCENE_LAYOUT,
     Sample,
     SceneDataset,
     check_images,
     is_label_list,
+    is_scene_data,
     read_label_lists,
     read_split_file,
     scan_class_folders,
@@ -125,13 +127,20 @@ class ClassificationTask(NamedClasses, BaseTask):
     logged_metrics = ("top1", "top5", "loss")
     backbone_prefix = "model."
     entry_type = Sample
+    data_layout = SCENE_LAYOUT
+    holds_data = staticmethod(is_scene_data)
+    loose_layout = True
 
+    # The settings of a run default to its config's (written once there); a checkpoint saved before a setting
+    # existed loads with that default too, which is what those runs did.
     def __init__(self, model: str, num_classes: int, class_names: Sequence[str] | None = None, in_chans: int = 3,
-                 img_size: int = 224, mean: Sequence[float] = (123.675, 116.28, 103.53),
+                 img_size: int = ClassificationConfig.img_size, mean: Sequence[float] = (123.675, 116.28, 103.53),
                  std: Sequence[float] = (58.395, 57.12, 57.375), input_dtype: str | None = None,
-                 optimization: dict | None = None, label_smoothing: float = 0.1, mixup: float = 0.0,
-                 cutmix: float = 0.0, drop_path_rate: float = 0.1, interpolation: str = "bilinear",
-                 init_checkpoint: str | None = None, seed: int = 0):
+                 optimization: dict | None = None, label_smoothing: float = ClassificationConfig.label_smoothing,
+                 mixup: float = ClassificationConfig.mixup, cutmix: float = ClassificationConfig.cutmix,
+                 drop_path_rate: float = ClassificationConfig.drop_path_rate,
+                 interpolation: str = ClassificationConfig.interpolation, init_checkpoint: str | None = None,
+                 seed: int = ClassificationConfig.seed):
         super().__init__()
         self.save_hyperparameters()
         self.model = create_model(model, num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate,

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch.utils.data import Dataset
@@ -24,6 +25,7 @@ from lemevit.inference.scene import (
 )
 from lemevit.inference.sliding_window import default_stride, softmax_predictor
 from lemevit.io.bands import BandScene
+from lemevit.io.lock import OutputLock
 from lemevit.io.raster import GEO_HINT, PROBABILITY_DTYPES
 from lemevit.io.vector import check_vector_output, check_vector_scenes, write_map_vectors
 from lemevit.io.webmap import scene_picture, value_overlay, webmap_path, write_map_page
@@ -150,6 +152,8 @@ class SlidingWindowTask(BaseTask):
 
     batches_whole_images = True
     prediction_collate = staticmethod(first_item)
+    #: What one prediction job is, as the summary counts them.
+    item_noun: ClassVar[str] = "scene"
 
     #: Seconds spent running the network on windows (and moving them to and from its device), summed.
     model_seconds: float = 0.0
@@ -168,6 +172,7 @@ class SlidingWindowTask(BaseTask):
                 raise ConfigError("stride", f"{options.stride} is larger than the run's window ({self.window})")
             self.stride = options.stride
         self.write_preview = getattr(options, "preview", False)
+        self.overwrite = getattr(options, "overwrite", False)
         self.skip_bad = getattr(options, "skip_bad", False)
         self.write_probabilities = getattr(options, "probabilities", False)
         self.probabilities_dtype = getattr(options, "probabilities_dtype", "uint8")
@@ -277,10 +282,14 @@ class SlidingWindowTask(BaseTask):
         return (f"the maps written to {output} are complete (each is written whole); run the same command again to "
                 "predict the others (it keeps those)")
 
+    def written(self, output: Path) -> bool:
+        """Whether the map ``output`` and every file asked for beside it (preview, probabilities, polygons, page)
+        are there. Outputs are written atomically, so one that exists is complete."""
+        return output.is_file() and all(p.is_file() for p in self.companion_outputs(output))
+
     def pending_jobs(self, jobs: list[tuple], options: WindowPredictOptions) -> SceneJobs:
-        """The jobs (their output last) still to do: every job with ``overwrite``, else those whose map (or a file
-        asked for beside it: preview, probabilities, polygons) is not there yet. Outputs are written atomically, so
-        one that exists is complete."""
+        """The jobs (their output last) still to do: every job with ``overwrite``, else those whose outputs are not
+        all there yet."""
         self._kept = []
         self._prediction_seconds = 0.0
         if options.overwrite:
@@ -288,11 +297,29 @@ class SlidingWindowTask(BaseTask):
         pending = []
         for job in jobs:
             output = Path(job[-1])
-            if output.is_file() and all(p.is_file() for p in self.companion_outputs(output)):
+            if self.written(output):
                 self._kept.append(output)
             else:
                 pending.append(job)
         return SceneJobs(pending)
+
+    def predict_claimed(self, index: int, output: Path, predict: Callable[[], dict]) -> None:
+        """Record ``predict()``, which writes the map ``output``, unless another process predicting into the same
+        folder is writing that map (it is left to it) or wrote it since this prediction began (it is kept): each
+        map is locked while it is written (:class:`~lemevit.io.lock.OutputLock`), so that predicts run together
+        share the scenes out instead of each predicting all of them."""
+        lock = OutputLock(output)
+        holder = lock.try_acquire()
+        if holder is not None:
+            self._records.append((index, {"output": str(output), "elsewhere": f"process {holder[1]} on {holder[0]}"}))
+            return
+        try:
+            if not self.overwrite and self.written(output):
+                self._records.append((index, {"output": str(output), "kept": True}))
+                return
+            self._records.append((index, predict()))
+        finally:
+            lock.release()
 
     def on_predict_epoch_start(self) -> None:
         super().on_predict_epoch_start()
@@ -310,11 +337,17 @@ class SlidingWindowTask(BaseTask):
         pixels = sum(r["height"] * r["width"] for r in done) / 1e6
         seconds = self._prediction_seconds
         kept = f", {len(self._kept)} kept from an earlier run (--overwrite predicts them again)" if self._kept else ""
+        meanwhile = sum("kept" in r for r in records)
+        if meanwhile:
+            kept += f", {meanwhile} written meanwhile by another predict"
+        elsewhere = [r["elsewhere"] for r in records if "elsewhere" in r]
+        if elsewhere:
+            kept += f", {len(elsewhere)} left to another predict writing them ({', '.join(sorted(set(elsewhere)))})"
         rate = ""
         if done and seconds > 0:
             share = sum(r["model_seconds"] for r in done) / (seconds * self.trainer.world_size)
             rate = f" ({pixels / seconds:.2f} Mpx/s; the network {share:.0%} of the time)"
-        return f"{len(done)} scene(s) predicted{kept}: {pixels:.1f} Mpx in {seconds:.1f} s{rate}"
+        return f"{len(done)} {self.item_noun}(s) predicted{kept}: {pixels:.1f} Mpx in {seconds:.1f} s{rate}"
 
     def predict_map(self, scenes: Sequence[Path | str], output: Path) -> dict:
         """Write the map of one input (the scene of a segmentation, the dates of a change pair) to ``output``, with

@@ -15,11 +15,13 @@ from torch.utils.data import Dataset
 
 from lemevit.data.datamodule import SeededDataModule
 from lemevit.data.detection import (
+    DETECTION_LAYOUT,
     UNSPLIT,
     DetectionImages,
     ImageLabels,
     PatchDataset,
     collate_detection,
+    is_detection_data,
     merge_patch_detections,
     patch_windows,
     scan_detection_data,
@@ -171,16 +173,22 @@ class DetectionTask(NamedClasses, BaseTask):
     logged_metrics = ("map50",)
     backbone_prefix = "model.backbone."
     entry_type = LabelledImage
+    data_layout = DETECTION_LAYOUT
+    holds_data = staticmethod(is_detection_data)
     find_unused_parameters = True
     batches_whole_images = True
     evaluation_collate = staticmethod(first_item)
 
+    # The settings of a run default to its config's (written once there); a checkpoint saved before a setting
+    # existed (nms_iou) loads with that default too, which is what those runs did.
     def __init__(self, model: str, num_classes: int, class_names: Sequence[str] | None = None, in_chans: int = 3,
-                 img_size: int = 1024, overlap: int | None = None, mean: Sequence[float] = (123.675, 116.28, 103.53),
-                 std: Sequence[float] = (58.395, 57.12, 57.375), input_dtype: str | None = None,
-                 optimization: dict | None = None, drop_path_rate: float = 0.1, fpn_channels: int = 256,
-                 rpn_proposals: int = 2000, test_proposals: int = 2000, nms_iou: float = 0.1,
-                 init_checkpoint: str | None = None, seed: int = 0):
+                 img_size: int = DetectionConfig.img_size, overlap: int | None = None,
+                 mean: Sequence[float] = (123.675, 116.28, 103.53), std: Sequence[float] = (58.395, 57.12, 57.375),
+                 input_dtype: str | None = None, optimization: dict | None = None,
+                 drop_path_rate: float = DetectionConfig.drop_path_rate,
+                 fpn_channels: int = DetectionConfig.fpn_channels, rpn_proposals: int = DetectionConfig.rpn_proposals,
+                 test_proposals: int = DetectionConfig.test_proposals, nms_iou: float = DetectionConfig.nms_iou,
+                 init_checkpoint: str | None = None, seed: int = DetectionConfig.seed):
         super().__init__()
         self.save_hyperparameters()
         self.overlap = default_overlap(img_size) if overlap is None else overlap
@@ -432,8 +440,9 @@ class DetectionTask(NamedClasses, BaseTask):
             if record["no_data_pixels"]:
                 geo += (f"; {record['no_data_pixels']:,} pixels of no data "
                         f"({record['no_data_pixels'] / record['pixels']:.1%}) left out")
+            under = len(record["scores"]) - record["drawn"]
             printed.append(f"{record['image']}: {len(record['scores'])} objects ({record['drawn']} drawn in "
-                           f"{record['png']}{geo})")
+                           f"{record['png']}, {under} under --draw-threshold {options.draw_threshold:g}{geo})")
             timer.add(record["seconds"])
             pixels += record["pixels"]
         texts = {f"Task1_{name}.txt": "".join(row + "\n" for row in rows) for name, rows in lines.items()}

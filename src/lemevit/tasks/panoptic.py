@@ -19,11 +19,13 @@ from lemevit.data.images import TIFF_EXTENSIONS, optional_rasterio, read_image
 from lemevit.data.panoptic import (
     ANNOTATIONS_FILE,
     IMAGES_DIR,
+    PANOPTIC_LAYOUT,
     PanopticCrops,
     PanopticImage,
     PanopticSet,
     PanopticTiles,
     check_panoptic,
+    is_panoptic_data,
     read_panoptic,
     segment_extents,
     write_segment_ids,
@@ -45,6 +47,7 @@ from lemevit.models.panoptic_fpn import PanopticFPN, PanopticHeads, default_head
 from lemevit.tasks.base import initial_weights
 from lemevit.tasks.dense import SlidingWindowTask, check_window, first_item
 from lemevit.tasks.registry import register_task
+from lemevit.viz import class_colours, save_panoptic_preview
 
 __all__ = ["PanopticConfig", "PanopticEvalOptions", "PanopticItem", "PanopticPredictOptions", "PanopticTask"]
 
@@ -153,6 +156,8 @@ class PanopticPredictOptions(_InferenceSettings, PredictOptions):
                                "and <image>_segments.json (each segment's category, area, box and score); for a "
                                "georeferenced GeoTIFF also <image>_panoptic.tif, the segment ids (0: none) as a "
                                "Cloud-Optimized GeoTIFF with its CRS and transform")
+    preview: bool = option(True, "write <image>_preview.png: the segments over the image, each in its category's "
+                                 "colour and outlined")
     vector: str | None = option(None, "also polygonise the segments of georeferenced GeoTIFFs into "
                                       "<image>_segments.geojson (RFC 7946: WGS84) or .gpkg (the scene's CRS): a "
                                       "polygon per region of a segment, its category as class and its id as value",
@@ -183,19 +188,29 @@ class PanopticTask(SlidingWindowTask):
     logged_metrics = ("pq", "sq", "rq")
     backbone_prefix = "model.encoder."
     entry_type = PanopticItem
+    data_layout = PANOPTIC_LAYOUT
+    holds_data = staticmethod(is_panoptic_data)
     find_unused_parameters = True
     evaluation_collate = staticmethod(first_item)
 
-    def __init__(self, model: str, categories: Sequence[dict], in_chans: int = 3, img_size: int = 256,
-                 window: int | None = None, stride: int | None = None,
+    # The settings of a run default to its config's (written once there). The heads' widths default to
+    # PanopticHeads' (Detectron2's), not to the config's None (the model's own widths, which from_config resolves
+    # and the run saves): a checkpoint saved before the widths were settings was built with those.
+    def __init__(self, model: str, categories: Sequence[dict], in_chans: int = 3,
+                 img_size: int = PanopticConfig.img_size, window: int | None = None, stride: int | None = None,
                  mean: Sequence[float] = (123.675, 116.28, 103.53), std: Sequence[float] = (58.395, 57.12, 57.375),
-                 input_dtype: str | None = None, optimization: dict | None = None, drop_path_rate: float = 0.1,
-                 fpn_channels: int | None = None, box_channels: int = 1024, box_layers: int = 2,
-                 mask_channels: int = 256, mask_layers: int = 4, semantic_channels: int = 128,
-                 semantic_groups: int = 32, semantic_weight: float = 0.5,
-                 rpn_proposals: int = 1000, test_proposals: int = 1000, detections: int = 100,
-                 score_threshold: float = 0.5, overlap_threshold: float = 0.5, stuff_area: int = 1024,
-                 merge_iou: float = 0.5, init_checkpoint: str | None = None, seed: int = 0):
+                 input_dtype: str | None = None, optimization: dict | None = None,
+                 drop_path_rate: float = PanopticConfig.drop_path_rate, fpn_channels: int | None = None,
+                 box_channels: int = PanopticHeads.box_channels, box_layers: int = PanopticHeads.box_layers,
+                 mask_channels: int = PanopticHeads.mask_channels, mask_layers: int = PanopticHeads.mask_layers,
+                 semantic_channels: int = PanopticHeads.semantic_channels,
+                 semantic_groups: int = PanopticHeads.semantic_groups,
+                 semantic_weight: float = PanopticConfig.semantic_weight,
+                 rpn_proposals: int = PanopticConfig.rpn_proposals, test_proposals: int = PanopticConfig.test_proposals,
+                 detections: int = PanopticConfig.detections, score_threshold: float = PanopticConfig.score_threshold,
+                 overlap_threshold: float = PanopticConfig.overlap_threshold,
+                 stuff_area: int = PanopticConfig.stuff_area, merge_iou: float = PanopticConfig.merge_iou,
+                 init_checkpoint: str | None = None, seed: int = PanopticConfig.seed):
         super().__init__()
         self.save_hyperparameters()
         self.categories = [dict(c) for c in categories]
@@ -383,8 +398,9 @@ class PanopticTask(SlidingWindowTask):
         self._inputs = list_images(options.inputs)
         check_distinct_names(self._inputs)
         self._output = check_writable_folder(options.output)
+        self._preview = options.preview
         check_outputs_spare_inputs(self._inputs, [p for path in self._inputs
-                                                  for p in self._outputs_of(path, self._output)])
+                                                  for p in self._outputs_of(path, self._output, self._preview) if p])
         self._vector = options.vector
         if options.vector:
             check_vector_output(self._output / f"segments.{options.vector}", "vector")
@@ -396,9 +412,11 @@ class PanopticTask(SlidingWindowTask):
                 "every image again)")
 
     @staticmethod
-    def _outputs_of(path: Path, output: Path) -> tuple[Path, Path]:
+    def _outputs_of(path: Path, output: Path, preview: bool) -> tuple[Path, Path, Path | None]:
+        """The segment ids' PNG, the segments' JSON and, with ``preview``, the preview of the image ``path``."""
         stem = Path(path).stem
-        return output / f"{stem}_panoptic.png", output / f"{stem}_segments.json"
+        return (output / f"{stem}_panoptic.png", output / f"{stem}_segments.json",
+                output / f"{stem}_preview.png" if preview else None)
 
     def _write_geo(self, path: Path, ids: np.ndarray, segments: dict[int, str], output: Path,
                    vector: str | None) -> tuple[Path | None, Path | None]:
@@ -441,19 +459,19 @@ class PanopticTask(SlidingWindowTask):
         if isinstance(read, BadFile):
             self._records.append((index, {"image": str(path), "error": read.reason}))
             return
-        self._records.append((index, self.predict_image(path, *read, self._output, self._vector)))
+        self._records.append((index, self.predict_image(path, *read, self._output, self._vector, self._preview)))
 
     def predict_image(self, path: Path, image: torch.Tensor, valid: np.ndarray | None, output: Path,
-                      vector: str | None) -> dict:
+                      vector: str | None, preview: bool = False) -> dict:
         """Write the panoptic PNG and the segments (JSON) of ``image`` and its mask of pixels with data ``valid``
         (as :meth:`load_image` gives them) into ``output``, and for a georeferenced GeoTIFF at ``path`` its segment
-        ids as a GeoTIFF, with ``vector`` also their polygons; returns what ``predict`` reports of it, the segments
-        among it. ``predict`` and ``serve`` both predict an image through it."""
+        ids as a GeoTIFF, with ``vector`` also their polygons, with ``preview`` a picture of both; returns what
+        ``predict`` reports of it, the segments among it. ``predict`` and ``serve`` both predict an image through it."""
         ids, segments = self.panoptic(image.cpu())
         ids = ids.numpy()
         if valid is not None:  # no data belongs to no segment
             ids[~valid] = 0
-        png, segments_json = self._outputs_of(path, output)
+        png, segments_json, preview = self._outputs_of(path, output, preview)
         write_segment_ids(png, ids)
         extents = segment_extents(ids)
         info = []
@@ -470,8 +488,15 @@ class PanopticTask(SlidingWindowTask):
         with atomic_path(segments_json) as tmp:
             tmp.write_text(json.dumps(segments_file, indent=1))
         geotiff, vectors = self._write_geo(path, ids, {s["id"]: s["category"] for s in info}, output, vector)
+        if preview is not None:
+            hp = self.hparams
+            pixels = image.cpu().numpy().transpose(1, 2, 0) * np.asarray(hp.std) + np.asarray(hp.mean)
+            colours = class_colours(len(self.categories))
+            save_panoptic_preview(pixels, ids, {s["id"]: self.categories[s["class"]].get("color") or
+                                                colours[s["class"]] for s in segments if s["id"] in extents},
+                                  preview)
         things = sum(s["isthing"] for s in info)
-        written = [str(p) for p in (png, segments_json, geotiff, vectors) if p is not None]
+        written = [str(p) for p in (png, segments_json, preview, geotiff, vectors) if p is not None]
         no_data = 0 if valid is None else int(valid.size - np.count_nonzero(valid))
         return {"image": str(path), "written": written, "things": things, "stuff": len(info) - things,
                 "no_data_pixels": no_data, "segments": segments_file, "vectors": str(vectors) if vectors else None}

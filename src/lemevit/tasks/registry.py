@@ -6,6 +6,7 @@ A task module ends with its class decorated by :func:`register_task`, as timm's 
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lemevit.errors import ConfigError
@@ -13,7 +14,7 @@ from lemevit.errors import ConfigError
 if TYPE_CHECKING:
     from lemevit.tasks.base import BaseTask
 
-__all__ = ["get_task", "register_task", "task_names"]
+__all__ = ["check_data_layout", "get_task", "register_task", "task_names"]
 
 _TASKS: dict[str, type[BaseTask]] = {}
 
@@ -41,3 +42,18 @@ def get_task(name: str) -> type[BaseTask]:
     if name not in _TASKS:
         raise ConfigError("task", f"unknown task {name!r}; the tasks are {', '.join(_TASKS)}")
     return _TASKS[name]
+
+
+def check_data_layout(task: type[BaseTask], root: str | Path, argument: str = "data") -> None:
+    """Refuse the folder ``root`` when it is laid out for another task than ``task``, naming the layout found and
+    the one ``task`` needs (a folder of no task's layout is left to the task's own reading, which says what is
+    missing)."""
+    _load_builtin_tasks()
+    root = Path(root)
+    if not root.is_dir():
+        return
+    found = next((t for t in sorted(_TASKS.values(), key=lambda t: t.loose_layout) if t.holds_data(root)), None)
+    if found is None or found is task:
+        return
+    raise ConfigError(argument, f"{root} is laid out as {found.name} data ({found.data_layout}); a {task.name} model "
+                                f"needs {task.data_layout}")

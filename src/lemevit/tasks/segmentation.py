@@ -15,12 +15,14 @@ from lemevit.data.regions import read_region
 from lemevit.data.segmentation import (
     IGNORE_INDEX,
     PRESETS,
+    SEGMENTATION_LAYOUT,
     LabelScheme,
     SegmentationCrops,
     SegmentationTiles,
     TilePair,
     check_pairs,
     dataset_subsets,
+    is_segmentation_data,
     resolve_labels,
     scan_pairs,
     split_tiles,
@@ -119,15 +121,20 @@ class SegmentationTask(SlidingWindowTask):
     logged_metrics = ("miou", "oa", "mf1")
     backbone_prefix = "model.encoder."
     entry_type = TilePair
+    data_layout = SEGMENTATION_LAYOUT
+    holds_data = staticmethod(is_segmentation_data)
     find_unused_parameters = True
 
-    def __init__(self, model: str, labels: dict, head: str = "upernet", decoder_channels: int | None = None,
-                 aux_weight: float = 0.4, dice_weight: float = 0.0, in_chans: int = 3, img_size: int = 512,
-                 window: int | None = None, stride: int | None = None,
+    # The settings of a run default to its config's (written once there); a checkpoint saved before a setting
+    # existed (dice_weight) loads with that default too, which is what those runs did.
+    def __init__(self, model: str, labels: dict, head: str = SegmentationConfig.head,
+                 decoder_channels: int | None = None, aux_weight: float = SegmentationConfig.aux_weight,
+                 dice_weight: float = SegmentationConfig.dice_weight, in_chans: int = 3,
+                 img_size: int = SegmentationConfig.img_size, window: int | None = None, stride: int | None = None,
                  mean: Sequence[float] = (123.675, 116.28, 103.53), std: Sequence[float] = (58.395, 57.12, 57.375),
                  input_dtype: str | None = None, band_names: Sequence[str] | None = None, reflectance: bool = False,
-                 optimization: dict | None = None, drop_path_rate: float = 0.1,
-                 init_checkpoint: str | None = None, seed: int = 0):
+                 optimization: dict | None = None, drop_path_rate: float = SegmentationConfig.drop_path_rate,
+                 init_checkpoint: str | None = None, seed: int = SegmentationConfig.seed):
         super().__init__()
         self.save_hyperparameters()
         self.labels = LabelScheme.from_dict(labels)
@@ -267,12 +274,15 @@ class SegmentationTask(SlidingWindowTask):
 
     def predict_step(self, batch, batch_idx: int) -> None:
         index, scene, output = batch
+        self.predict_claimed(index, output, lambda: self._predict_or_skip(scene, output))
+
+    def _predict_or_skip(self, scene: Path, output: Path) -> dict:
         try:
-            self._records.append((index, self.predict_map([scene], output)))
+            return self.predict_map([scene], output)
         except DataError as e:
             if not self.skip_bad:
                 raise
-            self._records.append((index, {"scene": str(scene), "error": str(e)}))
+            return {"scene": str(scene), "error": str(e)}
 
     def predict_map(self, scenes: Sequence[Path | str], output: Path) -> dict:
         model_seconds = self.model_seconds
@@ -301,4 +311,4 @@ class SegmentationTask(SlidingWindowTask):
         return [f"skipped {r['scene']}: {r['error']}" if "error" in r else
                 f"wrote {r['output']}: {r['width']}x{r['height']} class map" + self.no_data_left_out(r)
                 + self.companions_written(r)
-                for r in records] + [self.prediction_summary(records)]
+                for r in records if "error" in r or "height" in r] + [self.prediction_summary(records)]
