@@ -215,7 +215,7 @@ def test_15_summaries_count_what_they_predicted(tmp_path):
     options = DetectionPredictOptions(checkpoint="run/best.ckpt", output=str(tmp_path / "boxes"), inputs=["a.png"])
     record = {"image": "a.png", "quads": np.zeros((3, 4, 2)), "scores": np.array([0.9, 0.2, 0.1]),
               "labels": np.array([0, 1, 1]), "png": "boxes/a.png", "drawn": 1, "pixels": 64 * 64, "seconds": {},
-              "vector": None}
+              "vector": None, "no_data_pixels": 0}
     lines = detector.finish_prediction([record], options)
     assert "a.png: 3 objects (1 drawn in boxes/a.png, 2 under --draw-threshold 0.3)" in lines
     change = ChangeTask("resnet10t", "siamunet", img_size=64)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,11 @@ def load_torch_file(path: str | Path, what: str = "a checkpoint", mmap: bool = F
     be read so is an :class:`UnreadableTensorFile` saying that it is not ``what`` and why."""
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():
+            # torch's warnings about a file it then refuses (an unusual pickle protocol) would add lines to the one
+            # that says what the file is not.
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - torch raises many types for files it cannot read
         if mmap and "mmap can only be used" in str(e):
             # A file not in torch's zip format: read it without mmap to tell what it is.
