@@ -259,14 +259,32 @@ def rotated_roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: i
     image pixels -> ``(K, C, output_size, output_size)``.
 
     Each output bin averages ``sampling_ratio**2`` bilinear samples taken on a regular grid in the box's own
-    frame (rows along ``h``, columns along ``w``). Image point ``x`` lies at ``x * spatial_scale`` in feature
-    pixels whose centres are at ``i + 0.5`` (the half-pixel-aligned convention).
+    frame (rows along ``h``, columns along ``w``), the sampling of mmcv's ``RoIAlignRotated`` with a fixed
+    ``sampling_ratio``. Image point ``x`` lies at ``x * spatial_scale`` in feature pixels whose centres are at
+    ``i + 0.5`` (``aligned=True``). A sample's neighbours outside the map count as zeros (the convention of
+    ``grid_sample``; mmcv repeats the border pixel for samples within one pixel outside it).
+
+    A bin is a fixed weighted sum of feature pixels (its samples' bilinear taps, ``4 * sampling_ratio**2`` of
+    them), so every bin of every RoI is one bag of :func:`~torch.nn.functional.embedding_bag` over the pixels'
+    channel vectors: one call for all the RoIs, and no ``(samples, C)`` intermediate, forward or backward.
     """
-    num_rois, channels = rois.shape[0], features.shape[1]
-    samples = output_size * sampling_ratio
-    out = features.new_zeros(num_rois, channels, output_size, output_size)
+    num_rois, (batch, channels, height, width) = rois.shape[0], features.shape
     if num_rois == 0:
-        return out
+        return features.new_zeros(0, channels, output_size, output_size)
+    taps, weights = _bilinear_taps(rois, (height, width), output_size, spatial_scale, sampling_ratio)
+    pixels = features.float().permute(0, 2, 3, 1).reshape(batch * height * width, channels)
+    bins = F.embedding_bag(taps, pixels, per_sample_weights=weights, mode="sum")  # (K * P * P, C)
+    return bins.unflatten(0, (num_rois, output_size, output_size)).permute(0, 3, 1, 2).to(features.dtype)
+
+
+def _bilinear_taps(rois: torch.Tensor, size: tuple[int, int], output_size: int, spatial_scale: float,
+                   sampling_ratio: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per bin of each RoI (``K * P * P`` rows), the flat indices of the ``(B * H * W)`` feature pixels its samples
+    interpolate between and their weights (bilinear weight over the samples per bin; zero for a pixel outside the
+    map, whose index is clamped into it): two ``(K * P * P, 4 * sampling_ratio**2)`` tensors."""
+    height, width = size
+    num_rois, bins, ratio = len(rois), output_size, sampling_ratio
+    samples = bins * ratio
     # Sampling positions in float32 whatever the feature type: in bf16 a coordinate near 1000 px would be
     # off by up to 4 px.
     steps = (torch.arange(samples, device=rois.device, dtype=torch.float32) + 0.5) / samples - 0.5
@@ -274,16 +292,22 @@ def rotated_roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: i
     u = steps[None, None, :] * w[:, None, None]  # (K, 1, S): columns along w
     v = steps[None, :, None] * h[:, None, None]  # (K, S, 1): rows along h
     cos, sin = torch.cos(theta)[:, None, None], torch.sin(theta)[:, None, None]
-    x = cx[:, None, None] + u * cos - v * sin  # (K, S, S)
-    y = cy[:, None, None] + u * sin + v * cos
-    height, width = features.shape[-2:]
-    grid = torch.stack([2 * x * spatial_scale / width - 1, 2 * y * spatial_scale / height - 1], dim=-1)
-    batch_index = rois[:, 0].long()
-    for b in batch_index.unique().tolist():
-        mask = batch_index == b
-        sel = grid[mask]  # (k, S, S, 2)
-        sampled = F.grid_sample(features[b:b + 1].float(), sel.reshape(1, -1, samples, 2), mode="bilinear",
-                                padding_mode="zeros", align_corners=False)  # (1, C, k*S, S)
-        sampled = sampled.reshape(channels, -1, samples, samples).transpose(0, 1)
-        out[mask] = F.avg_pool2d(sampled, sampling_ratio).to(out.dtype)
-    return out
+    # Feature-pixel coordinates with pixel i centred at i: (K, S, S), then the samples of each bin together.
+    x = (cx[:, None, None] + u * cos - v * sin) * spatial_scale - 0.5
+    y = (cy[:, None, None] + u * sin + v * cos) * spatial_scale - 0.5
+
+    def by_bin(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(num_rois, bins, ratio, bins, ratio).transpose(2, 3).reshape(num_rois, bins, bins, -1)
+
+    x, y = by_bin(x), by_bin(y)
+    left, top = x.floor(), y.floor()
+    right_weight, bottom_weight = x - left, y - top
+    first = rois[:, 0].long()[:, None, None, None] * (height * width)
+    taps, weights = [], []
+    for row, row_weight in ((top, 1 - bottom_weight), (top + 1, bottom_weight)):
+        for column, column_weight in ((left, 1 - right_weight), (left + 1, right_weight)):
+            inside = (row >= 0) & (row < height) & (column >= 0) & (column < width)
+            taps.append(first + (row.clamp(0, height - 1) * width + column.clamp(0, width - 1)).long())
+            weights.append(row_weight * column_weight * inside / ratio**2)
+    return torch.cat(taps, -1).reshape(num_rois * bins * bins, -1), torch.cat(weights, -1).reshape(
+        num_rois * bins * bins, -1)
