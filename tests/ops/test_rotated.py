@@ -16,6 +16,7 @@ from lemevit.ops import (
     quad_to_box,
     rotated_batched_nms,
     rotated_box_iou,
+    rotated_multiclass_nms,
     rotated_nms,
     rotated_roi_align,
 )
@@ -246,3 +247,18 @@ def test_rotated_nms_of_axis_aligned_boxes_equals_torchvision_nms(monkeypatch):
     corners = torch.cat([xy - wh / 2, xy + wh / 2], dim=1)
     for threshold in (0.1, 0.5):
         assert rotated_nms(boxes, scores, threshold).tolist() == nms(corners, scores, threshold).tolist()
+
+
+@pytest.mark.parametrize("classes_per_box", [1, 4, 15])
+def test_multiclass_nms_of_shared_boxes_keeps_what_class_wise_nms_keeps(classes_per_box):
+    g = torch.Generator().manual_seed(8)
+    boxes = random_boxes(120, g).float()
+    # Each box is a candidate in classes_per_box of 15 classes, with a score of its own in each.
+    box_index = torch.arange(120).repeat_interleave(classes_per_box)
+    labels = torch.stack([torch.randperm(15, generator=g)[:classes_per_box] for _ in range(120)]).flatten()
+    scores = torch.rand(len(box_index), generator=g)
+    for threshold in (0.1, 0.5):
+        expected = rotated_batched_nms(boxes[box_index], scores, labels, threshold)
+        kept = rotated_multiclass_nms(boxes, box_index, scores, labels, threshold)
+        assert kept.tolist() == expected.tolist()
+    assert rotated_multiclass_nms(boxes, box_index[:0], scores[:0], labels[:0], 0.1).tolist() == []

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "box_to_hbox", "box_to_quad", "convex_quad_iou", "normalize_boxes", "quad_to_box", "rotated_batched_nms",
-    "rotated_box_iou", "rotated_nms", "rotated_roi_align",
+    "rotated_box_iou", "rotated_multiclass_nms", "rotated_nms", "rotated_roi_align",
 ]
 
 # Corner order of box_to_quad, in units of (w, h) in the box's own frame: clockwise on screen from the
@@ -229,15 +229,7 @@ def rotated_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float)
         ious = torch.cat([convex_quad_iou(quads[i[s:s + _PAIR_CHUNK]], quads[j[s:s + _PAIR_CHUNK]], aligned=True)
                           for s in range(0, i.numel(), _PAIR_CHUNK)])
         i, j = i[ious > iou_threshold], j[ious > iou_threshold]
-    keep = torch.ones(order.numel(), dtype=torch.bool, device=boxes.device)
-    while True:
-        suppressed = torch.zeros_like(keep)
-        suppressed[j[keep[i]]] = True
-        updated = ~suppressed
-        if torch.equal(updated, keep):
-            break
-        keep = updated
-    return order[keep]
+    return order[_greedy_survivors(i, j, order.numel())]
 
 
 def rotated_batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
@@ -251,6 +243,58 @@ def rotated_batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch
     shifted = boxes.float().clone()
     shifted[:, 0] += groups.to(shifted.dtype) * span
     return rotated_nms(shifted, scores, iou_threshold)
+
+
+def rotated_multiclass_nms(boxes: torch.Tensor, box_index: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
+                           iou_threshold: float) -> torch.Tensor:
+    """Class-wise greedy NMS of candidates that share boxes: candidate ``k`` is ``boxes[box_index[k]]`` in class
+    ``labels[k]`` with ``scores[k]``; indices of the kept candidates by decreasing score.
+
+    It keeps what :func:`rotated_batched_nms` of the candidates' boxes by class keeps, but a pair of boxes has its
+    IoU computed once, however many classes it is a candidate in together. A detector whose box regression is
+    class-agnostic (Oriented R-CNN's) proposes one box for every class that scores it above the threshold: all of
+    them for an untrained box head, which scores every class near chance, and there the classes share the work
+    instead of repeating it.
+    """
+    order = scores.argsort(descending=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=order.device)
+    used, local = box_index.unique(return_inverse=True)
+    quads = box_to_quad(boxes[used].float())
+    # (box, class) -> rank of that candidate, -1 where the box is no candidate in the class.
+    table = torch.full((len(used), int(labels.max()) + 1 if len(labels) else 1), -1, dtype=torch.long,
+                       device=boxes.device)
+    table[local, labels] = rank
+    a, b = _overlapping_pairs(_quad_bounds(quads))
+    first, second = [], []
+    rows = max(1, _PAIR_CHUNK // table.shape[1])
+    for start in range(0, a.numel(), rows):
+        ra, rb = table[a[start:start + rows]], table[b[start:start + rows]]  # (pairs, classes)
+        shared = (ra >= 0) & (rb >= 0)
+        pair = shared.any(1)
+        ra, rb, shared = ra[pair], rb[pair], shared[pair]
+        if not len(ra):
+            continue
+        iou = convex_quad_iou(quads[a[start:start + rows][pair]], quads[b[start:start + rows][pair]], aligned=True)
+        shared &= (iou > iou_threshold)[:, None]
+        first.append(torch.minimum(ra, rb)[shared])
+        second.append(torch.maximum(ra, rb)[shared])
+    i = torch.cat(first) if first else rank.new_zeros(0)
+    j = torch.cat(second) if second else rank.new_zeros(0)
+    return order[_greedy_survivors(i, j, len(order))]
+
+
+def _greedy_survivors(i: torch.Tensor, j: torch.Tensor, count: int) -> torch.Tensor:
+    """Which of ``count`` boxes ranked by decreasing score greedy NMS keeps, given the pairs ``i`` (ranked higher)
+    and ``j`` that overlap above the threshold (see :func:`rotated_nms`)."""
+    keep = torch.ones(count, dtype=torch.bool, device=i.device)
+    while True:
+        suppressed = torch.zeros_like(keep)
+        suppressed[j[keep[i]]] = True
+        updated = ~suppressed
+        if torch.equal(updated, keep):
+            return keep
+        keep = updated
 
 
 def rotated_roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: int = 7, spatial_scale: float = 1.0,
