@@ -294,7 +294,8 @@ def test_11_a_window_given_alone_brings_its_own_stride_and_detection_windows_the
                  "--window", "64", "--num-workers", "0"]) == 0
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert (metrics["window"], metrics["stride"]) == (64, 48)  # not the run's stride of 96
-    from lemevit.tasks.detection import DetectionConfig, default_overlap
+    from lemevit.inference.detection import default_overlap
+    from lemevit.tasks.detection import DetectionConfig
 
     assert DetectionConfig(data="d", output="o", img_size=16).overlap is None and default_overlap(16) == 3
     assert default_overlap(1024) == 200 and default_overlap(512) == 100

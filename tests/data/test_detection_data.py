@@ -1,4 +1,4 @@
-"""DOTA / DIOR-R parsing, windows and merging, and box-correct flips and quarter turns."""
+"""DOTA / DIOR-R parsing, windows cut and merged back, and box-correct flips and quarter turns."""
 from __future__ import annotations
 
 import math
@@ -15,14 +15,13 @@ from lemevit.data.detection import (
     LabelError,
     PatchDataset,
     flip_boxes,
-    merge_patch_detections,
     parse_dota_txt,
     patch_objects,
-    patch_windows,
     rot90_boxes,
     scan_detection_folder,
 )
 from lemevit.errors import DataError
+from lemevit.inference.detection import detection_windows, merge_window_detections
 from lemevit.ops import box_to_quad, rotated_box_iou
 
 
@@ -54,18 +53,11 @@ def test_malformed_dota_line_names_file_and_line(tmp_path, line, message):
         parse_dota_txt(path, DOTA_V1_CLASSES)
 
 
-def test_windows_cover_the_image_with_the_requested_overlap():
-    windows = patch_windows(2304, 1792, size=1024, overlap=200)
-    assert sorted({x for x, _ in windows}) == [0, 824, 1280]
-    assert sorted({y for _, y in windows}) == [0, 768]
-    assert patch_windows(500, 300, size=1024) == [(0, 0)]
-
-
 def test_split_and_merge_recover_a_box_straddling_a_patch_border():
     # Windows of 100 px with overlap 40 start at 0 and 60 along x; the object spans x 50..90.
     quad = np.array([[[50, 20], [90, 20], [90, 40], [50, 40]]], np.float32)
     labels = ImageLabels(Path("scene.png"), quad, np.array([3]), np.array([False]))
-    windows = patch_windows(160, 100, size=100, overlap=40)
+    windows = detection_windows(160, 100, size=100, overlap=40)
     assert windows == [(0, 0), (60, 0)]
     left, _, _ = patch_objects(labels, (0, 0), 100)
     right, right_labels, _ = patch_objects(labels, (60, 0), 100)
@@ -75,7 +67,7 @@ def test_split_and_merge_recover_a_box_straddling_a_patch_border():
     assert right_labels.tolist() == [3]
     assert len(patch_objects(labels, (60, 0), 100, keep_ratio=0.8)[0]) == 0
     # The detector sees both; merging puts both into full-image coordinates and keeps the better one.
-    boxes, scores, classes = merge_patch_detections(
+    boxes, scores, classes = merge_window_detections(
         [torch.tensor(left), torch.tensor(right)], [torch.tensor([0.9]), torch.tensor([0.6])],
         [torch.tensor([3]), torch.tensor([3])], windows)
     assert classes.tolist() == [3] and scores.tolist() == [pytest.approx(0.9)]

@@ -4,9 +4,11 @@ from __future__ import annotations
 import math
 
 import torch
+from rotated_reference import grid_sample_roi_align
 
+from lemevit.models import oriented_rcnn
 from lemevit.models.oriented_rcnn import MidpointOffsetCoder, OrientedRCNN, RotatedDeltaCoder, _max_iou_assign
-from lemevit.ops import box_to_hbox, normalize_boxes, rotated_box_iou
+from lemevit.ops import box_to_hbox, normalize_boxes, rotated_batched_nms, rotated_box_iou
 
 
 def random_boxes(n: int, seed: int) -> torch.Tensor:
@@ -40,7 +42,7 @@ def test_max_iou_assignment():
     assert _max_iou_assign(iou, 0.7, 0.3, 0.3, low_quality=True).tolist() == [0, -2, 1, -1]
 
 
-def test_one_training_step_on_cpu_lowers_the_loss_and_inference_runs():
+def test_one_training_step_on_cpu_lowers_the_loss_and_inference_runs(monkeypatch):
     torch.manual_seed(0)
     model = OrientedRCNN("resnet10t", num_classes=3, fpn_channels=32, rpn_proposals=200, test_proposals=100)
     images = torch.randn(2, 3, 128, 128)
@@ -66,3 +68,14 @@ def test_one_training_step_on_cpu_lowers_the_loss_and_inference_runs():
     assert len(detections) == 2
     for d in detections:
         assert d["boxes"].shape[1] == 5 and len(d["boxes"]) == len(d["scores"]) == len(d["labels"])
+    # The detections are those of the grid_sample RoI Align and the NMS class by class the detector had before.
+    monkeypatch.setattr(oriented_rcnn, "rotated_roi_align", grid_sample_roi_align)
+    monkeypatch.setattr(oriented_rcnn, "rotated_multiclass_nms",
+                        lambda boxes, index, scores, labels, nms_iou: rotated_batched_nms(boxes[index], scores,
+                                                                                          labels, nms_iou))
+    before = model(images)
+    assert sum(len(d["scores"]) for d in detections) > 20
+    for found, expected in zip(detections, before, strict=True):
+        assert found["labels"].tolist() == expected["labels"].tolist()
+        torch.testing.assert_close(found["scores"], expected["scores"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(found["boxes"], expected["boxes"], rtol=1e-5, atol=1e-3)

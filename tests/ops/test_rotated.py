@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from rotated_reference import grid_sample_roi_align
 from shapely.geometry import Polygon
 
 from lemevit.ops import (
@@ -16,6 +17,7 @@ from lemevit.ops import (
     quad_to_box,
     rotated_batched_nms,
     rotated_box_iou,
+    rotated_multiclass_nms,
     rotated_nms,
     rotated_roi_align,
 )
@@ -114,6 +116,99 @@ def test_rotated_roi_align_samples_the_rotated_box():
     torch.testing.assert_close(out[1, 0].mean(), torch.tensor(11.5))
 
 
+def random_rois(n: int, images: int, side: float, generator: torch.Generator) -> torch.Tensor:
+    """RoIs anywhere over ``side``-pixel images, some overhanging their border, tiny to larger than the image."""
+    image = torch.randint(0, images, (n, 1), generator=generator).float()
+    centre = torch.rand(n, 2, generator=generator) * side * 1.2 - side * 0.1
+    size = torch.rand(n, 2, generator=generator) ** 2 * side + 0.5
+    theta = (torch.rand(n, 1, generator=generator) - 0.5) * math.pi
+    return torch.cat([image, centre, size, theta], dim=1)
+
+
+@pytest.mark.parametrize(("spatial_scale", "sampling_ratio"), [(1 / 4, 2), (1 / 16, 2), (1 / 8, 3)])
+def test_rotated_roi_align_equals_the_grid_sample_one_on_random_boxes(spatial_scale, sampling_ratio):
+    g = torch.Generator().manual_seed(4)
+    features = torch.randn(3, 16, 24, 20, generator=g, requires_grad=True)
+    rois = random_rois(300, 3, 20 / spatial_scale, g)
+    out = rotated_roi_align(features, rois, 7, spatial_scale, sampling_ratio)
+    expected = grid_sample_roi_align(features, rois, 7, spatial_scale, sampling_ratio)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    # The gradient that reaches the pyramid in training too.
+    weights = torch.randn(out.shape, generator=g)
+    grad, = torch.autograd.grad((out * weights).sum(), features)
+    expected_grad, = torch.autograd.grad((expected * weights).sum(), features)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_rotated_roi_align_of_axis_aligned_boxes_equals_torchvision_roi_align():
+    from torchvision.ops import roi_align
+
+    g = torch.Generator().manual_seed(5)
+    features = torch.randn(2, 8, 32, 40, generator=g)
+    # Inside the map by a pixel at least: torchvision (like mmcv) repeats the border pixel just outside it.
+    x1y1 = torch.rand(50, 2, generator=g) * 60 + 8
+    x2y2 = x1y1 + torch.rand(50, 2, generator=g) * 60 + 1
+    image = torch.randint(0, 2, (50, 1), generator=g).float()
+    rois = torch.cat([image, (x1y1 + x2y2) / 2, x2y2 - x1y1, torch.zeros(50, 1)], dim=1)
+    out = rotated_roi_align(features, rois, 7, 1 / 4, 2)
+    expected = roi_align(features, torch.cat([image, x1y1, x2y2], dim=1), 7, 1 / 4, 2, aligned=True)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_quarter_turned_box_gives_the_crop_of_the_unturned_box_turned_a_quarter():
+    g = torch.Generator().manual_seed(6)
+    features = torch.randn(1, 4, 32, 32, generator=g)
+    square = torch.tensor([[0, 60.0, 70.0, 40.0, 40.0, 0.0]])
+    turned = square.clone()
+    turned[0, 5] = math.pi / 2
+    crop = rotated_roi_align(features, square, 5, 1 / 4, 2)
+    # The box's w axis now runs down the image and its h axis to the left: bin (i, j) is the crop's (j, P-1-i).
+    torch.testing.assert_close(rotated_roi_align(features, turned, 5, 1 / 4, 2), torch.rot90(crop, 1, dims=(2, 3)),
+                               rtol=1e-5, atol=1e-5)
+
+
+def mmcv_roi_align_rotated(features: np.ndarray, roi: list[float], bins: int, spatial_scale: float,
+                           ratio: int) -> np.ndarray:
+    """mmcv's RoIAlignRotated forward (aligned=True, clockwise=True, a fixed sampling ratio) for one RoI, point by
+    point as its CPU kernel defines it."""
+    channels, height, width = features.shape
+    _, cx, cy, w, h, theta = roi
+    cx, cy, w, h = cx * spatial_scale - 0.5, cy * spatial_scale - 0.5, w * spatial_scale, h * spatial_scale
+    theta = -theta  # clockwise
+    bin_w, bin_h = w / bins, h / bins
+    cos, sin = math.cos(theta), math.sin(theta)
+    out = np.zeros((channels, bins, bins))
+    for ph in range(bins):
+        for pw in range(bins):
+            total = np.zeros(channels)
+            for iy in range(ratio):
+                yy = -h / 2 + ph * bin_h + (iy + 0.5) * bin_h / ratio
+                for ix in range(ratio):
+                    xx = -w / 2 + pw * bin_w + (ix + 0.5) * bin_w / ratio
+                    y, x = yy * cos - xx * sin + cy, yy * sin + xx * cos + cx
+                    if y < -1 or y > height or x < -1 or x > width:
+                        continue
+                    y, x = max(y, 0.0), max(x, 0.0)
+                    y0, x0 = min(int(y), height - 1), min(int(x), width - 1)
+                    y1, x1 = min(y0 + 1, height - 1), min(x0 + 1, width - 1)
+                    y, x = (float(y0) if y0 == height - 1 else y), (float(x0) if x0 == width - 1 else x)
+                    ly, lx = y - y0, x - x0
+                    total += ((1 - ly) * (1 - lx) * features[:, y0, x0] + (1 - ly) * lx * features[:, y0, x1]
+                              + ly * (1 - lx) * features[:, y1, x0] + ly * lx * features[:, y1, x1])
+            out[:, ph, pw] = total / ratio**2
+    return out
+
+
+@pytest.mark.parametrize("degrees", [30.0, -75.0, 90.0])
+def test_rotated_roi_align_follows_mmcv_roi_align_rotated_inside_the_map(degrees):
+    g = torch.Generator().manual_seed(7)
+    features = torch.randn(1, 3, 20, 20, generator=g)
+    roi = [0, 20.0, 18.0, 30.0, 14.0, math.radians(degrees)]  # inside the 40 px image by 3 px at least
+    out = rotated_roi_align(features, torch.tensor([roi]), 4, 1 / 2, 2)[0]
+    expected = mmcv_roi_align_rotated(features[0].double().numpy(), roi, 4, 1 / 2, 2)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_rotated_nms_of_axis_aligned_boxes_equals_torchvision_nms(monkeypatch):
     from torchvision.ops import nms
 
@@ -128,3 +223,18 @@ def test_rotated_nms_of_axis_aligned_boxes_equals_torchvision_nms(monkeypatch):
     corners = torch.cat([xy - wh / 2, xy + wh / 2], dim=1)
     for threshold in (0.1, 0.5):
         assert rotated_nms(boxes, scores, threshold).tolist() == nms(corners, scores, threshold).tolist()
+
+
+@pytest.mark.parametrize("classes_per_box", [1, 4, 15])
+def test_multiclass_nms_of_shared_boxes_keeps_what_class_wise_nms_keeps(classes_per_box):
+    g = torch.Generator().manual_seed(8)
+    boxes = random_boxes(120, g).float()
+    # Each box is a candidate in classes_per_box of 15 classes, with a score of its own in each.
+    box_index = torch.arange(120).repeat_interleave(classes_per_box)
+    labels = torch.stack([torch.randperm(15, generator=g)[:classes_per_box] for _ in range(120)]).flatten()
+    scores = torch.rand(len(box_index), generator=g)
+    for threshold in (0.1, 0.5):
+        expected = rotated_batched_nms(boxes[box_index], scores, labels, threshold)
+        kept = rotated_multiclass_nms(boxes, box_index, scores, labels, threshold)
+        assert kept.tolist() == expected.tolist()
+    assert rotated_multiclass_nms(boxes, box_index[:0], scores[:0], labels[:0], 0.1).tolist() == []

@@ -36,13 +36,27 @@ def dota_folder(tmp_path_factory):
     return root
 
 
+#: ``(sanity check, windows)`` of each batch of windows the fixture ``run``'s validation detected.
+VALIDATED_WINDOWS: list[tuple[bool, int]] = []
+
+
 @pytest.fixture(scope="module")
 def run(dota_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "det"
-    code = main(["train", "--task", "detection", "--data", str(dota_folder), "--model", "resnet10t",
-                 "--img-size", "128", "--overlap", "32", "--epochs", "1", "--batch-size", "2", "--split", "1.0",
-                 "--fpn-channels", "32", "--rpn-proposals", "100", "--test-proposals", "50", "--num-workers", "0",
-                 "--accelerator", "cpu", "--output", str(out)])
+    original = DetectionTask.forward
+
+    def counting(self, images):
+        VALIDATED_WINDOWS.append((self.trainer.sanity_checking, len(images)))
+        return original(self, images)
+
+    DetectionTask.forward = counting
+    try:
+        code = main(["train", "--task", "detection", "--data", str(dota_folder), "--model", "resnet10t",
+                     "--img-size", "128", "--overlap", "32", "--epochs", "1", "--batch-size", "2", "--split", "1.0",
+                     "--fpn-channels", "32", "--rpn-proposals", "100", "--test-proposals", "50", "--num-workers",
+                     "0", "--accelerator", "cpu", "--output", str(out)])
+    finally:
+        DetectionTask.forward = original
     assert code == 0
     return out
 
@@ -51,6 +65,25 @@ def test_train_writes_a_detection_run(run):
     for name in ("best.ckpt", "last.ckpt", "split.json", "config.yaml"):
         assert (run / name).is_file()
     assert json.loads((run / "split.json").read_text())["splits"]["train"] == [{"image": "images/S1.png"}]
+
+
+def test_the_sanity_check_detects_one_window_and_validation_every_window(run):
+    # The scene is two windows wide: Lightning's check of the validation path runs one, validation both.
+    assert sum(n for sanity, n in VALIDATED_WINDOWS if sanity) == 1
+    assert sum(n for sanity, n in VALIDATED_WINDOWS if not sanity) == 2
+
+
+@pytest.mark.parametrize(("img_size", "given", "expected"), [
+    (1024, {}, (2000, 2000)),  # the published setting
+    (512, {}, (500, 500)),
+    (256, {}, (125, 125)),
+    (256, {"rpn_proposals": 300, "test_proposals": 2000}, (300, 2000)),  # what the user gives wins
+])
+def test_proposal_budgets_follow_the_window_area(img_size, given, expected):
+    cfg = DetectionConfig(data="d", output="o", img_size=img_size, **given)
+    module = DetectionTask("resnet10t", num_classes=3, img_size=img_size, fpn_channels=16,
+                           rpn_proposals=cfg.rpn_proposals, test_proposals=cfg.test_proposals)
+    assert (module.model.rpn_proposals, module.model.test_proposals) == expected
 
 
 def test_eval_writes_map_and_per_class_ap(run, dota_folder, tmp_path):

@@ -126,13 +126,13 @@ def test_an_untrained_box_head_sends_at_most_pre_nms_top_k_candidates_to_nms(tmp
     calls = []
     from lemevit.models import oriented_rcnn
 
-    original = oriented_rcnn.rotated_batched_nms
+    original = oriented_rcnn.rotated_multiclass_nms
 
-    def counting(boxes, scores, groups, iou_threshold):
-        calls.append(len(boxes))
-        return original(boxes, scores, groups, iou_threshold)
+    def counting(boxes, box_index, scores, labels, iou_threshold):
+        calls.append(len(box_index))
+        return original(boxes, box_index, scores, labels, iou_threshold)
 
-    oriented_rcnn.rotated_batched_nms = counting
+    oriented_rcnn.rotated_multiclass_nms = counting
     try:
         with torch.inference_mode():
             module.model.pre_nms_top_k = 10_000
@@ -140,7 +140,7 @@ def test_an_untrained_box_head_sends_at_most_pre_nms_top_k_candidates_to_nms(tmp
             module.model.pre_nms_top_k = 500
             capped = module.model(torch.randn(1, 3, 256, 256))
     finally:
-        oriented_rcnn.rotated_batched_nms = original
+        oriented_rcnn.rotated_multiclass_nms = original
     assert calls[0] > 2000 and calls[1] == 500
     assert len(capped[0]["scores"]) <= 500
 

@@ -30,14 +30,14 @@ from lemevit.data.regions import RegionReader, raster_size
 from lemevit.data.splits import SUBSETS
 from lemevit.data.transforms import IMAGENET_RGB_MEAN_STD, pixel_tensor
 from lemevit.errors import ConfigError, DataError
+from lemevit.inference.detection import detection_windows
 from lemevit.io.paths import is_listed_image
 from lemevit.ops.rotated import normalize_boxes, quad_to_box
 
 __all__ = [
-    "DETECTION_LAYOUT", "DIOR_R_CLASSES", "DOTA_V1_CLASSES", "UNSPLIT", "DetectionImages", "ImageLabels", "LabelError",
-    "PatchDataset", "collate_detection", "collate_single", "flip_boxes", "is_detection_data", "merge_patch_detections",
-    "parse_dior_xml", "parse_dota_txt",
-    "patch_objects", "patch_windows", "rot90_boxes", "scan_detection_data", "scan_detection_folder",
+    "DETECTION_LAYOUT", "DIOR_R_CLASSES", "DOTA_V1_CLASSES", "UNSPLIT", "DetectionImages", "ImageLabels",
+    "LabelError", "PatchDataset", "collate_detection", "collate_single", "flip_boxes", "is_detection_data",
+    "parse_dior_xml", "parse_dota_txt", "patch_objects", "rot90_boxes", "scan_detection_data", "scan_detection_folder",
 ]
 
 DOTA_V1_CLASSES = (
@@ -224,25 +224,6 @@ def scan_detection_folder(root: str | Path) -> tuple[list[str], list[ImageLabels
     return class_names, [labels for images in subsets.values() for labels in images]
 
 
-def patch_windows(width: int, height: int, size: int = 1024, overlap: int = 200) -> list[tuple[int, int]]:
-    """Top-left corners of ``size`` windows stepping ``size - overlap``; the last row and column are moved
-    back to end at the image border, so every pixel is covered and no window sticks out (unless the image is
-    smaller than ``size``, which gives one window at 0 to be padded)."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ConfigError("img_size", f"the window side must be a positive integer, got {size!r}")
-    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < size:
-        raise ConfigError("overlap", f"must be an integer from 0 to less than the window side ({size}), "
-                                     f"got {overlap!r}")
-
-    def starts(length: int) -> list[int]:
-        if length <= size:
-            return [0]
-        positions = list(range(0, length - size, size - overlap))
-        return positions + [length - size]
-
-    return [(x, y) for y in starts(height) for x in starts(width)]
-
-
 def patch_objects(labels: ImageLabels, window: tuple[int, int], size: int,
                   keep_ratio: float = 0.7) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Objects of one window, as le90 boxes in window coordinates ``(n, 5)`` with labels and difficult flags.
@@ -315,7 +296,7 @@ class PatchDataset(torch.utils.data.Dataset):
         self.items: list[tuple[int, tuple[int, int]]] = []
         for index, labels in enumerate(self.images):
             height, width = raster_size(labels.image)
-            for window in patch_windows(width, height, size, overlap):
+            for window in detection_windows(width, height, size, overlap):
                 if not skip_empty or len(patch_objects(labels, window, size, keep_ratio)[0]):
                     self.items.append((index, window))
         if not self.items:
@@ -374,38 +355,3 @@ def collate_single(batch: list[tuple]) -> tuple:
 def collate_detection(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, list[dict]]:
     images, targets = zip(*batch, strict=True)
     return torch.stack(images), list(targets)
-
-
-def merge_patch_detections(boxes: Sequence[torch.Tensor], scores: Sequence[torch.Tensor],
-                           labels: Sequence[torch.Tensor], windows: Sequence[tuple[int, int]],
-                           iou_threshold: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Detections of the windows of one image moved to full-image coordinates, duplicates from overlapping
-    windows removed by class-wise rotated NMS, by decreasing score.
-
-    Each window's detections already went through the same NMS, so a box can only be suppressed by, or suppress, a
-    box of another window that it overlaps: the boxes that overlap the region of no other window's boxes are kept
-    as they are, and only the others (those near the windows' overlaps) go through the NMS again. The result is
-    that of one NMS over all the boxes, at a fraction of its cost on a scene of many windows."""
-    from lemevit.ops.rotated import box_to_hbox, rotated_batched_nms
-
-    shifted = []
-    for b, (x0, y0) in zip(boxes, windows, strict=True):
-        b = b.clone()
-        b[:, 0] += x0
-        b[:, 1] += y0
-        shifted.append(b)
-    all_boxes, all_scores, all_labels = torch.cat(shifted), torch.cat(list(scores)), torch.cat(list(labels))
-    window_of = torch.cat([torch.full((len(b),), k) for k, b in enumerate(boxes)])
-    bounds = box_to_hbox(all_boxes)
-    shared = torch.zeros(len(all_boxes), dtype=torch.bool)
-    for k in window_of.unique().tolist():
-        own = window_of == k
-        low, high = bounds[own, :2].amin(0), bounds[own, 2:].amax(0)
-        # Boxes that touch count as overlapping: the NMS's own test is stricter, so none is missed.
-        touches = (bounds[:, :2] <= high).all(-1) & (bounds[:, 2:] >= low).all(-1)
-        shared |= touches & ~own
-    alone, near = (~shared).nonzero()[:, 0], shared.nonzero()[:, 0]
-    keep = torch.cat([alone, near[rotated_batched_nms(all_boxes[near], all_scores[near], all_labels[near],
-                                                      iou_threshold)]])
-    keep = keep[all_scores[keep].argsort(descending=True)]
-    return all_boxes[keep], all_scores[keep], all_labels[keep]

@@ -171,7 +171,10 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, given: di
                                 devices=cfg.devices, num_nodes=cfg.num_nodes, precision=cfg.precision,
                                 gradient_clip=cfg.gradient_clip, ema_decay=cfg.ema_decay, val_every=cfg.val_every,
                                 checkpoint_steps=cfg.checkpoint_steps, progress=progress,
-                                find_unused_parameters=task.find_unused_parameters, sync_batchnorm=cfg.sync_bn)
+                                find_unused_parameters=task.find_unused_parameters, sync_batchnorm=cfg.sync_bn,
+                                # Lightning's check of the validation path before training: one whole image (tile,
+                                # pair, scene) checks it as well as Lightning's two batches.
+                                num_sanity_val_steps=1 if task.batches_whole_images else 2)
         with interruptible(trainer):
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(run.last) if resume else None,
                         weights_only=True)

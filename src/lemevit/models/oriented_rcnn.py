@@ -42,8 +42,8 @@ from lemevit.ops.rotated import (
     box_to_quad,
     normalize_boxes,
     quad_to_box,
-    rotated_batched_nms,
     rotated_box_iou,
+    rotated_multiclass_nms,
     rotated_roi_align,
     wrap_angle,
 )
@@ -354,9 +354,9 @@ class OrientedRCNN(nn.Module):
                 if len(cand_scores) > self.pre_nms_top_k:
                     best = cand_scores.topk(self.pre_nms_top_k).indices
                     roi, cls, cand_scores = roi[best], cls[best], cand_scores[best]
-                cand_boxes = bx[roi]
-                keep = rotated_batched_nms(cand_boxes, cand_scores, cls, self.nms_threshold)[:self.max_detections]
-                out.append({"boxes": cand_boxes[keep], "scores": cand_scores[keep], "labels": cls[keep]})
+                # The box deltas are class-agnostic: a RoI scored above the threshold in several classes is one box.
+                keep = rotated_multiclass_nms(bx, roi, cand_scores, cls, self.nms_threshold)[:self.max_detections]
+                out.append({"boxes": bx[roi[keep]], "scores": cand_scores[keep], "labels": cls[keep]})
         return out
 
     def trunk(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:

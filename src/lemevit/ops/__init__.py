@@ -9,11 +9,12 @@ from lemevit.ops.rotated import (
     quad_to_box,
     rotated_batched_nms,
     rotated_box_iou,
+    rotated_multiclass_nms,
     rotated_nms,
     rotated_roi_align,
 )
 
 __all__ = [
     "box_to_hbox", "box_to_quad", "convex_quad_iou", "fold", "is_exporting", "normalize_boxes", "quad_to_box",
-    "rotated_batched_nms", "rotated_box_iou", "rotated_nms", "rotated_roi_align",
+    "rotated_batched_nms", "rotated_box_iou", "rotated_multiclass_nms", "rotated_nms", "rotated_roi_align",
 ]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "box_to_hbox", "box_to_quad", "convex_quad_iou", "normalize_boxes", "quad_to_box", "rotated_batched_nms",
-    "rotated_box_iou", "rotated_nms", "rotated_roi_align",
+    "rotated_box_iou", "rotated_multiclass_nms", "rotated_nms", "rotated_roi_align",
 ]
 
 # Corner order of box_to_quad, in units of (w, h) in the box's own frame: clockwise on screen from the
@@ -229,15 +229,7 @@ def rotated_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float)
         ious = torch.cat([convex_quad_iou(quads[i[s:s + _PAIR_CHUNK]], quads[j[s:s + _PAIR_CHUNK]], aligned=True)
                           for s in range(0, i.numel(), _PAIR_CHUNK)])
         i, j = i[ious > iou_threshold], j[ious > iou_threshold]
-    keep = torch.ones(order.numel(), dtype=torch.bool, device=boxes.device)
-    while True:
-        suppressed = torch.zeros_like(keep)
-        suppressed[j[keep[i]]] = True
-        updated = ~suppressed
-        if torch.equal(updated, keep):
-            break
-        keep = updated
-    return order[keep]
+    return order[_greedy_survivors(i, j, order.numel())]
 
 
 def rotated_batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
@@ -253,20 +245,90 @@ def rotated_batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch
     return rotated_nms(shifted, scores, iou_threshold)
 
 
+def rotated_multiclass_nms(boxes: torch.Tensor, box_index: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
+                           iou_threshold: float) -> torch.Tensor:
+    """Class-wise greedy NMS of candidates that share boxes: candidate ``k`` is ``boxes[box_index[k]]`` in class
+    ``labels[k]`` with ``scores[k]``; indices of the kept candidates by decreasing score.
+
+    It keeps what :func:`rotated_batched_nms` of the candidates' boxes by class keeps, but a pair of boxes has its
+    IoU computed once, however many classes it is a candidate in together. A detector whose box regression is
+    class-agnostic (Oriented R-CNN's) proposes one box for every class that scores it above the threshold: all of
+    them for an untrained box head, which scores every class near chance, and there the classes share the work
+    instead of repeating it.
+    """
+    order = scores.argsort(descending=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=order.device)
+    used, local = box_index.unique(return_inverse=True)
+    quads = box_to_quad(boxes[used].float())
+    # (box, class) -> rank of that candidate, -1 where the box is no candidate in the class.
+    table = torch.full((len(used), int(labels.max()) + 1 if len(labels) else 1), -1, dtype=torch.long,
+                       device=boxes.device)
+    table[local, labels] = rank
+    a, b = _overlapping_pairs(_quad_bounds(quads))
+    first, second = [], []
+    rows = max(1, _PAIR_CHUNK // table.shape[1])
+    for start in range(0, a.numel(), rows):
+        ra, rb = table[a[start:start + rows]], table[b[start:start + rows]]  # (pairs, classes)
+        shared = (ra >= 0) & (rb >= 0)
+        pair = shared.any(1)
+        ra, rb, shared = ra[pair], rb[pair], shared[pair]
+        if not len(ra):
+            continue
+        iou = convex_quad_iou(quads[a[start:start + rows][pair]], quads[b[start:start + rows][pair]], aligned=True)
+        shared &= (iou > iou_threshold)[:, None]
+        first.append(torch.minimum(ra, rb)[shared])
+        second.append(torch.maximum(ra, rb)[shared])
+    i = torch.cat(first) if first else rank.new_zeros(0)
+    j = torch.cat(second) if second else rank.new_zeros(0)
+    return order[_greedy_survivors(i, j, len(order))]
+
+
+def _greedy_survivors(i: torch.Tensor, j: torch.Tensor, count: int) -> torch.Tensor:
+    """Which of ``count`` boxes ranked by decreasing score greedy NMS keeps, given the pairs ``i`` (ranked higher)
+    and ``j`` that overlap above the threshold (see :func:`rotated_nms`)."""
+    keep = torch.ones(count, dtype=torch.bool, device=i.device)
+    while True:
+        suppressed = torch.zeros_like(keep)
+        suppressed[j[keep[i]]] = True
+        updated = ~suppressed
+        if torch.equal(updated, keep):
+            return keep
+        keep = updated
+
+
 def rotated_roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: int = 7, spatial_scale: float = 1.0,
                       sampling_ratio: int = 2) -> torch.Tensor:
     """Rotated RoI Align: ``(B, C, H, W)`` features, ``(K, 6)`` RoIs ``(batch index, cx, cy, w, h, theta)`` in
     image pixels -> ``(K, C, output_size, output_size)``.
 
     Each output bin averages ``sampling_ratio**2`` bilinear samples taken on a regular grid in the box's own
-    frame (rows along ``h``, columns along ``w``). Image point ``x`` lies at ``x * spatial_scale`` in feature
-    pixels whose centres are at ``i + 0.5`` (the half-pixel-aligned convention).
+    frame (rows along ``h``, columns along ``w``), the sampling of mmcv's ``RoIAlignRotated`` with a fixed
+    ``sampling_ratio``. Image point ``x`` lies at ``x * spatial_scale`` in feature pixels whose centres are at
+    ``i + 0.5`` (``aligned=True``). A sample's neighbours outside the map count as zeros (the convention of
+    ``grid_sample``; mmcv repeats the border pixel for samples within one pixel outside it).
+
+    A bin is a fixed weighted sum of feature pixels (its samples' bilinear taps, ``4 * sampling_ratio**2`` of
+    them), so every bin of every RoI is one bag of :func:`~torch.nn.functional.embedding_bag` over the pixels'
+    channel vectors: one call for all the RoIs, and no ``(samples, C)`` intermediate, forward or backward.
     """
-    num_rois, channels = rois.shape[0], features.shape[1]
-    samples = output_size * sampling_ratio
-    out = features.new_zeros(num_rois, channels, output_size, output_size)
+    num_rois, (batch, channels, height, width) = rois.shape[0], features.shape
     if num_rois == 0:
-        return out
+        return features.new_zeros(0, channels, output_size, output_size)
+    taps, weights = _bilinear_taps(rois, (height, width), output_size, spatial_scale, sampling_ratio)
+    pixels = features.float().permute(0, 2, 3, 1).reshape(batch * height * width, channels)
+    bins = F.embedding_bag(taps, pixels, per_sample_weights=weights, mode="sum")  # (K * P * P, C)
+    return bins.unflatten(0, (num_rois, output_size, output_size)).permute(0, 3, 1, 2).to(features.dtype)
+
+
+def _bilinear_taps(rois: torch.Tensor, size: tuple[int, int], output_size: int, spatial_scale: float,
+                   sampling_ratio: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per bin of each RoI (``K * P * P`` rows), the flat indices of the ``(B * H * W)`` feature pixels its samples
+    interpolate between and their weights (bilinear weight over the samples per bin; zero for a pixel outside the
+    map, whose index is clamped into it): two ``(K * P * P, 4 * sampling_ratio**2)`` tensors."""
+    height, width = size
+    num_rois, bins, ratio = len(rois), output_size, sampling_ratio
+    samples = bins * ratio
     # Sampling positions in float32 whatever the feature type: in bf16 a coordinate near 1000 px would be
     # off by up to 4 px.
     steps = (torch.arange(samples, device=rois.device, dtype=torch.float32) + 0.5) / samples - 0.5
@@ -274,16 +336,22 @@ def rotated_roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: i
     u = steps[None, None, :] * w[:, None, None]  # (K, 1, S): columns along w
     v = steps[None, :, None] * h[:, None, None]  # (K, S, 1): rows along h
     cos, sin = torch.cos(theta)[:, None, None], torch.sin(theta)[:, None, None]
-    x = cx[:, None, None] + u * cos - v * sin  # (K, S, S)
-    y = cy[:, None, None] + u * sin + v * cos
-    height, width = features.shape[-2:]
-    grid = torch.stack([2 * x * spatial_scale / width - 1, 2 * y * spatial_scale / height - 1], dim=-1)
-    batch_index = rois[:, 0].long()
-    for b in batch_index.unique().tolist():
-        mask = batch_index == b
-        sel = grid[mask]  # (k, S, S, 2)
-        sampled = F.grid_sample(features[b:b + 1].float(), sel.reshape(1, -1, samples, 2), mode="bilinear",
-                                padding_mode="zeros", align_corners=False)  # (1, C, k*S, S)
-        sampled = sampled.reshape(channels, -1, samples, samples).transpose(0, 1)
-        out[mask] = F.avg_pool2d(sampled, sampling_ratio).to(out.dtype)
-    return out
+    # Feature-pixel coordinates with pixel i centred at i: (K, S, S), then the samples of each bin together.
+    x = (cx[:, None, None] + u * cos - v * sin) * spatial_scale - 0.5
+    y = (cy[:, None, None] + u * sin + v * cos) * spatial_scale - 0.5
+
+    def by_bin(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(num_rois, bins, ratio, bins, ratio).transpose(2, 3).reshape(num_rois, bins, bins, -1)
+
+    x, y = by_bin(x), by_bin(y)
+    left, top = x.floor(), y.floor()
+    right_weight, bottom_weight = x - left, y - top
+    first = rois[:, 0].long()[:, None, None, None] * (height * width)
+    taps, weights = [], []
+    for row, row_weight in ((top, 1 - bottom_weight), (top + 1, bottom_weight)):
+        for column, column_weight in ((left, 1 - right_weight), (left + 1, right_weight)):
+            inside = (row >= 0) & (row < height) & (column >= 0) & (column < width)
+            taps.append(first + (row.clamp(0, height - 1) * width + column.clamp(0, width - 1)).long())
+            weights.append(row_weight * column_weight * inside / ratio**2)
+    return torch.cat(taps, -1).reshape(num_rois * bins * bins, -1), torch.cat(weights, -1).reshape(
+        num_rois * bins * bins, -1)

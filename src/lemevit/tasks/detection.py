@@ -22,8 +22,6 @@ from lemevit.data.detection import (
     PatchDataset,
     collate_detection,
     is_detection_data,
-    merge_patch_detections,
-    patch_windows,
     scan_detection_data,
     scan_detection_folder,
 )
@@ -34,6 +32,7 @@ from lemevit.data.statistics import Normalisation
 from lemevit.engine.config import EvalOptions, InferenceOptions, Options, PredictOptions, RunConfig, option
 from lemevit.errors import ConfigError, DataError
 from lemevit.export.onnx import NETWORK, GraphOf, OnnxGraph
+from lemevit.inference.detection import default_overlap, detect_scene
 from lemevit.inference.timing import StageTimer
 from lemevit.io import atomic_path
 from lemevit.io.paths import check_distinct_names, check_outputs_spare_inputs, check_writable_folder, list_images
@@ -41,26 +40,29 @@ from lemevit.io.raster import SceneStack
 from lemevit.io.vector import check_vector_output, check_vector_scenes, write_detection_vectors
 from lemevit.metrics.detection import detection_map
 from lemevit.models.oriented_rcnn import OrientedRCNN, StagesOnRuntime
-from lemevit.ops.rotated import box_to_quad
 from lemevit.tasks.base import BaseTask, NamedClasses, initial_weights
 from lemevit.tasks.dense import first_item
 from lemevit.tasks.registry import register_task
 
 __all__ = ["TASK1_ZIP", "DetectionConfig", "DetectionPredictOptions", "DetectionTask", "LabelledImage",
-           "default_overlap"]
+           "default_proposals"]
 
 #: The zip of the Task-1 files that DOTA's evaluation server takes.
 TASK1_ZIP = "Task1.zip"
 #: The longest side of the drawn boxes' picture; larger scenes are drawn on every n-th pixel.
 DRAWN_SIDE = 4096
-#: Overlap of 1024-pixel windows in the published DOTA setting; other window sides overlap in proportion.
-_OVERLAP_OF_1024 = 200
+#: The RPN's proposals per 1024-pixel window in the published DOTA setting (mmrotate's ``nms_pre`` and
+#: ``max_per_img``, in training and at test); other window sides get them in proportion to their area.
+_PROPOSALS_OF_1024 = 2000
 
 
-def default_overlap(window: int) -> int:
-    """The overlap of windows of side ``window`` when none is given: 200 px for 1024 px windows (the published
-    DOTA setting), in proportion for other sides (100 for 512)."""
-    return window * _OVERLAP_OF_1024 // 1024
+def default_proposals(window: int) -> int:
+    """The RPN's proposals per window of side ``window`` when none are given, in training and at inference: 2000
+    for 1024 px windows (the published DOTA setting), in proportion to the window's area for other sides (500 for
+    512, 125 for 256). A window holds objects in proportion to its area, and every proposal costs a rotated RoI
+    Align and a pass of the box head: a small window with the 1024 px budget spends its time on thousands of
+    proposals for a handful of objects."""
+    return max(1, round(_PROPOSALS_OF_1024 * (window / 1024) ** 2))
 
 
 @dataclass(frozen=True)
@@ -92,15 +94,17 @@ class DetectionConfig(RunConfig):
     gradient_clip: float | None = option(35.0, "clip the gradient norm to this value")
     overlap: int | None = option(None, "pixels shared by neighbouring windows (default img_size * 200 / 1024)")
     fpn_channels: int = option(256, "FPN width")
-    rpn_proposals: int = option(2000, "proposals per image in training")
-    test_proposals: int = option(2000, "proposals per window at inference")
+    rpn_proposals: int | None = option(None, "proposals per window in training (default 2000 for 1024 px windows, in "
+                                             "proportion to the window's area for others: 125 for 256)")
+    test_proposals: int | None = option(None, "proposals per window at inference (default as --rpn-proposals)")
     nms_iou: float = option(0.1, "IoU above which the class-wise rotated NMS at inference removes the lower-scoring "
                                  "box, within a window and in merging the windows (Oriented R-CNN's DOTA setting)")
     augment: bool = option(True, "random flips and quarter turns of the training windows")
 
     def __post_init__(self):
         super().__post_init__()
-        self.check_positive("fpn_channels", "rpn_proposals", "test_proposals")
+        self.check_positive("fpn_channels")
+        self.check_positive("rpn_proposals", "test_proposals", allow_none=True)
         self.check_fraction("nms_iou")
         if self.overlap is not None:
             self.check_non_negative("overlap")
@@ -186,15 +190,20 @@ class DetectionTask(NamedClasses, BaseTask):
                  mean: Sequence[float] = (123.675, 116.28, 103.53), std: Sequence[float] = (58.395, 57.12, 57.375),
                  input_dtype: str | None = None, optimization: dict | None = None,
                  drop_path_rate: float = DetectionConfig.drop_path_rate,
-                 fpn_channels: int = DetectionConfig.fpn_channels, rpn_proposals: int = DetectionConfig.rpn_proposals,
-                 test_proposals: int = DetectionConfig.test_proposals, nms_iou: float = DetectionConfig.nms_iou,
+                 fpn_channels: int = DetectionConfig.fpn_channels,
+                 rpn_proposals: int | None = DetectionConfig.rpn_proposals,
+                 test_proposals: int | None = DetectionConfig.test_proposals, nms_iou: float = DetectionConfig.nms_iou,
                  init_checkpoint: str | None = None, seed: int = DetectionConfig.seed):
         super().__init__()
         self.save_hyperparameters()
         self.overlap = default_overlap(img_size) if overlap is None else overlap
+        # Checkpoints of runs before the budgets followed the window hold the numbers they ran with, and keep them.
+        proposals = default_proposals(img_size)
         self.model = OrientedRCNN(model, num_classes, in_chans=in_chans, fpn_channels=fpn_channels,
                                   drop_path_rate=drop_path_rate, backbone_checkpoint=initial_weights(init_checkpoint),
-                                  rpn_proposals=rpn_proposals, test_proposals=test_proposals, nms_threshold=nms_iou)
+                                  rpn_proposals=proposals if rpn_proposals is None else rpn_proposals,
+                                  test_proposals=proposals if test_proposals is None else test_proposals,
+                                  nms_threshold=nms_iou)
 
     # --- training ---------------------------------------------------------------------------------------------
     @classmethod
@@ -256,52 +265,21 @@ class DetectionTask(NamedClasses, BaseTask):
 
     # --- detection over whole images --------------------------------------------------------------------------
     @torch.inference_mode()
-    def detect(self, scene: SceneStack, timer: StageTimer | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Oriented boxes as corner quads ``(n, 4, 2)``, scores and labels over a whole scene: detected window by
-        window (the run's window side and overlap) and merged by class-wise rotated NMS at the run's ``nms_iou``, the
-        detector's own (a higher one per window would be undone by a lower one in merging).
-
-        Windows are read from the scene one batch at a time, so that a scene GDAL reads in parts (a GeoTIFF, a VRT,
-        a URL) is never held whole; windows without a pixel with data (the scene's nodata value, alpha band or
-        mask) are not run. ``timer`` adds the seconds of each stage to its own."""
+    def detect(self, scene: SceneStack, timer: StageTimer | None = None,
+               max_windows: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Oriented boxes as corner quads ``(n, 4, 2)``, scores and labels over a whole scene, by
+        :func:`~lemevit.inference.detection.detect_scene`: the run's window side and overlap, merged by class-wise
+        rotated NMS at the run's ``nms_iou``, the detector's own (a higher one per window would be undone by a lower
+        one in merging). ``timer`` adds the seconds of each stage to its own; ``max_windows`` detects only the first
+        windows."""
         hp = self.hparams
-        size = hp.img_size
-        windows = patch_windows(scene.width, scene.height, size, self.overlap)
-        if scene.masked:
-            windows = [(x0, y0) for x0, y0 in windows
-                       if scene.read_valid(y0, min(y0 + size, scene.height), x0, min(x0 + size, scene.width)).any()]
-        if not windows:
-            return np.zeros((0, 4, 2), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
-        mean = torch.tensor(hp.mean, dtype=torch.float32)[:, None, None]
-        std = torch.tensor(hp.std, dtype=torch.float32)[:, None, None]
-        device = next(self.model.parameters()).device
         timer = timer if timer is not None else StageTimer()
         self.model.timer = timer
-        boxes, scores, labels = [], [], []
         try:
-            for start in range(0, len(windows), self.inference_batch_size):
-                chunk = windows[start:start + self.inference_batch_size]
-                with timer.stage("read"):
-                    batch = torch.zeros(len(chunk), scene.bands, size, size)
-                    valid = torch.ones(len(chunk), size, size, dtype=torch.bool) if scene.masked else None
-                    for k, (x0, y0) in enumerate(chunk):
-                        y1, x1 = min(y0 + size, scene.height), min(x0 + size, scene.width)
-                        batch[k, :, :y1 - y0, :x1 - x0] = torch.from_numpy(scene.read(y0, y1, x0, x1))
-                        if valid is not None:
-                            valid[k, :y1 - y0, :x1 - x0] = torch.from_numpy(scene.read_valid(y0, y1, x0, x1))
-                    batch = batch.sub_(mean).div_(std)  # padding normalised too, as in training
-                    if valid is not None:  # no data (a nodata value, NaN) fed as the band means, as padding is
-                        batch.masked_fill_(~valid[:, None], 0)
-                for det in self(batch.to(device)):
-                    boxes.append(det["boxes"].float().cpu())
-                    scores.append(det["scores"].float().cpu())
-                    labels.append(det["labels"].cpu())
-            with timer.stage("merge"):
-                boxes, scores, labels = merge_patch_detections(boxes, scores, labels, windows,
-                                                               self.model.nms_threshold)
+            return detect_scene(self, scene, hp.img_size, self.overlap, self.inference_batch_size, hp.mean, hp.std,
+                                next(self.model.parameters()).device, self.model.nms_threshold, timer, max_windows)
         finally:
             self.model.timer = None
-        return box_to_quad(boxes).numpy(), scores.numpy(), labels.numpy()
 
     def onnx_graphs(self) -> dict[str, OnnxGraph]:
         """The trunk (image -> pyramid P2..P6, then per level the RPN's objectness and deltas) and the box head (RoI
@@ -334,7 +312,10 @@ class DetectionTask(NamedClasses, BaseTask):
 
     def evaluation_records(self, batch) -> list[tuple[int, dict]]:
         index, pixels, truth = batch
-        quads, scores, labels = self.detect(SceneStack([f"image {index}"], arrays=[pixels]))
+        # Lightning's check of the validation path before training needs one window, not a whole image.
+        sanity_check = self._trainer is not None and self.trainer.sanity_checking
+        quads, scores, labels = self.detect(SceneStack([f"image {index}"], arrays=[pixels]),
+                                            max_windows=1 if sanity_check else None)
         return [(int(index), {"detections": {"quads": quads, "scores": scores, "labels": labels}, "truth": truth})]
 
     def summarize(self, records: list[dict]) -> dict:
