@@ -18,6 +18,10 @@ lemevit benchmark --device cpu --mode both --batch-sizes 16 --rounds 3 --warmup 
              pvt_v2_b0 pvt_v2_b1 pvt_v2_b2 swin_tiny_patch4_window7_224 davit_tiny gcvit_xtiny deit_tiny_patch16_224 \
     --output results/cpu_table_b16_fp32
 
+# The training step (forward, cross-entropy, backward, AdamW): lemevit_tiny against pvt_v2_b1, fp32, batch 32, 224 px.
+lemevit benchmark --device cpu --mode train --models lemevit_tiny pvt_v2_b1 --pairs lemevit_tiny:pvt_v2_b1 \
+    --batch-sizes 32 --rounds 10 --warmup 2 --no-latency --no-memory --output results/cpu_train_b32_fp32
+
 # Time and memory against resolution: VVT's linear attention against quadratic peers, batch 1.
 lemevit benchmark --device cpu --models vvt_tiny pvt_v2_b1 deit_small_patch16_224 --img-sizes 224 448 896 1344 \
     --batch-sizes 1 --rounds 3 --warmup 1 --no-latency --output results/cpu_vvt_scaling

@@ -20,9 +20,13 @@ __all__ = ["MetaCrossAttention", "DualCrossAttention", "TokenSelfAttention", "at
 
 
 def _heads(t: torch.Tensor, parts: int, num_heads: int) -> tuple[torch.Tensor, ...]:
-    """(B, L, parts*C) -> ``parts`` views of shape (B, heads, L, C // heads), without copying."""
-    B, L, _ = t.shape
-    return t.unflatten(-1, (parts, num_heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
+    """(B, L, parts*C) -> ``parts`` views of shape (B, heads, L, C // heads), without copying.
+
+    Split first, then transpose each part: the attention kernel returns its gradients in the (B, L, heads, d)
+    layout, so in backward each part's gradient is a plain (B, L, C) view and one concatenation assembles the
+    gradient of ``t``. (Unbinding a permuted view instead costs a stack and a strided clone, two passes.)
+    """
+    return tuple(part.unflatten(-1, (num_heads, -1)).transpose(1, 2) for part in t.chunk(parts, dim=-1))
 
 
 def _merge_heads(t: torch.Tensor) -> torch.Tensor:
