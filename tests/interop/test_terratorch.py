@@ -33,8 +33,10 @@ def test_configuration_fine_tunes_the_tagged_weights_it_names(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH"))
                                                        if p)}
     command = [sys.executable, "-m", "terratorch", "fit", "--config", str(CONFIG.relative_to(ROOT)),
-               "--trainer.max_epochs", "1", "--trainer.num_sanity_val_steps", "0",
-               "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)]
+               "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
+               "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
+               "--trainer.default_root_dir", str(tmp_path)]
+    # One step, then the validation whose loss the checkpoint callback TerraTorch adds watches.
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
