@@ -144,6 +144,15 @@ def test_pretrained_cfg_describes_preprocessing(name, classifier):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_get_classifier_holds_every_classifier_parameter(name, classifier):
+    # Trainers that fine-tune the classifier alone (torchgeo's and TerraTorch's freeze_backbone) train
+    # get_classifier().parameters() and freeze the rest.
+    model = classifier(name)
+    expected = {id(p) for n in _classifier_names(model) for p in model.get_submodule(n).parameters()}
+    assert {id(p) for p in model.get_classifier().parameters()} == expected
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_features_only_gives_four_maps_at_strides_4_to_32(name):
     model = shallow(name, features_only=True).eval()
     assert model.feature_info.reduction() == [4, 8, 16, 32]

@@ -253,7 +253,9 @@ class LVT(nn.Module):
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
-        return self.head
+        """``head``; both heads for the classifier, whose logits add ``aux_head``'s, so that training only
+        ``get_classifier()`` (torchgeo's and TerraTorch's ``freeze_backbone``) trains all of the classifier."""
+        return self.head if self.aux_head is None else nn.ModuleList([self.head, self.aux_head])
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None, **kwargs) -> None:
         """New ``head`` (and ``aux_head`` for the classifier). The pooling is set by the architecture
