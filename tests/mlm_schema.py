@@ -16,10 +16,10 @@ MLM = "https://stac-extensions.github.io/mlm/v1.5.2/schema.json"
 CLASSIFICATION = "https://stac-extensions.github.io/classification/v1.1.0/schema.json"
 PROCESSING = "https://stac-extensions.github.io/processing/v1.1.0/schema.json"
 RASTER = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
-#: The raster extension's data types as its README lists them: a stand-in for its v1.1.0 schema, which is not vendored
-#: (no offline copy was found), so that MLM's reference to its ``data_type`` resolves and is still checked.
-RASTER_DATA_TYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32",
-                     "float64", "cint16", "cint32", "cfloat32", "cfloat64", "other"]
+
+#: The raster extension's data types, as its schema lists them (MLM's ``data_type`` refers to them).
+RASTER_DATA_TYPES = json.loads((SCHEMAS / "raster-v1.1.0.json").read_text())["definitions"]["bands"]["items"][
+    "properties"]["data_type"]["enum"]
 
 
 def _schema(name: str) -> dict:
@@ -27,9 +27,8 @@ def _schema(name: str) -> dict:
 
 
 def _registry() -> Registry:
-    raster = {"definitions": {"bands": {"items": {"properties": {"data_type": {"enum": RASTER_DATA_TYPES}}}}}}
     resources = {MLM: _schema("mlm-v1.5.2.json"), CLASSIFICATION: _schema("classification-v1.1.0.json"),
-                 PROCESSING: _schema("processing-v1.1.0.json"), RASTER: raster}
+                 PROCESSING: _schema("processing-v1.1.0.json"), RASTER: _schema("raster-v1.1.0.json")}
     return Registry().with_resources((uri, Resource.from_contents(doc, default_specification=DRAFT7))
                                      for uri, doc in resources.items())
 
