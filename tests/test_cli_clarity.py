@@ -11,29 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_cli_hardening import POTSDAM, TINY, error_of, scenes
 
 from lemevit.cli import main
-
-TINY = ["--model", "resnet10t", "--epochs", "1", "--num-workers", "0", "--accelerator", "cpu"]
-POTSDAM = Path(__file__).parents[1] / "src" / "lemevit" / "demo_data" / "potsdam_seg"
-
-
-def scenes(root: Path, classes=("Farmland", "Forest"), per_class: int = 4, size: int = 32) -> Path:
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(classes):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            image = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-            image[..., c % 3] += 150
-            Image.fromarray(image).save(root / name / f"{i}.png")
-    return root
-
-
-def error_of(capsys) -> str:
-    """The one line a failed command printed (and that it is one line, without a traceback)."""
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "Traceback" not in err[0], err
-    return err[0]
 
 
 # 12 ---------------------------------------------------------------------------------------------------------
