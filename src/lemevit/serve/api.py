@@ -6,9 +6,13 @@ import logging
 import os
 from typing import Any
 
-import litserve as ls
 import torch
-from fastapi import Request
+
+try:
+    import litserve as ls
+    from fastapi import Request
+except ImportError as e:  # the serve extra; `lemevit serve` says so before it imports this module
+    raise ImportError('lemevit.serve needs LitServe: pip install "lemevit[serve]"') from e
 
 from lemevit.engine.config import PredictOptions
 from lemevit.engine.inference import load_task

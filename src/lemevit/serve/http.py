@@ -19,12 +19,15 @@ import uuid
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-from fastapi import HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
-from litserve.specs.base import LitSpec
-from litserve.utils import LitAPIStatus, ResponseBufferItem
-from starlette.background import BackgroundTask
-from starlette.datastructures import UploadFile
+try:
+    from fastapi import HTTPException, Request
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from litserve.specs.base import LitSpec
+    from litserve.utils import LitAPIStatus, ResponseBufferItem
+    from starlette.background import BackgroundTask
+    from starlette.datastructures import UploadFile
+except ImportError as e:  # the serve extra; `lemevit serve` says so before it imports this module
+    raise ImportError('lemevit.serve needs LitServe: pip install "lemevit[serve]"') from e
 
 from lemevit.serve.answers import JSON, TaskAnswers
 
