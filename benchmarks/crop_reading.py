@@ -15,8 +15,9 @@ import time
 import torch
 from segmentation_overfit import HERE, data_folder
 
-from lemevit.data.segmentation import PRESETS, SegmentationCrops, scan_pairs
+from lemevit.data.segmentation import SegmentationCrops, scan_pairs
 from lemevit.io import atomic_path
+from lemevit.labels import PRESETS
 
 
 def milliseconds_per_crop(crops: SegmentationCrops) -> float:

@@ -32,8 +32,8 @@ from scene_throughput import mirrored_scene
 from lemevit.bench import machine_description
 from lemevit.cli import main as lemevit
 from lemevit.data.detection import DOTA_V1_CLASSES
-from lemevit.engine.checkpoint import TASK_KEY
 from lemevit.io import atomic_path
+from lemevit.io.checkpoint import TASK_KEY
 from lemevit.tasks.detection import DetectionTask
 
 HERE = Path(__file__).parent

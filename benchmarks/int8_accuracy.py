@@ -20,8 +20,8 @@ import torch
 
 from lemevit.bench import machine_description
 from lemevit.engine import evaluate_checkpoint
-from lemevit.engine.checkpoint import trained_model_task
 from lemevit.io import atomic_path
+from lemevit.io.checkpoint import trained_model_task
 
 HERE = Path(__file__).parent
 RUNTIMES = ("torch", "onnxruntime", "onnxruntime-int8")

@@ -24,8 +24,8 @@ from pretrain_zoo import RECIPE
 
 from lemevit.cli import main as lemevit
 from lemevit.engine import RunDirectory, training_minutes
-from lemevit.engine.checkpoint import read_checkpoint
 from lemevit.io import atomic_path
+from lemevit.io.checkpoint import read_checkpoint
 
 HERE = Path(__file__).parent
 WEIGHTS = HERE.parent / "src" / "lemevit" / "weights" / "lemevit_tiny.aid150.safetensors"

@@ -40,8 +40,8 @@ import torch
 from lemevit.bench import machine_description
 from lemevit.cli import main as lemevit
 from lemevit.engine import RunDirectory, training_minutes
-from lemevit.engine.checkpoint import read_checkpoint
 from lemevit.io import atomic_path
+from lemevit.io.checkpoint import read_checkpoint
 
 HERE = Path(__file__).parent
 # The recipe of lemevit_tiny.aid150 and of the zoo, less the model, size and epochs (given by the flags below).

@@ -8,7 +8,7 @@ torchgeo (0.8): a ``RasterDataset`` over the scene, a ``GridGeoSampler`` of wind
 ``--stride``, a ``DataLoader`` (``stack_samples``) of ``--batch-size`` windows, the network, and each window's most
 probable class written by hand into a class map of the whole scene (a later window overwrites the overlap, as its
 tutorials stitch), then saved as a GeoTIFF with the scene's CRS and transform. The network is the checkpoint's own
-module (``lemevit.engine.inference.load_task``), given the windows normalised as the run normalises them.
+module (``lemevit.engine.eval_predict.load_task``), given the windows normalised as the run normalises them.
 lemevit: ``lemevit predict --window W --stride S --batch-size B`` through ``lemevit.cli.main``: the blended
 sliding window, strip by strip, written as a Cloud-Optimized GeoTIFF (overviews and colour table included).
 
@@ -72,7 +72,7 @@ def predict_torchgeo(checkpoint: Path, scene: Path, output: Path, window: int, s
     from torchgeo.datasets import RasterDataset, stack_samples
     from torchgeo.samplers import GridGeoSampler
 
-    from lemevit.engine.inference import load_task
+    from lemevit.engine.eval_predict import load_task
 
     task = load_task(checkpoint)
     network = task.model

@@ -208,7 +208,7 @@ def test_15_panoptic_predict_draws_a_preview_and_says_what_it_lacks(tmp_path, ca
 
     from lemevit.data.splits import Split
     from lemevit.data.statistics import Normalisation
-    from lemevit.engine.checkpoint import TASK_KEY
+    from lemevit.io.checkpoint import TASK_KEY
     from lemevit.tasks.panoptic import PanopticConfig, PanopticTask
 
     cfg = PanopticConfig(data=str(tmp_path), output=str(tmp_path / "run"), model="resnet10t", img_size=64,

@@ -167,7 +167,7 @@ def test_7_ctrl_c_in_prediction_says_what_was_written_and_exits_130(run, data, t
 # 3 ----------------------------------------------------------------------------------------------------------
 def _untrained(task, path: Path, **hparams) -> Path:
     """The checkpoint of an untrained ``task`` module: what a run's checkpoint holds, without the training."""
-    from lemevit.engine.checkpoint import TASK_KEY
+    from lemevit.io.checkpoint import TASK_KEY
 
     torch.manual_seed(0)
     module = task(**hparams)
@@ -181,7 +181,7 @@ def test_3_vectors_of_a_scene_without_a_crs_are_refused_before_anything_is_writt
     pytest.importorskip("pyogrio")
     from rasterio.errors import NotGeoreferencedWarning
 
-    from lemevit.data.segmentation import PRESETS
+    from lemevit.labels import PRESETS
     from lemevit.tasks.detection import DetectionTask
     from lemevit.tasks.segmentation import SegmentationTask
 
@@ -252,7 +252,7 @@ def test_1_segmentation_of_a_float_scene_with_undeclared_nan_maps_them_as_no_dat
     rasterio = pytest.importorskip("rasterio")
     from rasterio.transform import from_origin
 
-    from lemevit.data.segmentation import PRESETS
+    from lemevit.labels import PRESETS
     from lemevit.tasks.segmentation import SegmentationTask
 
     checkpoint = _untrained(SegmentationTask, tmp_path / "seg.ckpt", model="resnet10t",

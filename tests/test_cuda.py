@@ -45,7 +45,7 @@ def test_train_and_predict_a_scene_on_the_gpu_in_bf16(tmp_path):
 
 
 def test_eval_and_predict_run_the_network_channels_last_on_cuda_only(tmp_path):
-    from lemevit.engine.inference import load_task
+    from lemevit.engine.eval_predict import load_task
 
     data = make_tiles(tmp_path / "tiles", size=64)
     run = tmp_path / "run"

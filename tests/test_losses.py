@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from lemevit.data.segmentation import IGNORE_INDEX
+from lemevit.labels import IGNORE_INDEX
 from lemevit.losses import dice_loss
 
 

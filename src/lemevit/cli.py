@@ -87,7 +87,7 @@ class _TaskParser:
     """An argument parser for one task's options (a train config, eval or predict options)."""
 
     def __init__(self, command: str, options, description: str, epilog: str | None = None, extra=None):
-        from lemevit.engine.config import add_options
+        from lemevit.config.options import add_options
 
         self.options = options
         self.parser = argparse.ArgumentParser(prog=f"lemevit {command}", description=description, epilog=epilog,
@@ -125,7 +125,7 @@ def _pre_parse(argv: list[str], *names: str) -> argparse.Namespace:
 
 def _train_task(pre: argparse.Namespace) -> str:
     """--task, else the task of --recipe or of --config, else that of the run being resumed, else classification."""
-    from lemevit.engine.config import read_yaml_mapping
+    from lemevit.config.options import read_yaml_mapping
     from lemevit.engine.run import CONFIG_FILE
 
     if pre.task:
@@ -244,8 +244,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def _checkpoint_parser(command: str, argv: list[str], context: dict):
     """The parser of the task of ``--checkpoint`` (the generic options when none is given)."""
-    from lemevit.engine.checkpoint import trained_model_task
-    from lemevit.engine.config import EvalOptions, PredictOptions
+    from lemevit.config.options import EvalOptions, PredictOptions
+    from lemevit.io.checkpoint import trained_model_task
     from lemevit.tasks import get_task
 
     pre = _pre_parse(argv, "--checkpoint")
@@ -589,8 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _plain_help(parser: argparse.ArgumentParser, flags: dict[str, str] | None = None) -> None:
-    """The help of ``parser`` and of its subcommands as plain text (see :func:`~lemevit.engine.config.plain`)."""
-    from lemevit.engine.config import plain
+    """The help of ``parser`` and of its subcommands as plain text (see :func:`~lemevit.config.options.plain`)."""
+    from lemevit.config.options import plain
 
     parser.description, parser.epilog = plain(parser.description, flags), plain(parser.epilog, flags)
     for action in parser._actions:
@@ -605,7 +605,7 @@ def _plain_help(parser: argparse.ArgumentParser, flags: dict[str, str] | None = 
 def render_error(error: LemevitError, flags: dict[str, str]) -> str:
     """One line for the user: a ConfigError's argument as the option it was given by (``img_size: ...`` →
     ``--img-size: ...``), and every `name` quoted in the message as its flag."""
-    from lemevit.engine.config import flag
+    from lemevit.config.options import flag
 
     text = str(error)
     if isinstance(error, ConfigError):

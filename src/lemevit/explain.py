@@ -114,8 +114,8 @@ def save_meta_attention_png(image: torch.Tensor | np.ndarray, maps: torch.Tensor
 def explain_checkpoint(checkpoint: str | Path, image: str | Path, output: str | Path, block: str | None = None) -> Path:
     """The meta-token attention maps of a LeMeViT scene-recognition run over one image, as a PNG titled with the
     predicted class."""
-    from lemevit.data.images import read_image
-    from lemevit.engine.inference import load_task
+    from lemevit.engine.eval_predict import load_task
+    from lemevit.io.images import read_image
     from lemevit.io.paths import check_outputs_spare_inputs, check_writable_folder
 
     output, image = Path(output), Path(image)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from lemevit.data.segmentation import IGNORE_INDEX
+from lemevit.labels import IGNORE_INDEX
 
 __all__ = ["dice_loss"]
 

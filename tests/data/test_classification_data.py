@@ -11,14 +11,12 @@ from conftest import SHARED
 from PIL import Image
 
 from lemevit.data import (
-    ImageReadError,
     Sample,
     SceneDataset,
     SeededDataModule,
     check_images,
     eval_transform,
     is_label_list,
-    read_image,
     read_label_lists,
     read_split_file,
     scan_class_folders,
@@ -26,6 +24,7 @@ from lemevit.data import (
 )
 from lemevit.data.splits import hashed_split
 from lemevit.errors import ConfigError, DataError
+from lemevit.io.images import ImageReadError, read_image
 from lemevit.tasks.classification import ClassificationConfig, ClassificationTask
 
 # The sample data sets live next to the repository in ../shared (as the parity fixtures do, see conftest).

@@ -21,8 +21,8 @@ from lemevit.data.panoptic import (
     semantic_to_panoptic,
     write_segment_ids,
 )
-from lemevit.data.segmentation import IGNORE_INDEX, PRESETS
 from lemevit.errors import DataError
+from lemevit.labels import IGNORE_INDEX, PRESETS
 
 POTSDAM = Path(__file__).parents[2] / "src" / "lemevit" / "demo_data" / "potsdam_seg"
 
@@ -190,3 +190,31 @@ def test_crops_carry_ids_and_classes_through_their_augmentation(tmp_path):
     assert x.shape == (3, 16, 16) and int((classes == IGNORE_INDEX).sum()) == 16 * 16 - 12 * 10 + 5 * 1
     x, ids, classes = PanopticTiles(dataset, dataset.images, [0, 0, 0], [1, 1, 1])[0]
     assert ids.shape == (12, 10) and sorted(torch.unique(ids).tolist()) == [-3, 0, 1, 2]
+
+
+def test_scale_jitter_resizes_the_labels_with_the_image(tmp_path):
+    from lemevit.data.panoptic import PanopticCrops
+
+    dataset = read_panoptic(_tiny_set(tmp_path))
+    crops = PanopticCrops(dataset, dataset.images, 8, mean=[0, 0, 0], std=[1, 1, 1], crops_per_image=4,
+                          flip=False, rotate90=False, augment_seed=1, scale_range=(2.0, 2.0))
+    for i in range(len(crops)):
+        x, ids, classes = crops[i]
+        assert x.shape == (3, 8, 8) and ids.shape == classes.shape == (8, 8)
+        # a 4x4 region enlarged twice: each label a 2x2 block, the image's band of ids under it
+        assert (ids == ids[::2, ::2].repeat_interleave(2, 0).repeat_interleave(2, 1)).all()
+        assert (classes[ids == 1] == 0).all() and (classes[ids.abs() >= 2] == 1).all()
+        # where a label's 3x3 neighbourhood is one segment, the bilinear image is exactly that segment's value
+        padded = torch.nn.functional.pad(ids[None, None].float(), (1, 1, 1, 1), mode="replicate")[0, 0]
+        windows = padded.unfold(0, 3, 1).unfold(1, 3, 1)
+        inside = (windows == ids[..., None, None]).flatten(-2).all(-1)
+        assert inside.sum() >= 16 and torch.allclose(x[0][inside], 10 * ids.abs()[inside].float())
+
+
+def test_panoptic_runs_take_the_shared_crop_training_options():
+    from lemevit.tasks.dense import CropTrainingConfig
+    from lemevit.tasks.panoptic import PanopticConfig
+
+    assert issubclass(PanopticConfig, CropTrainingConfig)
+    cfg = PanopticConfig(data="d", output="o", model="lemevit_tiny", scale_range=[0.5, 2.0], photometric=True)
+    assert cfg.scale_range == [0.5, 2.0] and cfg.photometric

@@ -33,7 +33,7 @@ def test_each_copy_is_augmented_in_its_own_way(tmp_path):
 
 def test_a_run_with_repeated_augmentation_takes_as_many_steps(tmp_path):
     from lemevit.cli import main
-    from lemevit.engine.checkpoint import read_checkpoint
+    from lemevit.io.checkpoint import read_checkpoint
 
     data = make_scenes(tmp_path / "scenes")
     run = tmp_path / "run"

@@ -11,12 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lemevit.data.images import read_image
-from lemevit.data.regions import RegionReader, read_region
 from lemevit.data.segmentation import (
-    IGNORE_INDEX,
-    PRESETS,
-    LabelScheme,
     SegmentationCrops,
     TilePair,
     check_pairs,
@@ -27,6 +22,9 @@ from lemevit.data.segmentation import (
 )
 from lemevit.data.splits import Split, load_split, save_split
 from lemevit.errors import ConfigError, DataError
+from lemevit.io.images import read_image
+from lemevit.io.regions import RegionReader, read_region
+from lemevit.labels import IGNORE_INDEX, PRESETS, LabelScheme
 
 DEMO = Path(str(files("lemevit") / "demo_data"))
 POTSDAM_MASK = DEMO / "potsdam_seg" / "ann_dir" / "2_10_0_0_512_512.png"
@@ -179,7 +177,7 @@ def test_random_crops_flips_and_rotations_keep_image_and_mask_aligned(tmp_path):
 
 def test_region_reader_decodes_each_png_once_within_its_budget_and_drops_the_least_recently_used(
         tmp_path, monkeypatch):
-    from lemevit.data import regions
+    from lemevit.io import regions
 
     rng = np.random.default_rng(0)
     paths = []

@@ -142,7 +142,7 @@ def test_a_16_bit_geotiff_run_takes_its_resolution_from_the_data_and_reproduces_
     path = tmp_path / "qgis" / "model.deepness.onnx"
     metadata = _metadata(path)
     assert metadata["resolution"] == pytest.approx(25.0)  # 0.25 m pixels
-    from lemevit.engine.inference import load_task
+    from lemevit.engine.eval_predict import load_task
 
     hp = load_task(run / "best.ckpt").hparams
     assert hp.input_dtype == "uint16" and min(hp.mean) > 255  # raw 16-bit statistics, far beyond 8-bit values

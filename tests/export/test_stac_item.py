@@ -32,7 +32,7 @@ def test_a_run_s_export_is_described_by_a_valid_mlm_item(scene_run, tmp_path, ca
     assert props["mlm:name"] and props["mlm:architecture"] == "lemevit_tiny"
     assert props["mlm:tasks"] == ["scene-classification", "classification"]
     assert props["mlm:framework"] == "PyTorch"
-    from lemevit.engine.inference import load_task
+    from lemevit.engine.eval_predict import load_task
 
     module = load_task(run / "best.ckpt")
     assert props["mlm:total_parameters"] == sum(p.numel() for p in module.model.parameters())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lemevit.data.segmentation import IGNORE_INDEX
+from lemevit.labels import IGNORE_INDEX
 from lemevit.metrics import change_metrics, classification_metrics, confusion_matrix, segmentation_metrics
 from lemevit.metrics.confusion import best_change_threshold, change_histogram
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from lemevit.metrics.panoptic import VOID, PanopticStats, panoptic_metrics
+from lemevit.labels import VOID
+from lemevit.metrics.panoptic import PanopticStats, panoptic_metrics
 
 NAMES = ["building", "car", "road", "water"]
 THINGS = ["building", "car"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lemevit.engine.optimization import nested_no_weight_decay
+from lemevit.config.optimization import nested_no_weight_decay
 from lemevit.errors import ConfigError
 from lemevit.models.change import BIT, SemanticTokenizer, SiamUNet, StackedPair, create_change_model
 

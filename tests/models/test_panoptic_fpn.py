@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lemevit.data.segmentation import IGNORE_INDEX
 from lemevit.errors import ConfigError
+from lemevit.labels import IGNORE_INDEX
 from lemevit.models.panoptic_fpn import (
     LVT_HEADS,
     PanopticFPN,

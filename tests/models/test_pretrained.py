@@ -100,7 +100,7 @@ def test_a_damaged_file_is_refused(no_installed_weights):
 def test_cli_trains_from_the_pretrained_weights(tmp_path):
     """With a learning rate of 0 the trained backbone is still exactly the pretrained one."""
     from lemevit.cli import main
-    from lemevit.engine.checkpoint import read_checkpoint
+    from lemevit.io.checkpoint import read_checkpoint
 
     data = make_scenes(tmp_path / "scenes")
     run = tmp_path / "run"

@@ -369,7 +369,7 @@ def _untrained(tmp_path: Path, name: str, **hparams) -> Path:
     panoptic model costs too much here; the answers need not be good to be compared)."""
     import torch
 
-    from lemevit.engine.checkpoint import TASK_KEY
+    from lemevit.io.checkpoint import TASK_KEY
     from lemevit.tasks import get_task
 
     torch.manual_seed(0)
@@ -383,7 +383,7 @@ def _untrained(tmp_path: Path, name: str, **hparams) -> Path:
 def _worker_answers(name: str, checkpoint: Path, scene: Path, folder: Path, accepts) -> list[dict]:
     """What a worker of ``lemevit serve`` answers to requests for ``scene`` asking for each of ``accepts`` (without
     HTTP, which the tests above cover)."""
-    from lemevit.engine.inference import load_task
+    from lemevit.engine.eval_predict import load_task
     from lemevit.serve.answers import Request, answers_for
     from lemevit.tasks import get_task
 

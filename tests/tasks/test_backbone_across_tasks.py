@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lemevit.data.segmentation import PRESETS
 from lemevit.data.splits import Split
 from lemevit.data.statistics import Normalisation
-from lemevit.engine.checkpoint import TASK_KEY
 from lemevit.errors import DataError
+from lemevit.io.checkpoint import TASK_KEY
+from lemevit.labels import PRESETS
 from lemevit.tasks import get_task
 
 NORMALISATION = Normalisation(3, (0.0,) * 3, (1.0,) * 3, "uint8")

@@ -17,7 +17,7 @@ from resumption import check_kill_and_resume
 
 from lemevit.cli import main
 from lemevit.data.detection import DOTA_V1_CLASSES
-from lemevit.engine.inference import load_task
+from lemevit.engine.eval_predict import load_task
 from lemevit.tasks.detection import DetectionConfig, DetectionTask
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lemevit.cli import main
-from lemevit.engine.checkpoint import TASK_KEY
+from lemevit.io.checkpoint import TASK_KEY
 from lemevit.tasks.detection import DetectionTask
 
 # Held whole, the 6000 x 6000 scene would take 103 MiB as uint8 and 412 MiB as the float32 the windows are cut from;
@@ -57,7 +57,7 @@ def patterned_geotiff(path, width: int, height: int, nodata_border: int = 0) -> 
 _MEMORY_PROBE = textwrap.dedent("""
     import json, re, sys
     from pathlib import Path
-    from lemevit.engine.inference import predict
+    from lemevit.engine.eval_predict import predict
     from lemevit.tasks.detection import DetectionPredictOptions
 
     def kib(key):

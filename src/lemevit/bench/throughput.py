@@ -88,7 +88,7 @@ def build_onnxruntime_step(name: str, batch_size: int, img_size: int, folder: st
     """A no-argument callable running one inference batch of model ``name`` on onnxruntime's CPU provider, with
     as many threads as torch uses: the model exported to ``folder`` (dynamic sizes, checked at a second one), or
     its dynamic int8 quantization."""
-    from lemevit.export.onnx import OnnxGraph, check_onnx, export_onnx, onnx_session, quantize_onnx
+    from lemevit.inference.onnx import OnnxGraph, check_onnx, export_onnx, onnx_session, quantize_onnx
 
     model = build_model(name, img_size).eval()
     graph = OnnxGraph(model, ("image",), ("logits",), 3, img_size)

@@ -1,4 +1,4 @@
-"""Data for every task: image reading, region reading, splits and their file, seeded sampling, band statistics,
+"""Data for every task: splits and their file, seeded sampling, band statistics,
 the data module every task trains with, and each task's datasets (``classification``, ``segmentation``,
 ``change``, ``detection``)."""
 from lemevit.data.classification import (
@@ -11,8 +11,6 @@ from lemevit.data.classification import (
     scan_class_folders,
 )
 from lemevit.data.datamodule import Indexed, SeededDataModule
-from lemevit.data.images import IMAGE_EXTENSIONS, ImageReadError, read_image
-from lemevit.data.regions import RegionReader, raster_size, read_region
 from lemevit.data.sampling import EpochShuffle, epoch_seed, reseed
 from lemevit.data.splits import Split, hashed_split, load_split, save_split
 from lemevit.data.statistics import Normalisation, band_normalisation, band_statistics
@@ -20,12 +18,9 @@ from lemevit.data.transforms import IMAGENET_RGB_MEAN_STD, eval_transform, train
 
 __all__ = [
     "IMAGENET_RGB_MEAN_STD",
-    "IMAGE_EXTENSIONS",
     "EpochShuffle",
-    "ImageReadError",
     "Indexed",
     "Normalisation",
-    "RegionReader",
     "Sample",
     "SceneDataset",
     "SeededDataModule",
@@ -38,10 +33,7 @@ __all__ = [
     "hashed_split",
     "is_label_list",
     "load_split",
-    "raster_size",
-    "read_image",
     "read_label_lists",
-    "read_region",
     "read_split_file",
     "reseed",
     "save_split",

@@ -26,9 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from lemevit.data.images import IMAGE_EXTENSIONS, read_image
-from lemevit.data.regions import RegionReader, raster_size
-from lemevit.data.segmentation import IGNORE_INDEX
 from lemevit.data.splits import SUBSETS, split_items
 from lemevit.data.transforms import (
     PhotometricDistortion,
@@ -41,6 +38,9 @@ from lemevit.data.transforms import (
     rescaled,
 )
 from lemevit.errors import ConfigError, DataError
+from lemevit.io.images import IMAGE_EXTENSIONS, read_image
+from lemevit.io.regions import RegionReader, raster_size
+from lemevit.labels import IGNORE_INDEX
 
 __all__ = [
     "CHANGE_LAYOUT",

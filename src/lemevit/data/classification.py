@@ -18,10 +18,10 @@ from pathlib import Path, PurePosixPath
 import torch
 from torch.utils.data import Dataset
 
-from lemevit.data.images import IMAGE_EXTENSIONS, ImageReadError, read_image
 from lemevit.data.transforms import pixel_tensor
 from lemevit.errors import ConfigError, DataError
 from lemevit.io import atomic_path
+from lemevit.io.images import IMAGE_EXTENSIONS, ImageReadError, read_image
 from lemevit.viz import display_rgb
 
 __all__ = ["RSP_IMAGES", "RSP_LISTS", "SCENE_LAYOUT", "Sample", "SceneDataset", "check_images", "is_label_list",

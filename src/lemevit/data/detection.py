@@ -25,13 +25,13 @@ import numpy as np
 import shapely
 import torch
 
-from lemevit.data.images import read_image
-from lemevit.data.regions import RegionReader, raster_size
 from lemevit.data.splits import SUBSETS
 from lemevit.data.transforms import IMAGENET_RGB_MEAN_STD, pixel_tensor
 from lemevit.errors import ConfigError, DataError
 from lemevit.inference.detection import detection_windows
+from lemevit.io.images import read_image
 from lemevit.io.paths import is_listed_image
+from lemevit.io.regions import RegionReader, raster_size
 from lemevit.ops.rotated import normalize_boxes, quad_to_box
 
 __all__ = [
@@ -281,7 +281,7 @@ class PatchDataset(torch.utils.data.Dataset):
     ``image_index`` and ``window`` (top-left corner in the full image). Windows without objects are left out
     (``skip_empty``). ``augment`` adds random flips and quarter turns, drawn from a generator seeded by
     ``(augment_seed, item)`` so that an item is augmented alike whichever worker loads it. Decoded images are
-    kept up to ``cache_bytes`` per worker (:class:`~lemevit.data.regions.RegionReader`).
+    kept up to ``cache_bytes`` per worker (:class:`~lemevit.io.regions.RegionReader`).
     """
 
     def __init__(self, images: Sequence[ImageLabels], size: int = 1024, overlap: int = 200, keep_ratio: float = 0.7,

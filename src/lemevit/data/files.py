@@ -9,7 +9,7 @@ from typing import Any
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
-from lemevit.data.images import ImageReadError
+from lemevit.io.images import ImageReadError
 
 __all__ = ["BadFile", "PredictionFiles", "collate_readable"]
 
@@ -23,7 +23,7 @@ class BadFile:
 
 class PredictionFiles(Dataset):
     """``(index, load(path))`` for each of ``paths``. With ``skip_bad`` a file that ``load`` cannot read (an
-    :class:`~lemevit.data.images.ImageReadError`) gives a :class:`BadFile` instead of stopping."""
+    :class:`~lemevit.io.images.ImageReadError`) gives a :class:`BadFile` instead of stopping."""
 
     def __init__(self, paths: Sequence[Path], load: Callable[[Path], Any], skip_bad: bool = False):
         self.paths, self.load, self.skip_bad = [Path(p) for p in paths], load, skip_bad

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lemevit.data.images import optional_rasterio, read_image
 from lemevit.data.statistics import REFLECTANCE_TAG
 from lemevit.errors import ConfigError, DataError
 from lemevit.io import atomic_path
 from lemevit.io.bands import SENTINEL2_BANDS, BandStack, read_band_folder
+from lemevit.io.images import optional_rasterio, read_image
 
 __all__ = ["OSCD_IMAGES", "find_oscd", "oscd_cities", "prepare_oscd", "read_oscd_label"]
 

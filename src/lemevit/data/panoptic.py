@@ -25,14 +25,21 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from lemevit.data.images import read_image
-from lemevit.data.regions import RegionReader, raster_size
-from lemevit.data.segmentation import IGNORE_INDEX, LabelScheme, check_pairs, resolve_labels, scan_pairs
-from lemevit.data.transforms import normalised_tensor, pixel_tensor
+from lemevit.data.segmentation import check_pairs, resolve_labels, scan_pairs
+from lemevit.data.transforms import (
+    PhotometricDistortion,
+    check_scale_range,
+    normalised_tensor,
+    pixel_tensor,
+    region_side,
+    rescaled,
+)
 from lemevit.errors import ConfigError, DataError
 from lemevit.io.atomic import atomic_path
+from lemevit.io.images import read_image
 from lemevit.io.paths import check_writable_folder
-from lemevit.metrics.panoptic import VOID
+from lemevit.io.regions import RegionReader, raster_size
+from lemevit.labels import IGNORE_INDEX, VOID, LabelScheme
 
 __all__ = ["ANNOTATIONS_FILE", "IMAGES_DIR", "PANOPTIC_LAYOUT", "PNG_DIR", "Category", "PanopticCrops", "PanopticImage",
            "PanopticSet", "PanopticTiles", "check_panoptic", "connected_components", "decode_ids", "encode_ids",
@@ -395,6 +402,8 @@ def segment_labels(ids: np.ndarray, image: PanopticImage) -> tuple[torch.Tensor,
 class PanopticCrops(Dataset):
     """Random square crops of ``img_size`` from the training images, with random flips and 90° rotations:
     ``(image, ids, classes)``, the image normalised float32 ``(C, S, S)`` and :func:`segment_labels` of the crop.
+    ``scale_range`` and ``photometric`` jitter the crops' scale and colours as the segmentation crops do
+    (:class:`~lemevit.data.segmentation.SegmentationCrops`): the labels are resized by their nearest pixel.
 
     Item ``i`` is a crop of the image that ``crops_per_image`` items are given to in turn (by default enough to
     cover it once); its position and augmentation come from a generator seeded by ``(augment_seed, i)``, so that an
@@ -403,13 +412,16 @@ class PanopticCrops(Dataset):
 
     def __init__(self, dataset: PanopticSet, images: Sequence[PanopticImage], img_size: int, mean: Sequence[float],
                  std: Sequence[float], crops_per_image: int | None = None, flip: bool = True, rotate90: bool = True,
-                 augment_seed: int | None = None, cache_bytes: int = 512 * 2**20):
+                 augment_seed: int | None = None, cache_bytes: int = 512 * 2**20,
+                 scale_range: Sequence[float] | None = None, photometric: bool = False):
         if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
             raise ConfigError("img_size", f"must be a positive integer, got {img_size!r}")
         if not images:
             raise DataError("no training images")
         self.dataset, self.images, self.img_size = dataset, list(images), img_size
         self.flip, self.rotate90, self.augment_seed = flip, rotate90, augment_seed
+        self.scale_range = check_scale_range(scale_range)
+        self.photometric = PhotometricDistortion(len(mean)) if photometric else None
         self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
         self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
         self.read_region = RegionReader(cache_bytes)
@@ -424,16 +436,22 @@ class PanopticCrops(Dataset):
         which = bisect.bisect_right(self.ends, index)
         image, (height, width), size = self.images[which], self.sizes[which], self.img_size
         rng = np.random.default_rng(None if self.augment_seed is None else (self.augment_seed, index))
-        top, left = int(rng.integers(0, max(height - size, 0) + 1)), int(rng.integers(0, max(width - size, 0) + 1))
-        h, w = min(size, height), min(size, width)
+        side = region_side(size, self.scale_range, rng)
+        top, left = int(rng.integers(0, max(height - side, 0) + 1)), int(rng.integers(0, max(width - side, 0) + 1))
+        h, w = min(side, height), min(side, width)
         pixels = self.read_region(self.dataset.image_dir / image.file_name, top, left, h, w)
         png = self.dataset.png_dir / image.png_name
         ids, classes = segment_labels(decode_ids(self.read_region(png, top, left, h, w)), image)
-        x = (pixel_tensor(pixels) - self.mean) / self.std
-        if h < size or w < size:
-            x = torch.nn.functional.pad(x, (0, size - w, 0, size - h))
-            ids = torch.nn.functional.pad(ids, (0, size - w, 0, size - h), value=VOID)
-            classes = torch.nn.functional.pad(classes, (0, size - w, 0, size - h), value=IGNORE_INDEX)
+        x = rescaled(pixel_tensor(pixels), side, size)
+        ids, classes = rescaled(ids, side, size, labels=True), rescaled(classes, side, size, labels=True)
+        if self.photometric is not None:
+            x = self.photometric(x, int(rng.integers(2**63)))
+        x = (x - self.mean) / self.std
+        pad_h, pad_w = size - ids.shape[0], size - ids.shape[1]
+        if pad_h or pad_w:
+            x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h))
+            ids = torch.nn.functional.pad(ids, (0, pad_w, 0, pad_h), value=VOID)
+            classes = torch.nn.functional.pad(classes, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
         flips = [d for d, flip in zip((-1, -2), rng.random(2) < 0.5, strict=True) if flip] if self.flip else []
         turns = int(rng.integers(0, 4)) if self.rotate90 else 0
         if flips:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lemevit.data.images import TIFF_EXTENSIONS, declared_nodata, optional_rasterio, read_image
 from lemevit.data.transforms import IMAGENET_RGB_MEAN_STD
 from lemevit.errors import DataError
+from lemevit.io.images import TIFF_EXTENSIONS, declared_nodata, optional_rasterio, read_image
 
 __all__ = ["REFLECTANCE_TAG", "Normalisation", "band_metadata", "band_normalisation", "band_statistics"]
 

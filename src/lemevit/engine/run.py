@@ -16,13 +16,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from lemevit.config.options import RunConfig
 from lemevit.data.splits import Split, load_split, save_split
 from lemevit.data.statistics import band_normalisation
-from lemevit.engine.checkpoint import checkpoint_task, read_checkpoint
-from lemevit.engine.config import RunConfig
 from lemevit.engine.trainer import build_trainer, interruptible, is_launch_leader
 from lemevit.errors import DataError, RunError
 from lemevit.io import atomic_path, remove_stale_temporaries
+from lemevit.io.checkpoint import checkpoint_task, read_checkpoint
 from lemevit.io.lock import FolderLock
 from lemevit.io.paths import check_writable_folder
 from lemevit.io.tensor_file import UnreadableTensorFile

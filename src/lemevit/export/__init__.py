@@ -1,5 +1,6 @@
-"""Leaving PyTorch: portable model files (safetensors + config.json) and ONNX graphs checked against PyTorch."""
+"""``lemevit export``: portable model files (safetensors + config.json), ONNX graphs checked against PyTorch (made
+by :mod:`lemevit.inference.onnx`), the Deepness model for QGIS and the STAC Item (MLM) describing them."""
 from lemevit.export.model import ExportResult, export_model
-from lemevit.export.onnx import ONNX_FILE, OnnxGraph, check_onnx, export_onnx
+from lemevit.inference.onnx import ONNX_FILE, OnnxGraph, check_onnx, export_onnx
 
 __all__ = ["ONNX_FILE", "ExportResult", "OnnxGraph", "check_onnx", "export_model", "export_onnx"]

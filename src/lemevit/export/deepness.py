@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from lemevit.errors import ConfigError, DataError, RunError
-from lemevit.export.onnx import Deviation, OnnxGraph, check_onnx, export_onnx, require_onnxruntime
+from lemevit.inference.onnx import Deviation, OnnxGraph, check_onnx, export_onnx, require_onnxruntime
 from lemevit.io.atomic import atomic_path
 
 __all__ = ["DEEPNESS_FILE", "DeepnessModel", "data_resolution_cm", "deepness_model", "write_deepness"]

@@ -9,11 +9,10 @@ from typing import Any
 import torch
 
 import lemevit
-from lemevit.data.segmentation import default_palette
 from lemevit.errors import ConfigError
 from lemevit.export.deepness import DEEPNESS_FILE, FIXED_TILE, DeepnessModel, deepness_model, write_deepness
 from lemevit.export.mlm import ModelAsset, ModelDescription, write_mlm_item
-from lemevit.export.onnx import (
+from lemevit.inference.onnx import (
     NETWORK,
     Deviation,
     OnnxGraph,
@@ -25,6 +24,7 @@ from lemevit.export.onnx import (
 )
 from lemevit.io.model_file import WEIGHTS_FILE, model_file_folder, read_model_file, write_model_file
 from lemevit.io.paths import check_writable_folder
+from lemevit.labels import default_palette
 from lemevit.models.pretrained import PRETRAINED
 
 __all__ = ["ExportResult", "export_model", "timm_config"]
@@ -76,7 +76,7 @@ def _initial_weights(checkpoint: str | Path):
     """What the run of ``checkpoint`` started from: a weights file or name, None (random), or :data:`_UNKNOWN`."""
     if model_file_folder(checkpoint) is not None:
         return read_model_file(checkpoint).lemevit.get("initial_weights", _UNKNOWN)
-    from lemevit.engine.checkpoint import read_trained_model
+    from lemevit.io.checkpoint import read_trained_model
 
     return read_trained_model(checkpoint).hyper_parameters.get("init_checkpoint")
 
@@ -212,7 +212,7 @@ def export_model(output: str | Path, *, checkpoint: str | Path | None = None, mo
         if features_only or weights is not None or num_classes is not None:
             raise ConfigError("checkpoint", "a run's export takes its network as trained: `features_only`, "
                                             "`weights` and `num_classes` go with `model`")
-        from lemevit.engine.inference import load_task
+        from lemevit.engine.eval_predict import load_task
 
         module = load_task(checkpoint)
         initial = _initial_weights(checkpoint)

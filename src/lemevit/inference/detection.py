@@ -10,9 +10,9 @@ import torch
 
 from lemevit.errors import ConfigError
 from lemevit.inference.sliding_window import window_starts
-from lemevit.inference.timing import StageTimer
 from lemevit.io.raster import SceneStack
 from lemevit.ops.rotated import box_to_hbox, box_to_quad, rotated_batched_nms
+from lemevit.timing import StageTimer
 
 __all__ = ["default_overlap", "detect_scene", "detection_windows", "merge_window_detections"]
 

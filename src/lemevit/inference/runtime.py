@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lemevit.export.onnx import OnnxGraph, check_onnx, export_onnx, graph_file, onnx_session, quantize_onnx
+from lemevit.inference.onnx import OnnxGraph, check_onnx, export_onnx, graph_file, onnx_session, quantize_onnx
 from lemevit.io.model_file import model_file_folder
 
 __all__ = ["RUNTIMES", "OnnxNetwork", "onnx_networks"]

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lemevit.data.images import optional_rasterio
 from lemevit.errors import ConfigError, DataError
+from lemevit.io.images import optional_rasterio
 from lemevit.io.paths import is_remote, list_images, source_name
 
 __all__ = ["SENTINEL2_BANDS", "BandFile", "BandScene", "BandStack", "band_aliases", "band_name", "find_band_scenes",

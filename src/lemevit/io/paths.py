@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePath, PurePosixPath
 from urllib.parse import urlsplit
 
-from lemevit.data.images import IMAGE_EXTENSIONS
 from lemevit.errors import ConfigError, DataError
+from lemevit.io.images import IMAGE_EXTENSIONS
 
 __all__ = ["check_distinct_names", "check_outputs_spare_inputs", "check_writable_folder", "download_whole",
            "http_url", "is_listed_image", "is_remote", "list_images", "scene_source", "source_name"]

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lemevit.data.images import TIFF_EXTENSIONS, optional_rasterio, read_image
 from lemevit.errors import ConfigError, DataError
 from lemevit.io.atomic import scratch_path
 from lemevit.io.bands import BandScene, BandStack
+from lemevit.io.images import TIFF_EXTENSIONS, optional_rasterio, read_image
 from lemevit.io.paths import download_whole, is_remote
 
 __all__ = ["GEO_HINT", "OUTPUT_EXTENSIONS", "PROBABILITY_DTYPES", "ClassMapWriter", "CogWriter", "RasterScene",

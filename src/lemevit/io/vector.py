@@ -15,9 +15,9 @@ import shapely
 from shapely.geometry import MultiPolygon, mapping, shape
 from shapely.geometry.polygon import orient
 
-from lemevit.data.images import TIFF_EXTENSIONS, optional_rasterio
 from lemevit.errors import ConfigError, DataError
 from lemevit.io.atomic import atomic_path
+from lemevit.io.images import TIFF_EXTENSIONS, optional_rasterio
 from lemevit.io.raster import RasterScene, gdal_cache, read_by_gdal
 
 __all__ = ["VECTOR_SUFFIXES", "check_vector_output", "check_vector_scenes", "require_pyogrio",

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lemevit.data.segmentation import IGNORE_INDEX
+from lemevit.labels import IGNORE_INDEX
 
 __all__ = ["CHANGE_BINS", "CHANGE_CLASS_NAMES", "best_change_threshold", "change_histogram", "change_metrics",
            "confusion_matrix", "segmentation_metrics"]

@@ -14,10 +14,10 @@ from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
+from lemevit.labels import VOID
+
 __all__ = ["VOID", "PanopticStats", "panoptic_metrics"]
 
-#: Segment id of unlabelled pixels (COCO panoptic's black) and of pixels no predicted segment covers.
-VOID = 0
 #: The IoU above which a predicted segment matches a ground-truth one.
 MATCH_IOU = 0.5
 

@@ -35,7 +35,6 @@ from torch import nn
 from torchvision.ops import batched_nms, box_iou
 
 from lemevit.errors import ConfigError
-from lemevit.inference.timing import StageTimer
 from lemevit.models.factory import DENSE_STRIDES, create_dense_encoder
 from lemevit.ops.rotated import (
     box_to_hbox,
@@ -47,6 +46,7 @@ from lemevit.ops.rotated import (
     rotated_roi_align,
     wrap_angle,
 )
+from lemevit.timing import StageTimer
 
 __all__ = ["FPN", "MidpointOffsetCoder", "OrientedRCNN", "RotatedDeltaCoder", "StagesOnRuntime"]
 
@@ -221,7 +221,7 @@ class OrientedRCNN(nn.Module):
         nn.init.zeros_(self.box_cls.bias)
         nn.init.zeros_(self.box_reg.bias)
         self.rpn_coder, self.roi_coder = MidpointOffsetCoder(), RotatedDeltaCoder()
-        #: Times the stages of inference when set (see :class:`~lemevit.inference.timing.StageTimer`).
+        #: Times the stages of inference when set (see :class:`~lemevit.timing.StageTimer`).
         self.timer: StageTimer | None = None
 
     def stage(self, name: str, device: torch.device) -> AbstractContextManager:

@@ -37,8 +37,8 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from lemevit.data.segmentation import IGNORE_INDEX
 from lemevit.errors import ConfigError
+from lemevit.labels import IGNORE_INDEX
 from lemevit.models.factory import DENSE_STRIDES, create_dense_encoder
 
 __all__ = ["BoxHead", "PanopticFPN", "PanopticHeads", "SemanticFPN", "SemanticFPNHead", "default_fpn_channels",

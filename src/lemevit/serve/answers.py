@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from lemevit.engine.config import PredictOptions
+from lemevit.config.options import PredictOptions
 from lemevit.errors import ConfigError, DataError, LemevitError
 from lemevit.io.raster import read_by_gdal
 from lemevit.tasks.base import BaseTask

@@ -14,8 +14,8 @@ try:
 except ImportError as e:  # the serve extra; `lemevit serve` says so before it imports this module
     raise ImportError('lemevit.serve needs LitServe: pip install "lemevit[serve]"') from e
 
-from lemevit.engine.config import PredictOptions
-from lemevit.engine.inference import load_task
+from lemevit.config.options import PredictOptions
+from lemevit.engine.eval_predict import load_task
 from lemevit.serve.answers import Request as ModelRequest
 from lemevit.serve.answers import TaskAnswers, refusal
 from lemevit.serve.http import PredictEndpoint, check_token

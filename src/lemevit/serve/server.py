@@ -7,8 +7,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from lemevit.engine.checkpoint import trained_model_task
 from lemevit.errors import ConfigError, LemevitError
+from lemevit.io.checkpoint import trained_model_task
 from lemevit.tasks import get_task
 
 __all__ = ["ServeOptions", "model_card", "serve"]
@@ -76,7 +76,7 @@ def serve(options: ServeOptions) -> int:
     from fastapi.exceptions import HTTPException
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from lemevit.engine.inference import load_task
+    from lemevit.engine.eval_predict import load_task
     from lemevit.serve.answers import answers_for
     from lemevit.serve.api import ModelAPI, cpu_threads
     from lemevit.serve.http import PredictEndpoint, error_response

@@ -13,17 +13,17 @@ import torch.distributed as dist
 from lightning.fabric.utilities.apply_func import apply_to_collection
 from torch.utils.data import Dataset
 
+from lemevit.config.optimization import Optimization, ScheduleSteps, build_optimizer, build_scheduler
+from lemevit.config.options import EvalOptions, InferenceOptions, PredictOptions, RunConfig
 from lemevit.data.sampling import reseed, step_seed
-from lemevit.data.segmentation import default_palette
 from lemevit.data.splits import Split
 from lemevit.data.statistics import Normalisation
-from lemevit.engine.checkpoint import TASK_KEY, backbone_state_dict, checkpoint_task, read_checkpoint
-from lemevit.engine.config import EvalOptions, InferenceOptions, PredictOptions, RunConfig
-from lemevit.engine.optimization import Optimization, ScheduleSteps, build_optimizer, build_scheduler
 from lemevit.errors import ConfigError, DataError
-from lemevit.export.onnx import NETWORK, OnnxGraph
+from lemevit.inference.onnx import NETWORK, OnnxGraph
 from lemevit.io import atomic_path
+from lemevit.io.checkpoint import TASK_KEY, backbone_state_dict, checkpoint_task, read_checkpoint
 from lemevit.io.model_file import model_file_folder, read_model_file
+from lemevit.labels import default_palette
 from lemevit.models.pretrained import PRETRAINED, pretrained_state_dict
 from lemevit.viz import save_confusion_png
 
@@ -57,14 +57,14 @@ class BaseTask(pl.LightningModule):
       resumed from an epoch boundary continues exactly as the uninterrupted run would have (the data's order
       and augmentation are seeded by (seed, epoch) in :class:`~lemevit.data.SeededDataModule`).
     - **Optimizer**: AdamW over ``self.model`` and its schedule, stepped per batch, from the ``optimization``
-      hyperparameter (:mod:`lemevit.engine.optimization`).
+      hyperparameter (:mod:`lemevit.config.optimization`).
     - **Evaluation**: validation and test collect ``(index, record)`` pairs per item (``evaluation_records``),
       gather them from every process, drop the repeats a distributed sampler adds, and score them together
       (``summarize``): the metrics of a run on several devices are those of one process over all items.
     - **The checkpoint's task key**, which ``eval`` and ``predict`` dispatch on.
 
     A subclass declares, as class attributes, its ``name`` (the registry key and ``--task``), its ``config``
-    (a :class:`~lemevit.engine.config.RunConfig` subclass), its ``eval_options`` and ``predict_options``, the
+    (a :class:`~lemevit.config.options.RunConfig` subclass), its ``eval_options`` and ``predict_options``, the
     metric ``monitor`` that picks ``best.ckpt``, the ``logged_metrics`` of validation, ``backbone_prefix``
     (where its backbone's weights are in the state dict) and its ``data_layout`` with ``holds_data``; and
     implements the class methods ``prepare``

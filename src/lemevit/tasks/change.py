@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from lemevit.config.options import option
 from lemevit.data.change import (
     CHANGE_LAYOUT,
     IGNORE_INDEX,
@@ -24,16 +25,15 @@ from lemevit.data.change import (
 )
 from lemevit.data.datamodule import SeededDataModule
 from lemevit.data.oscd import OSCD_IMAGES
-from lemevit.data.regions import read_region
 from lemevit.data.splits import Split, missing_files
 from lemevit.data.statistics import Normalisation
-from lemevit.engine.config import option
 from lemevit.errors import ConfigError, DataError
-from lemevit.export.onnx import OnnxGraph, Probabilities
+from lemevit.inference.onnx import OnnxGraph, Probabilities
 from lemevit.inference.scene import predict_scene, preview_path
 from lemevit.inference.sliding_window import blended_strips
 from lemevit.io.bands import BandScene, find_band_scenes
 from lemevit.io.paths import is_remote, scene_source
+from lemevit.io.regions import read_region
 from lemevit.losses import dice_loss
 from lemevit.metrics.confusion import (
     CHANGE_BINS,

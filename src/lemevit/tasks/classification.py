@@ -14,6 +14,7 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torch.utils.data import Dataset
 
+from lemevit.config.options import PredictOptions, RunConfig, option
 from lemevit.data.classification import (
     RSP_LISTS,
     SCENE_LAYOUT,
@@ -28,14 +29,13 @@ from lemevit.data.classification import (
 )
 from lemevit.data.datamodule import SeededDataModule
 from lemevit.data.files import PredictionFiles, collate_readable
-from lemevit.data.images import read_image
 from lemevit.data.splits import Split, missing_files, split_items
 from lemevit.data.statistics import Normalisation
 from lemevit.data.transforms import INTERPOLATIONS, eval_transform, fill_no_data, pixel_tensor, train_transform
-from lemevit.engine.config import PredictOptions, RunConfig, option
 from lemevit.errors import ConfigError, DataError
-from lemevit.export.onnx import OnnxGraph
+from lemevit.inference.onnx import OnnxGraph
 from lemevit.io import atomic_path
+from lemevit.io.images import read_image
 from lemevit.io.paths import check_outputs_spare_inputs, check_writable_folder, list_images
 from lemevit.metrics.classification import classification_metrics
 from lemevit.models import create_model, input_size_kwargs

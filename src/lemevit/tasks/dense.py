@@ -11,9 +11,8 @@ from typing import ClassVar
 import torch
 from torch.utils.data import Dataset
 
-from lemevit.data.images import TIFF_EXTENSIONS, optional_rasterio
+from lemevit.config.options import EvalOptions, InferenceOptions, Options, PredictOptions, RunConfig, option
 from lemevit.data.transforms import check_scale_range
-from lemevit.engine.config import EvalOptions, InferenceOptions, Options, PredictOptions, RunConfig, option
 from lemevit.errors import ConfigError
 from lemevit.inference.scene import (
     ProbabilityOutput,
@@ -25,11 +24,12 @@ from lemevit.inference.scene import (
 )
 from lemevit.inference.sliding_window import default_stride, softmax_predictor
 from lemevit.io.bands import BandScene
+from lemevit.io.images import TIFF_EXTENSIONS, optional_rasterio
 from lemevit.io.lock import OutputLock
 from lemevit.io.raster import GEO_HINT, PROBABILITY_DTYPES
 from lemevit.io.vector import check_vector_output, check_vector_scenes, write_map_vectors
-from lemevit.io.webmap import scene_picture, value_overlay, webmap_path, write_map_page
 from lemevit.tasks.base import BaseTask
+from lemevit.viz.webmap import scene_picture, value_overlay, webmap_path, write_map_page
 
 __all__ = ["CropTrainingConfig", "SceneJobs", "SlidingWindowTask", "WindowEvalOptions", "WindowPredictOptions",
            "check_window", "first_item"]
@@ -243,7 +243,7 @@ class SlidingWindowTask(BaseTask):
 
     def write_page(self, output: Path, result: ScenePrediction, layer: str, colours: Mapping[int, Sequence[int]],
                    names: Mapping[int, str], scenes: Sequence[str]) -> str | None:
-        """With ``html``, the page of the map ``output`` (see :mod:`lemevit.io.webmap`): the downsampled scenes of
+        """With ``html``, the page of the map ``output`` (see :mod:`lemevit.viz.webmap`): the downsampled scenes of
         ``result`` as base layers named ``scenes``, and over them the overlay ``layer``, the map's values
         ``colours`` in their colour (the others transparent), with a legend of their ``names``; returns its path."""
         if not self.write_html:

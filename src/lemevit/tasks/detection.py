@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lemevit.config.options import EvalOptions, InferenceOptions, Options, PredictOptions, RunConfig, option
 from lemevit.data.datamodule import SeededDataModule
 from lemevit.data.detection import (
     DETECTION_LAYOUT,
@@ -26,15 +27,13 @@ from lemevit.data.detection import (
     scan_detection_folder,
 )
 from lemevit.data.files import BadFile, PredictionFiles
-from lemevit.data.images import IMAGE_EXTENSIONS, TIFF_EXTENSIONS, ImageReadError
 from lemevit.data.splits import Split, split_items
 from lemevit.data.statistics import Normalisation
-from lemevit.engine.config import EvalOptions, InferenceOptions, Options, PredictOptions, RunConfig, option
 from lemevit.errors import ConfigError, DataError
-from lemevit.export.onnx import NETWORK, GraphOf, OnnxGraph
 from lemevit.inference.detection import default_overlap, detect_scene
-from lemevit.inference.timing import StageTimer
+from lemevit.inference.onnx import NETWORK, GraphOf, OnnxGraph
 from lemevit.io import atomic_path
+from lemevit.io.images import IMAGE_EXTENSIONS, TIFF_EXTENSIONS, ImageReadError
 from lemevit.io.paths import check_distinct_names, check_outputs_spare_inputs, check_writable_folder, list_images
 from lemevit.io.raster import SceneStack
 from lemevit.io.vector import check_vector_output, check_vector_scenes, write_detection_vectors
@@ -43,6 +42,7 @@ from lemevit.models.oriented_rcnn import OrientedRCNN, StagesOnRuntime
 from lemevit.tasks.base import BaseTask, NamedClasses, initial_weights
 from lemevit.tasks.dense import first_item
 from lemevit.tasks.registry import register_task
+from lemevit.timing import StageTimer
 
 __all__ = ["TASK1_ZIP", "DetectionConfig", "DetectionPredictOptions", "DetectionTask", "LabelledImage",
            "default_proposals"]
@@ -371,8 +371,8 @@ class DetectionTask(NamedClasses, BaseTask):
     prediction_collate = staticmethod(first_item)
 
     def predict_step(self, batch, batch_idx: int) -> None:
-        from lemevit.io.webmap import write_detection_page
         from lemevit.viz import draw_oriented_boxes
+        from lemevit.viz.webmap import write_detection_page
 
         index, scene = batch
         path = self._inputs[index]

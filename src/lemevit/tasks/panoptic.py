@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lemevit.config.options import EvalOptions, InferenceOptions, Options, PredictOptions, option
 from lemevit.data.datamodule import SeededDataModule
 from lemevit.data.files import BadFile, PredictionFiles
-from lemevit.data.images import TIFF_EXTENSIONS, optional_rasterio, read_image
 from lemevit.data.panoptic import (
     ANNOTATIONS_FILE,
     IMAGES_DIR,
@@ -30,22 +30,22 @@ from lemevit.data.panoptic import (
     segment_extents,
     write_segment_ids,
 )
-from lemevit.data.regions import read_region
 from lemevit.data.splits import SUBSETS, Split, split_items
 from lemevit.data.statistics import Normalisation
 from lemevit.data.transforms import fill_no_data, normalised_tensor
-from lemevit.engine.config import EvalOptions, InferenceOptions, Options, PredictOptions, RunConfig, option
 from lemevit.errors import ConfigError, DataError
-from lemevit.export.onnx import Probabilities
+from lemevit.inference.onnx import Probabilities
 from lemevit.inference.panoptic import Fusion, predict_panoptic
 from lemevit.io import atomic_path
+from lemevit.io.images import TIFF_EXTENSIONS, optional_rasterio, read_image
 from lemevit.io.paths import check_distinct_names, check_outputs_spare_inputs, check_writable_folder, list_images
 from lemevit.io.raster import CogWriter, RasterScene
+from lemevit.io.regions import read_region
 from lemevit.io.vector import check_vector_output, check_vector_scenes, write_map_vectors
 from lemevit.metrics.panoptic import PanopticStats, panoptic_metrics
 from lemevit.models.panoptic_fpn import PanopticFPN, PanopticHeads, default_heads
 from lemevit.tasks.base import initial_weights
-from lemevit.tasks.dense import SlidingWindowTask, check_window, first_item
+from lemevit.tasks.dense import CropTrainingConfig, SlidingWindowTask, check_window, first_item
 from lemevit.tasks.registry import register_task
 from lemevit.viz import class_colours, save_panoptic_preview
 
@@ -72,7 +72,7 @@ def _check_fusion(options: Options) -> None:
 
 
 @dataclass(kw_only=True)
-class PanopticConfig(RunConfig):
+class PanopticConfig(CropTrainingConfig):
     """A panoptic run: Panoptic FPN trained on random crops of ``img_size``, validated on whole images window by
     window (``window`` defaults to ``img_size``, ``stride`` to three quarters of it)."""
 
@@ -87,10 +87,6 @@ class PanopticConfig(RunConfig):
                                "when the images are in train/ and val/ folders, which are the split")
     lr: float = option(1e-4, "peak learning rate of AdamW")
     gradient_clip: float | None = option(35.0, "clip the gradient norm to this value")
-    window: int | None = option(None, "sliding window of the validation (default img_size)")
-    stride: int | None = option(None, "its stride (default 3/4 of the window)")
-    flip: bool = option(True, "random flips of the crops")
-    rotate90: bool = option(True, "random 90-degree rotations of the crops")
     crops_per_image: int | None = option(None, "random crops per image and epoch (default: enough to cover the "
                                                "image once)")
     fpn_channels: int | None = option(None, "pyramid width (default 96 for LVT, as its Panoptic FPN, else 256)")
@@ -304,7 +300,8 @@ class PanopticTask(SlidingWindowTask):
         hp = self.hparams
         dataset = self._dataset(split.root)
         crops = PanopticCrops(dataset, _select(dataset, split.subsets["train"]), hp.img_size, hp.mean, hp.std,
-                              crops_per_image=cfg.crops_per_image, flip=cfg.flip, rotate90=cfg.rotate90)
+                              crops_per_image=cfg.crops_per_image, flip=cfg.flip, rotate90=cfg.rotate90,
+                              scale_range=cfg.scale_range, photometric=cfg.photometric)
         evaluation = {name: self.evaluation_dataset(split.root, split.subsets[name])
                       for name in ("val", "test") if split.subsets.get(name)}
         self.inference_batch_size = cfg.batch_size

@@ -10,13 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from lemevit.config.options import option
 from lemevit.data.datamodule import SeededDataModule
-from lemevit.data.regions import read_region
 from lemevit.data.segmentation import (
-    IGNORE_INDEX,
-    PRESETS,
     SEGMENTATION_LAYOUT,
-    LabelScheme,
     SegmentationCrops,
     SegmentationTiles,
     TilePair,
@@ -29,12 +26,13 @@ from lemevit.data.segmentation import (
 )
 from lemevit.data.splits import Split, missing_files
 from lemevit.data.statistics import Normalisation
-from lemevit.engine.config import option
 from lemevit.errors import ConfigError, DataError
-from lemevit.export.onnx import OnnxGraph, Probabilities
+from lemevit.inference.onnx import OnnxGraph, Probabilities
 from lemevit.inference.scene import predict_scene, preview_path
 from lemevit.inference.sliding_window import sliding_window_confusion
 from lemevit.io.bands import list_scenes
+from lemevit.io.regions import read_region
+from lemevit.labels import IGNORE_INDEX, PRESETS, LabelScheme
 from lemevit.losses import dice_loss
 from lemevit.metrics.confusion import segmentation_metrics
 from lemevit.models.segmentation import HEADS, SegmentationModel

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lemevit.data.images import TIFF_EXTENSIONS, ImageReadError, optional_rasterio, read_image, shown_size
 from lemevit.errors import ConfigError
+from lemevit.io.images import TIFF_EXTENSIONS, ImageReadError, optional_rasterio, read_image, shown_size
 
 __all__ = ["RegionReader", "raster_size", "read_region"]
 

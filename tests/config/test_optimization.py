@@ -10,7 +10,7 @@ import torch
 from sample_data import make_scenes
 from torch import nn
 
-from lemevit.engine.optimization import Optimization, ScheduleSteps, build_optimizer, build_scheduler
+from lemevit.config.optimization import Optimization, ScheduleSteps, build_optimizer, build_scheduler
 from lemevit.errors import ConfigError
 
 
@@ -79,7 +79,7 @@ def _logged_rates(run) -> list[float]:
 
 def test_an_iteration_budget_and_a_schedule_through_lemevit_train(tmp_path):
     from lemevit.cli import main
-    from lemevit.engine.checkpoint import read_checkpoint
+    from lemevit.io.checkpoint import read_checkpoint
 
     data = make_scenes(tmp_path / "scenes")
     run = tmp_path / "run"
@@ -111,7 +111,7 @@ def test_bad_schedule_options_are_one_line(tmp_path, capsys, argv, message):
 
 
 def test_checkpoints_of_runs_before_the_optimization_mapping_still_load():
-    from lemevit.engine.checkpoint import current_hyper_parameters
+    from lemevit.io.checkpoint import current_hyper_parameters
     from lemevit.tasks.classification import ClassificationTask
 
     saved = {"model": "lemevit_tiny", "num_classes": 3, "img_size": 32, "lr": 2e-3, "weight_decay": 0.05,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lemevit.data import ImageReadError, read_image
-from lemevit.data import images as images_module
+from lemevit.io import images as images_module
+from lemevit.io.images import ImageReadError, read_image
 
 
 def _rasterio():
@@ -134,7 +134,7 @@ def test_read_image_errors_name_the_file(tmp_path):
 def test_read_image_turns_a_picture_as_its_exif_orientation_says(tmp_path, suffix):
     # Issue #29, 2: a drone's picture stored sideways with orientation 6 (shown turned 90° clockwise) is read as
     # shown, so that a mask drawn over the shown picture fits it; the header's size agrees.
-    from lemevit.data.regions import raster_size
+    from lemevit.io.regions import raster_size
 
     stored = np.zeros((20, 40, 3), np.uint8)
     stored[:5, :10] = 255  # a bright top-left corner, which orientation 6 shows at the top right

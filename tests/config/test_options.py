@@ -5,7 +5,7 @@ import argparse
 
 import pytest
 
-from lemevit.engine.config import add_options
+from lemevit.config.options import add_options
 from lemevit.errors import ConfigError, DataError
 from lemevit.tasks.change import ChangeConfig
 from lemevit.tasks.classification import ClassificationConfig

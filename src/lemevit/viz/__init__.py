@@ -1,5 +1,6 @@
 """Pictures lemevit writes: images of any band count shown as RGB, class maps in their palette, change previews,
-oriented boxes drawn on scenes, and confusion matrices. Every file is written atomically."""
+oriented boxes drawn on scenes, confusion matrices, and the HTML map page of a prediction (:mod:`.webmap`). Every
+file is written atomically."""
 from __future__ import annotations
 
 import math

@@ -16,7 +16,7 @@ from typing import Any, Union
 
 import yaml
 
-from lemevit.engine.optimization import SCHEDULES, Optimization
+from lemevit.config.optimization import SCHEDULES, Optimization
 from lemevit.errors import ConfigError, DataError
 from lemevit.io import atomic_path
 from lemevit.models.pretrained import PRETRAINED, check_pretrained_request

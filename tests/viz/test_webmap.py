@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from lemevit.errors import ConfigError
-from lemevit.io.webmap import PAGE_SIDE, Polygon, map_page, scene_picture, value_overlay, write_detection_page
+from lemevit.viz.webmap import PAGE_SIDE, Polygon, map_page, scene_picture, value_overlay, write_detection_page
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH (.ci/run installs "

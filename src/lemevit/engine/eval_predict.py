@@ -7,12 +7,12 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
+from lemevit.config.options import EvalOptions, PredictOptions
 from lemevit.data.datamodule import Indexed
-from lemevit.engine.checkpoint import read_trained_model, trained_model_task
-from lemevit.engine.config import EvalOptions, PredictOptions
 from lemevit.engine.run import RunDirectory
 from lemevit.engine.trainer import build_inference_trainer, interruptible
 from lemevit.errors import ConfigError, DataError
+from lemevit.io.checkpoint import read_trained_model, trained_model_task
 from lemevit.io.model_file import model_file_folder
 from lemevit.io.paths import check_writable_folder
 from lemevit.tasks.base import BaseTask
