@@ -10,7 +10,11 @@ probable class written by hand into a class map of the whole scene (a later wind
 tutorials stitch), then saved as a GeoTIFF with the scene's CRS and transform. The network is the checkpoint's own
 module (``lemevit.engine.eval_predict.load_task``), given the windows normalised as the run normalises them.
 lemevit: ``lemevit predict --window W --stride S --batch-size B`` through ``lemevit.cli.main``: the blended
-sliding window, strip by strip, written as a Cloud-Optimized GeoTIFF (overviews and colour table included).
+sliding window, strip by strip, written as a Cloud-Optimized GeoTIFF (overviews and colour table included); with
+``--arms lemevit lemevit-onnxruntime lemevit-bf16`` also ``lemevit predict --runtime onnxruntime`` (the same network
+exported to ONNX, checked against PyTorch, run by onnxruntime; its export is made once before the timed runs, on one
+window, and reused from beside the checkpoint, as a user's second predict reuses it) and ``lemevit predict
+--precision bf16`` (autocast to bfloat16, which CPUs with AVX512-BF16 or AMX run natively).
 
 Each prediction runs in a child process of its own, so that its peak resident memory (VmHWM) is its own; the two
 alternate (ABBA...), ``--repeats`` times each, and the best of each is kept. Throughput counts the prediction
@@ -46,7 +50,9 @@ from lemevit.io import atomic_path
 
 HERE = Path(__file__).parent
 SUMMARY = re.compile(r"([\d.]+) Mpx in ([\d.]+) s \(([\d.]+) Mpx/s; the network (\d+)% of the time\)")
-PIPELINES = ("torchgeo", "lemevit")
+#: lemevit predict's arms: the flags each adds to the same command.
+ARMS = {"lemevit": [], "lemevit-onnxruntime": ["--runtime", "onnxruntime"],
+        "lemevit-int8": ["--runtime", "onnxruntime-int8"], "lemevit-bf16": ["--precision", "bf16"]}
 
 
 def _status_mib(key: str) -> float:
@@ -110,7 +116,7 @@ def predict_torchgeo(checkpoint: Path, scene: Path, output: Path, window: int, s
 
 
 def predict_lemevit(checkpoint: Path, scene: Path, output: Path, window: int, stride: int, batch_size: int,
-                    workers: int) -> dict:
+                    workers: int, arm: str = "lemevit") -> dict:
     import rasterio
 
     from lemevit.cli import main as lemevit
@@ -121,14 +127,17 @@ def predict_lemevit(checkpoint: Path, scene: Path, output: Path, window: int, st
     with contextlib.redirect_stdout(printed):
         code = lemevit(["predict", "--checkpoint", str(checkpoint), str(scene), "--output", str(output),
                         "--window", str(window), "--stride", str(stride), "--batch-size", str(batch_size),
-                        "--num-workers", str(workers), "--overwrite"])
+                        "--num-workers", str(workers), *ARMS[arm], "--overwrite"])
     found = SUMMARY.search(printed.getvalue())
     if code != 0 or found is None:
         raise SystemExit(f"lemevit predict failed (exit {code}): {printed.getvalue()}")
-    mpx, seconds, rate, share = found.groups()
+    _, seconds, _, share = found.groups()
     with rasterio.open(scene) as src:
         windows = len(window_starts(src.height, window, stride)) * len(window_starts(src.width, window, stride))
-    return {"seconds": float(seconds), "mpx_per_s": float(rate), "network_share": int(share) / 100,
+    with rasterio.open(scene) as src:
+        pixels = src.height * src.width
+    # predict prints Mpx/s to two decimals: the rate comes from its seconds and the scene's pixels instead
+    return {"seconds": float(seconds), "mpx_per_s": pixels / 1e6 / float(seconds), "network_share": int(share) / 100,
             "windows": windows, "rss_before_mib": base, "peak_rss_mib": _status_mib("VmHWM")}
 
 
@@ -187,22 +196,30 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers of both (lemevit's --num-workers)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--work", type=Path, default=HERE / "runs" / "torchgeo_scene")
-    p.add_argument("--child", choices=PIPELINES, help=argparse.SUPPRESS)
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=["lemevit"],
+                   help="lemevit predict's arms to compare with torchgeo (default: lemevit, the plain command)")
+    p.add_argument("--child", choices=("torchgeo", *ARMS), help=argparse.SUPPRESS)
     p.add_argument("--scene", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args.child:
-        run = predict_torchgeo if args.child == "torchgeo" else predict_lemevit
-        print(json.dumps(run(args.checkpoint, args.scene, args.output, args.window, args.stride, args.batch_size,
-                             args.workers)))
+        given = (args.checkpoint, args.scene, args.output, args.window, args.stride, args.batch_size, args.workers)
+        print(json.dumps(predict_torchgeo(*given) if args.child == "torchgeo"
+                         else predict_lemevit(*given, arm=args.child)))
         return
 
+    pipelines = ("torchgeo", *args.arms)
+
     scene = mirrored_scene(args.work / f"potsdam_mirrored_{args.size}.tif", args.size)
-    maps = {name: args.work / f"{name}_{args.size}.tif" for name in PIPELINES}
-    runs: dict[str, list[dict]] = {name: [] for name in PIPELINES}
+    maps = {name: args.work / f"{name}_{args.size}.tif" for name in pipelines}
+    small = mirrored_scene(args.work / f"potsdam_mirrored_{args.window}.tif", args.window)
+    for name in pipelines[1:]:  # the ONNX export made once, untimed, on one window; reused from beside the checkpoint
+        if "--runtime" in ARMS[name]:
+            run_child(name, args, small, args.work / f"warm_up_{name}.tif")
+    runs: dict[str, list[dict]] = {name: [] for name in pipelines}
     for repeat in range(args.repeats):
-        for name in PIPELINES if repeat % 2 == 0 else PIPELINES[::-1]:
+        for name in pipelines if repeat % 2 == 0 else pipelines[::-1]:
             runs[name].append(run_child(name, args, scene, maps[name]))
             print(f"{name}: {runs[name][-1]['mpx_per_s']:.3f} Mpx/s, peak {runs[name][-1]['peak_rss_mib']:.0f} MiB")
     best = {name: max(r, key=lambda x: x["mpx_per_s"]) for name, r in runs.items()}
@@ -212,20 +229,26 @@ def main() -> None:
                 "same network; each prediction in a child process of its own, alternating; best of the repeats",
         "command": f"python benchmarks/torchgeo_scene.py --checkpoint {args.checkpoint} --size {args.size} "
                    f"--window {args.window} --stride {args.stride} --batch-size {args.batch_size} "
-                   f"--workers {args.workers} --repeats {args.repeats}",
+                   f"--workers {args.workers} --repeats {args.repeats} --arms {' '.join(args.arms)}",
         "scene": f"{args.size}x{args.size}, 3 bands, uint8", "window": args.window, "stride": args.stride,
-        "batch_size": args.batch_size, "workers": args.workers, "dtype": "fp32",
+        "batch_size": args.batch_size, "workers": args.workers,
+        "dtype": "fp32 (torchgeo and every arm but lemevit-bf16)",
         "best": best, "runs": runs,
-        "lemevit_over_torchgeo_throughput": best["lemevit"]["mpx_per_s"] / best["torchgeo"]["mpx_per_s"],
-        "lemevit_over_torchgeo_peak_rss": best["lemevit"]["peak_rss_mib"] / best["torchgeo"]["peak_rss_mib"],
-        "median_mpx_per_s": {name: statistics.median(r["mpx_per_s"] for r in runs[name]) for name in PIPELINES},
-        "maps": single_window_agreement(scene, maps, args.window, args.stride),
+        "over_torchgeo_throughput": {name: best[name]["mpx_per_s"] / best["torchgeo"]["mpx_per_s"]
+                                     for name in pipelines[1:]},
+        "over_torchgeo_peak_rss": {name: best[name]["peak_rss_mib"] / best["torchgeo"]["peak_rss_mib"]
+                                   for name in pipelines[1:]},
+        "paired_throughput_ratios": {name: [b["seconds"] / a["seconds"] for a, b in
+                                            zip(runs[name], runs["torchgeo"], strict=True)] for name in pipelines[1:]},
+        "median_mpx_per_s": {name: statistics.median(r["mpx_per_s"] for r in runs[name]) for name in pipelines},
+        "maps": {name: single_window_agreement(scene, {"torchgeo": maps["torchgeo"], "lemevit": maps[name]},
+                                                args.window, args.stride) for name in pipelines[1:]},
         "checkpoint": str(args.checkpoint), "threads": torch.get_num_threads(),
         "load_average_at_end": os.getloadavg(), "torch": torch.__version__,
         "torchgeo": __import__("torchgeo").__version__, "machine": machine_description(),
     }
-    print(json.dumps({k: record[k] for k in ("lemevit_over_torchgeo_throughput", "lemevit_over_torchgeo_peak_rss",
-                                             "maps")}, indent=1))
+    print(json.dumps({k: record[k] for k in ("over_torchgeo_throughput", "paired_throughput_ratios",
+                                             "over_torchgeo_peak_rss", "maps")}, indent=1))
     output = HERE / "results" / f"torchgeo_scene_{args.size}.json"
     with atomic_path(output) as tmp:
         tmp.write_text(json.dumps(record, indent=1))
