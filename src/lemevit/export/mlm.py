@@ -155,11 +155,11 @@ def mlm_item(model: ModelDescription, assets: list[ModelAsset], folder: Path) ->
     files = {}
     for asset in assets:
         artifact, media = ARTIFACTS[asset.kind]
-        files[asset.path.name.replace(".", "-")] = {
-            "href": f"./{asset.path.relative_to(folder).as_posix()}", "type": media, "title": asset.title,
-            "roles": ["mlm:model", *asset.roles], "mlm:artifact_type": artifact}
+        key = asset.path.name.replace(".", "-")
+        files[key] = {"href": f"./{asset.path.relative_to(folder).as_posix()}", "type": media, "title": asset.title,
+                      "roles": ["mlm:model", *asset.roles], "mlm:artifact_type": artifact}
         if asset.description:
-            files[asset.path.name.replace(".", "-")]["description"] = asset.description
+            files[key]["description"] = asset.description
     if (folder / CONFIG_FILE).is_file():
         files["config"] = {"href": f"./{CONFIG_FILE}", "type": "application/json", "roles": ["metadata"],
                            "title": "the model's settings: timm's fields and lemevit's task and hyper-parameters"}

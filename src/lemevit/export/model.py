@@ -131,9 +131,9 @@ def _task_description(module, initial, size: int | None) -> ModelDescription:
 
 def _deepness_output(model: DeepnessModel, description: ModelDescription) -> ModelOutput | None:
     """The output of the Deepness graph where it is not the model's own (a panoptic model's semantic branch)."""
-    names = list(model.metadata["class_names"].values())
     if description.task == "segmentation":
         return None
+    names = list(model.metadata["class_names"].values())
     return ModelOutput("semantic", [-1, len(names), model.tile_size, model.tile_size],
                        f"class probabilities of each pixel of the semantic branch ({DEEPNESS_FILE}'s)",
                        task="segmentation", class_names=names, colours=list(default_palette(len(names))))
@@ -185,12 +185,13 @@ def _bare_description(name: str, weights, graph: OnnxGraph, config: dict[str, An
         pretrained=source is not None, pretrained_source=_weights_name(source))
 
 
-def _part_description(graph: OnnxGraph, graphs: dict[str, OnnxGraph]) -> str | None:
+def _part_description(graph: OnnxGraph, graphs: dict[str, OnnxGraph], int8: bool = False) -> str | None:
     """What a graph of a model exported as several computes, and what runs between them."""
     if len(graphs) == 1:
         return None
+    runtime = "onnxruntime-int8" if int8 else "onnxruntime"
     return (f"one of the model's {len(graphs)} graphs ({', '.join(graph.inputs)} -> {', '.join(graph.outputs)}); "
-            "what runs between and after them stays in lemevit's Python: `lemevit predict --runtime onnxruntime` on "
+            f"what runs between and after them stays in lemevit's Python: `lemevit predict --runtime {runtime}` on "
             "this folder runs them together")
 
 
@@ -285,7 +286,7 @@ def export_model(output: str | Path, *, checkpoint: str | Path | None = None, mo
             result.checks.append(GraphCheck(quantized, check_onnx(graph, quantized, tolerance=None), graph.fixed_size,
                                             int8=True))
             assets.append(ModelAsset(quantized, "onnx-int8", f"ONNX graph of the {part}, dynamic int8 quantization",
-                                     description=_part_description(graph, graphs)))
+                                     description=_part_description(graph, graphs, int8=True)))
     if deepness is not None:
         semantic = _deepness_output(deepness, description)
         if semantic is not None:
