@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import FIXTURES
 from PIL import Image
+from sample_data import make_pairs
 
 from lemevit.data.change import (
     IGNORE_INDEX,
@@ -22,20 +23,6 @@ from lemevit.data.change import (
 from lemevit.errors import ConfigError, DataError
 
 LEVIR = FIXTURES / "levir_cd"
-
-
-def make_pairs(root: Path, names=("p0", "p1", "p2"), size=(40, 56), seed=0) -> Path:
-    """Pairs whose second date is the negative of the first and whose mask is ``first date's red > 127``:
-    relations that any crop, flip or rotation applied alike to the three must keep."""
-    rng = np.random.default_rng(seed)
-    for folder in ("A", "B", "label"):
-        (root / folder).mkdir(parents=True, exist_ok=True)
-    for name in names:
-        a = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-        Image.fromarray(a).save(root / "A" / f"{name}.png")
-        Image.fromarray(255 - a).save(root / "B" / f"{name}.png")
-        Image.fromarray(np.where(a[..., 0] > 127, 255, 0).astype(np.uint8)).save(root / "label" / f"{name}.png")
-    return root
 
 
 def test_the_levir_cd_samples_are_read_as_pairs():

@@ -8,9 +8,12 @@ import json
 import pytest
 import torch
 from mlm_schema import MLM, RASTER_DATA_TYPES, mlm_errors
+from sample_data import NAMES, make_pairs, make_tiles, synthetic_dota
 
 import lemevit
 from lemevit.cli import main
+from lemevit.data.detection import DOTA_V1_CLASSES
+from lemevit.engine.eval_predict import load_task
 from lemevit.export import export_model
 
 
@@ -32,8 +35,6 @@ def test_a_run_s_export_is_described_by_a_valid_mlm_item(scene_run, tmp_path, ca
     assert props["mlm:name"] and props["mlm:architecture"] == "lemevit_tiny"
     assert props["mlm:tasks"] == ["scene-classification", "classification"]
     assert props["mlm:framework"] == "PyTorch"
-    from lemevit.engine.eval_predict import load_task
-
     module = load_task(run / "best.ckpt")
     assert props["mlm:total_parameters"] == sum(p.numel() for p in module.model.parameters())
     assert props["mlm:pretrained"] is False and props["mlm:pretrained_source"] is None  # trained from scratch
@@ -90,3 +91,141 @@ def test_band_names_must_match_the_input_bands(names, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--band-names" in err and "3 input band(s)" in err
     assert not (tmp_path / "x" / "model.safetensors").exists()
+
+
+#: Tiny one-epoch runs of the tasks beyond scene recognition: the training flags after the data's, given a folder
+#: to make the data in.
+TINY = ["--model", "resnet10t", "--epochs", "1", "--batch-size", "2", "--num-workers", "0", "--accelerator", "cpu",
+        "--split", "1.0"]
+RUNS = {
+    "segmentation": lambda root: ["--data", str(make_tiles(root / "tiles", size=64)), "--preset", "potsdam",
+                                  "--img-size", "32", "--decoder-channels", "8", "--window", "64"],
+    "change": lambda root: ["--data", str(make_pairs(root / "pairs")), "--img-size", "32", "--window", "64"],
+    "detection": lambda root: ["--data", str(synthetic_dota(root / "dota", 1)), "--img-size", "128", "--overlap",
+                               "32", "--fpn-channels", "32", "--rpn-proposals", "50", "--test-proposals", "20"],
+    "panoptic": lambda root: ["--data", str(_panoptic_tiles(root)), "--img-size", "64", "--fpn-channels", "32",
+                              "--semantic-channels", "32", "--rpn-proposals", "64", "--test-proposals", "64",
+                              "--detections", "20", "--stuff-area", "16"],
+}
+POTSDAM_PALETTE = ["FFFFFF", "0000FF", "00FFFF", "00FF00", "FFFF00", "FF0000"]
+
+
+def _panoptic_tiles(root):
+    assert main(["prepare", "panoptic", "--data", str(make_tiles(root / "tiles", size=64)), "--output",
+                 str(root / "panoptic"), "--things", "building", "car"]) == 0
+    return root / "panoptic"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The run of a task (see :data:`RUNS`), trained on first use and kept for the module's other tests."""
+    runs = {}
+
+    def run(task: str):
+        if task not in runs:
+            root = tmp_path_factory.mktemp(task)
+            assert main(["train", "--task", task, *RUNS[task](root), *TINY, "--output", str(root / "run")]) == 0
+            runs[task] = root / "run"
+        return runs[task]
+
+    return run
+
+
+def _export(run, out, *flags) -> dict:
+    assert main(["export", "--checkpoint", str(run / "best.ckpt"), "--output", str(out), *flags]) == 0
+    item = _item(out)
+    assert mlm_errors(item) == []
+    return item
+
+
+def _hex(colours) -> list[str]:
+    return ["{:02X}{:02X}{:02X}".format(*c) for c in colours]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("task", "fmt", "tasks", "inputs", "size", "output", "dims", "classes", "graphs"), [
+    ("segmentation", "onnx", ["semantic-segmentation", "segmentation"], ["image"], 64, [-1, 6, 64, 64],
+     ["batch", "class", "height", "width"], list(NAMES), ["./model.onnx"]),
+    ("change", "onnx", ["semantic-segmentation", "segmentation"], ["image_a", "image_b"], 64, [-1, 2, 64, 64],
+     ["batch", "class", "height", "width"], ["no change", "change"], ["./model.onnx"]),
+    ("detection", "onnx", ["object-detection", "detection"], ["image"], 128, [-1, -1, 7], ["batch", "box", "attribute"],
+     list(DOTA_V1_CLASSES), ["./model.onnx", "./model.box_head.onnx"]),
+    # No ONNX export of the panoptic heads: the model file alone.
+    ("panoptic", "safetensors", ["panoptic-segmentation", "segmentation"], ["image"], 64, [-1, 64, 64],
+     ["batch", "height", "width"], list(NAMES), []),
+])
+def test_each_task_s_export_is_a_valid_item_saying_what_the_task_takes_and_gives(
+        task, fmt, tasks, inputs, size, output, dims, classes, graphs, tiny_run, tmp_path):
+    run = tiny_run(task)
+    out = tmp_path / "model"
+    item = _export(run, out, "--format", fmt)
+    props = item["properties"]
+    module = load_task(run / "best.ckpt")
+    assert props["mlm:tasks"] == tasks and props["mlm:architecture"].startswith("resnet10t")
+    assert props["mlm:total_parameters"] == sum(p.numel() for p in module.model.parameters())
+    assert [i["name"] for i in props["mlm:input"]] == inputs
+    for inp in props["mlm:input"]:
+        assert inp["input"]["shape"] == [-1, 3, size, size]
+        assert [(s["mean"], s["stddev"]) for s in inp["value_scaling"]] == list(zip(module.hparams.mean,
+                                                                                  module.hparams.std, strict=True))
+    (out_,) = props["mlm:output"]
+    assert out_["tasks"] == tasks and out_["result"]["shape"] == output and out_["result"]["dim_order"] == dims
+    assert [c["name"] for c in out_["classification:classes"]] == classes == module.label_names()
+    assert [c["color_hint"] for c in out_["classification:classes"]] == _hex(module.label_colours())
+    models = {a["href"]: a for a in item["assets"].values() if "mlm:model" in a["roles"]}
+    assert sorted(models) == sorted(["./model.safetensors", *graphs])
+    assert all(models[g]["mlm:artifact_type"] == "torch.onnx.export" for g in graphs)
+    assert all((out / href).is_file() for href in models)
+    if len(graphs) > 1:  # a detector: what each graph computes, and that Python runs between them
+        trunk, box_head = (models[g]["description"] for g in graphs)
+        assert trunk.startswith("one of the model's 2 graphs (image -> pyramid.0")
+        assert box_head.startswith("one of the model's 2 graphs (roi_features -> class_logits, box_deltas)")
+        assert "lemevit predict --runtime onnxruntime" in trunk
+
+
+@pytest.mark.slow
+def test_a_segmentation_item_gives_the_data_s_palette(tiny_run, tmp_path):
+    item = _export(tiny_run("segmentation"), tmp_path / "m")
+    (out,) = item["properties"]["mlm:output"]
+    assert [c["color_hint"] for c in out["classification:classes"]] == POTSDAM_PALETTE  # --preset potsdam's
+
+
+@pytest.mark.slow
+def test_a_change_item_tells_the_two_dates_apart_and_gives_the_threshold(tiny_run, tmp_path):
+    item = _export(tiny_run("change"), tmp_path / "m")
+    first, second = item["properties"]["mlm:input"]
+    assert "first date" in first["description"] and "second date" in second["description"]
+    assert first["value_scaling"] == second["value_scaling"]  # one normalisation for both dates
+    (out,) = item["properties"]["mlm:output"]
+    assert "change probability of 0.5" in out["description"]  # the run's threshold
+
+
+@pytest.mark.slow
+def test_a_panoptic_item_gives_segment_ids_as_integers(tiny_run, tmp_path):
+    item = _export(tiny_run("panoptic"), tmp_path / "m")
+    (out,) = item["properties"]["mlm:output"]
+    assert out["result"]["data_type"] == "int64"
+    assert out["result"]["data_type"] in RASTER_DATA_TYPES
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["segmentation", "panoptic"])
+def test_the_deepness_graph_is_a_model_asset_whose_output_the_item_describes(task, tiny_run, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    out = tmp_path / "qgis"
+    item = _export(tiny_run(task), out, "--format", "deepness", "--resolution-cm", "5")
+    deepness = item["assets"]["model-deepness-onnx"]
+    assert deepness["href"] == "./model.deepness.onnx" and deepness["roles"] == ["mlm:model", "qgis-deepness"]
+    assert deepness["mlm:artifact_type"] == "torch.onnx.export" and "framework=onnx" in deepness["type"]
+    proto = onnx.load(str(out / "model.deepness.onnx"))
+    names = list(json.loads(next(p.value for p in proto.metadata_props if p.key == "class_names")).values())
+    shape = [-1, *(d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim[1:])]
+    props = item["properties"]
+    # The output the graph gives: the model's own for segmentation, the semantic branch's for panoptic.
+    described = {o["name"]: o for o in props["mlm:output"]}
+    semantic = described["probabilities" if task == "segmentation" else "semantic"]
+    assert [c["name"] for c in semantic["classification:classes"]] == names
+    assert semantic["result"]["shape"] == shape and semantic["tasks"] == ["semantic-segmentation", "segmentation"]
+    assert "semantic-segmentation" in props["mlm:tasks"]
+    if task == "panoptic":
+        assert names[0].startswith("things") and list(described) == ["panoptic", "semantic"]

@@ -1,6 +1,10 @@
 """Our backbones in torchgeo's trainers, by name: ClassificationTask through timm.create_model, SemanticSegmentationTask
-through segmentation_models_pytorch's timm universal encoder (``tu-NAME``). Tiny random images, a couple of steps."""
+through segmentation_models_pytorch's timm universal encoder (``tu-NAME``). Tiny random images, a couple of steps;
+and the README's torchgeo code as printed, but for the length of its training."""
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +17,7 @@ torchgeo_trainers = pytest.importorskip("torchgeo.trainers", reason='torchgeo is
 lightning = pytest.importorskip("lightning")
 
 BANDS = 13  # Sentinel-2
+ROOT = Path(__file__).parents[2]
 
 
 class RandomSamples(Dataset):
@@ -96,3 +101,44 @@ def test_freeze_backbone_trains_the_whole_classifier_only(name):
     heads = (classifier,) if isinstance(classifier, str) else classifier
     trainable = {n for n, p in task.model.named_parameters() if p.requires_grad}
     assert trainable == {f"{head}.{p}" for head in heads for p in ("weight", "bias")}
+
+
+def readme_torchgeo_code() -> str:
+    """The Python block of the README's "torchgeo and TerraTorch" section."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### torchgeo and TerraTorch"):]
+    section = section[:section.index("\n### ")]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    return code
+
+
+@pytest.mark.slow
+def test_the_readme_s_torchgeo_code_fine_tunes_the_aid_weights_and_builds_the_segmentation_task(tmp_path,
+                                                                                                 monkeypatch):
+    code = readme_torchgeo_code()
+    # The one change to the README's code: its two epochs of 18 batches of 16 scenes become two epochs of one batch
+    # of 2 (and of one batch of validation), in a folder of the test's.
+    substitutions = {
+        'Trainer(max_epochs=2, default_root_dir="runs/torchgeo_aid")':
+            f"Trainer(max_epochs=2, limit_train_batches=1, limit_val_batches=1, default_root_dir={str(tmp_path)!r})",
+        "batch_size=16": "batch_size=2",
+    }
+    for printed, used in substitutions.items():
+        assert printed in code, f"the README's torchgeo code no longer has {printed}"
+        code = code.replace(printed, used)
+    monkeypatch.chdir(ROOT)  # its data path is the repository's
+    namespace: dict = {}
+    exec(compile(code, "README.md (torchgeo)", "exec"), namespace)
+
+    (checkpoint,) = tmp_path.rglob("*.ckpt")
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 2 and saved["hyper_parameters"]["model"] == "lemevit_tiny.aid150"
+    pretrained = pretrained_state_dict("lemevit_tiny.aid150")["stages.3.blocks.0.mlp.fc1.weight"].float()
+    tuned = saved["state_dict"]["model.stages.3.blocks.0.mlp.fc1.weight"]
+    # Started from the AID weights, moved by two AdamW steps of lr 1e-4.
+    assert 0 < (tuned - pretrained).abs().max() < 1e-3
+    assert saved["state_dict"]["model.head.weight"].shape == (30, 320)
+    segmentation = namespace["task"]
+    assert isinstance(segmentation, torchgeo_trainers.SemanticSegmentationTask)
+    stem = segmentation.model.encoder.model.model.stem.conv1
+    assert stem.in_channels == BANDS

@@ -7,13 +7,13 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from resumption import check_kill_and_resume
+from sample_data import synthetic_dota
 
 from lemevit.cli import main
 from lemevit.data.detection import DOTA_V1_CLASSES
@@ -162,26 +162,6 @@ def test_malformed_label_is_one_line_naming_file_and_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "A.txt:2:" in err[0] and "blimp" in err[0]
-
-
-def synthetic_dota(root: Path, count: int, seed: int = 0, name: str = "S") -> Path:
-    """``count`` 160x160 scenes ``<name><i>.png`` with two to four bright upright boxes each (planes and ships),
-    DOTA layout."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "labelTxt").mkdir()
-    for i in range(count):
-        picture = rng.integers(20, 60, (160, 160, 3)).astype(np.uint8)
-        lines = ["imagesource:synthetic", "gsd:1.0"]
-        for _ in range(int(rng.integers(2, 5))):
-            w, h = int(rng.integers(24, 48)), int(rng.integers(12, 24))
-            x, y = int(rng.integers(0, 160 - w)), int(rng.integers(0, 160 - h))
-            plane = bool(rng.integers(2))
-            picture[y:y + h, x:x + w] = (230, 230, 230) if plane else (30, 210, 30)
-            lines.append(f"{x} {y} {x + w} {y} {x + w} {y + h} {x} {y + h} {'plane' if plane else 'ship'} 0")
-        Image.fromarray(picture).save(root / "images" / f"{name}{i}.png")
-        (root / "labelTxt" / f"{name}{i}.txt").write_text("\n".join(lines) + "\n")
-    return root
 
 
 DETECTION_ARGS = ["--task", "detection", "--model", "resnet10t", "--img-size", "128", "--overlap", "32",

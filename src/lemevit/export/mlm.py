@@ -5,7 +5,7 @@ normalisation), what it gives (shape, classes with their colours), and each mode
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,22 +16,24 @@ import lemevit
 from lemevit.io.atomic import atomic_path
 from lemevit.io.model_file import CONFIG_FILE
 
-__all__ = ["ITEM_FILE", "MLM_SCHEMA", "ModelAsset", "ModelDescription", "mlm_item", "write_mlm_item"]
+__all__ = ["ITEM_FILE", "MLM_SCHEMA", "ModelAsset", "ModelDescription", "ModelOutput", "mlm_item",
+           "write_mlm_item"]
 
 ITEM_FILE = "item.json"
 STAC_VERSION = "1.1.0"
 MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.5.2/schema.json"
 CLASSIFICATION_SCHEMA = "https://stac-extensions.github.io/classification/v1.1.0/schema.json"
-#: The MLM tasks of each of our tasks (and of a bare classifier or feature extractor), and the dimensions of what its
-#: network outputs after the batch.
-TASKS: dict[str | None, tuple[list[str], tuple[str, ...]]] = {
-    "classification": (["scene-classification", "classification"], ("class",)),
-    "segmentation": (["semantic-segmentation", "segmentation"], ("class", "height", "width")),
-    "change": (["semantic-segmentation", "segmentation"], ("class", "height", "width")),
-    "detection": (["object-detection", "detection"], ("box", "attribute")),
-    "panoptic": (["panoptic-segmentation", "segmentation"], ("height", "width")),
-    "bare": (["classification"], ("class",)),
-    "features": ([], ("channel", "height", "width")),
+#: The MLM tasks of each of our tasks (and of a bare classifier or feature extractor), the dimensions of what its
+#: network outputs after the batch, and their data type. MLM v1.5 names no change detection: a change map is a
+#: semantic segmentation into "no change" and "change".
+TASKS: dict[str, tuple[list[str], tuple[str, ...], str]] = {
+    "classification": (["scene-classification", "classification"], ("class",), "float32"),
+    "segmentation": (["semantic-segmentation", "segmentation"], ("class", "height", "width"), "float32"),
+    "change": (["semantic-segmentation", "segmentation"], ("class", "height", "width"), "float32"),
+    "detection": (["object-detection", "detection"], ("box", "attribute"), "float32"),
+    "panoptic": (["panoptic-segmentation", "segmentation"], ("height", "width"), "int64"),
+    "bare": (["classification"], ("class",), "float32"),
+    "features": ([], ("channel", "height", "width"), "float32"),
 }
 #: What each of our model files is, as MLM names it: artifact type and media type.
 ARTIFACTS = {
@@ -44,19 +46,34 @@ ARTIFACTS = {
 
 @dataclass
 class ModelAsset:
-    """A model file of the folder: its ``kind`` (a key of :data:`ARTIFACTS`), a ``title``, more ``roles``."""
+    """A model file of the folder: its ``kind`` (a key of :data:`ARTIFACTS`), a ``title``, more ``roles``, and a
+    ``description`` where the title is not enough."""
 
     path: Path
     kind: str
     title: str
     roles: tuple[str, ...] = ()
+    description: str | None = None
+
+
+@dataclass
+class ModelOutput:
+    """An output of the model: its ``name``, ``shape`` (batch first, -1 where any) and ``description``; ``task`` (a
+    key of :data:`TASKS`), ``class_names`` and ``colours`` when they are not the model's own."""
+
+    name: str
+    shape: list[int]
+    description: str
+    task: str | None = None
+    class_names: list[str] | None = None
+    colours: list[tuple[int, int, int]] | None = None
 
 
 @dataclass
 class ModelDescription:
     """What the item says of a model: ``task`` is a key of :data:`TASKS`, ``mean``/``std`` in the images' own scale
-    (None: none known), ``colours`` one RGB per class, ``outputs`` the name, shape (batch first, -1 where any) and
-    description of each output, ``pretrained`` None when not known."""
+    (None: none known), ``colours`` one RGB per class, ``inputs`` what each input of the network is, by name,
+    ``pretrained`` None when not known."""
 
     name: str
     architecture: str
@@ -66,43 +83,52 @@ class ModelDescription:
     class_names: list[str]
     colours: list[tuple[int, int, int]]
     total_parameters: int
-    outputs: list[tuple[str, list[int], str]]
+    outputs: list[ModelOutput]
     mean: list[float] | None = None
     std: list[float] | None = None
     input_dtype: str | None = None
     band_names: list[str] | None = None
-    inputs: tuple[str, ...] = ("image",)
+    inputs: dict[str, str] = field(default_factory=lambda: {"image": "the image"})
     pretrained: bool | None = None
     pretrained_source: str | None = None
 
 
-def _classes(model: ModelDescription) -> list[dict]:
+def _classes(names: list[str], colours: list[tuple[int, int, int]]) -> list[dict]:
     return [{"value": i, "name": name, "color_hint": "{:02X}{:02X}{:02X}".format(*colour)}
-            for i, (name, colour) in enumerate(zip(model.class_names, model.colours, strict=True))]
+            for i, (name, colour) in enumerate(zip(names, colours, strict=True))]
 
 
 def _inputs(model: ModelDescription) -> list[dict]:
     bands = list(model.band_names or [])
-    description = f"{model.channels}-band {model.input_dtype or 'uint8'} image"
+    image = f"{model.channels}-band {model.input_dtype or 'uint8'} image"
     scaling = None
     if model.mean is not None:
         scaling = [{"type": "z-score", "mean": float(m), "stddev": float(s)}
                    for m, s in zip(model.mean, model.std, strict=True)]
-        description += ", normalised per band as (raw - mean) / std with mean and std in the raw values' scale"
-    return [{"name": name, "bands": bands, "description": description, "value_scaling": scaling,
+        image += ", normalised per band as (raw - mean) / std with mean and std in the raw values' scale"
+    return [{"name": name, "bands": bands, "description": f"{what}: {image}", "value_scaling": scaling,
              "resize_type": None,
              "input": {"shape": [-1, model.channels, model.size, model.size],
                        "dim_order": ["batch", "bands" if bands else "channel", "height", "width"],
                        "data_type": "float32"}}
-            for name in model.inputs]
+            for name, what in model.inputs.items()]
+
+
+def _output_tasks(model: ModelDescription, output: ModelOutput) -> list[str]:
+    return TASKS[output.task or model.task][0]
 
 
 def _outputs(model: ModelDescription) -> list[dict]:
-    tasks, dims = TASKS[model.task]
-    return [{"name": name, "tasks": tasks, "description": description,
-             "result": {"shape": shape, "dim_order": ["batch", *dims], "data_type": "float32"},
-             "classification:classes": _classes(model) if model.class_names else []}
-            for name, shape, description in model.outputs]
+    described = []
+    for output in model.outputs:
+        _, dims, data_type = TASKS[output.task or model.task]
+        names = model.class_names if output.class_names is None else output.class_names
+        colours = model.colours if output.colours is None else output.colours
+        described.append({"name": output.name, "tasks": _output_tasks(model, output),
+                          "description": output.description,
+                          "result": {"shape": output.shape, "dim_order": ["batch", *dims], "data_type": data_type},
+                          "classification:classes": _classes(names, colours)})
+    return described
 
 
 def mlm_item(model: ModelDescription, assets: list[ModelAsset], folder: Path) -> dict[str, Any]:
@@ -112,7 +138,9 @@ def mlm_item(model: ModelDescription, assets: list[ModelAsset], folder: Path) ->
         "description": f"{model.architecture} {model.task} model exported by lemevit {lemevit.__version__}",
         "mlm:name": model.name,
         "mlm:architecture": model.architecture,
-        "mlm:tasks": TASKS[model.task][0],
+        # The model's and those of any output of another task (a panoptic model's semantic branch).
+        "mlm:tasks": list(dict.fromkeys([*TASKS[model.task][0], *(task for output in model.outputs
+                                                                   for task in _output_tasks(model, output))])),
         "mlm:framework": "PyTorch",
         "mlm:framework_version": torch.__version__.split("+")[0],
         "mlm:total_parameters": int(model.total_parameters),
@@ -127,9 +155,11 @@ def mlm_item(model: ModelDescription, assets: list[ModelAsset], folder: Path) ->
     files = {}
     for asset in assets:
         artifact, media = ARTIFACTS[asset.kind]
-        files[asset.path.name.replace(".", "-")] = {
-            "href": f"./{asset.path.relative_to(folder).as_posix()}", "type": media, "title": asset.title,
-            "roles": ["mlm:model", *asset.roles], "mlm:artifact_type": artifact}
+        key = asset.path.name.replace(".", "-")
+        files[key] = {"href": f"./{asset.path.relative_to(folder).as_posix()}", "type": media, "title": asset.title,
+                      "roles": ["mlm:model", *asset.roles], "mlm:artifact_type": artifact}
+        if asset.description:
+            files[key]["description"] = asset.description
     if (folder / CONFIG_FILE).is_file():
         files["config"] = {"href": f"./{CONFIG_FILE}", "type": "application/json", "roles": ["metadata"],
                            "title": "the model's settings: timm's fields and lemevit's task and hyper-parameters"}

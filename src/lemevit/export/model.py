@@ -11,7 +11,7 @@ import torch
 import lemevit
 from lemevit.errors import ConfigError
 from lemevit.export.deepness import DEEPNESS_FILE, FIXED_TILE, DeepnessModel, deepness_model, write_deepness
-from lemevit.export.mlm import ModelAsset, ModelDescription, write_mlm_item
+from lemevit.export.mlm import ModelAsset, ModelDescription, ModelOutput, write_mlm_item
 from lemevit.inference.onnx import (
     NETWORK,
     Deviation,
@@ -85,16 +85,29 @@ def _weights_name(weights) -> str | None:
     return None if weights is None else str(weights) if str(weights) in PRETRAINED else Path(weights).name
 
 
-def _task_outputs(task: str, classes: int, size: int) -> list[tuple[str, list[int], str]]:
-    if task == "classification":
-        return [("logits", [-1, classes], "class scores (their softmax: the class probabilities)")]
-    if task in ("segmentation", "change"):
-        return [("probabilities", [-1, classes, size, size], "class probabilities of each pixel (the ONNX graphs'; "
-                                                              "the PyTorch network gives their logits)")]
-    if task == "detection":
-        return [("detections", [-1, -1, 7], "oriented boxes of each image: centre x, centre y, width, height, angle "
-                                            "(radians), score and class, in input pixels")]
-    return [("panoptic", [-1, size, size], "the segment of each pixel; the segments' classes are those listed")]
+def _task_outputs(module, size: int) -> list[ModelOutput]:
+    classes = len(module.label_names())
+    if module.name == "classification":
+        return [ModelOutput("logits", [-1, classes], "class scores (their softmax: the class probabilities)")]
+    if module.name == "segmentation":
+        return [ModelOutput("probabilities", [-1, classes, size, size], "class probabilities of each pixel (the ONNX "
+                                                                         "graphs'; the PyTorch network gives their "
+                                                                         "logits)")]
+    if module.name == "change":
+        return [ModelOutput("probabilities", [-1, classes, size, size],
+                            "probabilities of no change and of change of each pixel between the two dates (the ONNX "
+                            "graph's; the PyTorch network gives their logits); lemevit's maps call a pixel change "
+                            f"from a change probability of {module.threshold:g}")]
+    if module.name == "detection":
+        return [ModelOutput("detections", [-1, -1, 7], "oriented boxes of each image: centre x, centre y, width, "
+                                                       "height, angle (radians), score and class, in input pixels")]
+    return [ModelOutput("panoptic", [-1, size, size], "the segment id of each pixel (0: none), each segment of one "
+                                                      "of the classes listed")]
+
+
+#: What each input of our tasks' networks is, by the name the ONNX graphs give it.
+INPUTS = {"image": "the image", "image_a": "the first date of the pair (A, before)",
+          "image_b": "the second date of the pair (B, after), on the first date's grid"}
 
 
 def _task_description(module, initial, size: int | None) -> ModelDescription:
@@ -110,10 +123,20 @@ def _task_description(module, initial, size: int | None) -> ModelDescription:
         name=f"{hp['model']} {module.name}", architecture=architecture, task=module.name, channels=hp["in_chans"],
         size=size, class_names=names, colours=module.label_colours(),
         total_parameters=sum(p.numel() for p in module.model.parameters()),
-        outputs=_task_outputs(module.name, len(names), size), mean=list(hp["mean"]), std=list(hp["std"]),
-        input_dtype=hp.get("input_dtype"), inputs=tuple(inputs),
+        outputs=_task_outputs(module, size), mean=list(hp["mean"]), std=list(hp["std"]),
+        input_dtype=hp.get("input_dtype"), inputs={name: INPUTS[name] for name in inputs},
         pretrained=None if initial is _UNKNOWN else initial is not None,
         pretrained_source=None if initial is _UNKNOWN else _weights_name(initial))
+
+
+def _deepness_output(model: DeepnessModel, description: ModelDescription) -> ModelOutput | None:
+    """The output of the Deepness graph where it is not the model's own (a panoptic model's semantic branch)."""
+    if description.task == "segmentation":
+        return None
+    names = list(model.metadata["class_names"].values())
+    return ModelOutput("semantic", [-1, len(names), model.tile_size, model.tile_size],
+                       f"class probabilities of each pixel of the semantic branch ({DEEPNESS_FILE}'s)",
+                       task="segmentation", class_names=names, colours=list(default_palette(len(names))))
 
 
 def _bare_model_file(name: str, weights: str | None, features_only: bool, in_chans: int, num_classes: int | None,
@@ -144,11 +167,12 @@ def _bare_description(name: str, weights, graph: OnnxGraph, config: dict[str, An
     cfg, model = config["pretrained_cfg"], graph.module
     size, classes = graph.size, config["num_classes"]
     if classes:
-        outputs = [("logits", [-1, classes], "class scores (their softmax: the class probabilities)")]
+        outputs = [ModelOutput("logits", [-1, classes], "class scores (their softmax: the class probabilities)")]
     else:
         info = model.feature_info
-        outputs = [(output, [-1, info.channels()[i], size // info.reduction()[i], size // info.reduction()[i]],
-                    f"features at stride {info.reduction()[i]}") for i, output in enumerate(graph.outputs)]
+        outputs = [ModelOutput(output, [-1, info.channels()[i], size // info.reduction()[i],
+                                        size // info.reduction()[i]], f"features at stride {info.reduction()[i]}")
+                   for i, output in enumerate(graph.outputs)]
     # timm's mean and std are fractions of the full scale of 8-bit images.
     mean = [m * 255 for m in cfg["mean"]] if cfg.get("mean") else None
     std = [s * 255 for s in cfg["std"]] if cfg.get("std") else None
@@ -159,6 +183,16 @@ def _bare_description(name: str, weights, graph: OnnxGraph, config: dict[str, An
         colours=list(default_palette(len(cfg.get("label_names") or []))),
         total_parameters=sum(p.numel() for p in model.parameters()), outputs=outputs, mean=mean, std=std,
         pretrained=source is not None, pretrained_source=_weights_name(source))
+
+
+def _part_description(graph: OnnxGraph, graphs: dict[str, OnnxGraph], int8: bool = False) -> str | None:
+    """What a graph of a model exported as several computes, and what runs between them."""
+    if len(graphs) == 1:
+        return None
+    runtime = "onnxruntime-int8" if int8 else "onnxruntime"
+    return (f"one of the model's {len(graphs)} graphs ({', '.join(graph.inputs)} -> {', '.join(graph.outputs)}); "
+            f"what runs between and after them stays in lemevit's Python: `lemevit predict --runtime {runtime}` on "
+            "this folder runs them together")
 
 
 @dataclass
@@ -244,14 +278,19 @@ def export_model(output: str | Path, *, checkpoint: str | Path | None = None, mo
         path = export_onnx(graph, graph_file(output / "model", part), opset=opset)
         result.files.append(path)
         result.checks.append(GraphCheck(path, check_onnx(graph, path), graph.fixed_size))
-        assets.append(ModelAsset(path, "onnx", f"ONNX graph of the {part}"))
+        assets.append(ModelAsset(path, "onnx", f"ONNX graph of the {part}", description=_part_description(
+            graph, graphs)))
         if "onnx-int8" in formats:
             quantized = quantize_onnx(path, graph_file(output / "model", part, int8=True))
             result.files.append(quantized)
             result.checks.append(GraphCheck(quantized, check_onnx(graph, quantized, tolerance=None), graph.fixed_size,
                                             int8=True))
-            assets.append(ModelAsset(quantized, "onnx-int8", f"ONNX graph of the {part}, dynamic int8 quantization"))
+            assets.append(ModelAsset(quantized, "onnx-int8", f"ONNX graph of the {part}, dynamic int8 quantization",
+                                     description=_part_description(graph, graphs, int8=True)))
     if deepness is not None:
+        semantic = _deepness_output(deepness, description)
+        if semantic is not None:
+            description.outputs.append(semantic)
         path, deviation = write_deepness(deepness, output / DEEPNESS_FILE)
         result.files.append(path)
         result.checks.append(GraphCheck(path, deviation, FIXED_TILE))
