@@ -128,6 +128,10 @@ class ChangeConfig(CropTrainingConfig):
         self.check_positive("crops_per_pair", allow_none=True)
         self.check_non_negative("dice_weight")
         self.check_fraction("change_balance", low_open=False)
+        unknown = [b for b in self.bands if b not in SENTINEL2_BANDS]
+        if unknown or len(set(self.bands)) < len(self.bands):
+            raise ConfigError("bands", f"takes Sentinel-2 bands, each once, of {' '.join(SENTINEL2_BANDS)}; got "
+                                       f"{' '.join(unknown or self.bands)}")
         if self.threshold is None:
             raise ConfigError("threshold", "must be a number in (0, 1)")
         _check_thresholds(self)
