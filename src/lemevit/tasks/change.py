@@ -94,7 +94,8 @@ class ChangeConfig(CropTrainingConfig):
 
     task: str = option("change", "the task", cli=False)
     data: str = option(None, "a folder with A/, B/ and label/ (LEVIR-CD, CDD; list/*.txt or train/, val/ "
-                             "subfolders, when present, are the split), or A/, B/ and OUT/ (the CDD release)")
+                             "subfolders, when present, are the split), or A/, B/ and OUT/ (the CDD release), or the "
+                             "OSCD release (stacked into `output`/oscd/)")
     split_files: dict[str, str] = option({}, "list files of each subset's pairs (names one per line; of the OSCD "
                                              "release, cities) instead of a split by `split`", nargs="+",
                                          metavar="SUBSET=FILE")
@@ -186,7 +187,7 @@ class ChangeTask(SlidingWindowTask):
     """
 
     name = "change"
-    description = "change detection: co-registered pairs in A/, B/ and label/ (or OUT/)"
+    description = "change detection: co-registered pairs in A/, B/ and label/ (or OUT/), or the OSCD release"
     config = ChangeConfig
     eval_options = ChangeEvalOptions
     predict_options = ChangePredictOptions
@@ -194,7 +195,7 @@ class ChangeTask(SlidingWindowTask):
     logged_metrics = ("f1", "iou", "precision", "recall", "oa", "best_f1")
     backbone_prefix = "model.encoder."
     entry_type = ChangePair
-    data_layout = CHANGE_LAYOUT
+    data_layout = CHANGE_LAYOUT + ", or the OSCD release"
     item_noun = "pair"
     holds_data = staticmethod(lambda root: is_change_data(root) or is_oscd_release(root))
     find_unused_parameters = True
