@@ -121,6 +121,16 @@ def test_eval_scores_the_named_cities_of_the_release(release_run, tmp_path, caps
     assert main(["eval", "--checkpoint", str(release_run / "best.ckpt"), "--data", str(OSCD), "--output",
                  str(tmp_path / "eval2")]) == 2
     assert capsys.readouterr().err.startswith("lemevit eval: error: --split-files: is required with the OSCD release")
+    assert main(["eval", "--checkpoint", str(release_run / "best.ckpt"), "--data", str(OSCD), "--split-files",
+                 f"val={tmp_path / 'test.txt'}", "--output", str(tmp_path / "eval2")]) == 2
+    assert capsys.readouterr().err.startswith("lemevit eval: error: --split-files: takes test=FILE")
+    # A folder of pairs too: only those the file names are scored.
+    (tmp_path / "test.txt").write_text("abudhabi\n")
+    assert main(["eval", "--checkpoint", str(release_run / "best.ckpt"), "--data", str(release_run / "oscd"),
+                 "--split-files", f"test={tmp_path / 'test.txt'}", "--output", str(tmp_path / "eval3"),
+                 "--num-workers", "0"]) == 0
+    metrics = json.loads((tmp_path / "eval3" / "metrics.json").read_text())
+    assert [p["name"] for p in metrics["per_pair"]] == ["abudhabi"]
 
 
 @pytest.mark.slow
