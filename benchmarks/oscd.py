@@ -48,6 +48,7 @@ ARMS = {
     "bit-aid150-rgb": {"head": "bit", "model": "lemevit_tiny.aid150", "bands": RGB},
     "bit-scratch-13": {"head": "bit", "model": "lemevit_tiny"},
     "siamunet-aid150-13": {"head": "siamunet", "model": "lemevit_tiny.aid150"},
+    "siamunet-aid150-rgb": {"head": "siamunet", "model": "lemevit_tiny.aid150", "bands": RGB},
 }
 # 13 bands against RGB once more with another seed: one seed's difference of a few hundredths can be noise.
 ARMS |= {f"{arm}-seed1": {**ARMS[arm], "seed": 1} for arm in ("bit-aid150-13", "bit-aid150-rgb")}
