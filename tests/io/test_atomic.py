@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from lemevit.io import atomic_path, remove_stale_temporaries
+from lemevit.io import atomic_folder, atomic_path, remove_stale_temporaries
 from lemevit.io.atomic import _prefix
 
 
@@ -47,3 +47,24 @@ def test_temporaries_of_dead_processes_are_removed_and_those_of_live_ones_kept(t
     with atomic_path(tmp_path / "last.ckpt") as tmp:  # a write into a place clears that place's leftovers
         tmp.write_bytes(b"whole")
     assert not other.exists() and live.exists()
+
+
+def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "oscd"
+    with atomic_folder(path) as tmp:
+        (tmp / "A").mkdir()
+        (tmp / "A" / "city.tif").write_text("first")
+    with pytest.raises(RuntimeError), atomic_folder(path) as tmp:
+        (tmp / "A").mkdir()
+        (tmp / "A" / "city.tif").write_text("half")
+        raise RuntimeError("killed")
+    assert (path / "A" / "city.tif").read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["oscd"]
+    # The folder a killed process was filling is removed by the next fill; a live process's is kept.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale, live = (tmp_path / f"{_prefix(path)}{pid}.x.partial" for pid in (dead.pid, os.getpid()))
+    for folder in (stale, live):
+        (folder / "A").mkdir(parents=True)
+    with atomic_folder(path) as tmp:
+        (tmp / "B").mkdir()
+    assert [p.name for p in path.iterdir()] == ["B"] and not stale.exists() and live.exists()

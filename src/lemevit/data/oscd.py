@@ -12,6 +12,7 @@ products predate processing baseline 04.00, so reflectance is ``DN / 10000``.
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,17 +21,28 @@ import numpy as np
 
 from lemevit.data.statistics import REFLECTANCE_TAG
 from lemevit.errors import ConfigError, DataError
-from lemevit.io import atomic_path
+from lemevit.io import atomic_folder, atomic_path
 from lemevit.io.bands import SENTINEL2_BANDS, BandStack, read_band_folder
 from lemevit.io.images import optional_rasterio, read_image
 
-__all__ = ["OSCD_IMAGES", "find_oscd", "oscd_cities", "prepare_oscd", "read_oscd_label"]
+__all__ = ["OSCD_IMAGES", "OSCD_SCALE", "find_oscd", "is_oscd_release", "oscd_cities", "prepare_oscd",
+           "read_oscd_label", "stack_oscd"]
 
 OSCD_IMAGES = "Onera Satellite Change Detection dataset - Images"
 _LABELS = ("Onera Satellite Change Detection dataset - Train Labels",
            "Onera Satellite Change Detection dataset - Test Labels")
 #: OSCD's L1C digital numbers are reflectance times 10000 (products before processing baseline 04.00: no offset).
 OSCD_SCALE = 1e-4
+
+
+#: What :func:`stack_oscd` stacked into a folder, written last: a folder without it was never finished.
+STACK_FILE = "oscd_stack.json"
+
+
+def is_oscd_release(root: str | Path) -> bool:
+    """Whether ``root`` is the OSCD release (or its images folder) rather than a stacked data set."""
+    root = Path(root)
+    return not (root / "A").is_dir() and ((root / OSCD_IMAGES).is_dir() or (root / "train.txt").is_file())
 
 
 def find_oscd(root: str | Path) -> tuple[Path, list[Path]]:
@@ -92,7 +104,8 @@ def prepare_oscd(data: str | Path, output: str | Path, bands: Sequence[str] = ()
     """Write the labelled cities of the OSCD release ``data`` into ``output`` in the LEVIR-CD layout (see the
     module docstring), their ``bands`` (default all thirteen, in Sentinel-2's order) as reflectance
     ``DN * scale + offset``. The split: ``split_files`` (``{"train": FILE, "val": FILE}`` naming cities), else
-    ``train.txt`` to train and the labelled cities of ``test.txt`` to validate; without those (this release has
+    ``train.txt`` to train and the labelled cities of ``test.txt`` to validate (``{"test": FILE}`` alone: the
+    cities to score); without those (this release has
     no test labels), only ``list/train.txt``, and ``train --split`` holds cities out. Returns what was written."""
     if optional_rasterio() is None:
         raise DataError('reading OSCD needs rasterio: pip install "lemevit[geo]"')
@@ -100,9 +113,9 @@ def prepare_oscd(data: str | Path, output: str | Path, bands: Sequence[str] = ()
     output = Path(output)
     names = list(bands) or list(SENTINEL2_BANDS)
     if split_files:
-        if not {"train", "val"} <= set(split_files) <= {"train", "val", "test"}:
-            raise ConfigError("split_files", f"takes the train and val lists of cities (and test), got "
-                                             f"{sorted(split_files)}")
+        if not ({"train", "val"} <= set(split_files) <= {"train", "val", "test"} or set(split_files) == {"test"}):
+            raise ConfigError("split_files", f"takes the train and val lists of cities (and test), or the test list "
+                                             f"alone; got {sorted(split_files)}")
         subsets = {subset: oscd_cities(path) for subset, path in split_files.items()}
     else:
         subsets = {"train": oscd_cities(images / "train.txt")}
@@ -158,3 +171,27 @@ def prepare_oscd(data: str | Path, output: str | Path, bands: Sequence[str] = ()
             listed.unlink(missing_ok=True)
     return {"cities": len(cities), "subsets": {k: len(v) for k, v in subsets.items()}, "bands": names,
             "changed_pixels": changed}
+
+
+def stack_oscd(data: str | Path, output: str | Path, bands: Sequence[str] = (),
+               split_files: Mapping[str, str] | None = None, scale: float = OSCD_SCALE, offset: float = 0.0,
+               progress: bool = True) -> Path:
+    """The folder ``output`` holding the cities of the OSCD release ``data`` stacked by :func:`prepare_oscd`
+    (same arguments), stacked once: a folder that an earlier call filled with the same bands, cities and scale is
+    reused as it is, whatever the release's place; any other is stacked anew in a temporary folder that then takes
+    its place whole, so that a stack cut short is done again, never used. Returns ``output``."""
+    output = Path(output)
+    images, _ = find_oscd(data)
+    asked = {"bands": list(bands) or list(SENTINEL2_BANDS), "scale": scale, "offset": offset,
+             "cities": {subset: oscd_cities(path) for subset, path in sorted((split_files or {}).items())}
+             or {"train.txt": oscd_cities(images / "train.txt")}}
+    try:
+        if json.loads((output / STACK_FILE).read_text(encoding="utf-8")).get("asked") == asked:
+            return output
+    except (OSError, ValueError, AttributeError):
+        pass  # none there, or not of this version: stacked anew
+    with atomic_folder(output) as tmp:
+        summary = prepare_oscd(data, tmp, bands, split_files, scale=scale, offset=offset, progress=progress)
+        (tmp / STACK_FILE).write_text(json.dumps({"asked": asked, "release": str(images.resolve()),
+                                                  "written": summary}, indent=1))
+    return output

@@ -142,7 +142,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, given: di
                 if leader:
                     print(f"{run.path} is complete: {complete}; give more to train on")
                 return run.path
-            split = run.read_split(cfg.task, data=cfg.data)
+            split = run.read_split(cfg.task, data=task.data_root(cfg, progress=progress and leader))
             if leader:
                 run.remove_temporaries()
                 run.write(cfg)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lemevit.errors import DiskFullError, LemevitError
 
-__all__ = ["atomic_path", "remove_stale_temporaries", "scratch_path"]
+__all__ = ["atomic_folder", "atomic_path", "remove_stale_temporaries", "scratch_path"]
 
 # A write that failed with less than this free on its device failed for want of space: torch.save ("basic_ios::clear",
 # "unexpected pos") and GDAL ("Write failed") do not pass the system's ENOSPC on.
@@ -100,6 +100,39 @@ def scratch_path(path: str | Path) -> Iterator[Path]:
         yield Path(tmp)
     finally:
         _remove(tmp)
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a new empty folder next to ``path`` to fill; on success it takes the place of ``path`` (a folder
+    there before is removed), on error it is removed and ``path`` stays as it was. A reader therefore finds at
+    ``path`` a folder that was filled to the end or none. Folders that killed processes of this host left at
+    this place are removed first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pattern = re.compile(re.escape(_prefix(path)) + r"(\d+)\.[^.]+\.partial$")
+    for entry in os.scandir(path.parent):
+        match = pattern.match(entry.name)
+        if match and entry.is_dir(follow_symlinks=False) and not _alive(int(match.group(1))):
+            shutil.rmtree(entry.path, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_prefix(path)}{os.getpid()}.", suffix=".partial", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        if path.exists():
+            # Moved aside first: a folder cannot be renamed over a folder that is not empty.
+            old = Path(tempfile.mkdtemp(prefix=f"{_prefix(path)}{os.getpid()}.", suffix=".partial", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except Exception as e:
+        if _out_of_space(e, path.parent):
+            raise DiskFullError(path, shutil.disk_usage(path.parent).free) from e
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _remove(tmp: str) -> None:

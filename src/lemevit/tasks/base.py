@@ -121,6 +121,12 @@ class BaseTask(pl.LightningModule):
         raise NotImplementedError
 
     @classmethod
+    def data_root(cls, cfg: RunConfig, progress: bool = True) -> Path:
+        """The folder the items of a run's split are found in: ``cfg.data``, unless the task derives the data it
+        trains on from it (change detection stacks the OSCD release into the run)."""
+        return Path(cfg.data)
+
+    @classmethod
     def load_meta(cls, meta: dict, source: str) -> dict:
         """Check the ``meta`` a split file stores for this task (class names, a label scheme)."""
         return meta

@@ -24,14 +24,14 @@ from lemevit.data.change import (
     scan_change_folder,
 )
 from lemevit.data.datamodule import SeededDataModule
-from lemevit.data.oscd import OSCD_IMAGES
+from lemevit.data.oscd import OSCD_SCALE, is_oscd_release, stack_oscd
 from lemevit.data.splits import Split, missing_files
 from lemevit.data.statistics import Normalisation
 from lemevit.errors import ConfigError, DataError
 from lemevit.inference.onnx import OnnxGraph, Probabilities
 from lemevit.inference.scene import predict_scene, preview_path
 from lemevit.inference.sliding_window import blended_strips
-from lemevit.io.bands import BandScene, find_band_scenes
+from lemevit.io.bands import SENTINEL2_BANDS, BandScene, find_band_scenes
 from lemevit.io.paths import is_remote, scene_source
 from lemevit.io.regions import read_region
 from lemevit.losses import dice_loss
@@ -63,6 +63,8 @@ CHANGE_NODATA = 128
 _PALETTE = [(0, 0, 0)] * CHANGE_VALUE + [(255, 255, 255)]
 _VALUE_NAMES = {0: "no change", CHANGE_VALUE: "change"}
 _PREVIEW_SIDE = 1024
+#: The folder of a run (or of an evaluation's output) that the OSCD release is stacked into.
+OSCD_STACK = "oscd"
 
 
 def _check_thresholds(options) -> None:
@@ -82,16 +84,26 @@ _MASK_THRESHOLD_HELP = ("read change masks with values between 0 and 255 (anti-a
 class ChangeConfig(CropTrainingConfig):
     """A change-detection run. The pairs are split by ``split_files`` (``{"train": LIST, "val": LIST}``, names
     one per line), else as the data comes (``list/*.txt`` or ``train/``, ``val/`` subfolders), else at random
-    with ``split`` of the pairs in training (1.0: validate on the training pairs). Training takes random
+    with ``split`` of the pairs in training (1.0: validate on the training pairs). ``data`` may be the OSCD
+    release, whose labelled cities (those of ``split_files``, else of its ``train.txt``) are stacked once into
+    ``<output>/oscd/`` (``bands``, as reflectance ``DN * reflectance_scale + reflectance_offset``; see
+    :func:`~lemevit.data.oscd.stack_oscd`) and trained on as a prepared folder. Training takes random
     ``img_size`` crops, ``crops_per_pair`` per pair and epoch (default: enough to cover each pair once);
     validation whole pairs by sliding window (``window``, default ``img_size``; ``stride``, default three
     quarters of it)."""
 
     task: str = option("change", "the task", cli=False)
     data: str = option(None, "a folder with A/, B/ and label/ (LEVIR-CD, CDD; list/*.txt or train/, val/ "
-                             "subfolders, when present, are the split), or A/, B/ and OUT/ (the CDD release)")
-    split_files: dict[str, str] = option({}, "list files of each subset's pairs (names one per line) instead of a "
-                                             "split by `split`", nargs="+", metavar="SUBSET=FILE")
+                             "subfolders, when present, are the split), or A/, B/ and OUT/ (the CDD release), or the "
+                             "OSCD release (stacked into `output`/oscd/)")
+    split_files: dict[str, str] = option({}, "list files of each subset's pairs (names one per line; of the OSCD "
+                                             "release, cities) instead of a split by `split`", nargs="+",
+                                         metavar="SUBSET=FILE")
+    bands: list[str] = option([], "with the OSCD release as `data`, the Sentinel-2 bands to stack, in order (default "
+                                  "all 13; B04 B03 B02 for RGB)", nargs="+", metavar="NAME")
+    reflectance_scale: float | None = option(None, "with the OSCD release as `data`, reflectance = DN * scale + "
+                                                   f"offset (default {OSCD_SCALE:g}, that of OSCD's L1C products)")
+    reflectance_offset: float | None = option(None, "with the OSCD release as `data`, that offset (default 0)")
     model: str = option("lemevit_tiny.aid150", "any model name of lemevit (`lemevit models`) or timm; one with "
                                                "pretrained weights (`lemevit models --pretrained`) starts from them, "
                                                "an untagged one such as lemevit_tiny from scratch")
@@ -117,6 +129,10 @@ class ChangeConfig(CropTrainingConfig):
         self.check_positive("crops_per_pair", allow_none=True)
         self.check_non_negative("dice_weight")
         self.check_fraction("change_balance", low_open=False)
+        unknown = [b for b in self.bands if b not in SENTINEL2_BANDS]
+        if unknown or len(set(self.bands)) < len(self.bands):
+            raise ConfigError("bands", f"takes Sentinel-2 bands, each once, of {' '.join(SENTINEL2_BANDS)}; got "
+                                       f"{' '.join(unknown or self.bands)}")
         if self.threshold is None:
             raise ConfigError("threshold", "must be a number in (0, 1)")
         _check_thresholds(self)
@@ -124,12 +140,17 @@ class ChangeConfig(CropTrainingConfig):
 
 @dataclass(kw_only=True)
 class ChangeEvalOptions(WindowEvalOptions):
+    split_files: dict[str, str] = option({}, "test=FILE: score only the pairs it names (of the OSCD release as "
+                                             "`data`: the cities, stacked into `output`/oscd/ with the bands of the "
+                                             "model, as reflectance DN / 10000)", nargs="+", metavar="test=FILE")
     threshold: float | None = option(None, _THRESHOLD_HELP + " (default: the run's); the F1 of the best threshold "
                                            "is reported too")
     mask_threshold: int | None = option(None, _MASK_THRESHOLD_HELP + " (default: the run's)")
 
     def __post_init__(self):
         super().__post_init__()
+        if self.split_files and set(self.split_files) != {"test"}:
+            raise ConfigError("split_files", f"takes test=FILE, the pairs to score; got {sorted(self.split_files)}")
         _check_thresholds(self)
 
 
@@ -166,7 +187,7 @@ class ChangeTask(SlidingWindowTask):
     """
 
     name = "change"
-    description = "change detection: co-registered pairs in A/, B/ and label/ (or OUT/)"
+    description = "change detection: co-registered pairs in A/, B/ and label/ (or OUT/), or the OSCD release"
     config = ChangeConfig
     eval_options = ChangeEvalOptions
     predict_options = ChangePredictOptions
@@ -174,9 +195,9 @@ class ChangeTask(SlidingWindowTask):
     logged_metrics = ("f1", "iou", "precision", "recall", "oa", "best_f1")
     backbone_prefix = "model.encoder."
     entry_type = ChangePair
-    data_layout = CHANGE_LAYOUT
+    data_layout = CHANGE_LAYOUT + ", or the OSCD release"
     item_noun = "pair"
-    holds_data = staticmethod(is_change_data)
+    holds_data = staticmethod(lambda root: is_change_data(root) or is_oscd_release(root))
     find_unused_parameters = True
 
     # The settings of a run default to its config's (written once there). A checkpoint saved before the Dice loss
@@ -195,6 +216,7 @@ class ChangeTask(SlidingWindowTask):
         self.save_hyperparameters()
         self.set_window(window, stride)
         self.threshold, self.mask_threshold = threshold, mask_threshold
+        self.evaluation_request: dict = {}
         self.model = create_change_model(head, model, in_chans=in_chans, checkpoint=initial_weights(init_checkpoint),
                                          drop_path_rate=drop_path_rate)
 
@@ -203,12 +225,23 @@ class ChangeTask(SlidingWindowTask):
 
     # --- training ---------------------------------------------------------------------------------------------
     @classmethod
-    def prepare(cls, cfg: ChangeConfig, progress: bool = True) -> tuple[Split, list[dict]]:
+    def data_root(cls, cfg: ChangeConfig, progress: bool = True) -> Path:
         root = Path(cfg.data)
-        if not (root / "A").is_dir() and ((root / OSCD_IMAGES).is_dir() or (root / "train.txt").is_file()):
-            raise DataError(f"{root} is the OSCD release, band files per date: stack it first with lemevit prepare "
-                            f"oscd --data {root} --output DIR, and train on DIR")
-        subsets = find_change_splits(root, cfg.split, cfg.seed, cfg.split_files)
+        if not is_oscd_release(root):
+            for name in ("bands", "reflectance_scale", "reflectance_offset"):
+                if getattr(cfg, name) not in (None, []):
+                    raise ConfigError(name, f"picks the bands of the OSCD release, and {root} is not it: a folder "
+                                            "of pairs is trained on with the bands its images have")
+            return root
+        return stack_oscd(root, Path(cfg.output) / OSCD_STACK, cfg.bands, cfg.split_files or None,
+                          scale=OSCD_SCALE if cfg.reflectance_scale is None else cfg.reflectance_scale,
+                          offset=cfg.reflectance_offset or 0.0, progress=progress)
+
+    @classmethod
+    def prepare(cls, cfg: ChangeConfig, progress: bool = True) -> tuple[Split, list[dict]]:
+        root = cls.data_root(cfg, progress)
+        # The stack of the OSCD release lists the cities of `split_files` in its list/ folder.
+        subsets = find_change_splits(root, cfg.split, cfg.seed, None if root != Path(cfg.data) else cfg.split_files)
         check_pairs(root, sorted({p for pairs in subsets.values() for p in pairs}, key=lambda p: p.a),
                     cfg.mask_threshold)
         return Split(root, subsets), []
@@ -259,6 +292,17 @@ class ChangeTask(SlidingWindowTask):
                 raise DataError(f"{len(missing)} file(s) of the run's held-out pairs are gone, e.g. {missing[0]}")
             return split.root, list(split.evaluation)
         root = Path(data)
+        named = self.evaluation_request.get("test")
+        if is_oscd_release(root):
+            trained = self.hparams.get("band_names")
+            if not trained or not set(trained) <= set(SENTINEL2_BANDS):
+                raise ConfigError("data", f"{root} is the OSCD release, Sentinel-2 band files; this model was trained "
+                                          f"on the bands {list(trained or [])}, not on Sentinel-2 bands")
+            if not named:
+                raise ConfigError("split_files", f"is required with the OSCD release {root}: test=FILE naming the "
+                                                 "labelled cities to score")
+            root = stack_oscd(root, self.evaluation_request["stack"], trained, {"test": named},
+                              progress=self.show_progress)
         pairs = None
         if not (root / "A").is_dir():
             for subset in ("test", "val"):
@@ -269,12 +313,18 @@ class ChangeTask(SlidingWindowTask):
             pairs = scan_change_folder(root)
             listed = root / "list" / "test.txt"
             pairs = read_list_file(listed, pairs) if listed.is_file() else pairs
+        if named and not is_oscd_release(data):
+            pairs = read_list_file(named, scan_change_folder(root))
         first = read_region(root / pairs[0].a, 0, 0, 1, 1)
         self.check_input(root / pairs[0].a, first.shape[-1], first.dtype.name)
         return root, pairs
 
     def configure_inference(self, options) -> None:
         super().configure_inference(options)
+        if isinstance(options, ChangeEvalOptions):
+            # What evaluation_items reads beyond the data: the named pairs, and where the OSCD release is stacked.
+            self.evaluation_request = {"test": options.split_files.get("test"),
+                                       "stack": Path(options.output) / OSCD_STACK}
         if getattr(options, "threshold", None) is not None:
             self.threshold = options.threshold
         if getattr(options, "mask_threshold", None) is not None:
