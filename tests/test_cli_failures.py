@@ -268,3 +268,21 @@ def test_1_segmentation_of_a_float_scene_with_undeclared_nan_maps_them_as_no_dat
     with rasterio.open(tmp_path / "map.tif") as ds:
         classes, nodata = ds.read(1), ds.nodata
     np.testing.assert_array_equal(classes == nodata, np.isnan(pixels[0]))
+
+
+def test_a_config_error_raised_in_a_worker_names_the_flag(monkeypatch, capsys):
+    from torch._utils import ExceptionWrapper
+
+    from lemevit import cli
+    from lemevit.errors import ConfigError
+
+    def predict_in_a_worker(argv, context):
+        try:
+            raise ConfigError("crops_per_tile", "must be a positive integer, got 0")
+        except ConfigError:
+            ExceptionWrapper(where="in DataLoader worker process 0").reraise()
+
+    monkeypatch.setattr(cli, "cmd_predict", predict_in_a_worker)
+    assert cli.main(["predict"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line == "lemevit predict: error: --crops-per-tile: must be a positive integer, got 0"

@@ -673,7 +673,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         said = isinstance(e, (LemevitError, *_FILE_ERRORS)) or _disk_full(e)
         original = _worker_error(e)
-        if original is not None and (said or original[0] in _lemevit_error_names()):
+        if original is not None and original[0] == ConfigError.__name__ and ": " in original[1]:
+            # torch cannot rebuild a ConfigError from its text: rebuilt here, so that its argument reads as the flag
+            message = render_error(ConfigError(*original[1].split(": ", 1)), context["flags"])
+        elif original is not None and (said or original[0] in _lemevit_error_names()):
             message = " ".join(original[1].split())
         elif isinstance(e, LemevitError):
             message = render_error(e, context["flags"])
