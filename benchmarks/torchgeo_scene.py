@@ -22,8 +22,10 @@ alone, from the first read to the map on disk (not the imports nor the loading o
 
 The maps are compared over the pixels that one window covers in both pipelines, the same window in both: there
 each gives that window's most probable class. The default size, 3968 = 512 + 9 x 384, is the size nearest the
-4000 px of issue 34 on which torchgeo's grid (laid from the scene's south-west corner, its last windows running past
-the edge) and lemevit's (from the north-west corner, its last windows flush with the edges) are the same windows.
+4000 px of issue 34 on which lemevit's grid (from the north-west corner, its last windows flush with the edges)
+has no partial step: 10 x 10 windows. torchgeo's (laid from the south-west corner, its last windows running past
+the edge) has 11 x 11 there, since the scene's bounds in metres of 5 cm pixels come out a hair past nine strides in
+floating point; at 1280 = 512 + 2 x 384 both grids are the same 9 windows.
 The scene is the Potsdam tile shipped with the package mirrored to ``--size`` (``scene_throughput.mirrored_scene``).
 Writes results/torchgeo_scene.json.
 """
