@@ -92,3 +92,30 @@ def scene_run(tmp_path_factory):
     assert main(["train", "--data", str(data), "--output", str(run), "--model", "lemevit_tiny", "--img-size", "32",
                  "--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--split", "0.75"]) == 0
     return data, run
+
+
+# The trained runs of the CLI tests (test_cli_hardening, test_cli_clarity): one of each per module.
+@pytest.fixture(scope="module")
+def cls_run(tmp_path_factory) -> Path:
+    from test_cli_hardening import TINY, scenes
+
+    from lemevit.cli import main
+
+    root = tmp_path_factory.mktemp("cls")
+    data = scenes(root / "scenes")
+    assert main(["train", "--data", str(data), "--output", str(root / "run"), "--img-size", "32", "--batch-size",
+                 "4", "--split", "0.5", *TINY]) == 0
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory) -> Path:
+    from test_cli_hardening import POTSDAM, TINY
+
+    from lemevit.cli import main
+
+    run = tmp_path_factory.mktemp("seg") / "run"
+    assert main(["train", "--task", "segmentation", "--data", str(POTSDAM), "--preset", "potsdam", "--output",
+                 str(run), "--img-size", "32", "--batch-size", "2", "--crops-per-tile", "2", "--split", "1.0",
+                 "--decoder-channels", "8", "--window", "128", *TINY]) == 0
+    return run

@@ -63,24 +63,6 @@ def test_9_an_unsafe_or_damaged_checkpoint_is_told_as_what_it_is_not_without_tor
         assert reason in line and "weights_only" not in line, line
 
 
-@pytest.fixture(scope="module")
-def cls_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cls")
-    data = scenes(root / "scenes")
-    assert main(["train", "--data", str(data), "--output", str(root / "run"), "--img-size", "32", "--batch-size",
-                 "4", "--split", "0.5", *TINY]) == 0
-    return root / "run"
-
-
-@pytest.fixture(scope="module")
-def seg_run(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("seg") / "run"
-    assert main(["train", "--task", "segmentation", "--data", str(POTSDAM), "--preset", "potsdam", "--output",
-                 str(run), "--img-size", "32", "--batch-size", "2", "--crops-per-tile", "2", "--split", "1.0",
-                 "--decoder-channels", "8", "--window", "128", *TINY]) == 0
-    return run
-
-
 # 11 ---------------------------------------------------------------------------------------------------------
 def test_11_eval_of_another_task_s_data_names_the_layout_found_and_the_one_needed(cls_run, seg_run, tmp_path,
                                                                                   capsys):

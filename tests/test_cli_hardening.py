@@ -58,24 +58,6 @@ def read_only_folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cls_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cls")
-    data = scenes(root / "scenes")
-    assert main(["train", "--data", str(data), "--output", str(root / "run"), "--img-size", "32", "--batch-size",
-                 "4", "--split", "0.5", *TINY]) == 0
-    return root / "run"
-
-
-@pytest.fixture(scope="module")
-def seg_run(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("seg") / "run"
-    assert main(["train", "--task", "segmentation", "--data", str(POTSDAM), "--preset", "potsdam", "--output",
-                 str(run), "--img-size", "32", "--batch-size", "2", "--crops-per-tile", "2", "--split", "1.0",
-                 "--decoder-channels", "8", "--window", "128", *TINY]) == 0
-    return run
-
-
-@pytest.fixture(scope="module")
 def change_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("change") / "run"
     assert main(["train", "--task", "change", "--data", str(LEVIR), "--output", str(run), "--img-size", "64",
