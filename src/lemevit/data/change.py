@@ -32,6 +32,8 @@ from lemevit.data.transforms import (
     check_scale_range,
     class_cells,
     crop_origin,
+    draw_flips_and_turns,
+    flipped_and_turned,
     normalised_tensor,
     pixel_tensor,
     region_side,
@@ -345,8 +347,7 @@ class ChangeCrops(Dataset):
         side = region_side(size, self.scale_range, rng)
         top, left = crop_origin(height, width, side, rng, self.change_cells and self.change_cells[number], self.cell,
                                 self.change_balance)
-        flips = [d for d, flip in zip((-1, -2), rng.random(2) < 0.5, strict=True) if flip] if self.flip else []
-        turns = int(rng.integers(0, 4)) if self.rotate90 else 0
+        flips, turns = draw_flips_and_turns(rng, self.flip, self.rotate90)
         seeds = rng.integers(2**63, size=2).tolist() if self.photometric is not None else [None, None]
         region = (top, left, min(side, height), min(side, width))
         dates = []
@@ -363,11 +364,7 @@ class ChangeCrops(Dataset):
         if pad_h or pad_w:
             dates = [F.pad(x, (0, pad_w, 0, pad_h)) for x in dates]
             label = F.pad(label, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
-        crops = [*dates, label]
-        if flips:
-            crops = [x.flip(flips) for x in crops]
-        a, b, label = (x.rot90(turns, (-2, -1)).contiguous() for x in crops)
-        return a, b, label
+        return flipped_and_turned([*dates, label], flips, turns)
 
 
 class ChangePairs(Dataset):

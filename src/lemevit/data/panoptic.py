@@ -29,6 +29,8 @@ from lemevit.data.segmentation import check_pairs, resolve_labels, scan_pairs
 from lemevit.data.transforms import (
     PhotometricDistortion,
     check_scale_range,
+    draw_flips_and_turns,
+    flipped_and_turned,
     normalised_tensor,
     pixel_tensor,
     region_side,
@@ -452,12 +454,8 @@ class PanopticCrops(Dataset):
             x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h))
             ids = torch.nn.functional.pad(ids, (0, pad_w, 0, pad_h), value=VOID)
             classes = torch.nn.functional.pad(classes, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
-        flips = [d for d, flip in zip((-1, -2), rng.random(2) < 0.5, strict=True) if flip] if self.flip else []
-        turns = int(rng.integers(0, 4)) if self.rotate90 else 0
-        if flips:
-            x, ids, classes = x.flip(flips), ids.flip(flips), classes.flip(flips)
-        x, ids, classes = (t.rot90(turns, (-2, -1)).contiguous() for t in (x, ids, classes))
-        return x, ids, classes
+        flips, turns = draw_flips_and_turns(rng, self.flip, self.rotate90)
+        return flipped_and_turned((x, ids, classes), flips, turns)
 
 
 class PanopticTiles(Dataset):

@@ -30,6 +30,8 @@ from lemevit.data.transforms import (
     check_scale_range,
     class_cells,
     crop_origin,
+    draw_flips_and_turns,
+    flipped_and_turned,
     normalised_tensor,
     pixel_tensor,
     region_side,
@@ -327,8 +329,7 @@ class SegmentationCrops(Dataset):
         size = self.img_size
         side = region_side(size, self.scale_range, rng)
         top, left, y = self._crop(tile, side, rng)
-        flips = [d for d, flip in zip((-1, -2), rng.random(2) < 0.5, strict=True) if flip] if self.flip else []
-        turns = int(rng.integers(0, 4)) if self.rotate90 else 0
+        flips, turns = draw_flips_and_turns(rng, self.flip, self.rotate90)
         image = self.read_region(self.root / pair.image, top, left, min(side, height), min(side, width))
         x = rescaled(pixel_tensor(image), side, size)
         if self.photometric is not None:
@@ -338,10 +339,7 @@ class SegmentationCrops(Dataset):
         if pad_h or pad_w:
             x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h))
             y = torch.nn.functional.pad(y, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
-        if flips:
-            x, y = x.flip(flips), y.flip(flips)
-        x, y = x.rot90(turns, (-2, -1)), y.rot90(turns, (-2, -1))
-        return x.contiguous(), y.contiguous()
+        return flipped_and_turned((x, y), flips, turns)
 
 
 class SegmentationTiles(Dataset):

@@ -217,6 +217,19 @@ def region_side(img_size: int, scale_range: tuple[float, float] | None, rng: np.
     return max(1, round(img_size / rng.uniform(*scale_range)))
 
 
+def draw_flips_and_turns(rng: np.random.Generator, flip: bool, rotate90: bool) -> tuple[list[int], int]:
+    """A training crop's random flips (the axes, of ``(-1, -2)``, each with probability 1/2) and quarter turns,
+    drawn from ``rng`` in that order, nothing drawn for what is off."""
+    flips = [d for d, flipped in zip((-1, -2), rng.random(2) < 0.5, strict=True) if flipped] if flip else []
+    return flips, int(rng.integers(0, 4)) if rotate90 else 0
+
+
+def flipped_and_turned(tensors: Sequence[torch.Tensor], flips: list[int], turns: int) -> tuple[torch.Tensor, ...]:
+    """Each of ``tensors`` (an image and its labels alike, ``(..., H, W)``) flipped along ``flips`` and turned by
+    ``turns`` quarters, contiguous."""
+    return tuple((t.flip(flips) if flips else t).rot90(turns, (-2, -1)).contiguous() for t in tensors)
+
+
 def class_cells(mask: np.ndarray, cell: int, classes: Sequence[int]) -> list[np.ndarray]:
     """For each of ``classes`` present in ``mask`` ``(H, W)``, the ``(row, col)`` of the cells of ``cell`` pixels
     where it occurs (for :func:`crop_origin`)."""
