@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from pathlib import Path
 
 import pytest
 import timm
@@ -16,18 +15,10 @@ import lemevit  # noqa: F401  (registers the models and their tags)
 from lemevit.demo import DEMO_DATA
 from lemevit.errors import DataError
 from lemevit.models import pretrained
-from lemevit.models.pretrained import PRETRAINED, WEIGHTS_DIR_VARIABLE, find_weights, pretrained_state_dict
+from lemevit.models.pretrained import PRETRAINED, find_weights, pretrained_state_dict
 
 SHIPPED = "lemevit_tiny.aid150"
 SHIPPED_FILE = pretrained.PACKAGE_WEIGHTS / f"{SHIPPED}.safetensors"
-
-
-@pytest.fixture
-def no_installed_weights(tmp_path, monkeypatch) -> Path:
-    """Neither the package nor the weights directory holds a weights file; returns the weights directory."""
-    monkeypatch.setattr(pretrained, "PACKAGE_WEIGHTS", tmp_path / "package")
-    monkeypatch.setenv(WEIGHTS_DIR_VARIABLE, str(tmp_path / "weights"))
-    return tmp_path / "weights"
 
 
 def test_the_shipped_weights_are_the_recorded_file():

@@ -17,18 +17,10 @@ import lemevit  # noqa: F401  (registers the models and their tags)
 from lemevit.cli import main
 from lemevit.errors import ConfigError, DataError
 from lemevit.models import pretrained
-from lemevit.models.pretrained import PRETRAINED, WEIGHTS_DIR_VARIABLE, install_weights, pretrained_state_dict
+from lemevit.models.pretrained import PRETRAINED, install_weights, pretrained_state_dict
 
 NAME = "lemevit_tiny.aid150"
 SHIPPED_FILE = pretrained.PACKAGE_WEIGHTS / f"{NAME}.safetensors"
-
-
-@pytest.fixture
-def weights_dir(tmp_path, monkeypatch) -> Path:
-    """The package ships no weights file and the weights directory is empty (and not yet made)."""
-    monkeypatch.setattr(pretrained, "PACKAGE_WEIGHTS", tmp_path / "package")
-    monkeypatch.setenv(WEIGHTS_DIR_VARIABLE, str(tmp_path / "weights"))
-    return tmp_path / "weights"
 
 
 @pytest.fixture
@@ -65,7 +57,7 @@ def server(tmp_path):
         thread.join(5)
 
 
-def test_install_from_a_file_then_timm_loads_it_offline(weights_dir, tmp_path, capsys):
+def test_install_from_a_file_then_timm_loads_it_offline(no_installed_weights, tmp_path, capsys):
     with pytest.raises(DataError, match="not installed"):
         timm.create_model(NAME, pretrained=True)
     source = tmp_path / "download" / f"{NAME}.safetensors"
@@ -74,63 +66,64 @@ def test_install_from_a_file_then_timm_loads_it_offline(weights_dir, tmp_path, c
 
     assert main(["weights", "install", str(source)]) == 0
     assert f"installed {NAME}" in capsys.readouterr().out
-    assert sorted(p.name for p in weights_dir.iterdir()) == [f"{NAME}.safetensors"]
+    assert sorted(p.name for p in no_installed_weights.iterdir()) == [f"{NAME}.safetensors"]
     model = timm.create_model(NAME, pretrained=True)
-    assert model.pretrained_cfg["file"] == str(weights_dir / f"{NAME}.safetensors")
+    assert model.pretrained_cfg["file"] == str(no_installed_weights / f"{NAME}.safetensors")
     stored = pretrained_state_dict(NAME)
     assert all(torch.equal(value, stored[key].float()) for key, value in model.state_dict().items())
 
 
-def test_a_file_of_another_name_is_installed_under_the_name_given(weights_dir, tmp_path):
+def test_a_file_of_another_name_is_installed_under_the_name_given(no_installed_weights, tmp_path):
     source = tmp_path / "weights.bin"
     shutil.copy(SHIPPED_FILE, source)
     with pytest.raises(ConfigError, match="not named as any"):
         install_weights(source)
-    assert install_weights(source, name=NAME) == (NAME, weights_dir / f"{NAME}.safetensors")
+    assert install_weights(source, name=NAME) == (NAME, no_installed_weights / f"{NAME}.safetensors")
     with pytest.raises(ConfigError, match="lvt.nothing is none of"):
         install_weights(source, name="lvt.nothing")
 
 
-def test_a_wrong_sha256_installs_nothing_and_keeps_the_good_file(weights_dir, damaged, capsys):
+def test_a_wrong_sha256_installs_nothing_and_keeps_the_good_file(no_installed_weights, damaged, capsys):
     assert main(["weights", "install", str(damaged)]) == 2
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and str(damaged) in error and PRETRAINED[NAME].sha256 in error
-    assert not any(weights_dir.iterdir())  # no file, no temporary
+    assert not any(no_installed_weights.iterdir())  # no file, no temporary
 
     install_weights(SHIPPED_FILE)
     with pytest.raises(DataError, match="sha256"):
         install_weights(damaged)
-    assert [p.name for p in weights_dir.iterdir()] == [f"{NAME}.safetensors"]
-    assert (weights_dir / f"{NAME}.safetensors").read_bytes() == SHIPPED_FILE.read_bytes()
+    assert [p.name for p in no_installed_weights.iterdir()] == [f"{NAME}.safetensors"]
+    assert (no_installed_weights / f"{NAME}.safetensors").read_bytes() == SHIPPED_FILE.read_bytes()
 
 
-def test_install_from_a_url(weights_dir, server, tmp_path, damaged, capsys):
+def test_install_from_a_url(no_installed_weights, server, tmp_path, damaged, capsys):
     shutil.copy(SHIPPED_FILE, tmp_path / "www" / f"{NAME}.safetensors")
     shutil.copy(damaged, tmp_path / "www" / "damaged.safetensors")
 
     assert main(["weights", "install", f"{server}/damaged.safetensors", "--name", NAME]) == 2
-    assert "sha256" in capsys.readouterr().err and not any(weights_dir.iterdir())
+    assert "sha256" in capsys.readouterr().err and not any(no_installed_weights.iterdir())
     assert main(["weights", "install", f"{server}/missing/{NAME}.safetensors"]) == 2
-    assert "cannot download" in capsys.readouterr().err and not any(weights_dir.iterdir())
+    assert "cannot download" in capsys.readouterr().err and not any(no_installed_weights.iterdir())
 
     assert main(["weights", "install", f"{server}/{NAME}.safetensors", "--timeout", "10"]) == 0
-    assert timm.create_model(NAME, pretrained=True).pretrained_cfg["file"] == str(weights_dir / f"{NAME}.safetensors")
+    installed = no_installed_weights / f"{NAME}.safetensors"
+    assert timm.create_model(NAME, pretrained=True).pretrained_cfg["file"] == str(installed)
 
 
-def test_install_by_name_downloads_from_the_registered_address(weights_dir, server, tmp_path, monkeypatch):
+def test_install_by_name_downloads_from_the_registered_address(no_installed_weights, server, tmp_path, monkeypatch):
     with pytest.raises(DataError, match="has no download address"):
         install_weights(NAME)
     shutil.copy(SHIPPED_FILE, tmp_path / "www" / "file")
     monkeypatch.setitem(PRETRAINED, NAME, dataclasses.replace(PRETRAINED[NAME], url=f"{server}/file"))
-    assert install_weights(NAME) == (NAME, weights_dir / f"{NAME}.safetensors")
+    assert install_weights(NAME) == (NAME, no_installed_weights / f"{NAME}.safetensors")
     assert pretrained_state_dict(NAME)
 
 
-def test_missing_weights_say_how_to_get_them_in_one_line(weights_dir, monkeypatch, capsys):
+def test_missing_weights_say_how_to_get_them_in_one_line(no_installed_weights, monkeypatch, capsys):
     with pytest.raises(DataError) as raised:
         timm.create_model(NAME, pretrained=True)
     message = str(raised.value)
-    assert "\n" not in message and "lemevit weights install FILE" in message and str(weights_dir) in message
+    assert "\n" not in message and "lemevit weights install FILE" in message and str(no_installed_weights) in message
     assert f"{NAME}.safetensors" in message and PRETRAINED[NAME].sha256 in message
 
     url = "https://example.org/w.safetensors"
