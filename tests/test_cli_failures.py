@@ -11,24 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from test_cli_hardening import scenes
 
 from lemevit.cli import main
 from lemevit.tasks.base import BaseTask
 
 TINY = ["--model", "resnet10t", "--img-size", "32", "--batch-size", "4", "--split", "0.5", "--num-workers", "0",
         "--accelerator", "cpu"]
-
-
-def scenes(root: Path, per_class: int = 4, size: int = 32) -> Path:
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(("Farmland", "Forest")):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            image = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-            image[..., c] += 150
-            Image.fromarray(image).save(root / name / f"{i}.png")
-    return root
 
 
 def error_of(capsys) -> str:
