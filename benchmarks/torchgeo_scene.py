@@ -135,12 +135,12 @@ def predict_lemevit(checkpoint: Path, scene: Path, output: Path, window: int, st
         raise SystemExit(f"lemevit predict failed (exit {code}): {printed.getvalue()}")
     _, seconds, _, share = found.groups()
     with rasterio.open(scene) as src:
-        windows = len(window_starts(src.height, window, stride)) * len(window_starts(src.width, window, stride))
-    with rasterio.open(scene) as src:
-        pixels = src.height * src.width
+        height, width = src.height, src.width
+    windows = len(window_starts(height, window, stride)) * len(window_starts(width, window, stride))
     # predict prints Mpx/s to two decimals: the rate comes from its seconds and the scene's pixels instead
-    return {"seconds": float(seconds), "mpx_per_s": pixels / 1e6 / float(seconds), "network_share": int(share) / 100,
-            "windows": windows, "rss_before_mib": base, "peak_rss_mib": _status_mib("VmHWM")}
+    return {"seconds": float(seconds), "mpx_per_s": height * width / 1e6 / float(seconds),
+            "network_share": int(share) / 100, "windows": windows, "rss_before_mib": base,
+            "peak_rss_mib": _status_mib("VmHWM")}
 
 
 def run_child(pipeline: str, args: argparse.Namespace, scene: Path, output: Path) -> dict:
