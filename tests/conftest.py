@@ -119,3 +119,14 @@ def seg_run(tmp_path_factory) -> Path:
                  str(run), "--img-size", "32", "--batch-size", "2", "--crops-per-tile", "2", "--split", "1.0",
                  "--decoder-channels", "8", "--window", "128", *TINY]) == 0
     return run
+
+
+@pytest.fixture
+def no_installed_weights(tmp_path, monkeypatch) -> Path:
+    """Neither the package nor the weights directory holds a weights file (the directory not yet made); returns the
+    weights directory."""
+    from lemevit.models import pretrained
+
+    monkeypatch.setattr(pretrained, "PACKAGE_WEIGHTS", tmp_path / "package")
+    monkeypatch.setenv(pretrained.WEIGHTS_DIR_VARIABLE, str(tmp_path / "weights"))
+    return tmp_path / "weights"
