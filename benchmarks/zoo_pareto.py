@@ -1,20 +1,25 @@
 """The papers' efficiency claim on remote-sensing scenes: held-out AID top-1 against CPU inference throughput for
 our models and the peers of their related work that timm has, every one trained with the same recipe and budget.
 
-    # AID prepared as for pretrain_aid150.py (train/ and heldout/: the demo subset and a stratified 10 % left out)
-    nice -n 10 python benchmarks/zoo_pareto.py --data /data/aid150 --runs /work/zoo-runs/pareto \\
-        --output benchmarks/results/zoo_pareto
+    # the zoo's data (AID 150 px + UC Merced, one 51-class label space; see pretrain_zoo.py), and its runs: the
+    # zoo's weights and the peers are trained by the same command, one at a time (each resumes when rerun)
+    nice -n 19 python benchmarks/pretrain_zoo.py --data /data/zoo --runs /work/zoo-runs --models lvt lemevit_small \
+        vvt_tiny lemevit_tiny deit_tiny_patch16_224 resnet18 fastvit_t8 pvt_v2_b1 resnet50 \
+        swin_tiny_patch4_window7_224 pvt_v2_b2
+    # then, alone on the machine (the throughput is measured here)
+    python benchmarks/zoo_pareto.py --data /data/zoo --runs /work/zoo-runs --output benchmarks/results/zoo_pareto
 
-For each model of ``--models``: ``lemevit train`` with the recipe of ``pretrain_zoo.py`` (rerun, an interrupted
-run resumes and finished ones are kept), ``lemevit eval`` of its ``best.ckpt`` on ``heldout/``; then one
-``lemevit benchmark`` of all of them interleaved (inference, fp32, ``--img-size``, batch ``--bench-batch``; its
-folder is kept and reused while its setting is the same). Writes ``zoo_pareto.json``, ``zoo_pareto.md`` (the
-table, the Pareto front marked: no other model is both more accurate and faster) and ``zoo_pareto.png`` into
-``--output``. ``--train-args`` is appended to the recipe (a later flag wins), for a short proving run:
+For each model of ``--models``: ``lemevit train`` with the recipe of ``pretrain_zoo.py`` in ``--runs``/<model>
+(a run that finished is kept, an interrupted one resumes), ``lemevit eval`` of its ``best.ckpt`` on the
+``--heldout`` folder of ``--data`` (default ``heldout_aid``: AID's held-out scenes, scored by class name among all
+the classes the model learnt); then one ``lemevit benchmark`` of all of them interleaved (inference, fp32,
+``--img-size``, batch ``--bench-batch``; its folder is kept and reused while its setting is the same). Writes
+``zoo_pareto.json``, ``zoo_pareto.md`` (the table, the Pareto front marked: no other model is both more accurate and
+faster) and ``zoo_pareto.png`` into ``--output``. ``--train-args`` is appended to the recipe (a later flag wins),
+for a short proving run:
 
-    python benchmarks/zoo_pareto.py --data TINY --runs /tmp/pareto --output /tmp/pareto/out --epochs 1 \\
-        --models lvt resnet18 deit_tiny_patch16_224 --rounds 1 \\
-        --train-args="--batch-size 4 --num-workers 0"
+    python benchmarks/zoo_pareto.py --data TINY --heldout heldout --runs /tmp/pareto --output /tmp/pareto/out \
+        --epochs 1 --models lvt resnet18 deit_tiny_patch16_224 --rounds 1 --train-args="--batch-size 4 --num-workers 0"
 """
 from __future__ import annotations
 
@@ -54,8 +59,8 @@ def train_and_score(model: str, args: argparse.Namespace, train: list[str]) -> d
         resume = ["--resume"] if last.is_file() else []
         assert lemevit(["train", "--data", str(args.data / "train"), "--output", str(run), "--model", model,
                         *train, *resume]) == 0
-    evaluation = run / "heldout_eval"
-    assert lemevit(["eval", "--checkpoint", str(run / "best.ckpt"), "--data", str(args.data / "heldout"),
+    evaluation = run / f"{args.heldout}_eval"
+    assert lemevit(["eval", "--checkpoint", str(run / "best.ckpt"), "--data", str(args.data / args.heldout),
                     "--output", str(evaluation)]) == 0
     metrics = json.loads((evaluation / "metrics.json").read_text())
     return {"top1": metrics["top1"], "top5": metrics["top5"], "num_images": metrics["num_images"],
@@ -103,7 +108,9 @@ def plot(table: list[dict], front: set[str], path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True, help="the prepared folder: train/ and heldout/")
+    p.add_argument("--data", type=Path, required=True, help="the prepared folder: train/ and the --heldout folder")
+    p.add_argument("--heldout", default="heldout_aid", help="the held-out folder of --data that scores (default "
+                                                            "heldout_aid)")
     p.add_argument("--runs", type=Path, required=True, help="one run directory per model (outside the repository)")
     p.add_argument("--output", type=Path, required=True, help="folder of the table, the record and the plot")
     p.add_argument("--models", nargs="+", default=list(MODELS))
@@ -129,7 +136,8 @@ def main() -> None:
               f"{r['img_per_s']:.1f} | {r['train_minutes']:.0f} | {'yes' if r['model'] in front else ''} |"
               for r in sorted(table, key=lambda r: -r["img_per_s"])]
     record = {
-        "command": "lemevit train --data AID150/train --output RUN --model MODEL " + shlex.join(train),
+        "command": "lemevit train --data ZOO/train --output RUN --model MODEL " + shlex.join(train),
+        "heldout": args.heldout,
         "benchmark": "lemevit " + shlex.join(benchmark_argv(list(args.models), args)),
         "data": str(args.data), "machine": machine_description(), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "table": table, "pareto_front": sorted(front),

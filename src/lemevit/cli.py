@@ -58,8 +58,11 @@ def cmd_weights(args: argparse.Namespace) -> int:
         return _list_pretrained(args.filter)
     from lemevit.models.pretrained import install_weights
 
-    name, path = install_weights(args.source, name=args.name, timeout=args.timeout)
-    print(f"installed {name}: {path} (sha256 checked); timm.create_model({name!r}, pretrained=True) loads it")
+    if args.name and len(args.source) > 1:
+        raise ConfigError("--name", f"names one file, but {len(args.source)} were given; install them one at a time")
+    for source in args.source:
+        name, path = install_weights(source, name=args.name, timeout=args.timeout)
+        print(f"installed {name}: {path} (sha256 checked); timm.create_model({name!r}, pretrained=True) loads it")
     return 0
 
 
@@ -444,8 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     actions = weights.add_subparsers(dest="action", required=True, metavar="ACTION")
     install = actions.add_parser("install", help="copy a weights file (or download it) into the weights directory, "
                                                  "its sha256 checked against lemevit's record")
-    install.add_argument("source", help="the weights file (<model>.<tag>.safetensors), an http(s) URL of it, or the "
-                                        "name of weights whose download address lemevit knows")
+    install.add_argument("source", nargs="+",
+                         help="weights files (<model>.<tag>.safetensors, e.g. the repository's weights/*.safetensors), "
+                              "http(s) URLs of them, or names of weights whose download address lemevit knows")
     install.add_argument("--name", help="which weights the file is (default: told by its file name)")
     install.add_argument("--timeout", type=float, default=60.0, help="seconds a download may wait for the server "
                                                                      "(default 60)")

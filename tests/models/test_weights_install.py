@@ -164,3 +164,47 @@ def test_a_registry_entry_is_all_new_weights_need(monkeypatch):
     tagged = default.cfgs["rs"]
     assert tagged.num_classes == 51 and tagged.file.endswith("lvt.rs.safetensors")
     assert tagged.notes == ("held-out top-1 50.0%, top-5 75.0% (AID)", "trained by: lemevit train --model lvt")
+
+
+REPOSITORY_WEIGHTS = Path(__file__).parents[2] / "weights"
+
+
+def _repository_file(name: str) -> Path:
+    """Where a clone holds the file of the registered weights ``name``: in the package, or in weights/."""
+    shipped = SHIPPED_FILE.parent / f"{name}.safetensors"
+    return shipped if shipped.is_file() else REPOSITORY_WEIGHTS / f"{name}.safetensors"
+
+
+def test_the_repository_holds_the_file_of_every_registered_weight_and_no_other():
+    unregistered = {p.name for p in REPOSITORY_WEIGHTS.glob("*.safetensors")} - {
+        PRETRAINED[n].filename for n in PRETRAINED}
+    assert not unregistered, f"weights/ holds files lemevit does not register: {sorted(unregistered)}"
+    missing = [n for n in PRETRAINED if not _repository_file(n).is_file()]
+    assert not missing, f"registered weights without a file in the package or weights/: {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(PRETRAINED))
+def test_every_registered_weight_installs_as_the_readme_says_and_loads_offline(name, no_installed_weights, capsys):
+    """The README's install command for a clone (`lemevit weights install weights/*.safetensors`), then timm's
+    create_model: the classifier the registry describes, its input size, its classes named."""
+    assert main(["weights", "install", str(_repository_file(name))]) == 0
+    assert f"installed {name}" in capsys.readouterr().out
+    model = timm.create_model(name, pretrained=True).eval()
+    cfg = model.pretrained_cfg
+    assert cfg["file"] == str(no_installed_weights / f"{name}.safetensors")
+    assert model.num_classes == cfg["num_classes"] == len(cfg["label_names"])
+    stored = pretrained_state_dict(name)
+    assert all(torch.equal(value, stored[key].float()) for key, value in model.state_dict().items())
+    with torch.no_grad():
+        assert model(torch.randn(1, *cfg["input_size"])).shape == (1, cfg["num_classes"])
+
+
+def test_one_command_installs_several_files_and_name_is_refused_with_several(no_installed_weights, tmp_path, capsys):
+    copies = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        copies.append(shutil.copy(SHIPPED_FILE, tmp_path / folder / SHIPPED_FILE.name))
+    assert main(["weights", "install", *map(str, copies), "--name", NAME]) == 2
+    assert "--name" in capsys.readouterr().err and not no_installed_weights.exists()
+    assert main(["weights", "install", *map(str, copies)]) == 0
+    assert capsys.readouterr().out.count(f"installed {NAME}") == 2
