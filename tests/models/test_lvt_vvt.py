@@ -29,6 +29,24 @@ def test_lvt_features_only_is_the_dense_backbone_with_per_stage_norms():
                    for k in plain.model.state_dict())
 
 
+def test_a_classifiers_weights_start_lvts_dense_encoder_its_stage_norms_fresh(caplog):
+    """lvt.aid_ucm (a classifier) is what --pretrained gives a segmentation or change run: the dense backbone takes
+    every tensor the two share, and its own per-stage norms start at their initialisation, as in the published
+    dense code."""
+    from lemevit.models.factory import create_dense_encoder
+
+    torch.manual_seed(0)
+    classifier = timm.create_model("lvt", num_classes=NUM_CLASSES)
+    state = {k: v + 0.5 for k, v in classifier.state_dict().items()}
+    encoder = create_dense_encoder("lvt", checkpoint=state)
+    own = encoder.model.state_dict()
+    shared = [k for k in own if k in state]
+    assert len(shared) == len(own) - 8 and all(torch.equal(own[k], state[k]) for k in shared)
+    for norm in encoder.model.stage_norms:
+        assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and not norm.bias.any()
+    assert "no 8 (stage_norms.0.weight" in caplog.text and "left at initialisation" in caplog.text
+
+
 def test_lvt_forward_intermediates_norm_applies_the_final_norm_to_the_last_map():
     torch.manual_seed(0)
     model = timm.create_model("lvt", num_classes=NUM_CLASSES).eval()

@@ -17,7 +17,9 @@ import lemevit  # noqa: F401  (registers the models and their tags)
 from lemevit.cli import main
 from lemevit.errors import ConfigError, DataError
 from lemevit.models import pretrained
+from lemevit.models.factory import create_dense_encoder
 from lemevit.models.pretrained import PRETRAINED, install_weights, pretrained_state_dict
+from lemevit.tasks.base import initial_weights
 
 NAME = "lemevit_tiny.aid150"
 SHIPPED_FILE = pretrained.PACKAGE_WEIGHTS / f"{NAME}.safetensors"
@@ -197,6 +199,9 @@ def test_every_registered_weight_installs_as_the_readme_says_and_loads_offline(n
     assert all(torch.equal(value, stored[key].float()) for key, value in model.state_dict().items())
     with torch.no_grad():
         assert model(torch.randn(1, *cfg["input_size"])).shape == (1, cfg["num_classes"])
+    # What --pretrained gives a dense task (segmentation, change, detection, panoptic): the encoder takes them.
+    encoder = create_dense_encoder(name.split(".", 1)[0], checkpoint=initial_weights(name))
+    assert len(encoder(torch.randn(1, *cfg["input_size"]))) == 4
 
 
 def test_one_command_installs_several_files_and_name_is_refused_with_several(no_installed_weights, tmp_path, capsys):

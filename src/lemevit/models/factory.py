@@ -69,7 +69,8 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
     (timm's ``adapt_input_conv``); a classifier of another size, or one the state dict lacks (the weights of a
     backbone), is left at its initialisation with a warning. Any other missing or unexpected key is an error,
     except that keys in ``full_keys`` (the state dict keys of the unpruned model, when ``model`` is a
-    ``features_only`` one) may be present in the checkpoint without being used.
+    ``features_only`` one) may be present in the checkpoint without being used, and the features model's own
+    additions (those not in ``full_keys``) may be absent from it.
     """
     target = getattr(model, "model", model) if isinstance(model, nn.ModuleDict) else model
     if isinstance(state_dict, BackboneWeights):
@@ -100,7 +101,12 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
             _logger.warning("%s has no %s; left at initialisation", source, k)
 
     unexpected = [k for k in state_dict if k not in own and k not in (full_keys or ())]
-    missing = [k for k in own if k not in state_dict and k not in head_keys]
+    # What a features_only model has and the full one lacks (LVT's stage norms) is not in a classifier's weights:
+    # it starts at its initialisation, as in the published dense code.
+    added = [k for k in own if full_keys is not None and k not in full_keys and k not in state_dict]
+    if added:
+        _logger.warning("%s has no %s (the dense encoder's own); left at initialisation", source, _some(added))
+    missing = [k for k in own if k not in state_dict and k not in head_keys and k not in added]
     if missing or unexpected:
         raise DataError(
             f"{source} does not fit {type(target).__name__}: missing keys {missing[:10]}"
