@@ -47,6 +47,17 @@ def test_a_classifiers_weights_start_lvts_dense_encoder_its_stage_norms_fresh(ca
     assert "no 8 (stage_norms.0.weight" in caplog.text and "left at initialisation" in caplog.text
 
 
+def test_a_features_wrapper_that_renames_modules_still_refuses_what_does_not_fit():
+    """timm's FeatureListNet names pvt_v2's modules ``stages_0``, the classifier ``stages.0``: nothing fits, and
+    that is an error, not a dense encoder left at its initialisation."""
+    from lemevit.errors import DataError
+    from lemevit.models.factory import create_dense_encoder
+
+    state = timm.create_model("pvt_v2_b0", num_classes=NUM_CLASSES).state_dict()
+    with pytest.raises(DataError, match="does not fit FeatureListNet: missing keys"):
+        create_dense_encoder("pvt_v2_b0", checkpoint=state)
+
+
 def test_lvt_forward_intermediates_norm_applies_the_final_norm_to_the_last_map():
     torch.manual_seed(0)
     model = timm.create_model("lvt", num_classes=NUM_CLASSES).eval()

@@ -101,9 +101,12 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
             _logger.warning("%s has no %s; left at initialisation", source, k)
 
     unexpected = [k for k in state_dict if k not in own and k not in (full_keys or ())]
-    # What a features_only model has and the full one lacks (LVT's stage norms) is not in a classifier's weights:
-    # it starts at its initialisation, as in the published dense code.
-    added = [k for k in own if full_keys is not None and k not in full_keys and k not in state_dict]
+    # What a features_only model adds to the full one (LVT's stage norms) is not in a classifier's weights: it
+    # starts at its initialisation, as in the published dense code. Only a wrapper that keeps the full model's
+    # names can add: one that flattens them (timm's FeatureListNet, its own target) differs in name from the
+    # full model everywhere.
+    adds = full_keys is not None and target is not model
+    added = [k for k in own if adds and k not in full_keys and k not in state_dict]
     if added:
         _logger.warning("%s has no %s (the dense encoder's own); left at initialisation", source, _some(added))
     missing = [k for k in own if k not in state_dict and k not in head_keys and k not in added]

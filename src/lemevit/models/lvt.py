@@ -15,7 +15,9 @@ Two published networks share these stages:
   features_only=True)`` gives the published dense features and loads the published dense checkpoint.
 
 The per-stage norms are not part of the classification network (its checkpoint has none, and they change
-what the later stages see), hence two configurations of one class rather than one model owning both.
+what the later stages see), hence two configurations of one class rather than one model owning both. A
+classifier's weights start the dense backbone with those norms at their initialisation (a warning names them), as
+the published dense code starts from ImageNet weights.
 
 Maps are kept channels-last, ``(B, H, W, C)``; dense features are NCHW views of them. Loads checkpoints of
 the published implementation through :func:`checkpoint_filter_fn`.
