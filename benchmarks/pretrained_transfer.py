@@ -138,7 +138,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--num-workers", type=int, default=2,
+                   help="ucmerced and potsdam's loader workers (levir's eight pairs load in the main process)")
     args = p.parse_args()
     make_config, defaults = EXPERIMENTS[args.experiment]
     for name, value in zip(("img_size", "epochs", "batch_size", "lr"), defaults, strict=True):
@@ -159,7 +160,7 @@ def main() -> None:
     result = {"model": cfg.model, "pretrained": cfg.pretrained, "scored": checkpoint.name,
               "train_minutes": training_minutes(run / "last.ckpt"), **scores(args.experiment, metrics),
               "validation_per_epoch": validation_curve(run, VALIDATION_METRIC[args.experiment]),
-              "setting": {k: v for k, v in vars(args).items() if k != "init"},
+              "setting": {**{k: v for k, v in vars(args).items() if k != "init"}, "num_workers": cfg.num_workers},
               "torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu"}
     print(json.dumps(record(args.weights, args.experiment, arm, result), indent=1))
 
