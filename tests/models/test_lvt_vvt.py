@@ -47,15 +47,27 @@ def test_a_classifiers_weights_start_lvts_dense_encoder_its_stage_norms_fresh(ca
     assert "no 8 (stage_norms.0.weight" in caplog.text and "left at initialisation" in caplog.text
 
 
-def test_a_features_wrapper_that_renames_modules_still_refuses_what_does_not_fit():
-    """timm's FeatureListNet names pvt_v2's modules ``stages_0``, the classifier ``stages.0``: nothing fits, and
-    that is an error, not a dense encoder left at its initialisation."""
+def test_a_classifier_starts_a_features_wrapper_that_renames_its_modules():
+    """timm's FeatureListNet names pvt_v2's modules ``stages_0``, the classifier ``stages.0``: a classifier trained by
+    ``lemevit train`` still starts its dense encoder, every tensor of it, and its stem takes other bands (convnext's
+    stem is ``stem_0`` there); another architecture's weights are still refused."""
     from lemevit.errors import DataError
     from lemevit.models.factory import create_dense_encoder
 
-    state = timm.create_model("pvt_v2_b0", num_classes=NUM_CLASSES).state_dict()
-    with pytest.raises(DataError, match="does not fit FeatureListNet: missing keys"):
-        create_dense_encoder("pvt_v2_b0", checkpoint=state)
+    torch.manual_seed(0)
+    state = {k: v + 0.5 for k, v in timm.create_model("pvt_v2_b0", num_classes=NUM_CLASSES).state_dict().items()}
+    encoder = create_dense_encoder("pvt_v2_b0", checkpoint=state)
+    own = encoder.state_dict()
+    assert type(encoder).__name__ == "FeatureListNet" and "stages_0.blocks.0.norm1.weight" in own
+    assert all(torch.equal(v, state[k.replace("stages_", "stages.")]) for k, v in own.items())
+
+    convnext = timm.create_model("convnext_atto", num_classes=NUM_CLASSES).state_dict()
+    four_bands = create_dense_encoder("convnext_atto", in_chans=4, checkpoint=convnext).state_dict()
+    assert four_bands["stem_0.weight"].shape[1] == 4
+    torch.testing.assert_close(four_bands["stages_3.blocks.1.mlp.fc2.weight"],
+                               convnext["stages.3.blocks.1.mlp.fc2.weight"])
+    with pytest.raises(DataError, match="does not fit FeatureListNet"):
+        create_dense_encoder("pvt_v2_b0", checkpoint=convnext)
 
 
 def test_lvt_forward_intermediates_norm_applies_the_final_norm_to_the_last_map():

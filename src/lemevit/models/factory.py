@@ -70,19 +70,22 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
     backbone), is left at its initialisation with a warning. Any other missing or unexpected key is an error,
     except that keys in ``full_keys`` (the state dict keys of the unpruned model, when ``model`` is a
     ``features_only`` one) may be present in the checkpoint without being used, and the features model's own
-    additions (those not in ``full_keys``) may be absent from it.
+    additions (those not in ``full_keys``) may be absent from it. A features wrapper that flattens the full
+    model's sequences (timm's FeatureListNet: ``stages.0`` becomes ``stages_0``) takes the full model's names.
     """
     target = getattr(model, "model", model) if isinstance(model, nn.ModuleDict) else model
+    own = target.state_dict()
+    renamed = _flattened_names(own, full_keys)
     if isinstance(state_dict, BackboneWeights):
-        return _load_backbone(target, state_dict, full_keys)
+        return _load_backbone(target, state_dict, full_keys, renamed)
     filter_fn = _filter_fn(target)
     if filter_fn is not None:
         state_dict = filter_fn(state_dict, target)
-    own = target.state_dict()
+    state_dict = {renamed.get(k, k): v for k, v in state_dict.items()}
     cfg = getattr(target, "pretrained_cfg", {}) or {}
 
     first_conv = cfg.get("first_conv")
-    key = f"{first_conv}.weight" if first_conv else None
+    key = renamed.get(f"{first_conv}.weight", f"{first_conv}.weight") if first_conv else None
     if key in state_dict and key in own and state_dict[key].shape[1] != own[key].shape[1]:
         _logger.info("adapting %s from %d to %d input channels", key, state_dict[key].shape[1], own[key].shape[1])
         state_dict[key] = adapt_input_conv(own[key].shape[1], state_dict[key])
@@ -102,9 +105,8 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
 
     unexpected = [k for k in state_dict if k not in own and k not in (full_keys or ())]
     # What a features_only model adds to the full one (LVT's stage norms) is not in a classifier's weights: it
-    # starts at its initialisation, as in the published dense code. Only a wrapper that keeps the full model's
-    # names can add: one that flattens them (timm's FeatureListNet, its own target) differs in name from the
-    # full model everywhere.
+    # starts at its initialisation, as in the published dense code. A wrapper that flattens the full model's
+    # names (timm's FeatureListNet, its own target) adds nothing to it.
     adds = full_keys is not None and target is not model
     added = [k for k in own if adds and k not in full_keys and k not in state_dict]
     if added:
@@ -122,15 +124,35 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
     target.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
 
 
-def _load_backbone(target: nn.Module, backbone: BackboneWeights, full_keys: set[str] | None) -> None:
+def _flattened_names(own: dict[str, torch.Tensor], full_keys: set[str] | None) -> dict[str, str]:
+    """The full model's name of each tensor a features wrapper renamed, mapped to the wrapper's name: timm's
+    FeatureListNet joins a top-level sequence and its child with ``_`` (``stages.0.x`` is ``stages_0.x``)."""
+    if not full_keys:
+        return {}
+    renamed = {}
+    for key in own:
+        if key in full_keys:
+            continue
+        head, _, rest = key.partition(".")
+        for i, char in enumerate(head):
+            original = f"{head[:i]}.{head[i + 1:]}.{rest}"
+            if char == "_" and original in full_keys:
+                renamed[original] = key
+                break
+    return renamed
+
+
+def _load_backbone(target: nn.Module, backbone: BackboneWeights, full_keys: set[str] | None,
+                   renamed: dict[str, str]) -> None:
     """Load the backbone of another task's network into ``target``: the tensors both have, the rest of ``target``
     left at its initialisation (its head, a classifier's last norm, the stages a truncated encoder lacks), the
     backbone's task-specific parts (a dense encoder's stage norms) unused; one line says what was taken. A backbone
     of another architecture, of which little fits, is refused as a weights file of the bare model is."""
     own = target.state_dict()
-    state = dict(backbone)
+    state = {renamed.get(k, k): v for k, v in backbone.items()}
     cfg = getattr(target, "pretrained_cfg", {}) or {}
     key = f"{cfg['first_conv']}.weight" if cfg.get("first_conv") else None
+    key = renamed.get(key, key)
     if key in state and key in own and state[key].shape[1] != own[key].shape[1]:
         state[key] = adapt_input_conv(own[key].shape[1], state[key])
     classifier = cfg.get("classifier")
