@@ -52,6 +52,7 @@ def test_a_classifier_starts_a_features_wrapper_that_renames_its_modules():
     ``lemevit train`` still starts its dense encoder, every tensor of it, and its stem takes other bands (convnext's
     stem is ``stem_0`` there); another architecture's weights are still refused."""
     from lemevit.errors import DataError
+    from lemevit.io.model_file import BackboneWeights
     from lemevit.models.factory import create_dense_encoder
 
     torch.manual_seed(0)
@@ -60,6 +61,9 @@ def test_a_classifier_starts_a_features_wrapper_that_renames_its_modules():
     own = encoder.state_dict()
     assert type(encoder).__name__ == "FeatureListNet" and "stages_0.blocks.0.norm1.weight" in own
     assert all(torch.equal(v, state[k.replace("stages_", "stages.")]) for k, v in own.items())
+    # The backbone of a classification run (--init-checkpoint run/best.ckpt) takes the same path.
+    from_run = create_dense_encoder("pvt_v2_b0", checkpoint=BackboneWeights(state, "run/best.ckpt")).state_dict()
+    assert all(torch.equal(v, own[k]) for k, v in from_run.items())
 
     convnext = timm.create_model("convnext_atto", num_classes=NUM_CLASSES).state_dict()
     four_bands = create_dense_encoder("convnext_atto", in_chans=4, checkpoint=convnext).state_dict()
