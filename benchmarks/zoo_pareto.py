@@ -9,10 +9,13 @@ our models and the peers of their related work that timm has, every one trained 
     # then, alone on the machine (the throughput is measured here)
     python benchmarks/zoo_pareto.py --data /data/zoo --runs /work/zoo-runs --output benchmarks/results/zoo_pareto
 
-For each model of ``--models``: ``lemevit train`` with the recipe of ``pretrain_zoo.py`` in ``--runs``/<model>
-(a run that finished is kept, an interrupted one resumes), ``lemevit eval`` of its ``best.ckpt`` on the
-``--heldout`` folder of ``--data`` (default ``heldout_aid``: AID's held-out scenes, scored by class name among all
-the classes the model learnt); then one ``lemevit benchmark`` of all of them interleaved (inference, fp32,
+For each model of ``--models``: its score in the record ``pretrain_zoo.py`` committed for it
+(``--records``/pretrain_zoo_<model>.json, same epochs, size and held-out folder), or else ``lemevit train`` with
+the recipe of ``pretrain_zoo.py`` in ``--runs``/<model> (a run that finished is kept, an interrupted one resumes)
+and ``lemevit eval`` of its ``best.ckpt`` on the ``--heldout`` folder of ``--data`` (default ``heldout_aid``: AID's
+held-out scenes, scored by class name among all the classes the model learnt); then one ``lemevit benchmark`` of
+all of them interleaved (the architectures at random initialisation: throughput does not depend on the weights;
+inference, fp32,
 ``--img-size``, batch ``--bench-batch``; its folder is kept and reused while its setting is the same). Writes
 ``zoo_pareto.json``, ``zoo_pareto.md`` (the table, the Pareto front marked: no other model is both more accurate and
 faster) and ``zoo_pareto.png`` into ``--output``. ``--train-args`` is appended to the recipe (a later flag wins),
@@ -36,6 +39,8 @@ from lemevit.cli import main as lemevit
 from lemevit.engine import training_minutes
 from lemevit.io import atomic_path
 
+HERE = Path(__file__).parent
+
 # Ours, and the peers of the LeMeViT / LVT / VVT papers' related work that timm has (two of Swin, EfficientFormer,
 # FastViT and NextViT: EfficientFormer's attention biases are fixed to 224 px, and one hierarchical transformer
 # and one reparameterised convolutional net cover the two kinds).
@@ -50,6 +55,20 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:
         return b[0] >= a[0] and b[1] >= a[1] and b != a
 
     return {n for n, p in points.items() if not any(beaten(p, q) for m, q in points.items() if m != n)}
+
+
+def recorded_score(model: str, args: argparse.Namespace) -> dict | None:
+    """The model's score from the record ``pretrain_zoo.py`` wrote of its run (committed, so that a peer trained in
+    one session, on one machine, still counts when its run directory is gone), if that run had this setting."""
+    path = args.records / f"pretrain_zoo_{model}.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    scored = record["heldout"].get(args.heldout)
+    if scored is None or (record["epochs"], record["img_size"]) != (args.epochs, args.img_size) or args.train_args:
+        return None
+    return {"top1": scored["top1"], "top5": scored["top5"], "num_images": scored["num_images"],
+            "train_minutes": record["train_minutes"], "record": path.name}
 
 
 def train_and_score(model: str, args: argparse.Namespace, train: list[str]) -> dict:
@@ -112,6 +131,9 @@ def main() -> None:
     p.add_argument("--heldout", default="heldout_aid", help="the held-out folder of --data that scores (default "
                                                             "heldout_aid)")
     p.add_argument("--runs", type=Path, required=True, help="one run directory per model (outside the repository)")
+    p.add_argument("--records", type=Path, default=HERE / "results",
+                   help="the records of pretrain_zoo.py (default benchmarks/results): a model recorded there with "
+                        "this setting is not trained or scored again")
     p.add_argument("--output", type=Path, required=True, help="folder of the table, the record and the plot")
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--epochs", type=int, default=12)
@@ -122,7 +144,7 @@ def main() -> None:
     args = p.parse_args()
 
     train = ["--img-size", str(args.img_size), "--epochs", str(args.epochs), *RECIPE, *shlex.split(args.train_args)]
-    scores = {model: train_and_score(model, args, train) for model in args.models}
+    scores = {model: recorded_score(model, args) or train_and_score(model, args, train) for model in args.models}
     bench = measure(list(args.models), args)
     speed = {r["model"]: r for r in bench["rows"] if r["measure"] == "inference" and r["img_per_s"] is not None}
     table = [{"model": m, **scores[m], "params_m": speed[m]["params"] / 1e6, "gmacs": speed[m]["gmacs"],
