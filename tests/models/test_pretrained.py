@@ -135,5 +135,7 @@ def test_models_lists_the_pretrained_weights(capsys):
     from lemevit.cli import main
 
     assert main(["models", "--pretrained"]) == 0
-    line = capsys.readouterr().out.strip()
-    assert line.startswith(SHIPPED) and "128px" in line and str(find_weights(SHIPPED)) in line
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines if not line.startswith(" ")] == sorted(PRETRAINED)
+    line = next(line for line in lines if line.startswith(SHIPPED))
+    assert "128px" in line and str(find_weights(SHIPPED)) in line

@@ -129,6 +129,19 @@ PRETRAINED: dict[str, PretrainedWeights] = {w.name: w for w in (
         trained_on="2-core CPU (x86_64, AMD EPYC), 1-2 threads at the lowest priority beside other work, 303 min over "
                    "four sessions",
     ),
+    PretrainedWeights(
+        "lemevit_small.aid_ucm",
+        sha256="3d794458350db87a1c7506167e70cddb435eddcf5f0f39eee1cbc5beb9fd13c3",
+        description=_ZOO_DATA + "; lemevit train at 128 px, 12 epochs "
+                                "(benchmarks/results/pretrain_zoo_lemevit_small.json)",
+        terms=_ZOO_TERMS,
+        cfg=_ZOO_CFG,
+        heldout={"AID, 970 scenes": {"top1": 0.7082474226804124, "top5": 0.9443298969072165},
+                 "UC Merced, 210 scenes": {"top1": 0.5619047619047619, "top5": 0.9095238095238095}},
+        command=_zoo_command("lemevit_small"),
+        trained_on="2-core CPU (x86_64, AMD EPYC), 2 threads at the lowest priority, 140 min in one session (15 "
+                   "of them beside a CI run)",
+    ),
 )}
 
 
