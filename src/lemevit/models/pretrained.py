@@ -54,11 +54,24 @@ _ZOO_TERMS = "AID (Xia et al., TGRS 2017) and UC Merced (Yang & Newsam, 2010): f
              "Apache-2.0 like the code"
 
 
-def _zoo_command(model: str) -> str:
-    """The zoo's ``lemevit train`` command (benchmarks/pretrain_zoo.py) for ``model``."""
-    return (f"lemevit train --data ZOO/train --output RUN --model {model} --img-size 128 --epochs 12 --batch-size 64 "
-            "--split 0.95 --seed 0 --lr 1.5e-3 --drop-path-rate 0.1 --gradient-clip 1.0 --label-smoothing 0.1 "
-            "--crop-scale 0.8 1.0 --ema-decay 0.998 --checkpoint-steps 16")
+def _zoo_weights(model: str, sha256: str, aid: tuple[float, float], ucm: tuple[float, float],
+                 trained_on: str) -> PretrainedWeights:
+    """The entry of ``<model>.aid_ucm``, trained by benchmarks/pretrain_zoo.py, with its held-out (top-1, top-5) on
+    AID's 970 and UC Merced's 210 scenes."""
+    return PretrainedWeights(
+        f"{model}.aid_ucm",
+        sha256=sha256,
+        description=f"{_ZOO_DATA}; lemevit train at 128 px, 12 epochs "
+                    f"(benchmarks/results/pretrain_zoo_{model}.json)",
+        terms=_ZOO_TERMS,
+        cfg=_ZOO_CFG,
+        heldout={"AID, 970 scenes": {"top1": aid[0], "top5": aid[1]},
+                 "UC Merced, 210 scenes": {"top1": ucm[0], "top5": ucm[1]}},
+        command=f"lemevit train --data ZOO/train --output RUN --model {model} --img-size 128 --epochs 12 "
+                "--batch-size 64 --split 0.95 --seed 0 --lr 1.5e-3 --drop-path-rate 0.1 --gradient-clip 1.0 "
+                "--label-smoothing 0.1 --crop-scale 0.8 1.0 --ema-decay 0.998 --checkpoint-steps 16",
+        trained_on=trained_on,
+    )
 
 
 @dataclass(frozen=True)
@@ -117,31 +130,14 @@ PRETRAINED: dict[str, PretrainedWeights] = {w.name: w for w in (
                 "--label-smoothing 0.1 --crop-scale 0.8 1.0 --ema-decay 0.998 --checkpoint-steps 16",
         trained_on="2-core CPU (x86_64, AMD EPYC), 2 threads, 119 min",
     ),
-    PretrainedWeights(
-        "lvt.aid_ucm",
-        sha256="0b74e63ab7e70e404c8d53ca44d7e8b392710c1d5b2868ddbd5e1549788e5cec",
-        description=_ZOO_DATA + "; lemevit train at 128 px, 12 epochs (benchmarks/results/pretrain_zoo_lvt.json)",
-        terms=_ZOO_TERMS,
-        cfg=_ZOO_CFG,
-        heldout={"AID, 970 scenes": {"top1": 0.6752577319587629, "top5": 0.9237113402061856},
-                 "UC Merced, 210 scenes": {"top1": 0.5476190476190477, "top5": 0.8761904761904762}},
-        command=_zoo_command("lvt"),
-        trained_on="2-core CPU (x86_64, AMD EPYC), 1-2 threads at the lowest priority beside other work, 303 min over "
-                   "four sessions",
-    ),
-    PretrainedWeights(
-        "lemevit_small.aid_ucm",
-        sha256="3d794458350db87a1c7506167e70cddb435eddcf5f0f39eee1cbc5beb9fd13c3",
-        description=_ZOO_DATA + "; lemevit train at 128 px, 12 epochs "
-                                "(benchmarks/results/pretrain_zoo_lemevit_small.json)",
-        terms=_ZOO_TERMS,
-        cfg=_ZOO_CFG,
-        heldout={"AID, 970 scenes": {"top1": 0.7082474226804124, "top5": 0.9443298969072165},
-                 "UC Merced, 210 scenes": {"top1": 0.5619047619047619, "top5": 0.9095238095238095}},
-        command=_zoo_command("lemevit_small"),
-        trained_on="2-core CPU (x86_64, AMD EPYC), 2 threads at the lowest priority, 140 min in one session (15 "
-                   "of them beside a CI run)",
-    ),
+    _zoo_weights("lvt", "0b74e63ab7e70e404c8d53ca44d7e8b392710c1d5b2868ddbd5e1549788e5cec",
+                 aid=(0.6752577319587629, 0.9237113402061856), ucm=(0.5476190476190477, 0.8761904761904762),
+                 trained_on="2-core CPU (x86_64, AMD EPYC), 1-2 threads at the lowest priority beside other work, "
+                            "303 min over four sessions"),
+    _zoo_weights("lemevit_small", "3d794458350db87a1c7506167e70cddb435eddcf5f0f39eee1cbc5beb9fd13c3",
+                 aid=(0.7082474226804124, 0.9443298969072165), ucm=(0.5619047619047619, 0.9095238095238095),
+                 trained_on="2-core CPU (x86_64, AMD EPYC), 2 threads at the lowest priority, 140 min in one session "
+                            "(15 of them beside a CI run)"),
 )}
 
 
