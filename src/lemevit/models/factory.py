@@ -77,7 +77,7 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
     own = target.state_dict()
     renamed = _flattened_names(own, full_keys)
     if isinstance(state_dict, BackboneWeights):
-        return _load_backbone(target, state_dict, full_keys, renamed)
+        return _load_backbone(target, own, state_dict, full_keys, renamed)
     filter_fn = _filter_fn(target)
     if filter_fn is not None:
         state_dict = filter_fn(state_dict, target)
@@ -142,13 +142,13 @@ def _flattened_names(own: dict[str, torch.Tensor], full_keys: set[str] | None) -
     return renamed
 
 
-def _load_backbone(target: nn.Module, backbone: BackboneWeights, full_keys: set[str] | None,
-                   renamed: dict[str, str]) -> None:
+def _load_backbone(target: nn.Module, own: dict[str, torch.Tensor], backbone: BackboneWeights,
+                   full_keys: set[str] | None, renamed: dict[str, str]) -> None:
     """Load the backbone of another task's network into ``target``: the tensors both have, the rest of ``target``
     left at its initialisation (its head, a classifier's last norm, the stages a truncated encoder lacks), the
     backbone's task-specific parts (a dense encoder's stage norms) unused; one line says what was taken. A backbone
-    of another architecture, of which little fits, is refused as a weights file of the bare model is."""
-    own = target.state_dict()
+    of another architecture, of which little fits, is refused as a weights file of the bare model is. ``own`` is
+    ``target``'s state dict."""
     state = {renamed.get(k, k): v for k, v in backbone.items()}
     cfg = getattr(target, "pretrained_cfg", {}) or {}
     key = f"{cfg['first_conv']}.weight" if cfg.get("first_conv") else None
