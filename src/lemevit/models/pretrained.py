@@ -138,6 +138,9 @@ PRETRAINED: dict[str, PretrainedWeights] = {w.name: w for w in (
                  aid=(0.7082474226804124, 0.9443298969072165), ucm=(0.5619047619047619, 0.9095238095238095),
                  trained_on="2-core CPU (x86_64, AMD EPYC), 2 threads at the lowest priority, 140 min in one session "
                             "(15 of them beside a CI run)"),
+    _zoo_weights("vvt_tiny", "018b0193fcbbe132e63b6ebd02aecdd5e46c701e058c6117164d927d5c9d4f43",
+                 aid=(0.7752577319587629, 0.9494845360824742), ucm=(0.6571428571428571, 0.9571428571428572),
+                 trained_on="2-core CPU (x86_64, AMD EPYC), 2 threads at the lowest priority, 138 min in one session"),
 )}
 
 
