@@ -54,6 +54,11 @@ _ZOO_TERMS = "AID (Xia et al., TGRS 2017) and UC Merced (Yang & Newsam, 2010): f
              "Apache-2.0 like the code"
 
 
+# The flags of every weight lemevit trained (benchmarks/pretrain_aid150.py and pretrain_zoo.py use the same recipe).
+_RECIPE = ("--img-size 128 --epochs 12 --batch-size 64 --split 0.95 --seed 0 --lr 1.5e-3 --drop-path-rate 0.1 "
+           "--gradient-clip 1.0 --label-smoothing 0.1 --crop-scale 0.8 1.0 --ema-decay 0.998 --checkpoint-steps 16")
+
+
 def _zoo_weights(model: str, sha256: str, aid: tuple[float, float], ucm: tuple[float, float],
                  trained_on: str) -> PretrainedWeights:
     """The entry of ``<model>.aid_ucm``, trained by benchmarks/pretrain_zoo.py, with its held-out (top-1, top-5) on
@@ -67,9 +72,7 @@ def _zoo_weights(model: str, sha256: str, aid: tuple[float, float], ucm: tuple[f
         cfg=_ZOO_CFG,
         heldout={"AID, 970 scenes": {"top1": aid[0], "top5": aid[1]},
                  "UC Merced, 210 scenes": {"top1": ucm[0], "top5": ucm[1]}},
-        command=f"lemevit train --data ZOO/train --output RUN --model {model} --img-size 128 --epochs 12 "
-                "--batch-size 64 --split 0.95 --seed 0 --lr 1.5e-3 --drop-path-rate 0.1 --gradient-clip 1.0 "
-                "--label-smoothing 0.1 --crop-scale 0.8 1.0 --ema-decay 0.998 --checkpoint-steps 16",
+        command=f"lemevit train --data ZOO/train --output RUN --model {model} " + _RECIPE,
         trained_on=trained_on,
     )
 
@@ -125,9 +128,7 @@ PRETRAINED: dict[str, PretrainedWeights] = {w.name: w for w in (
         cfg=dict(num_classes=30, label_names=_AID_CLASSES, input_size=(3, 128, 128), pool_size=(4, 4), crop_pct=1.0,
                  interpolation="bilinear"),
         heldout={"AID, 970 scenes": {"top1": 0.7639175257731958, "top5": 0.9587628865979382}},
-        command="lemevit train --data AID150/train --output RUN --model lemevit_tiny --img-size 128 --epochs 12 "
-                "--batch-size 64 --split 0.95 --seed 0 --lr 1.5e-3 --drop-path-rate 0.1 --gradient-clip 1.0 "
-                "--label-smoothing 0.1 --crop-scale 0.8 1.0 --ema-decay 0.998 --checkpoint-steps 16",
+        command="lemevit train --data AID150/train --output RUN --model lemevit_tiny " + _RECIPE,
         trained_on="2-core CPU (x86_64, AMD EPYC), 2 threads, 119 min",
     ),
     _zoo_weights("lvt", "0b74e63ab7e70e404c8d53ca44d7e8b392710c1d5b2868ddbd5e1549788e5cec",
