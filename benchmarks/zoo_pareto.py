@@ -15,11 +15,18 @@ the recipe of ``pretrain_zoo.py`` in ``--runs``/<model> (a run that finished is 
 and ``lemevit eval`` of its ``best.ckpt`` on the ``--heldout`` folder of ``--data`` (default ``heldout_aid``: AID's
 held-out scenes, scored by class name among all the classes the model learnt); then one ``lemevit benchmark`` of
 all of them interleaved (the architectures at random initialisation: throughput does not depend on the weights;
-inference, fp32,
-``--img-size``, batch ``--bench-batch``; its folder is kept and reused while its setting is the same). Writes
-``zoo_pareto.json``, ``zoo_pareto.md`` (the table, the Pareto front marked: no other model is both more accurate and
-faster) and ``zoo_pareto.png`` into ``--output``. ``--train-args`` is appended to the recipe (a later flag wins),
-for a short proving run:
+inference, fp32, ``--img-size``, batch ``--bench-batch``; its folder is kept and reused while its setting is the
+same and it covers the models). Writes ``zoo_pareto.json``, ``zoo_pareto.md`` (the table, the Pareto front marked: no
+other model is both more accurate and faster) and ``zoo_pareto.png`` into ``--output``.
+
+``--recorded-only`` gives a provisional table while the queue trains: the models with a record are scored, every
+model's throughput is measured, and the ones not trained yet are listed by throughput alone (out of the front;
+dotted lines on the plot):
+
+    python benchmarks/zoo_pareto.py --data /data/zoo --runs /work/zoo-runs --recorded-only \
+        --output benchmarks/results/zoo_pareto_provisional
+
+``--train-args`` is appended to the recipe (a later flag wins), for a short proving run:
 
     python benchmarks/zoo_pareto.py --data TINY --heldout heldout --runs /tmp/pareto --output /tmp/pareto/out \
         --epochs 1 --models lvt resnet18 deit_tiny_patch16_224 --rounds 1 --train-args="--batch-size 4 --num-workers 0"
@@ -94,14 +101,16 @@ def benchmark_argv(models: list[str], args: argparse.Namespace) -> list[str]:
 def measure(models: list[str], args: argparse.Namespace) -> dict:
     folder = args.runs / "benchmark"
     record = folder / "benchmark.json"
-    wanted = {"models": models, "img_sizes": [args.img_size], "batch_sizes": [args.bench_batch], "rounds": args.rounds}
+    wanted = {"img_sizes": [args.img_size], "batch_sizes": [args.bench_batch], "rounds": args.rounds}
     setting = json.loads(record.read_text())["setting"] if record.is_file() else {}
-    if any(setting.get(key) != value for key, value in wanted.items()):
+    # A measurement of more models at the same setting serves a table of fewer (a provisional one while the queue
+    # trains): the models were interleaved, so each one's figure does not depend on which others were measured.
+    if not set(models) <= set(setting.get("models", ())) or any(setting.get(k) != v for k, v in wanted.items()):
         assert lemevit([*benchmark_argv(models, args), "--quiet", "--output", str(folder)]) in (0, 1)
     return json.loads(record.read_text())
 
 
-def plot(table: list[dict], front: set[str], path: Path) -> None:
+def plot(table: list[dict], front: set[str], untrained: dict[str, float], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,9 +125,19 @@ def plot(table: list[dict], front: set[str], path: Path) -> None:
                     xytext=(3, 3), textcoords="offset points")
     on_front = sorted((r for r in table if r["model"] in front), key=lambda r: r["img_per_s"])
     ax.plot([r["img_per_s"] for r in on_front], [100 * r["top1"] for r in on_front], color="gray", lw=0.8, ls="--")
-    ax.set_xlabel("CPU inference throughput (img/s)")
+    # labels alternate in height: two models of nearly the same speed would print over each other
+    for i, (model, img_per_s) in enumerate(sorted(untrained.items(), key=lambda item: item[1])):
+        ax.axvline(img_per_s, color="lightgray", lw=0.8, ls=":", zorder=0)
+        ax.annotate(model.split("_patch")[0], (img_per_s, 0.02 + 0.2 * (i % 2)), xycoords=("data", "axes fraction"),
+                    fontsize=7, rotation=90, color="gray", xytext=(2, 0), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("CPU inference throughput (img/s, log scale)")
     ax.set_ylabel("held-out AID top-1 (%)")
-    ax.set_title("same recipe and budget; outlined: the Pareto front")
+    ax.set_title("same recipe and budget; outlined: the Pareto front"
+                 + ("; dotted: throughput of models not trained yet" if untrained else ""), fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
@@ -139,16 +158,22 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--img-size", type=int, default=128)
     p.add_argument("--bench-batch", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--train-args", default="", help="flags appended to the recipe (quoted as one argument)")
+    p.add_argument("--recorded-only", action="store_true",
+                   help="a provisional table while the queue trains: score only the models with a record, measure "
+                        "the throughput of all; the others are listed without accuracy and left out of the front")
     args = p.parse_args()
 
     train = ["--img-size", str(args.img_size), "--epochs", str(args.epochs), *RECIPE, *shlex.split(args.train_args)]
-    scores = {model: recorded_score(model, args) or train_and_score(model, args, train) for model in args.models}
+    scores = {model: recorded_score(model, args) for model in args.models}
+    if not args.recorded_only:
+        scores = {model: score or train_and_score(model, args, train) for model, score in scores.items()}
     bench = measure(list(args.models), args)
     speed = {r["model"]: r for r in bench["rows"] if r["measure"] == "inference" and r["img_per_s"] is not None}
     table = [{"model": m, **scores[m], "params_m": speed[m]["params"] / 1e6, "gmacs": speed[m]["gmacs"],
-              "img_per_s": speed[m]["img_per_s"]} for m in args.models if m in speed]
+              "img_per_s": speed[m]["img_per_s"]} for m in args.models if m in speed and scores[m]]
+    untrained = {m: speed[m]["img_per_s"] for m in args.models if m in speed and not scores[m]}
     front = pareto_front({r["model"]: (r["top1"], r["img_per_s"]) for r in table})
 
     args.output.mkdir(parents=True, exist_ok=True)
@@ -157,6 +182,8 @@ def main() -> None:
     lines += [f"| {r['model']} | {r['params_m']:.2f} | {r['gmacs']:.2f} | {r['top1']:.1%} | {r['top5']:.1%} | "
               f"{r['img_per_s']:.1f} | {r['train_minutes']:.0f} | {'yes' if r['model'] in front else ''} |"
               for r in sorted(table, key=lambda r: -r["img_per_s"])]
+    lines += [f"| {m} | {speed[m]['params'] / 1e6:.2f} | {speed[m]['gmacs']:.2f} | not trained yet | | "
+              f"{img_per_s:.1f} | | |" for m, img_per_s in sorted(untrained.items(), key=lambda item: -item[1])]
     record = {
         "command": "lemevit train --data ZOO/train --output RUN --model MODEL " + shlex.join(train),
         "heldout": args.heldout,
@@ -164,12 +191,13 @@ def main() -> None:
         "data": str(args.data), "machine": machine_description(), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "table": table, "pareto_front": sorted(front),
         "missing_throughput": [m for m in args.models if m not in speed],
+        "not_trained": untrained,
     }
     with atomic_path(args.output / "zoo_pareto.json") as tmp:
         tmp.write_text(json.dumps(record, indent=1))
     with atomic_path(args.output / "zoo_pareto.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
-    plot(table, front, args.output / "zoo_pareto.png")
+    plot(table, front, untrained, args.output / "zoo_pareto.png")
     print("\n".join(lines))
 
 
