@@ -21,12 +21,12 @@ as it is, and a head over all 51 classes is what a user fine-tunes from or predi
 share by name (AID's Beach, UC Merced's beach) stay apart: the two labelled them by different rules.
 
 Trains each of ``--models`` in turn, one at a time, in ``--runs``/<model> with ``RECIPE`` below (rerun, it resumes
-an interrupted run from its last checkpoint and keeps finished ones; ``zoo_pareto.py`` scores the same runs),
-evaluates ``best.ckpt`` on every ``heldout*/`` folder of ``--data`` (all held-out images, and each data set's alone:
-a model's classes are matched by name, so a 30-class AID folder is scored among all 51 classes), exports the model
-in float16 into ``--weights`` as ``<model>.<tag>.safetensors`` and writes ``--results``/pretrain_zoo_<model>.json:
-what an entry of ``lemevit.models.pretrained.PRETRAINED`` needs (sha256, classes, held-out top-1/top-5, data,
-command, machine).
+an interrupted run from its last checkpoint and skips a model whose record and weights file are there;
+``zoo_pareto.py`` scores the same runs), evaluates ``best.ckpt`` on every ``heldout*/`` folder of ``--data`` (all
+held-out images, and each data set's alone: a model's classes are matched by name, so a 30-class AID folder is
+scored among all 51 classes), exports the model in float16 into ``--weights`` as ``<model>.<tag>.safetensors`` and
+writes ``--results``/pretrain_zoo_<model>.json: what an entry of ``lemevit.models.pretrained.PRETRAINED`` needs
+(sha256, classes, held-out top-1/top-5, data, command, machine).
 """
 from __future__ import annotations
 
@@ -74,7 +74,22 @@ def main() -> None:
         pretrain(model, args.runs / model, args)
 
 
+def already_recorded(results: Path, args: argparse.Namespace) -> bool:
+    """Whether ``results`` records a finished run of this setting whose weights file is still the one it names: the
+    queue is rerun after every interruption, and scoring and exporting a finished model again takes minutes."""
+    if not results.is_file():
+        return False
+    record = json.loads(results.read_text())
+    weights = Path(record["file"])
+    return ((record["epochs"], record["img_size"]) == (args.epochs, args.img_size) and weights.is_file()
+            and hashlib.sha256(weights.read_bytes()).hexdigest() == record["sha256"])
+
+
 def pretrain(model: str, run: Path, args: argparse.Namespace) -> None:
+    results = (args.results or HERE / "results") / f"pretrain_zoo_{model}.json"
+    if already_recorded(results, args):
+        print(f"{model}: done, recorded in {results}", flush=True)
+        return
     train = ["--model", model, "--img-size", str(args.img_size), "--epochs", str(args.epochs), *RECIPE]
     last = run / "last.ckpt"
     if not (last.is_file() and epochs_done(last) >= args.epochs):
@@ -118,7 +133,6 @@ def pretrain(model: str, run: Path, args: argparse.Namespace) -> None:
         "threads": torch.get_num_threads(),
     }
     print(json.dumps(record, indent=1))
-    results = (args.results or HERE / "results") / f"pretrain_zoo_{model}.json"
     results.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(results) as tmp:
         tmp.write_text(json.dumps(record, indent=1))
