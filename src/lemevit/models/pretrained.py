@@ -142,6 +142,10 @@ PRETRAINED: dict[str, PretrainedWeights] = {w.name: w for w in (
     _zoo_weights("vvt_tiny", "018b0193fcbbe132e63b6ebd02aecdd5e46c701e058c6117164d927d5c9d4f43",
                  aid=(0.7752577319587629, 0.9494845360824742), ucm=(0.6571428571428571, 0.9571428571428572),
                  trained_on="2-core CPU (x86_64, AMD EPYC), 2 threads at the lowest priority, 138 min in one session"),
+    _zoo_weights("lemevit_tiny", "405b598d122467b6e0af3484a43f14f5359e7a489b80b3f2a8abe587a9edf42f",
+                 aid=(0.7597938144329897, 0.9649484536082474), ucm=(0.7047619047619048, 0.9523809523809523),
+                 trained_on="2-core CPU (x86_64, AMD EPYC), 2 threads at the lowest priority, 141 min over two "
+                            "sessions, part of them beside transfer runs and a CI run"),
 )}
 
 
