@@ -57,6 +57,8 @@ def test_a_dtype_the_device_cannot_run_is_skipped_and_the_rest_measured(monkeypa
     measured = [r for r in record["rows"] if r["dtype"] == "fp32"]
     assert len(measured) == 1 and measured[0]["img_per_s"] > 0
     assert any("skipping dtype fp16" in line for line in logged)
+    # two CPUs of one model name rank models differently with and without AVX-512: the record says which it was
+    assert record["environment"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_config_rejects_what_cannot_be_measured():

@@ -57,7 +57,7 @@ def plot_throughput_vs_cost(record: dict, path: str | Path) -> bool:
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel(f"{mode} throughput (img/s)")
     env = record["environment"]
-    where = env["gpu"] or f"{env['cpu']}, {env['threads']} threads"
+    where = env["gpu"] or f"{env['cpu']} ({env['cpu_capability']}), {env['threads']} threads"
     fig.suptitle(f"{mode}, batch {first['batch_size']}, {first['img_size']} px, {first['dtype']}"
                  f"{', channels_last' if first['channels_last'] else ''}{', compiled' if first['compile'] else ''}"
                  f" on {where}", fontsize=10)

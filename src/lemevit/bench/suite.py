@@ -24,7 +24,7 @@ import torch
 
 import lemevit
 from lemevit.bench.cost import MAC_COUNTER, count_macs, count_parameters
-from lemevit.bench.machine import cpu_name
+from lemevit.bench.machine import cpu_capability, cpu_name
 from lemevit.bench.memory import peak_memory_mib
 from lemevit.bench.throughput import (
     DTYPES,
@@ -115,7 +115,8 @@ def _unknown_model_message(name: str) -> str:
 def _environment(device: str) -> dict:
     return {
         "lemevit": lemevit.__version__, "torch": torch.__version__, "timm": timm.__version__,
-        "cpu": cpu_name(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+        "cpu": cpu_name(), "cpu_capability": cpu_capability(), "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
     }
 
