@@ -110,7 +110,7 @@ def measure(models: list[str], args: argparse.Namespace) -> dict:
     return json.loads(record.read_text())
 
 
-def plot(table: list[dict], front: set[str], untrained: dict[str, float], path: Path) -> None:
+def plot(table: list[dict], front: set[str], untrained: dict[str, float], machine: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,7 +134,7 @@ def plot(table: list[dict], front: set[str], untrained: dict[str, float], path: 
     ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("CPU inference throughput (img/s, log scale)")
+    ax.set_xlabel(f"CPU inference throughput (img/s, log scale; {machine}, {torch.get_num_threads()} threads)")
     ax.set_ylabel("held-out AID top-1 (%)")
     ax.set_title("same recipe and budget; outlined: the Pareto front"
                  + ("; dotted: throughput of models not trained yet" if untrained else ""), fontsize=9)
@@ -197,7 +197,7 @@ def main() -> None:
         tmp.write_text(json.dumps(record, indent=1))
     with atomic_path(args.output / "zoo_pareto.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
-    plot(table, front, untrained, args.output / "zoo_pareto.png")
+    plot(table, front, untrained, record["machine"], args.output / "zoo_pareto.png")
     print("\n".join(lines))
 
 
