@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 from pathlib import Path
 
@@ -62,6 +63,14 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:
         return b[0] >= a[0] and b[1] >= a[1] and b != a
 
     return {n for n, p in points.items() if not any(beaten(p, q) for m, q in points.items() if m != n)}
+
+
+def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % Wilson score interval of an accuracy measured on ``n`` images: two models whose intervals overlap
+    this much on a thousand scenes are not ranked by their scores."""
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def recorded_score(model: str, args: argparse.Namespace) -> dict | None:
@@ -119,10 +128,16 @@ def plot(table: list[dict], front: set[str], untrained: dict[str, float], machin
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row in table:
         ours = row["model"].startswith(("lemevit", "lvt", "vvt"))
+        low, high = row["top1_ci95"]
+        ax.vlines(row["img_per_s"], 100 * low, 100 * high, color="tab:red" if ours else "tab:blue", lw=0.8,
+                  alpha=0.4)
         ax.scatter(row["img_per_s"], 100 * row["top1"], marker="o" if ours else "s",
                    color="tab:red" if ours else "tab:blue", edgecolors="black" if row["model"] in front else "none")
+        # a label that a close, slightly faster neighbour would cover goes to the left of its point
+        crowded = any(1 < other["img_per_s"] / row["img_per_s"] < 1.35 and abs(other["top1"] - row["top1"]) < 0.03
+                      for other in table)
         ax.annotate(row["model"].split("_patch")[0], (row["img_per_s"], 100 * row["top1"]), fontsize=8,
-                    xytext=(3, 3), textcoords="offset points")
+                    xytext=(-3 if crowded else 3, 3), textcoords="offset points", ha="right" if crowded else "left")
     on_front = sorted((r for r in table if r["model"] in front), key=lambda r: r["img_per_s"])
     ax.plot([r["img_per_s"] for r in on_front], [100 * r["top1"] for r in on_front], color="gray", lw=0.8, ls="--")
     # labels alternate in height: two models of nearly the same speed would print over each other
@@ -136,8 +151,8 @@ def plot(table: list[dict], front: set[str], untrained: dict[str, float], machin
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel(f"CPU inference throughput (img/s, log scale; {machine}, {torch.get_num_threads()} threads)")
     ax.set_ylabel("held-out AID top-1 (%)")
-    ax.set_title("same recipe and budget; outlined: the Pareto front"
-                 + ("; dotted: throughput of models not trained yet" if untrained else ""), fontsize=9)
+    ax.set_title("same recipe and budget; outlined: the Pareto front; bars: 95 % interval of top-1"
+                 + ("\ndotted: throughput of models not trained yet" if untrained else ""), fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
@@ -171,18 +186,20 @@ def main() -> None:
         scores = {model: score or train_and_score(model, args, train) for model, score in scores.items()}
     bench = measure(list(args.models), args)
     speed = {r["model"]: r for r in bench["rows"] if r["measure"] == "inference" and r["img_per_s"] is not None}
-    table = [{"model": m, **scores[m], "params_m": speed[m]["params"] / 1e6, "gmacs": speed[m]["gmacs"],
+    table = [{"model": m, **scores[m], "top1_ci95": wilson_interval(scores[m]["top1"], scores[m]["num_images"]),
+              "params_m": speed[m]["params"] / 1e6, "gmacs": speed[m]["gmacs"],
               "img_per_s": speed[m]["img_per_s"]} for m in args.models if m in speed and scores[m]]
     untrained = {m: speed[m]["img_per_s"] for m in args.models if m in speed and not scores[m]}
     front = pareto_front({r["model"]: (r["top1"], r["img_per_s"]) for r in table})
 
     args.output.mkdir(parents=True, exist_ok=True)
-    lines = ["| model | params (M) | GMACs | held-out top-1 | top-5 | CPU img/s | train min | Pareto |",
-             "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['params_m']:.2f} | {r['gmacs']:.2f} | {r['top1']:.1%} | {r['top5']:.1%} | "
+    lines = ["| model | params (M) | GMACs | held-out top-1 | 95 % interval | top-5 | CPU img/s | train min | Pareto |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['params_m']:.2f} | {r['gmacs']:.2f} | {r['top1']:.1%} | "
+              f"{r['top1_ci95'][0]:.1%}-{r['top1_ci95'][1]:.1%} | {r['top5']:.1%} | "
               f"{r['img_per_s']:.1f} | {r['train_minutes']:.0f} | {'yes' if r['model'] in front else ''} |"
               for r in sorted(table, key=lambda r: -r["img_per_s"])]
-    lines += [f"| {m} | {speed[m]['params'] / 1e6:.2f} | {speed[m]['gmacs']:.2f} | not trained yet | | "
+    lines += [f"| {m} | {speed[m]['params'] / 1e6:.2f} | {speed[m]['gmacs']:.2f} | not trained yet | | | "
               f"{img_per_s:.1f} | | |" for m, img_per_s in sorted(untrained.items(), key=lambda item: -item[1])]
     record = {
         "command": "lemevit train --data ZOO/train --output RUN --model MODEL " + shlex.join(train),
